@@ -1,0 +1,149 @@
+//! Command-line interface: one file per subcommand. Errors are printed once here, with their context chain.
+
+mod bench_intake;
+mod demo;
+mod receive;
+mod recover;
+mod send;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use hyper_rt::config::Config;
+
+/// hyper-rt: live fMRI face reconstruction (HYPER) with a Pyneal-compatible scanner intake.
+///
+/// Quick start: `hyper-rt demo` runs everything on built-in defaults. A real session: start
+/// `hyper-rt receive --expected-volumes N` beside the scanner, point Pyneal Scanner (or `hyper-rt send`) at it.
+#[derive(Parser, Debug)]
+#[command(name = "hyper-rt", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file (every key is documented in config/default.toml); flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// More log output (debug level). RUST_LOG overrides.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive volumes from Pyneal Scanner (or `hyper-rt send`) over ZeroMQ and record the session.
+    Receive(receive::Args),
+    /// Play a 4-D NIfTI file to a receiver exactly as Pyneal Scanner would.
+    Send(send::Args),
+    /// Finalise a session folder left unfinalised by a crash (or every such folder under a root).
+    Recover(recover::Args),
+    /// Run the built-in demonstration: a synthetic run streamed over loopback into the receiver.
+    Demo(demo::Args),
+    /// Benchmark the intake: reply latency and sustained volumes per second over loopback TCP.
+    BenchIntake(bench_intake::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Receive(args) => receive::run(args, config),
+        Command::Send(args) => send::run(args, config),
+        Command::Recover(args) => recover::run(args, config),
+        Command::Demo(args) => demo::run(args, config),
+        Command::BenchIntake(args) => bench_intake::run(args, config),
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// A flag set by Ctrl-C (SIGINT / SIGTERM).
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    if let Err(e) = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst)) {
+        tracing::warn!("Ctrl-C handler not installed: {e}");
+    }
+    flag
+}
+
+/// Prints a session summary as a short table.
+pub fn print_summary(dir: &std::path::Path, s: &hyper_rt::session::recorder::Summary) {
+    println!("session       {}", dir.display());
+    println!("end           {}{}", s.end_reason, if s.recovered_after_crash { " (recovered after a crash)" } else { "" });
+    println!("received      {}", s.received);
+    println!("rejected      {}{}", s.rejected, if s.rejected_by_kind.is_empty() { String::new() } else { format!(" {:?}", s.rejected_by_kind) });
+    println!("duplicates    {}", s.duplicates);
+    println!("missing       {}{}", s.missing, if s.missing_indices.is_empty() { String::new() } else { format!(" {:?}", s.missing_indices) });
+    println!("handshakes    {}", s.handshakes);
+    let l = &s.reply_latency_ms;
+    println!("reply latency p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} messages", l.p50, l.p95, l.p99, l.max, l.count);
+    if let Some(file) = &s.volumes_file {
+        println!("volumes       {} ({} volumes, {:?}, {})", dir.join(file).display(), s.volumes_in_file, s.dims.unwrap_or_default(), s.dtype.map(|d| d.numpy_name()).unwrap_or("-"));
+    }
+}
+
+/// A receiver running in a background thread on an ephemeral loopback port (demo and benchmark).
+pub struct LoopbackReceiver {
+    pub endpoint: String,
+    pub session_dir: PathBuf,
+    handle: std::thread::JoinHandle<anyhow::Result<hyper_rt::session::recorder::Summary>>,
+}
+
+impl LoopbackReceiver {
+    /// Binds `tcp://127.0.0.1:*` and starts receiving `expected_volumes` volumes into a session under `root`.
+    pub fn start(root: &std::path::Path, expected_volumes: usize, compress: bool) -> anyhow::Result<LoopbackReceiver> {
+        use hyper_rt::ingest::protocol::Limits;
+        use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
+        use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
+        let defaults = hyper_rt::config::ReceiverConfig::default();
+        let settings = ReceiverSettings {
+            bind: "tcp://127.0.0.1:*".into(),
+            expected_volumes,
+            idle_timeout_secs: 30.0,
+            limits: Limits { max_volume_bytes: defaults.max_volume_bytes, max_dim: defaults.max_dim },
+        };
+        let meta = SessionMeta {
+            started_unix_secs: unix_secs_now(),
+            bind: settings.bind.clone(),
+            expected_volumes,
+            hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let recorder = Recorder::create(root, &meta)?;
+        let mut receiver = Receiver::bind(settings, recorder)?;
+        let endpoint = receiver.endpoint().to_string();
+        let session_dir = receiver.session_dir().to_path_buf();
+        let handle = std::thread::Builder::new().name("receiver".into()).spawn(move || {
+            let never = AtomicBool::new(false);
+            let reason = receiver.run(None, &never)?;
+            Ok(receiver.finish(reason, compress)?)
+        })?;
+        Ok(LoopbackReceiver { endpoint, session_dir, handle })
+    }
+
+    /// Waits for the run to end and returns the finalised summary.
+    pub fn join(self) -> anyhow::Result<hyper_rt::session::recorder::Summary> {
+        self.handle.join().map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?
+    }
+}

@@ -1,0 +1,81 @@
+//! `hyper-rt receive`: bind the Pyneal-compatible intake, record the session, print the summary.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hyper_rt::config::Config;
+use hyper_rt::ingest::protocol::Limits;
+use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
+use hyper_rt::session::recorder::{self, unix_secs_now, Recorder, SessionMeta};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Endpoint to bind, e.g. tcp://0.0.0.0:5555 or ipc:///tmp/scanner [config: receiver.bind]
+    #[arg(long)]
+    bind: Option<String>,
+    /// Volumes in the run; the reply to the last one says STOP [config: receiver.expected_volumes]
+    #[arg(long, short = 'n')]
+    expected_volumes: Option<usize>,
+    /// End the run after this many seconds without a message, 0 = never [config: receiver.idle_timeout_secs]
+    #[arg(long)]
+    idle_timeout_secs: Option<f64>,
+    /// Folder holding one session folder per run [config: session.root]
+    #[arg(long)]
+    session_root: Option<PathBuf>,
+    /// Write volumes.nii instead of volumes.nii.gz [config: session.compress = false]
+    #[arg(long)]
+    no_compress: bool,
+}
+
+pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
+    if let Some(v) = args.bind {
+        config.receiver.bind = v;
+    }
+    if let Some(v) = args.expected_volumes {
+        config.receiver.expected_volumes = v;
+    }
+    if let Some(v) = args.idle_timeout_secs {
+        config.receiver.idle_timeout_secs = v;
+    }
+    if let Some(v) = args.session_root {
+        config.session.root = v;
+    }
+    if args.no_compress {
+        config.session.compress = false;
+    }
+    config.validate(std::path::Path::new("<command line>"))?;
+
+    if config.session.recover_on_start {
+        for dir in recorder::find_unfinalised(&config.session.root) {
+            tracing::warn!("session {} was left unfinalised (crash?): recovering it", dir.display());
+            let summary = recorder::finalise_dir(&dir, "recovered", true, config.session.compress)
+                .with_context(|| format!("recovering {}", dir.display()))?;
+            tracing::info!("recovered {} volumes into {}", summary.received, dir.display());
+        }
+    }
+
+    let meta = SessionMeta {
+        started_unix_secs: unix_secs_now(),
+        bind: config.receiver.bind.clone(),
+        expected_volumes: config.receiver.expected_volumes,
+        hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let recorder = Recorder::create(&config.session.root, &meta)?;
+    let settings = ReceiverSettings {
+        bind: config.receiver.bind.clone(),
+        expected_volumes: config.receiver.expected_volumes,
+        idle_timeout_secs: config.receiver.idle_timeout_secs,
+        limits: Limits { max_volume_bytes: config.receiver.max_volume_bytes, max_dim: config.receiver.max_dim },
+    };
+    let mut receiver = Receiver::bind(settings, recorder)?;
+    let dir = receiver.session_dir().to_path_buf();
+    println!("listening on {}", receiver.endpoint());
+    println!("recording to {}", dir.display());
+    std::io::stdout().flush().ok();
+    let stop = super::interrupt_flag();
+    let reason = receiver.run(None, &stop)?;
+    let summary = receiver.finish(reason, config.session.compress)?;
+    super::print_summary(&dir, &summary);
+    Ok(())
+}
