@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ingest::protocol::{Rejection, VolumeHeader};
 use crate::nifti::{self, NiftiSpec};
+use crate::session::spool::MappedSpool;
 use crate::stats::Percentiles;
 use crate::volume::{c_order_to_x_fastest, Affine, Dtype};
 
@@ -131,7 +132,7 @@ pub struct Summary {
 /// The live side: appends volumes and message lines.
 pub struct Recorder {
     dir: PathBuf,
-    spool: File,
+    spool: MappedSpool,
     messages: BufWriter<File>,
 }
 
@@ -159,7 +160,7 @@ impl Recorder {
         std::fs::create_dir(&dir).map_err(io(&dir, "creating the session folder"))?;
         let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| RecordError::Invalid { dir: dir.clone(), reason: e.to_string() })?;
         std::fs::write(dir.join(SESSION), meta_json).map_err(io(&dir, "writing session.json"))?;
-        let spool = OpenOptions::new().create(true).append(true).open(dir.join(SPOOL)).map_err(io(&dir, "opening spool.bin"))?;
+        let spool = MappedSpool::create(&dir.join(SPOOL)).map_err(io(&dir, "creating spool.bin"))?;
         let messages =
             OpenOptions::new().create(true).append(true).open(dir.join(MESSAGES)).map_err(io(&dir, "opening messages.jsonl"))?;
         Ok(Recorder { dir, spool, messages: BufWriter::new(messages) })
@@ -188,9 +189,9 @@ impl Recorder {
         prefix.extend_from_slice(&(c_order_le.len() as u64).to_le_bytes());
         prefix.extend_from_slice(&json);
         let io = |source| RecordError::Io { dir: self.dir.clone(), context: "appending to spool.bin".into(), source };
-        self.spool.write_all(&prefix).map_err(io)?;
-        self.spool.write_all(c_order_le).map_err(io)?;
-        self.spool.write_all(RECORD_END).map_err(io)?;
+        self.spool.append(&prefix).map_err(io)?;
+        self.spool.append(c_order_le).map_err(io)?;
+        self.spool.append(RECORD_END).map_err(io)?;
         Ok(())
     }
 
@@ -205,7 +206,7 @@ impl Recorder {
     /// Ends the session: writes the NIfTI and the summary.
     pub fn finalise(self, end_reason: &str, compress: bool) -> Result<Summary, RecordError> {
         let dir = self.dir.clone();
-        drop(self);
+        self.spool.finish().map_err(|source| RecordError::Io { dir: dir.clone(), context: "closing spool.bin".into(), source })?;
         finalise_dir(&dir, end_reason, false, compress)
     }
 }
@@ -264,6 +265,9 @@ fn read_spool(dir: &Path) -> Result<(Vec<SpooledVolume>, bool), RecordError> {
     let mut torn = false;
     while at < bytes.len() {
         let rest = &bytes[at..];
+        if rest.iter().take(4).all(|&b| b == 0) {
+            break; // the zeroed tail of a spool that was never trimmed (the process died): the end of the data
+        }
         if rest.len() < 16 || &rest[..4] != RECORD_MAGIC {
             torn = true;
             break;
@@ -442,8 +446,10 @@ mod tests {
         let dir = rec.dir().to_path_buf();
         drop(rec);
         // simulate a crash in the middle of a third record
-        let mut f = OpenOptions::new().append(true).open(dir.join(SPOOL)).unwrap();
-        f.write_all(b"HRTV\x10\x00").unwrap();
+        let mut spool_bytes = std::fs::read(dir.join(SPOOL)).unwrap();
+        spool_bytes.extend_from_slice(b"HRTV\x10\x00");
+        spool_bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(dir.join(SPOOL), spool_bytes).unwrap();
         assert!(is_unfinalised(&dir));
         let s = finalise_dir(&dir, "recovered", true, false).unwrap();
         assert_eq!((s.received, s.missing_indices.clone(), s.volumes_in_file), (2, vec![1], 3));

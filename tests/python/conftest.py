@@ -1,0 +1,87 @@
+"""Shared fixtures: the built binary, free ports, a receiver process, the real data files."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+def binary():
+    path = os.environ.get("HYPER_RT_BIN", str(ROOT / "target" / "release" / "hyper-rt"))
+    assert pathlib.Path(path).exists(), f"build the binary first: {path}"
+    return path
+
+
+def data_dir():
+    """Real data: ../shared/data in this workplace, else the cache scripts/test.sh fills."""
+    for candidate in [os.environ.get("HYPER_RT_DATA"), ROOT.parent / "shared" / "data", ROOT / ".cache" / "data"]:
+        if candidate and (pathlib.Path(candidate) / "pyneal" / "testSeries.nii.gz").exists():
+            return pathlib.Path(candidate)
+    pytest.fail("real test data not found: run scripts/test.sh, which fetches it")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ReceiverProcess:
+    def __init__(self, tmp_path, expected=0, idle=5.0, extra=(), root=None):
+        self.port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.root = root or (tmp_path / "sessions")
+        args = [binary(), "receive", "--bind", self.endpoint, "--expected-volumes", str(expected),
+                "--idle-timeout-secs", str(idle), "--session-root", str(self.root), *extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # wait until the socket is bound
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on"), line + self.proc.stderr.read()
+        line = self.proc.stdout.readline()
+        assert line.startswith("recording to"), line
+        self.session_dir = pathlib.Path(line.split("recording to", 1)[1].strip())
+
+    def wait(self, timeout=60):
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stdout, self.stderr = out, err
+        assert self.proc.returncode == 0, f"receiver failed: {err}"
+        return self.summary()
+
+    def summary(self):
+        return json.loads((self.session_dir / "summary.json").read_text())
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    started = []
+
+    def start(**kwargs):
+        r = ReceiverProcess(tmp_path, **kwargs)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.kill()
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

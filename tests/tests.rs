@@ -1,0 +1,4 @@
+//! Integration tests of the library, in one binary (module per stage). The Python tests in tests/python
+//! check the command-line tools against independent references (a protocol client, nibabel).
+
+mod intake;
