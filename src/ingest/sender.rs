@@ -28,8 +28,14 @@ pub struct ScannerSender {
     _context: zmq::Context,
     socket: zmq::Socket,
     endpoint: String,
+    handshake: String,
     reply_timeout_secs: f64,
 }
+
+/// How often the handshake is re-sent while no echo has come back. libzmq's PAIR socket drops a connection
+/// that arrives before the previous peer's is torn down (a sender restarted within milliseconds), and with it
+/// the first handshake; re-sending makes the restart reliable. Extra echoes are skipped.
+const HANDSHAKE_RESEND_MS: i64 = 500;
 
 /// One volume ready for the wire.
 pub struct WireVolume {
@@ -49,8 +55,24 @@ impl ScannerSender {
         let socket = context.socket(zmq::PAIR).map_err(zmq_err("creating the PAIR socket"))?;
         socket.set_linger(0).map_err(zmq_err("setting linger"))?;
         socket.connect(endpoint).map_err(zmq_err(format!("connecting to {endpoint}")))?;
-        let sender = ScannerSender { _context: context, socket, endpoint: endpoint.to_string(), reply_timeout_secs };
-        sender.socket.send(handshake.as_bytes(), 0).map_err(zmq_err("sending the handshake"))?;
+        let sender = ScannerSender {
+            _context: context,
+            socket,
+            endpoint: endpoint.to_string(),
+            handshake: handshake.to_string(),
+            reply_timeout_secs,
+        };
+        let started = Instant::now();
+        loop {
+            sender.socket.send(handshake.as_bytes(), 0).map_err(zmq_err("sending the handshake"))?;
+            let ready = sender.socket.poll(zmq::POLLIN, HANDSHAKE_RESEND_MS).map_err(zmq_err("polling for the echo"))?;
+            if ready > 0 {
+                break;
+            }
+            if reply_timeout_secs > 0.0 && started.elapsed().as_secs_f64() >= reply_timeout_secs {
+                return Err(SendError::Timeout { what: "handshake echo".into(), endpoint: endpoint.to_string(), secs: reply_timeout_secs });
+            }
+        }
         let echo = sender.wait_reply("handshake echo")?;
         if echo != handshake {
             return Err(SendError::Handshake { sent: handshake.to_string(), got: echo });
@@ -81,7 +103,12 @@ impl ScannerSender {
         let header = protocol::header_json(v.index, v.dtype, v.dims, &v.mm_from_voxel, v.tr_secs);
         self.socket.send(header.as_bytes(), zmq::SNDMORE).map_err(zmq_err("sending a header"))?;
         self.socket.send(&v.c_order_le[..], 0).map_err(zmq_err("sending a volume buffer"))?;
-        self.wait_reply(&format!("reply to volume {}", v.index))
+        loop {
+            let reply = self.wait_reply(&format!("reply to volume {}", v.index))?;
+            if reply != self.handshake {
+                return Ok(reply); // an echo of a re-sent handshake is not a reply
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use memmap2::{MmapMut, MmapOptions};
 
+/// The helper keeps up to four segments mapped ahead of the writer, so a busy disk does not stall it.
 /// Size of the first mapped segment; each next one doubles, up to [`MAX_SEGMENT_BYTES`], so a short run
 /// touches little and a long one switches segments rarely.
 const FIRST_SEGMENT_BYTES: u64 = 2 << 20;
@@ -46,7 +47,7 @@ impl MappedSpool {
     pub fn create(path: &Path) -> std::io::Result<MappedSpool> {
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         let helper_file = file.try_clone()?;
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = bounded(4);
         let (retired_tx, retired_rx) = crossbeam_channel::unbounded::<ToHelper>();
         let helper = std::thread::Builder::new().name("spool-prefault".into()).spawn(move || {
             let mut offset = 0u64;

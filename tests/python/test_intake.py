@@ -61,10 +61,13 @@ def test_every_dtype_is_recorded_exactly(receiver, dtype):
 def test_handshake_is_echoed_byte_for_byte(receiver):
     r = receiver(expected=1)
     for text in ["hello from pyneal_scanner ", "hello from pynealScanner_sim", "anything at all \u00e9"]:
+        # libzmq's PAIR refuses a new peer until the previous one's disconnect is processed: leave it a moment
+        time.sleep(0.3)
         c = ScannerClient(r.endpoint, handshake=None)
         c.sock.send(text.encode())
         assert c.recv() == text
         c.close()
+    time.sleep(0.3)
     c = ScannerClient(r.endpoint)
     assert c.send_volume(0, np.zeros((2, 2, 2), np.float64)) == "received volIdx 0 - STOP"
     assert r.wait()["handshakes"] == 4
