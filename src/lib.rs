@@ -4,14 +4,17 @@
 //! - [`ingest`]: the Pyneal-Scanner-compatible ZeroMQ receiver ([`ingest::receiver`]), the wire protocol
 //!   ([`ingest::protocol`]) and the scanner-side sender ([`ingest::sender`]);
 //! - [`session`]: crash-safe recording of everything received, finalised into NIfTI + summary;
-//! - later stages (preprocess, decode, generate, display, feedback) consume [`volume::Volume`]s.
+//! - [`generate`]: the PGGAN generator (converted checkpoints, CPU forward pass) that draws a latent as an image;
+//! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
 //!
 //! Shared pieces: [`volume`] (the `Volume` type and element types), [`nifti`] (NIfTI-1 files),
-//! [`config`] (typed TOML configuration), [`stats`] (percentiles).
+//! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`npy`] (NumPy arrays), [`rng`].
 
 pub mod config;
+pub mod generate;
 pub mod ingest;
 pub mod nifti;
+pub mod npy;
 pub mod rng;
 pub mod session;
 pub mod stats;

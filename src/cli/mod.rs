@@ -1,7 +1,9 @@
 //! Command-line interface: one file per subcommand. Errors are printed once here, with their context chain.
 
+mod bench_generator;
 mod bench_intake;
 mod demo;
+mod generate;
 mod receive;
 mod recover;
 mod send;
@@ -44,8 +46,12 @@ enum Command {
     Recover(recover::Args),
     /// Run the built-in demonstration: a synthetic run streamed over loopback into the receiver.
     Demo(demo::Args),
+    /// Draw latents with the PGGAN generator and write PNGs.
+    Generate(generate::Args),
     /// Benchmark the intake: reply latency and sustained volumes per second over loopback TCP.
     BenchIntake(bench_intake::Args),
+    /// Benchmark the generator: seconds per image, GFLOP/s, peak memory.
+    BenchGenerator(bench_generator::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -67,7 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(args, config),
         Command::Recover(args) => recover::run(args, config),
         Command::Demo(args) => demo::run(args, config),
+        Command::Generate(args) => generate::run(args, config),
         Command::BenchIntake(args) => bench_intake::run(args, config),
+        Command::BenchGenerator(args) => bench_generator::run(args, config),
     }
 }
 

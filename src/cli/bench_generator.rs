@@ -1,0 +1,65 @@
+//! `hyper-rt bench-generator`: per-image time, GFLOP/s and peak memory of the generator on the CPU.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::ensure;
+use hyper_rt::config::Config;
+use hyper_rt::generate::{self, cpu::CpuGenerator, model};
+use hyper_rt::rng::Rng;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint to time; default: a random network with the exact CelebA-HQ 1024 shapes
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Batch sizes to time
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4])]
+    batch: Vec<usize>,
+    /// Timed repetitions per batch size (after one warm-up)
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
+    ensure!(args.repeats > 0 && args.batch.iter().all(|&b| b > 0), "--repeats and --batch must be positive");
+    let model = match &args.weights {
+        Some(path) => generate::load_model(Some(path))?,
+        None => model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 1))?,
+    };
+    let model = std::sync::Arc::new(model);
+    let gflop = 2.0 * model.macs_per_image() / 1e9;
+    let threads = rayon::current_num_threads();
+    println!("generator benchmark: {} ({gflop:.2} GFLOP per image), CPU, {threads} threads", model.label);
+    let generator = CpuGenerator::new(model.clone());
+    let mut rng = Rng::new(7);
+    let mut rows = Vec::new();
+    for &batch in &args.batch {
+        let z: Vec<f32> = (0..batch * model.latent_size).map(|_| rng.normal() as f32).collect();
+        generator.generate(&z)?; // warm-up
+        let mut per_image = Vec::new();
+        for _ in 0..args.repeats {
+            let t = Instant::now();
+            generator.generate(&z)?;
+            per_image.push(t.elapsed().as_secs_f64() / batch as f64);
+        }
+        per_image.sort_by(f64::total_cmp);
+        let best = per_image[0];
+        let median = per_image[per_image.len() / 2];
+        rows.push(serde_json::json!({"batch": batch, "best_s_per_image": best, "median_s_per_image": median, "gflops": gflop / best}));
+        println!("batch {batch}: best {best:.3} s/image, median {median:.3} s/image, {:.1} GFLOP/s", gflop / best);
+    }
+    let peak = peak_rss_mib();
+    println!("peak resident memory {peak:.0} MiB (includes the weights)");
+    println!("{}", serde_json::json!({"backend": "cpu", "threads": threads, "gflop_per_image": gflop, "peak_rss_mib": peak, "results": rows}));
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The PGGAN generator: converted checkpoints ([`weights`]), the architecture derived from them ([`model`]),
+//! the CPU forward pass ([`cpu`]), and the conversion of the float output to 8-bit images.
+//!
+//! Output convention: float32 NCHW `[N, 3, H, W]`, RGB, nominally in [-1, 1] and not clipped; 8-bit pixels are
+//! `clip(rint((x + 1) / 2 * 255), 0, 255)` computed in float32 with ties to even, exactly as the official code.
+
+pub mod cpu;
+pub mod model;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid safetensors checkpoint: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{source_name}: tensor {name} is missing")]
+    MissingTensor { source_name: String, name: String },
+    #[error("{source_name}: tensor {name} has shape {actual:?}, expected {expected:?}")]
+    Shape { source_name: String, name: String, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("{source_name}: tensor {name} holds a value that is not finite (NaN or infinity) at flat index {index}")]
+    NonFinite { source_name: String, name: String, index: usize },
+    #[error("{source_name}: {message}")]
+    Architecture { source_name: String, message: String },
+    #[error("latents must be rows of {expected} values; got {actual} values")]
+    Latent { expected: usize, actual: usize },
+    #[error("CUDA backend: {0}")]
+    Cuda(String),
+}
+
+/// Loads the model from a checkpoint file, or the built-in random network when `weights` is `None`.
+pub fn load_model(weights: Option<&Path>) -> Result<model::PgganModel, GenerateError> {
+    match weights {
+        Some(path) => model::PgganModel::from_checkpoint(&weights::Checkpoint::load(path)?),
+        None => Ok(model::PgganModel::builtin_random()),
+    }
+}
+
+/// The official 8-bit conversion of one value.
+#[inline]
+pub fn to_u8(x: f32) -> u8 {
+    (((x + 1.0) / 2.0 * 255.0).round_ties_even()).clamp(0.0, 255.0) as u8
+}
+
+/// One image of an NCHW batch as interleaved RGB bytes (`[H, W, 3]`).
+pub fn image_rgb8(nchw: &[f32], index: usize, side: usize) -> Vec<u8> {
+    let plane = side * side;
+    let img = &nchw[index * 3 * plane..(index + 1) * 3 * plane];
+    let mut out = Vec::with_capacity(3 * plane);
+    for p in 0..plane {
+        for c in 0..3 {
+            out.push(to_u8(img[c * plane + p]));
+        }
+    }
+    out
+}
+
+/// One image as packed `0x00RRGGBB` pixels, as minifb takes them.
+pub fn image_0rgb(nchw: &[f32], index: usize, side: usize) -> Vec<u32> {
+    let plane = side * side;
+    let img = &nchw[index * 3 * plane..(index + 1) * 3 * plane];
+    (0..plane)
+        .map(|p| (u32::from(to_u8(img[p])) << 16) | (u32::from(to_u8(img[plane + p])) << 8) | u32::from(to_u8(img[2 * plane + p])))
+        .collect()
+}
+
+/// Writes an RGB image as PNG.
+pub fn write_png(path: &Path, rgb: &[u8], side: usize) -> Result<(), GenerateError> {
+    let io = |e: image::ImageError| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
+    let img = image::RgbImage::from_raw(side as u32, side as u32, rgb.to_vec())
+        .ok_or_else(|| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other("buffer size") })?;
+    img.save_with_format(path, image::ImageFormat::Png).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eight_bit_conversion_follows_the_official_formula() {
+        // rint rounds half to even: (x + 1) / 2 * 255 = 127.5 -> 128, 0.5 -> 0, 1.5 -> 2
+        assert_eq!(to_u8(0.0), 128);
+        assert_eq!(to_u8(1.0 / 255.0 - 1.0), 0);
+        assert_eq!(to_u8(-1.0), 0);
+        assert_eq!(to_u8(1.0), 255);
+        assert_eq!(to_u8(3.0), 255);
+        assert_eq!(to_u8(-7.0), 0);
+        assert_eq!(to_u8(f32::NAN), 0);
+    }
+
+    #[test]
+    fn packed_pixels_match_the_rgb_bytes() {
+        let nchw = vec![-1.0, 1.0, 0.0, 0.5, 1.0, -1.0, 0.2, 0.3, 0.0, 0.0, 0.9, -0.9];
+        let rgb = image_rgb8(&nchw, 0, 2);
+        let packed = image_0rgb(&nchw, 0, 2);
+        for p in 0..4 {
+            assert_eq!(packed[p], (rgb[3 * p] as u32) << 16 | (rgb[3 * p + 1] as u32) << 8 | rgb[3 * p + 2] as u32);
+        }
+    }
+}
