@@ -26,6 +26,7 @@ ALLOWED_NUMPY = {
     ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store the arrays' bytes
 }
 
 

@@ -1,0 +1,159 @@
+"""The PGGAN generator against the float64 NumPy reference written from PGGAN.md, and the converter against a
+pickle with the official structure."""
+
+import io
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, binary
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import convert_pggan  # noqa: E402
+import pggan_reference as ref  # noqa: E402
+
+CONFIGS = [
+    # resolution, fmap_base, fmap_max, fused_scale
+    (16, 256, 64, False),
+    (16, 512, 32, True),
+    (64, 1024, 128, False),
+    (64, 512, 48, True),
+    (128, 2048, 64, False),
+]
+
+
+def run_generate(weights, latents, out):
+    np.save(out / "z.npy", latents)
+    r = subprocess.run([binary(), "generate", "--weights", str(weights), "--latents", str(out / "z.npy"),
+                        "--out", str(out), "--raw"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return np.load(out / "images.npy")
+
+
+@pytest.mark.parametrize("res,base,fmax,fused", CONFIGS, ids=[f"{c[0]}px-base{c[1]}-max{c[2]}{'-fused' if c[3] else ''}" for c in CONFIGS])
+def test_matches_the_float64_reference(tmp_path, res, base, fmax, fused):
+    weights = tmp_path / "w.safetensors"
+    args = ["--random", "--resolution", str(res), "--fmap-base", str(base), "--fmap-max", str(fmax), "--seed", str(res), "-o", str(weights)]
+    convert_pggan.main(args + (["--fused-scale"] if fused else []))
+    z = np.random.default_rng(res).standard_normal((3, 512)).astype(np.float32)
+    ours = run_generate(weights, z, tmp_path)
+    tensors, _ = ref.load_safetensors(weights)
+    expected = ref.forward(tensors, z)
+    assert ours.shape == expected.shape == (3, 3, res, res)
+    assert np.abs(ours - expected).max() < 1e-4
+    # the PNGs are the official 8-bit conversion of our float output
+    for i in range(3):
+        png = np.asarray(Image.open(tmp_path / f"image_{i:04d}.png"))
+        np.testing.assert_array_equal(png, ref.to_uint8(ours[i:i + 1])[0])
+
+
+def test_scaling_a_latent_does_not_change_the_image_and_a_batch_equals_its_items(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    convert_pggan.main(["--random", "--resolution", "32", "--fmap-base", "256", "--fmap-max", "32", "-o", str(weights)])
+    z = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    batch = run_generate(weights, z, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None)
+    scaled = run_generate(weights, z * 7.5, tmp_path / "s" if (tmp_path / "s").mkdir() is None else None)
+    np.testing.assert_allclose(scaled, batch, atol=1e-5)
+    for i in range(3):
+        d = tmp_path / f"one{i}"
+        d.mkdir()
+        np.testing.assert_array_equal(run_generate(weights, z[i:i + 1], d)[0], batch[i])
+
+
+def official_pickle(tensors, lod=0.0):
+    """A pickle with the official structure: a tuple (G, D, Gs) of tfutil.Network objects."""
+    tfutil = types.ModuleType("tfutil")
+
+    class Network:
+        def __init__(self, name, variables):
+            self.state = {"version": 2, "name": name, "static_kwargs": {"resolution": 32},
+                          "build_module_src": "raise RuntimeError('must never run')", "build_func_name": "G_paper",
+                          "variables": variables}
+
+        def __getstate__(self):
+            return self.state
+
+    Network.__module__ = "tfutil"
+    Network.__qualname__ = "Network"
+    tfutil.Network = Network
+    sys.modules["tfutil"] = tfutil
+    try:
+        variables = [(k, v) for k, v in tensors.items() if k != "lod"] + [("lod", np.float32(lod))]
+        nets = (Network("G", variables), Network("D", []), Network("Gs", variables))
+        return pickle.dumps(nets, protocol=2)
+    finally:
+        del sys.modules["tfutil"]
+
+
+def test_converter_reads_the_official_structure_end_to_end(tmp_path):
+    tensors, _ = convert_pggan.random_checkpoint(32, 512, 64, seed=4)
+    pkl = tmp_path / "karras.pkl"
+    pkl.write_bytes(official_pickle(tensors))
+    out = tmp_path / "conv.safetensors"
+    convert_pggan.main([str(pkl), "-o", str(out)])
+    loaded, meta = ref.load_safetensors(out)
+    assert meta["source_file"] == "karras.pkl" and meta["network"] == "Gs" and meta["resolution"] == "32"
+    assert len(meta["source_sha256"]) == 64
+    for name, arr in tensors.items():
+        np.testing.assert_array_equal(loaded[name], arr)
+    z = np.random.default_rng(2).standard_normal((1, 512)).astype(np.float32)
+    ours = run_generate(out, z, tmp_path)
+    assert np.abs(ours - ref.forward(loaded, z)).max() < 1e-4
+
+
+def test_converter_refuses_code_and_unfinished_models(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (subprocess.call, (["touch", str(tmp_path / "pwned")],))
+
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        convert_pggan.main([str(bad), "-o", str(tmp_path / "x.safetensors")])
+    assert not (tmp_path / "pwned").exists()
+    tensors, _ = convert_pggan.random_checkpoint(8, 256, 32, seed=1)
+    half = tmp_path / "lod.pkl"
+    half.write_bytes(official_pickle(tensors, lod=1.0))
+    with pytest.raises(SystemExit, match="lod"):
+        convert_pggan.main([str(half), "-o", str(tmp_path / "y.safetensors")])
+
+
+def test_bad_checkpoints_and_latents_are_named(tmp_path):
+    tensors, meta = convert_pggan.random_checkpoint(16, 256, 32, seed=1)
+    z = np.zeros((1, 512), np.float32)
+    np.save(tmp_path / "z.npy", z)
+
+    def generate_error(t, latents=tmp_path / "z.npy"):
+        w = tmp_path / "bad.safetensors"
+        convert_pggan.write_safetensors(w, t, meta)
+        r = subprocess.run([binary(), "generate", "--weights", str(w), "--latents", str(latents), "--out", str(tmp_path / "o")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        return r.stderr
+
+    t = dict(tensors); del t["16x16/Conv1/weight"]
+    # without Conv1 the 16x16 block is absent, and its Conv0 tensors are reported as a gap
+    assert "16x16" in generate_error(t)
+    t = dict(tensors); del t["ToRGB_lod0/bias"]
+    assert "ToRGB_lod0/bias is missing" in generate_error(t)
+    t = dict(tensors); t["8x8/Conv0/weight"] = t["8x8/Conv0/weight"][:, :, :, :-1].copy()
+    assert "8x8/Conv0/weight" in generate_error(t)
+    t = dict(tensors); t["4x4/Conv/weight"] = t["4x4/Conv/weight"].copy(); t["4x4/Conv/weight"][0, 0, 0, 0] = np.nan
+    err = generate_error(t)
+    assert "4x4/Conv/weight" in err and "not finite" in err
+    np.save(tmp_path / "z500.npy", np.zeros((2, 500), np.float32))
+    err = generate_error(tensors, tmp_path / "z500.npy")
+    assert "[2, 500]" in err and "512" in err
+
+
+def test_builtin_network_runs_without_files(tmp_path):
+    r = subprocess.run([binary(), "generate", "--seed", "3", "--count", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "abstract textures, not faces" in r.stdout
+    img = np.asarray(Image.open(tmp_path / "image_0001.png"))
+    assert img.shape == (256, 256, 3) and img.std() > 5  # a real picture, not a flat fill
