@@ -5,11 +5,14 @@ use std::time::Instant;
 
 use anyhow::ensure;
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::CpuGenerator, model};
+use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// How the CPU computes 3 x 3 convolutions: winograd (fast) or direct (closest to the reference)
+    #[arg(long, value_enum, default_value = "winograd")]
+    algorithm: CpuAlgorithm,
     /// Checkpoint to time; default: a random network with the exact CelebA-HQ 1024 shapes
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -19,6 +22,9 @@ pub struct Args {
     /// Timed repetitions per batch size (after one warm-up)
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Also print the time of each layer (one image)
+    #[arg(long)]
+    layers: bool,
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`).
@@ -40,7 +46,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let gflop = 2.0 * model.macs_per_image() / 1e9;
     let threads = rayon::current_num_threads();
     println!("generator benchmark: {} ({gflop:.2} GFLOP per image), CPU, {threads} threads", model.label);
-    let generator = CpuGenerator::new(model.clone());
+    let generator = CpuGenerator::new(model.clone(), args.algorithm);
     let mut rng = Rng::new(7);
     let mut rows = Vec::new();
     for &batch in &args.batch {
@@ -57,6 +63,25 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         let median = per_image[per_image.len() / 2];
         rows.push(serde_json::json!({"batch": batch, "best_s_per_image": best, "median_s_per_image": median, "gflops": gflop / best}));
         println!("batch {batch}: best {best:.3} s/image, median {median:.3} s/image, {:.1} GFLOP/s", gflop / best);
+    }
+    if args.layers {
+        let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
+        println!("{:<22} {:>9} {:>9}", "layer", "ms", "GFLOP/s");
+        let mut side = 4usize;
+        let times = generator.layer_times(&z)?;
+        for (name, secs) in &times {
+            let layer = model.convs.iter().find(|c| &c.name == name);
+            let gflop = match layer {
+                Some(c) => {
+                    if c.upsample {
+                        side *= 2;
+                    }
+                    2.0 * (9 * c.cin * c.cout * side * side) as f64 / 1e9
+                }
+                None => f64::NAN,
+            };
+            println!("{name:<22} {:>9.2} {:>9.1}", secs * 1e3, gflop / secs);
+        }
     }
     let peak = peak_rss_mib();
     println!("peak resident memory {peak:.0} MiB (includes the weights)");

@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::CpuGenerator};
+use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// How the CPU computes 3 x 3 convolutions: winograd (fast) or direct (closest to the reference)
+    #[arg(long, value_enum, default_value = "winograd")]
+    algorithm: CpuAlgorithm,
     /// Converted checkpoint (.safetensors from scripts/convert_pggan.py). Without it: the built-in random-weight
     /// network, which draws abstract textures, not faces.
     #[arg(long)]
@@ -55,7 +58,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     };
     let n = latents.len() / latent;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let generator = CpuGenerator::new(model.clone());
+    let generator = CpuGenerator::new(model.clone(), args.algorithm);
     let bar = indicatif::ProgressBar::new(n as u64);
     let side = model.resolution;
     let mut all = Vec::with_capacity(n * 3 * side * side);

@@ -10,19 +10,58 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::model::{ConvLayer, PgganModel};
+use super::winograd::{self, WinogradLayer};
 use super::GenerateError;
 
 /// Bytes of one band's patch matrix: small enough to stay in the cache, large enough for an efficient GEMM.
 const BAND_PATCH_BYTES: usize = 1 << 20;
 
+/// How the CPU computes 3 x 3 convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuAlgorithm {
+    /// Gathered patches times the weights: the plain float32 sum, closest to the float64 reference.
+    Direct,
+    /// Winograd F(4x4, 3x3) (4 times fewer multiplications) for layers from 32 x 32 to 512 x 512, direct for
+    /// the others.
+    Winograd,
+}
+
+/// Layers this wide use Winograd. Smaller ones have too few tiles to repay the 4-times-larger transformed
+/// weights; at 1024 x 1024 the layers have 16 and 32 channels, too few for the transforms to run at SIMD speed,
+/// and the direct GEMM is faster (measured: docs/benchmarks.md).
+const WINOGRAD_SIDES: std::ops::RangeInclusive<usize> = 32..=512;
+
+enum Plan {
+    Direct,
+    Winograd(WinogradLayer),
+}
+
 /// Runs a [`PgganModel`] on the CPU.
 pub struct CpuGenerator {
     model: std::sync::Arc<PgganModel>,
+    plans: Vec<Plan>,
 }
 
 impl CpuGenerator {
-    pub fn new(model: std::sync::Arc<PgganModel>) -> CpuGenerator {
-        CpuGenerator { model }
+    /// Prepares the layers (Winograd weight transforms happen here, once).
+    pub fn new(model: std::sync::Arc<PgganModel>, algorithm: CpuAlgorithm) -> CpuGenerator {
+        let mut side = 4usize;
+        let plans = model
+            .convs
+            .iter()
+            .map(|layer| {
+                if layer.upsample {
+                    side *= 2;
+                }
+                if algorithm == CpuAlgorithm::Winograd && WINOGRAD_SIDES.contains(&side) {
+                    Plan::Winograd(WinogradLayer::new(layer, &winograd::F4))
+                } else {
+                    Plan::Direct
+                }
+            })
+            .collect();
+        CpuGenerator { model, plans }
     }
 
     pub fn model(&self) -> &PgganModel {
@@ -43,16 +82,40 @@ impl CpuGenerator {
         Ok(out)
     }
 
+    /// Seconds spent in each layer for one latent (dense, each convolution by name, ToRGB), for profiling.
+    pub fn layer_times(&self, z: &[f32]) -> Result<Vec<(String, f64)>, GenerateError> {
+        if z.len() != self.model.latent_size {
+            return Err(GenerateError::Latent { expected: self.model.latent_size, actual: z.len() });
+        }
+        let mut times = Vec::new();
+        self.forward(z, &mut |name, secs| times.push((name.to_string(), secs)));
+        Ok(times)
+    }
+
     fn forward_one(&self, z: &[f32]) -> Vec<f32> {
+        self.forward(z, &mut |_, _| {})
+    }
+
+    fn forward(&self, z: &[f32], on_layer: &mut dyn FnMut(&str, f64)) -> Vec<f32> {
         let m = &*self.model;
+        let t = std::time::Instant::now();
         let mut act = dense_block(m, z);
+        on_layer("4x4/Dense", t.elapsed().as_secs_f64());
         let mut side = 4usize;
-        for layer in &m.convs {
-            let (next, next_side) = conv3x3(&act, side, layer);
+        for (layer, plan) in m.convs.iter().zip(&self.plans) {
+            let t = std::time::Instant::now();
+            let (next, next_side) = match plan {
+                Plan::Direct => conv3x3(&act, side, layer),
+                Plan::Winograd(w) => winograd::conv3x3(&act, side, w, bias_lrelu_pixel_norm),
+            };
+            on_layer(&layer.name, t.elapsed().as_secs_f64());
             act = next;
             side = next_side;
         }
-        to_rgb(&act, side, m)
+        let t = std::time::Instant::now();
+        let rgb = to_rgb(&act, side, m);
+        on_layer("ToRGB_lod0", t.elapsed().as_secs_f64());
+        rgb
     }
 }
 
@@ -93,6 +156,14 @@ fn lrelu_pixel_norm(pixel: &mut [f32]) {
     for v in pixel.iter_mut() {
         *v *= inv;
     }
+}
+
+/// Adds the bias, then leaky ReLU and pixel norm: the epilogue of every convolution.
+fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
+    for (v, b) in pixel.iter_mut().zip(bias) {
+        *v += b;
+    }
+    lrelu_pixel_norm(pixel);
 }
 
 /// One convolution layer on a `[side, side, cin]` input; returns `[side', side', cout]` and `side'`.
@@ -136,10 +207,7 @@ fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer) -> (Vec<f32>, usize
             );
         }
         for pixel in out_band.chunks_exact_mut(cout) {
-            for (v, b) in pixel.iter_mut().zip(&layer.bias) {
-                *v += b;
-            }
-            lrelu_pixel_norm(pixel);
+            bias_lrelu_pixel_norm(pixel, &layer.bias);
         }
     };
     if bands >= 2 * threads {
@@ -182,19 +250,30 @@ fn gather_patches(input: &[f32], side_in: usize, cin: usize, up: usize, y0: usiz
     }
 }
 
-/// The 1 x 1 ToRGB layer: `[side, side, C]` -> planar `[3, side, side]`, no activation.
+/// The 1 x 1 ToRGB layer: `[side, side, C]` -> planar `[3, side, side]`, no activation. Rows run in parallel.
 fn to_rgb(act: &[f32], side: usize, m: &PgganModel) -> Vec<f32> {
     let c = m.final_channels();
     let plane = side * side;
+    let (w, b) = (&m.to_rgb_weight, &m.to_rgb_bias);
     let mut out = vec![0.0f32; 3 * plane];
-    for (p, pixel) in act.chunks_exact(c).enumerate() {
-        for k in 0..3 {
-            let mut acc = m.to_rgb_bias[k];
-            for (ci, v) in pixel.iter().enumerate() {
-                acc += v * m.to_rgb_weight[ci * 3 + k];
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    red.par_chunks_mut(side)
+        .zip(green.par_chunks_mut(side))
+        .zip(blue.par_chunks_mut(side))
+        .zip(act.par_chunks(side * c))
+        .for_each(|(((r, g), bl), row)| {
+            for (x, pixel) in row.chunks_exact(c).enumerate() {
+                let (mut acc_r, mut acc_g, mut acc_b) = (b[0], b[1], b[2]);
+                for (ci, v) in pixel.iter().enumerate() {
+                    acc_r += v * w[ci * 3];
+                    acc_g += v * w[ci * 3 + 1];
+                    acc_b += v * w[ci * 3 + 2];
+                }
+                r[x] = acc_r;
+                g[x] = acc_g;
+                bl[x] = acc_b;
             }
-            out[k * plane + p] = acc;
-        }
-    }
+        });
     out
 }

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod model;
 pub mod weights;
+pub mod winograd;
 
 use std::path::{Path, PathBuf};
 

@@ -58,7 +58,9 @@ def test_scaling_a_latent_does_not_change_the_image_and_a_batch_equals_its_items
     z = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
     batch = run_generate(weights, z, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None)
     scaled = run_generate(weights, z * 7.5, tmp_path / "s" if (tmp_path / "s").mkdir() is None else None)
-    np.testing.assert_allclose(scaled, batch, atol=1e-5)
+    # pixel norm removes the scale; what is left is float32 rounding, far below one 8-bit level
+    np.testing.assert_allclose(scaled, batch, atol=1e-4)
+    assert (ref.to_uint8(scaled).astype(int) - ref.to_uint8(batch)).__abs__().max() <= 1
     for i in range(3):
         d = tmp_path / f"one{i}"
         d.mkdir()

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Times the PGGAN generator of hyper-rt beside the same network in PyTorch on the CPU, in one run, from the same
+safetensors file (a random checkpoint with the exact CelebA-HQ 1024 shapes by default).
+
+    .venv-bench/bin/python scripts/bench_generator.py            # needs torch (see docs/benchmarks.md)
+
+PyTorch variants: eager (NCHW), eager channels_last, and torch.compile (inductor). Each variant runs in its own
+process so that its peak memory (ru_maxrss) is its own. Prints a table and one JSON line.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def build_torch(weights_path, channels_last=False):
+    import torch
+    import torch.nn.functional as F
+    from pggan_reference import load_safetensors
+
+    t, _ = load_safetensors(weights_path)
+    T = {k: torch.from_numpy(np.array(v)) for k, v in t.items()}
+
+    def ws(w, gain, fan_in=None):
+        fan_in = int(np.prod(w.shape[:-1])) if fan_in is None else fan_in
+        return float(np.float32(gain / np.sqrt(fan_in)))
+
+    dense = T["4x4/Dense/weight"] * ws(T["4x4/Dense/weight"], np.sqrt(2) / 4)
+    layers = []
+    conv = lambda name: (T[f"{name}/weight"] * ws(T[f"{name}/weight"], np.sqrt(2))).permute(3, 2, 0, 1).contiguous()
+    layers.append((False, conv("4x4/Conv"), T["4x4/Conv/bias"]))
+    res = 8
+    while f"{res}x{res}/Conv1/weight" in T:
+        p = f"{res}x{res}"
+        layers.append((True, conv(f"{p}/Conv0"), T[f"{p}/Conv0/bias"]))
+        layers.append((False, conv(f"{p}/Conv1"), T[f"{p}/Conv1/bias"]))
+        res *= 2
+    rgb_w = (T["ToRGB_lod0/weight"] * ws(T["ToRGB_lod0/weight"], 1.0)).permute(3, 2, 0, 1).contiguous()
+    rgb_b = T["ToRGB_lod0/bias"]
+    c4 = T["4x4/Dense/bias"].shape[0]
+
+    def pn(x):
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+    class G(torch.nn.Module):
+        def forward(self, z):
+            x = pn(z) @ dense
+            x = x.view(-1, c4, 4, 4) + T["4x4/Dense/bias"].view(1, -1, 1, 1)
+            x = pn(F.leaky_relu(x, 0.2))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for up, w, b in layers:
+                if up:
+                    x = F.interpolate(x, scale_factor=2, mode="nearest")
+                x = pn(F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.2))
+            return F.conv2d(x, rgb_w, rgb_b)
+
+    return torch, G()
+
+
+def run_variant(variant, weights, batch, repeats):
+    torch, model = build_torch(weights, channels_last=(variant == "channels_last"))
+    torch.set_num_threads(os.cpu_count())
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 512)).astype(np.float32))
+    fn = torch.compile(model) if variant == "compile" else model
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        fn(z)  # warm-up (and compilation)
+        warm = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(z)
+            times.append((time.perf_counter() - t0) / batch)
+    times.sort()
+    return {"variant": f"pytorch {variant}", "batch": batch, "best_s_per_image": times[0],
+            "median_s_per_image": times[len(times) // 2], "warmup_s": warm,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch": torch.__version__}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", help="safetensors checkpoint (default: random with the CelebA-HQ 1024 shapes)")
+    ap.add_argument("--batch", default="1,4")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", default="eager,channels_last,compile")
+    ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "hyper-rt"))
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    batches = [int(b) for b in a.batch.split(",")]
+    if a.variant:
+        print(json.dumps(run_variant(a.variant, a.weights, batches[0], a.repeats)))
+        return
+    weights = a.weights
+    if weights is None:
+        weights = str(ROOT / "target" / "bench-pggan-1024.safetensors")
+        if not os.path.exists(weights):
+            import convert_pggan
+            convert_pggan.main(["--random", "--resolution", "1024", "--seed", "1", "-o", weights])
+    rows = []
+    for batch in batches:
+        for variant in a.variants.split(","):
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--weights", weights, "--batch", str(batch),
+                                  "--repeats", str(a.repeats)], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"pytorch {variant} failed: {out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for algorithm in ["winograd", "direct"]:
+            out = subprocess.run([a.binary, "bench-generator", "--weights", weights, "--batch", str(batch), "--repeats",
+                                  str(a.repeats), "--algorithm", algorithm], capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            r = res["results"][0]
+            rows.append({"variant": f"hyper-rt cpu {algorithm}", "batch": batch, "best_s_per_image": r["best_s_per_image"],
+                         "median_s_per_image": r["median_s_per_image"], "peak_rss_mib": res["peak_rss_mib"]})
+    gflop = 85.345697792
+    print(f"{'variant':<28} {'batch':>5} {'best s/img':>11} {'median':>8} {'GFLOP/s':>8} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['variant']:<28} {r['batch']:>5} {r['best_s_per_image']:>11.3f} {r['median_s_per_image']:>8.3f} "
+              f"{gflop / r['best_s_per_image']:>8.1f} {r['peak_rss_mib']:>9.0f}")
+    for batch in batches:
+        torch_best = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("pytorch")), default=None)
+        ours = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("hyper-rt")), default=None)
+        if torch_best and ours:
+            print(f"batch {batch}: hyper-rt is {torch_best / ours:.2f}x PyTorch's best ({torch_best:.3f} s vs {ours:.3f} s)")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
