@@ -23,13 +23,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def build_torch(weights_path, channels_last=False):
+def build_torch(weights_path, channels_last=False, device="cpu"):
     import torch
     import torch.nn.functional as F
     from pggan_reference import load_safetensors
 
     t, _ = load_safetensors(weights_path)
-    T = {k: torch.from_numpy(np.array(v)) for k, v in t.items()}
+    T = {k: torch.from_numpy(np.array(v)).to(device) for k, v in t.items()}
 
     def ws(w, gain, fan_in=None):
         fan_in = int(np.prod(w.shape[:-1])) if fan_in is None else fan_in
@@ -68,22 +68,33 @@ def build_torch(weights_path, channels_last=False):
     return torch, G()
 
 
-def run_variant(variant, weights, batch, repeats):
-    torch, model = build_torch(weights, channels_last=(variant == "channels_last"))
+def run_variant(variant, weights, batch, repeats, device="cpu"):
+    base = variant.removesuffix("-tf32")
+    torch, model = build_torch(weights, channels_last=(base == "channels_last"), device=device)
     torch.set_num_threads(os.cpu_count())
-    z = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 512)).astype(np.float32))
-    fn = torch.compile(model) if variant == "compile" else model
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 512)).astype(np.float32)).to(device)
+    fn = torch.compile(model) if base == "compile" else model
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # on the GPU, time several back-to-back passes per repetition, as hyper-rt's GPU benchmark does
+    passes = 20 if device == "cuda" else 1
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = variant.endswith("tf32")
+        torch.backends.cudnn.allow_tf32 = variant.endswith("tf32")
     with torch.inference_mode():
         t0 = time.perf_counter()
         fn(z)  # warm-up (and compilation)
+        fn(z)
+        sync()
         warm = time.perf_counter() - t0
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            fn(z)
-            times.append((time.perf_counter() - t0) / batch)
+            for _ in range(passes):
+                fn(z)
+            sync()
+            times.append((time.perf_counter() - t0) / batch / passes)
     times.sort()
-    return {"variant": f"pytorch {variant}", "batch": batch, "best_s_per_image": times[0],
+    return {"variant": f"pytorch {device} {variant}", "batch": batch, "best_s_per_image": times[0],
             "median_s_per_image": times[len(times) // 2], "warmup_s": warm,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch": torch.__version__}
 
@@ -93,14 +104,16 @@ def main():
     ap.add_argument("--weights", help="safetensors checkpoint (default: random with the CelebA-HQ 1024 shapes)")
     ap.add_argument("--batch", default="1,4")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="eager,channels_last,compile")
+    ap.add_argument("--variants", help="default: eager,channels_last,compile (cpu); eager,compile,eager-tf32,compile-tf32 (cuda)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "hyper-rt"))
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args()
     batches = [int(b) for b in a.batch.split(",")]
     if a.variant:
-        print(json.dumps(run_variant(a.variant, a.weights, batches[0], a.repeats)))
+        print(json.dumps(run_variant(a.variant, a.weights, batches[0], a.repeats, a.device)))
         return
+    variants = a.variants or ("eager,channels_last,compile" if a.device == "cpu" else "eager,compile,eager-tf32,compile-tf32")
     weights = a.weights
     if weights is None:
         weights = str(ROOT / "target" / "bench-pggan-1024.safetensors")
@@ -109,30 +122,35 @@ def main():
             convert_pggan.main(["--random", "--resolution", "1024", "--seed", "1", "-o", weights])
     rows = []
     for batch in batches:
-        for variant in a.variants.split(","):
+        for variant in variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--variant", variant, "--weights", weights, "--batch", str(batch),
-                                  "--repeats", str(a.repeats)], capture_output=True, text=True)
+                                  "--repeats", str(a.repeats), "--device", a.device], capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"pytorch {variant} failed: {out.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        for algorithm in ["winograd", "direct"]:
+        ours = [("cpu", "--algorithm", "winograd"), ("cpu", "--algorithm", "direct")] if a.device == "cpu" else \
+            [("cuda", "--precision", "f32"), ("cuda", "--precision", "tf32")]
+        for device, flag, value in ours:
             out = subprocess.run([a.binary, "bench-generator", "--weights", weights, "--batch", str(batch), "--repeats",
-                                  str(a.repeats), "--algorithm", algorithm], capture_output=True, text=True, check=True)
+                                  str(a.repeats), "--device", device, flag, value], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"hyper-rt {device} {value} failed: {out.stderr[-2000:]}", file=sys.stderr)
+                continue
             res = json.loads(out.stdout.strip().splitlines()[-1])
             r = res["results"][0]
-            rows.append({"variant": f"hyper-rt cpu {algorithm}", "batch": batch, "best_s_per_image": r["best_s_per_image"],
+            rows.append({"variant": f"hyper-rt {device} {value}", "batch": batch, "best_s_per_image": r["best_s_per_image"],
                          "median_s_per_image": r["median_s_per_image"], "peak_rss_mib": res["peak_rss_mib"]})
     gflop = 85.345697792
-    print(f"{'variant':<28} {'batch':>5} {'best s/img':>11} {'median':>8} {'GFLOP/s':>8} {'peak MiB':>9}")
+    print(f"{'variant':<28} {'batch':>5} {'best ms/img':>12} {'median':>9} {'GFLOP/s':>9} {'peak MiB':>9}")
     for r in rows:
-        print(f"{r['variant']:<28} {r['batch']:>5} {r['best_s_per_image']:>11.3f} {r['median_s_per_image']:>8.3f} "
-              f"{gflop / r['best_s_per_image']:>8.1f} {r['peak_rss_mib']:>9.0f}")
+        print(f"{r['variant']:<28} {r['batch']:>5} {r['best_s_per_image'] * 1e3:>12.3f} {r['median_s_per_image'] * 1e3:>9.3f} "
+              f"{gflop / r['best_s_per_image']:>9.1f} {r['peak_rss_mib']:>9.0f}")
     for batch in batches:
         torch_best = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("pytorch")), default=None)
         ours = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("hyper-rt")), default=None)
         if torch_best and ours:
-            print(f"batch {batch}: hyper-rt is {torch_best / ours:.2f}x PyTorch's best ({torch_best:.3f} s vs {ours:.3f} s)")
+            print(f"batch {batch}: hyper-rt is {torch_best / ours:.2f}x PyTorch's best ({torch_best * 1e3:.3f} ms vs {ours * 1e3:.3f} ms per image)")
     print(json.dumps(rows))
 
 

@@ -2,3 +2,7 @@
 //! check the command-line tools against independent references (a protocol client, nibabel).
 
 mod intake;
+#[cfg(feature = "cuda")]
+mod kernels;
+#[cfg(feature = "cuda")]
+mod cuda_parity;

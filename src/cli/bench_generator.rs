@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::ensure;
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model};
+use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model, Backend, DeviceChoice, Precision};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -13,6 +13,15 @@ pub struct Args {
     /// How the CPU computes 3 x 3 convolutions: winograd (fast) or direct (closest to the reference)
     #[arg(long, value_enum, default_value = "winograd")]
     algorithm: CpuAlgorithm,
+    /// Where to run: cpu, cuda, or auto
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceChoice,
+    /// GPU convolution arithmetic: f32 (exact) or tf32 (tensor cores)
+    #[arg(long, value_enum, default_value = "tf32")]
+    precision: Precision,
+    /// GPU: forward passes per timed repetition
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
     /// Checkpoint to time; default: a random network with the exact CelebA-HQ 1024 shapes
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -44,6 +53,9 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     };
     let model = std::sync::Arc::new(model);
     let gflop = 2.0 * model.macs_per_image() / 1e9;
+    if args.device != DeviceChoice::Cpu {
+        return bench_gpu(&args, model, gflop);
+    }
     let threads = rayon::current_num_threads();
     println!("generator benchmark: {} ({gflop:.2} GFLOP per image), CPU, {threads} threads", model.label);
     let generator = CpuGenerator::new(model.clone(), args.algorithm);
@@ -87,4 +99,24 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     println!("peak resident memory {peak:.0} MiB (includes the weights)");
     println!("{}", serde_json::json!({"backend": "cpu", "threads": threads, "gflop_per_image": gflop, "peak_rss_mib": peak, "results": rows}));
     Ok(())
+}
+
+/// Times the GPU backend: the forward pass alone (latents on the device), back-to-back passes.
+fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) -> anyhow::Result<()> {
+    let backend = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
+    #[cfg(feature = "cuda")]
+    if let Backend::Cuda(mut generator) = backend {
+        println!("generator benchmark: {} ({gflop:.2} GFLOP per image), {}", model.label, generator.device_name());
+        let mut rng = Rng::new(7);
+        let mut rows = Vec::new();
+        for &batch in &args.batch {
+            let z: Vec<f32> = (0..batch * model.latent_size).map(|_| rng.normal() as f32).collect();
+            let secs = generator.time_forward(&z, args.iterations, args.repeats)?;
+            println!("batch {batch}: {:.3} ms/image, {:.1} TFLOP/s ({:?})", secs * 1e3, gflop / secs / 1e3, args.precision);
+            rows.push(serde_json::json!({"batch": batch, "best_s_per_image": secs, "median_s_per_image": secs, "gflops": gflop / secs}));
+        }
+        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows}));
+        return Ok(());
+    }
+    anyhow::bail!("the GPU is not available here ({}); use --device cpu", backend.describe())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}};
+use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -12,6 +12,12 @@ pub struct Args {
     /// How the CPU computes 3 x 3 convolutions: winograd (fast) or direct (closest to the reference)
     #[arg(long, value_enum, default_value = "winograd")]
     algorithm: CpuAlgorithm,
+    /// Where to run: auto (GPU if usable, else CPU with a warning), cpu, or cuda (failure is an error)
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// GPU convolution arithmetic: f32 (exact) or tf32 (tensor cores)
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
     /// Converted checkpoint (.safetensors from scripts/convert_pggan.py). Without it: the built-in random-weight
     /// network, which draws abstract textures, not faces.
     #[arg(long)]
@@ -58,7 +64,8 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     };
     let n = latents.len() / latent;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let generator = CpuGenerator::new(model.clone(), args.algorithm);
+    let mut generator = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
+    tracing::info!("generating on {}", generator.describe());
     let bar = indicatif::ProgressBar::new(n as u64);
     let side = model.resolution;
     let mut all = Vec::with_capacity(n * 3 * side * side);

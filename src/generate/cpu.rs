@@ -41,6 +41,7 @@ enum Plan {
 pub struct CpuGenerator {
     model: std::sync::Arc<PgganModel>,
     plans: Vec<Plan>,
+    algorithm: CpuAlgorithm,
 }
 
 impl CpuGenerator {
@@ -61,7 +62,11 @@ impl CpuGenerator {
                 }
             })
             .collect();
-        CpuGenerator { model, plans }
+        CpuGenerator { model, plans, algorithm }
+    }
+
+    pub fn algorithm(&self) -> CpuAlgorithm {
+        self.algorithm
     }
 
     pub fn model(&self) -> &PgganModel {

@@ -5,6 +5,8 @@
 //! `clip(rint((x + 1) / 2 * 255), 0, 255)` computed in float32 with ties to even, exactly as the official code.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod model;
 pub mod weights;
 pub mod winograd;
@@ -29,6 +31,94 @@ pub enum GenerateError {
     Latent { expected: usize, actual: usize },
     #[error("CUDA backend: {0}")]
     Cuda(String),
+}
+
+/// Where the generator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The GPU when the driver, NVRTC and a device are present, else the CPU (with one warning saying why).
+    Auto,
+    Cpu,
+    /// The GPU; any failure is an error.
+    Cuda,
+}
+
+/// Arithmetic of the GPU convolutions (without the `cuda` feature only float32 exists, on the CPU).
+#[cfg(feature = "cuda")]
+pub use cuda::Precision;
+#[cfg(not(feature = "cuda"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Tf32,
+}
+
+/// A generator on the CPU or the GPU.
+pub enum Backend {
+    Cpu(cpu::CpuGenerator),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<cuda::CudaGenerator>),
+}
+
+impl Backend {
+    /// Opens the backend `device` asks for; `auto` falls back to the CPU with one warning naming the reason.
+    pub fn open(
+        model: std::sync::Arc<model::PgganModel>,
+        device: DeviceChoice,
+        algorithm: cpu::CpuAlgorithm,
+        precision: Precision,
+    ) -> Result<Backend, GenerateError> {
+        #[cfg(feature = "cuda")]
+        {
+            if device != DeviceChoice::Cpu {
+                match cuda::CudaGenerator::new(model.clone(), precision) {
+                    Ok(g) => return Ok(Backend::Cuda(Box::new(g))),
+                    Err(e) if device == DeviceChoice::Cuda => return Err(e),
+                    Err(e) => tracing::warn!("GPU not used, generating on the CPU: {e}"),
+                }
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = precision;
+            if device == DeviceChoice::Cuda {
+                return Err(GenerateError::Cuda("this build has no CUDA support (cargo feature `cuda`)".into()));
+            }
+            if device == DeviceChoice::Auto {
+                tracing::warn!("GPU not used, generating on the CPU: this build has no CUDA support");
+            }
+        }
+        Ok(Backend::Cpu(cpu::CpuGenerator::new(model, algorithm)))
+    }
+
+    /// Generates float32 NCHW images.
+    pub fn generate(&mut self, latents: &[f32]) -> Result<Vec<f32>, GenerateError> {
+        match self {
+            Backend::Cpu(g) => g.generate(latents),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => g.generate(latents),
+        }
+    }
+
+    /// The model being run.
+    pub fn model(&self) -> &model::PgganModel {
+        match self {
+            Backend::Cpu(g) => g.model(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => g.model(),
+        }
+    }
+
+    /// "CPU (2 threads, winograd)" or "NVIDIA H100 80GB HBM3 (tf32)".
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Cpu(g) => format!("CPU ({} threads, {:?})", rayon::current_num_threads(), g.algorithm()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => format!("{} ({:?})", g.device_name(), g.precision()),
+        }
+    }
 }
 
 /// Loads the model from a checkpoint file, or the built-in random network when `weights` is `None`.

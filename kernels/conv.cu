@@ -1,0 +1,216 @@
+// Kernels (2) and (3): the 3x3 convolution as an implicit GEMM, with the nearest-neighbour x2 upsample folded
+// into its input indexing, and the pixel-norm epilogue.
+//
+// GEMM view: rows m = output pixels (n, y, x) of all images, columns = output channels, K = 9 * Cin with
+// k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order). A block computes a BM x BN tile over a
+// range of K (split-K when the layer has too few tiles to fill the GPU), staging BK-deep slices of the gathered
+// input and of the weights in shared memory; the next slice is fetched into registers while the current one is
+// multiplied. Two inner products: float32 FMAs (the exact path) or TF32 tensor cores (mma.sync m16n8k8).
+//
+// Epilogue: the tile goes through shared memory; if the block holds every output channel of its pixels and all of
+// K (fused), it adds the bias, applies leaky ReLU and pixel norm and writes the activations; otherwise it writes
+// raw partial sums and conv_finish_f32 reduces the splits and applies bias, leaky ReLU and pixel norm.
+#include "common.cuh"
+
+#define BM 64
+#define BN 64
+#define BK 16
+#define THREADS 256
+#define A_LOADS (BM * BK / THREADS)
+#define B_LOADS (BK * BN / THREADS)
+
+struct ConvShape {
+    int n_images, side_in, cin, cout, up, side, m_total, k_total, k_per_split, fused;
+};
+
+template <bool TF32>
+__device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const float* __restrict__ w,
+                                             const float* __restrict__ bias, float* __restrict__ out,
+                                             const ConvShape s) {
+    __shared__ float As[BK][BM + 4];
+    __shared__ float Bs[BK][BN + 4];
+    __shared__ float Cs[BM][BN + 1];
+    const int t = threadIdx.x;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int k_begin = blockIdx.z * s.k_per_split;
+    const int k_end = min(s.k_total, k_begin + s.k_per_split);
+    const int hw = s.side * s.side;
+
+    // this thread's A rows (pixels) are fixed: m = t / BK + i * (THREADS / BK); its A column kk = t % BK
+    const int a_kk = t % BK;
+    int a_img[A_LOADS], a_y[A_LOADS], a_x[A_LOADS];
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+        const int p = m0 + t / BK + i * (THREADS / BK);
+        if (p < s.m_total) {
+            a_img[i] = p / hw;
+            const int rem = p - a_img[i] * hw;
+            a_y[i] = rem / s.side;
+            a_x[i] = rem - a_y[i] * s.side;
+        } else {
+            a_img[i] = -1;
+            a_y[i] = a_x[i] = 0;
+        }
+    }
+    const int b_n = t % BN;
+    float a_next[A_LOADS], b_next[B_LOADS];
+
+    auto fetch = [&](int k0) {
+        const int k = k0 + a_kk;
+        int tap = 0, ci = 0, dy = 0, dx = 0;
+        const bool k_ok = k < k_end;
+        if (k_ok) {
+            tap = k / s.cin;
+            ci = k - tap * s.cin;
+            dy = tap / 3;
+            dx = tap - dy * 3;
+        }
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {
+            float v = 0.0f;
+            const int sy = a_y[i] + dy - 1, sx = a_x[i] + dx - 1;
+            if (k_ok && a_img[i] >= 0 && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side) {
+                v = in[(((size_t)a_img[i] * s.side_in + (sy >> s.up)) * s.side_in + (sx >> s.up)) * s.cin + ci];
+            }
+            a_next[i] = v;
+        }
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int kk = t / BN + i * (THREADS / BN);
+            const int kb = k0 + kk, n = n0 + b_n;
+            b_next[i] = (kb < k_end && n < s.cout) ? w[(size_t)kb * s.cout + n] : 0.0f;
+        }
+    };
+    auto stage = [&]() {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) As[a_kk][t / BK + i * (THREADS / BK)] = a_next[i];
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) Bs[t / BN + i * (THREADS / BN)][b_n] = b_next[i];
+    };
+
+    // accumulators: SIMT 4x4 per thread; TF32 2 (m16) x 2 (n8) mma tiles per warp, 4 floats each
+    float acc[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
+    const int lane = t & 31, warp = t >> 5;
+    const int g = lane >> 2, tig = lane & 3;
+    const int warp_m = (warp & 1) * 32, warp_n = (warp >> 1) * 16;
+    const int tx = t % 16, ty = t / 16;
+
+    fetch(k_begin);
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        stage();
+        __syncthreads();
+        if (k0 + BK < k_end) fetch(k0 + BK);  // overlaps with the math below
+        if (TF32) {
+#pragma unroll
+            for (int ks = 0; ks < BK; ks += 8) {
+                unsigned int a[2][4], b[2][2];
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int r = warp_m + mi * 16 + g;
+                    a[mi][0] = to_tf32(As[ks + tig][r]);
+                    a[mi][1] = to_tf32(As[ks + tig][r + 8]);
+                    a[mi][2] = to_tf32(As[ks + tig + 4][r]);
+                    a[mi][3] = to_tf32(As[ks + tig + 4][r + 8]);
+                }
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) {
+                    const int c = warp_n + ni * 8 + g;
+                    b[ni][0] = to_tf32(Bs[ks + tig][c]);
+                    b[ni][1] = to_tf32(Bs[ks + tig + 4][c]);
+                }
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < 2; ++ni) mma_tf32_16x8x8(&acc[(mi * 2 + ni) * 4], a[mi], b[ni]);
+            }
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < BK; ++kk) {
+                float av[4], bv[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i * 4 + j] = fmaf(av[i], bv[j], acc[i * 4 + j]);
+            }
+        }
+        __syncthreads();
+    }
+
+    // tile -> shared memory
+    if (TF32) {
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int row = warp_m + mi * 16 + g + ((r >> 1) << 3);
+                    const int col = warp_n + ni * 8 + tig * 2 + (r & 1);
+                    Cs[row][col] = acc[(mi * 2 + ni) * 4 + r];
+                }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) Cs[ty * 4 + i][tx * 4 + j] = acc[i * 4 + j];
+    }
+    __syncthreads();
+
+    // epilogue: one warp per pixel row of the tile, lanes over channels (coalesced stores)
+    for (int r = warp; r < BM; r += THREADS / 32) {
+        const int p = m0 + r;
+        if (p >= s.m_total) continue;
+        if (s.fused) {
+            float v0 = 0.0f, v1 = 0.0f;
+            const int c0 = lane, c1 = lane + 32;
+            if (c0 < s.cout) v0 = lrelu(Cs[r][c0] + bias[c0]);
+            if (c1 < s.cout) v1 = lrelu(Cs[r][c1] + bias[c1]);
+            const float inv = 1.0f / sqrtf(warp_sum(v0 * v0 + v1 * v1) / (float)s.cout + PIXEL_NORM_EPS);
+            float* o = out + (size_t)p * s.cout;
+            if (c0 < s.cout) o[c0] = v0 * inv;
+            if (c1 < s.cout) o[c1] = v1 * inv;
+        } else {
+            float* o = out + ((size_t)blockIdx.z * s.m_total + p) * s.cout;
+            for (int c = lane; c < BN; c += 32)
+                if (n0 + c < s.cout) o[n0 + c] = Cs[r][c];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) conv3x3_f32(const float* __restrict__ in, const float* __restrict__ w,
+                                                                 const float* __restrict__ bias, float* __restrict__ out,
+                                                                 ConvShape s) {
+    conv3x3_body<false>(in, w, bias, out, s);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) conv3x3_tf32(const float* __restrict__ in, const float* __restrict__ w,
+                                                                  const float* __restrict__ bias, float* __restrict__ out,
+                                                                  ConvShape s) {
+    conv3x3_body<true>(in, w, bias, out, s);
+}
+
+// Kernel (3): sums the split-K partials [splits, M, Cout], adds the bias, applies leaky ReLU and pixel norm.
+// One warp per pixel; out: [M, Cout].
+extern "C" __global__ void conv_finish_f32(const float* __restrict__ partial, const float* __restrict__ bias,
+                                           float* __restrict__ out, int m_total, int cout, int splits) {
+    const int lane = threadIdx.x & 31;
+    const int p = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (p >= m_total) return;
+    float* o = out + (size_t)p * cout;
+    float sq = 0.0f;
+    for (int c = lane; c < cout; c += 32) {
+        float v = 0.0f;
+        for (int k = 0; k < splits; ++k) v += partial[((size_t)k * m_total + p) * cout + c];
+        v = lrelu(v + bias[c]);
+        o[c] = v;
+        sq += v * v;
+    }
+    const float inv = 1.0f / sqrtf(warp_sum(sq) / (float)cout + PIXEL_NORM_EPS);
+    for (int c = lane; c < cout; c += 32) o[c] *= inv;
+}

@@ -1,0 +1,387 @@
+//! The generator on an NVIDIA GPU: our own kernels (`kernels/*.cu`), embedded in the binary, compiled with NVRTC
+//! at start-up for the device's architecture, and launched through `cudarc` (driver loaded at run time, so the
+//! binary runs on machines without CUDA and falls back to the CPU).
+//!
+//! Activations live on the device in channels-last `[N, H, W, C]` order, the same as the CPU path, and the
+//! weights are the CPU model's effective weights (wscale applied; `[9 * Cin, Cout]`), uploaded once. Buffers are
+//! allocated once per batch size and reused. Two precisions: float32 FMAs (exact path, compared with the CPU in
+//! the parity tests) and TF32 tensor cores for the convolutions.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::model::PgganModel;
+use super::GenerateError;
+
+/// Kernel sources, concatenated into one NVRTC program (`common.cuh` first; the `#include` lines, which serve
+/// standalone compilers, are dropped).
+pub fn kernel_source() -> String {
+    let parts = [
+        include_str!("../../kernels/common.cuh"),
+        include_str!("../../kernels/dense.cu"),
+        include_str!("../../kernels/conv.cu"),
+        include_str!("../../kernels/torgb.cu"),
+    ];
+    parts
+        .iter()
+        .flat_map(|p| p.lines())
+        .filter(|l| !l.trim_start().starts_with("#include \"common.cuh\"") && l.trim() != "#pragma once")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Entry points the module must export.
+pub const KERNELS: [&str; 5] = ["dense_f32", "conv3x3_f32", "conv3x3_tf32", "conv_finish_f32", "torgb_f32"];
+
+/// NVRTC's name for a compute capability, e.g. `(9, 0)` -> `"compute_90"`.
+pub fn arch_name(major: i32, minor: i32) -> Result<&'static str, GenerateError> {
+    Ok(match (major, minor) {
+        (7, 0) => "compute_70",
+        (7, 5) => "compute_75",
+        (8, 0) => "compute_80",
+        (8, 6) => "compute_86",
+        (8, 7) => "compute_87",
+        (8, 9) => "compute_89",
+        (9, 0) => "compute_90",
+        (10, 0) => "compute_100",
+        (10, 3) => "compute_103",
+        (12, 0) => "compute_120",
+        (12, 1) => "compute_121",
+        _ => return Err(GenerateError::Cuda(format!("compute capability {major}.{minor} is not supported"))),
+    })
+}
+
+/// Compiles the kernels to PTX for `arch` (e.g. `"compute_90"`).
+pub fn compile_ptx(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, GenerateError> {
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        options: vec!["--std=c++17".into()],
+        name: Some("pggan_kernels.cu".into()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), opts).map_err(|e| GenerateError::Cuda(format!("NVRTC: {e}")))
+}
+
+/// Why CUDA cannot be used here, or `Ok` when the driver and NVRTC libraries load (cudarc panics on use otherwise).
+pub fn probe() -> Result<(), String> {
+    // SAFETY: these only try to dlopen the libraries.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the NVIDIA driver library (libcuda) was not found".into());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("the NVRTC library (libnvrtc) was not found; set LD_LIBRARY_PATH to the CUDA toolkit's lib64".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("no CUDA device".into()),
+        Err(e) => Err(format!("CUDA driver: {e}")),
+    }
+}
+
+/// Arithmetic of the convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 FMAs: matches the CPU to about 1e-6 relative.
+    F32,
+    /// TF32 tensor cores (10-bit mantissa inputs, float32 accumulation).
+    Tf32,
+}
+
+/// Must match `struct ConvShape` in kernels/conv.cu field for field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ConvShape {
+    n_images: i32,
+    side_in: i32,
+    cin: i32,
+    cout: i32,
+    up: i32,
+    side: i32,
+    m_total: i32,
+    k_total: i32,
+    k_per_split: i32,
+    fused: i32,
+}
+
+// SAFETY: plain old data with the C layout the kernel expects.
+unsafe impl DeviceRepr for ConvShape {}
+
+const BM: usize = 64;
+const BN: usize = 64;
+const BK: usize = 16;
+const THREADS: u32 = 256;
+
+struct DeviceConv {
+    weight: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+    cin: usize,
+    cout: usize,
+    upsample: bool,
+}
+
+/// Per-batch-size device buffers, reused across calls.
+struct Buffers {
+    batch: usize,
+    z: CudaSlice<f32>,
+    ping: CudaSlice<f32>,
+    pong: CudaSlice<f32>,
+    partial: CudaSlice<f32>,
+    image: CudaSlice<f32>,
+    packed: CudaSlice<u32>,
+}
+
+/// The split-K factor of a layer and the K range per split: enough blocks to fill the GPU twice, at least four
+/// K slices per split.
+fn split_k(sm_count: usize, m_total: usize, cout: usize, k_total: usize) -> (usize, usize) {
+    let tiles = m_total.div_ceil(BM) * cout.div_ceil(BN);
+    let k_slices = k_total.div_ceil(BK);
+    let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
+    let k_per_split = k_slices.div_ceil(wanted) * BK;
+    (k_total.div_ceil(k_per_split), k_per_split)
+}
+
+/// Runs a [`PgganModel`] on the GPU.
+pub struct CudaGenerator {
+    model: Arc<PgganModel>,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    dense: CudaFunction,
+    conv_f32: CudaFunction,
+    conv_tf32: CudaFunction,
+    finish: CudaFunction,
+    torgb: CudaFunction,
+    dense_weight: CudaSlice<f32>,
+    dense_bias: CudaSlice<f32>,
+    convs: Vec<DeviceConv>,
+    rgb_weight: CudaSlice<f32>,
+    rgb_bias: CudaSlice<f32>,
+    sm_count: usize,
+    precision: Precision,
+    buffers: Option<Buffers>,
+    device_name: String,
+}
+
+fn cuda_err(context: &str) -> impl Fn(cudarc::driver::DriverError) -> GenerateError + '_ {
+    move |e| GenerateError::Cuda(format!("{context}: {e}"))
+}
+
+impl CudaGenerator {
+    /// Probes the libraries, creates a context on device 0, compiles the kernels and uploads the weights.
+    pub fn new(model: Arc<PgganModel>, precision: Precision) -> Result<CudaGenerator, GenerateError> {
+        probe().map_err(GenerateError::Cuda)?;
+        let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
+        let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
+        let ptx = compile_ptx(arch_name(major, minor)?)?;
+        let module = ctx.load_module(ptx).map_err(cuda_err("loading the kernels"))?;
+        let load = |name: &str| module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")));
+        let stream = ctx.default_stream();
+        let up = |data: &[f32]| stream.clone_htod(data).map_err(cuda_err("uploading weights"));
+        let convs = model
+            .convs
+            .iter()
+            .map(|c| Ok(DeviceConv { weight: up(&c.weight)?, bias: up(&c.bias)?, cin: c.cin, cout: c.cout, upsample: c.upsample }))
+            .collect::<Result<Vec<_>, GenerateError>>()?;
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(cuda_err("reading the multiprocessor count"))? as usize;
+        let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Ok(CudaGenerator {
+            dense: load("dense_f32")?,
+            conv_f32: load("conv3x3_f32")?,
+            conv_tf32: load("conv3x3_tf32")?,
+            finish: load("conv_finish_f32")?,
+            torgb: load("torgb_f32")?,
+            dense_weight: up(&model.dense_weight)?,
+            dense_bias: up(&model.dense_bias)?,
+            rgb_weight: up(&model.to_rgb_weight)?,
+            rgb_bias: up(&model.to_rgb_bias)?,
+            convs,
+            sm_count,
+            precision,
+            buffers: None,
+            device_name,
+            model,
+            stream,
+            ctx,
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    pub fn model(&self) -> &PgganModel {
+        &self.model
+    }
+
+    fn ensure_buffers(&mut self, batch: usize) -> Result<(), GenerateError> {
+        if self.buffers.as_ref().is_some_and(|b| b.batch == batch) {
+            return Ok(());
+        }
+        self.buffers = None; // free the old ones first
+        let m = &*self.model;
+        let mut largest_act = batch * 16 * m.c4;
+        let mut largest_partial = 0usize;
+        let mut side = 4usize;
+        for c in &m.convs {
+            if c.upsample {
+                side *= 2;
+            }
+            let pixels = batch * side * side;
+            largest_act = largest_act.max(pixels * c.cout);
+            let (splits, _) = split_k(self.sm_count, pixels, c.cout, 9 * c.cin);
+            if splits > 1 || c.cout > BN {
+                largest_partial = largest_partial.max(splits * pixels * c.cout);
+            }
+        }
+        let plane = m.resolution * m.resolution;
+        let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err("allocating activations"));
+        self.buffers = Some(Buffers {
+            batch,
+            z: alloc(batch * m.latent_size)?,
+            ping: alloc(largest_act)?,
+            pong: alloc(largest_act)?,
+            partial: alloc(largest_partial)?,
+            image: alloc(batch * 3 * plane)?,
+            packed: self.stream.alloc_zeros::<u32>(batch * plane).map_err(cuda_err("allocating the display buffer"))?,
+        });
+        Ok(())
+    }
+
+    /// Queues the whole forward pass for the latents already in the `z` buffer.
+    fn enqueue(&mut self, batch: usize) -> Result<(), GenerateError> {
+        let launch_err = cuda_err("launching a kernel");
+        let m = self.model.clone();
+        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (batch as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: ((m.latent_size + 16 * m.c4) * 4) as u32,
+        };
+        let mut b = self.stream.launch_builder(&self.dense);
+        b.arg(&bufs.z).arg(&self.dense_weight).arg(&self.dense_bias).arg(&mut bufs.ping).arg(&latent).arg(&c4);
+        // SAFETY: arguments match dense_f32's signature; buffers hold batch * 16 * c4 floats.
+        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+
+        let mut side = 4usize;
+        let mut in_ping = true;
+        for conv in &self.convs {
+            let side_in = side;
+            if conv.upsample {
+                side *= 2;
+            }
+            let m_total = batch * side * side;
+            let k_total = 9 * conv.cin;
+            let (splits, k_per_split) = split_k(self.sm_count, m_total, conv.cout, k_total);
+            let fused = splits == 1 && conv.cout <= BN;
+            let shape = ConvShape {
+                n_images: batch as i32,
+                side_in: side_in as i32,
+                cin: conv.cin as i32,
+                cout: conv.cout as i32,
+                up: i32::from(conv.upsample),
+                side: side as i32,
+                m_total: m_total as i32,
+                k_total: k_total as i32,
+                k_per_split: k_per_split as i32,
+                fused: i32::from(fused),
+            };
+            let grid = (m_total.div_ceil(BM) as u32, conv.cout.div_ceil(BN) as u32, splits as u32);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            let func = match self.precision {
+                Precision::F32 => &self.conv_f32,
+                Precision::Tf32 => &self.conv_tf32,
+            };
+            let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
+            let mut b = self.stream.launch_builder(func);
+            b.arg(src).arg(&conv.weight).arg(&conv.bias);
+            if fused {
+                b.arg(&mut *dst);
+            } else {
+                b.arg(&mut bufs.partial);
+            }
+            b.arg(&shape);
+            // SAFETY: arguments match conv3x3_*'s signature; the buffers were sized for this batch.
+            unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+            if !fused {
+                let (mt, co, sp) = (m_total as i32, conv.cout as i32, splits as i32);
+                let warps_per_block = (THREADS / 32) as usize;
+                let cfg = LaunchConfig {
+                    grid_dim: (m_total.div_ceil(warps_per_block) as u32, 1, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = self.stream.launch_builder(&self.finish);
+                b.arg(&bufs.partial).arg(&conv.bias).arg(dst).arg(&mt).arg(&co).arg(&sp);
+                // SAFETY: arguments match conv_finish_f32's signature.
+                unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+            }
+            in_ping = !in_ping;
+        }
+        let act = if in_ping { &bufs.ping } else { &bufs.pong };
+        let (n, s, c) = (batch as i32, side as i32, m.final_channels() as i32);
+        let pixels = batch * side * side;
+        let cfg = LaunchConfig { grid_dim: (pixels.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream.launch_builder(&self.torgb);
+        b.arg(act).arg(&self.rgb_weight).arg(&self.rgb_bias).arg(&mut bufs.image).arg(&mut bufs.packed).arg(&n).arg(&s).arg(&c);
+        // SAFETY: arguments match torgb_f32's signature.
+        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        Ok(())
+    }
+
+    fn upload_latents(&mut self, latents: &[f32]) -> Result<usize, GenerateError> {
+        let latent = self.model.latent_size;
+        if latents.is_empty() || latents.len() % latent != 0 {
+            return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
+        }
+        let batch = latents.len() / latent;
+        self.ensure_buffers(batch)?;
+        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        self.stream.memcpy_htod(latents, &mut bufs.z).map_err(cuda_err("uploading latents"))?;
+        Ok(batch)
+    }
+
+    /// Generates images; returns float32 NCHW `[N, 3, H, W]` and the packed 0RGB display pixels `[N, H, W]`.
+    pub fn generate_with_display(&mut self, latents: &[f32]) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
+        let batch = self.upload_latents(latents)?;
+        self.enqueue(batch)?;
+        let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let image = self.stream.clone_dtoh(&bufs.image).map_err(cuda_err("downloading the image"))?;
+        let packed = self.stream.clone_dtoh(&bufs.packed).map_err(cuda_err("downloading the display buffer"))?;
+        Ok((image, packed))
+    }
+
+    /// Generates images; returns float32 NCHW `[N, 3, H, W]`.
+    pub fn generate(&mut self, latents: &[f32]) -> Result<Vec<f32>, GenerateError> {
+        Ok(self.generate_with_display(latents)?.0)
+    }
+
+    /// Seconds per image of the forward pass alone (latents already on the device), best of `repeats` runs of
+    /// `iterations` back-to-back passes each.
+    pub fn time_forward(&mut self, latents: &[f32], iterations: usize, repeats: usize) -> Result<f64, GenerateError> {
+        let batch = self.upload_latents(latents)?;
+        self.enqueue(batch)?;
+        self.stream.synchronize().map_err(cuda_err("synchronising"))?;
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let t = std::time::Instant::now();
+            for _ in 0..iterations.max(1) {
+                self.enqueue(batch)?;
+            }
+            self.stream.synchronize().map_err(cuda_err("synchronising"))?;
+            best = best.min(t.elapsed().as_secs_f64() / (iterations.max(1) * batch) as f64);
+        }
+        Ok(best)
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+}

@@ -1,0 +1,74 @@
+//! CUDA versus CPU parity, on a machine with an NVIDIA GPU (run by `scripts/gpu_check.sh`, ignored elsewhere):
+//! random checkpoints at several sizes and the exact CelebA-HQ 1024 shapes, float32 and TF32 paths, the packed
+//! display buffer, and batch-versus-single consistency.
+
+use std::sync::Arc;
+
+use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
+use hyper_rt::generate::cuda::{CudaGenerator, Precision};
+use hyper_rt::generate::{image_0rgb, model};
+use hyper_rt::rng::Rng;
+
+fn rel_l2(a: &[f32], reference: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(reference) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den).sqrt()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
+fn cuda_matches_the_cpu() {
+    let configs = [(16, 256, 64, 3), (64, 1024, 128, 3), (128, 2048, 64, 2), (256, 4096, 256, 2), (1024, 8192, 512, 2)];
+    println!("{:<28} {:>12} {:>12} {:>12} {:>12}", "checkpoint", "f32 rel L2", "f32 max abs", "tf32 rel L2", "tf32 max abs");
+    let mut failures = Vec::new();
+    for (res, base, max, batch) in configs {
+        let ck = model::random_checkpoint(res, base, max, 512, res as u64);
+        let m = Arc::new(model::PgganModel::from_checkpoint(&ck).unwrap());
+        let mut rng = Rng::new(11);
+        let z: Vec<f32> = (0..batch * 512).map(|_| rng.normal() as f32).collect();
+        let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct).generate(&z).unwrap();
+        let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32).unwrap();
+        let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
+        let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+        let tf32 = tf32_gen.generate(&z).unwrap();
+        let (e32, a32, etf, atf) = (rel_l2(&gpu, &cpu), max_abs(&gpu, &cpu), rel_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
+        let name = format!("{res}px base {base} max {max} x{batch}");
+        println!("{name:<28} {e32:>12.3e} {a32:>12.3e} {etf:>12.3e} {atf:>12.3e}");
+        if e32 > 1e-5 {
+            failures.push(format!("{name}: float32 relative L2 {e32:.3e} > 1e-5"));
+        }
+        if etf > 1e-2 {
+            failures.push(format!("{name}: TF32 relative L2 {etf:.3e} > 1e-2"));
+        }
+        for i in 0..batch {
+            let side = m.resolution;
+            let expected = image_0rgb(&gpu, i, side);
+            if packed[i * side * side..(i + 1) * side * side] != expected[..] {
+                failures.push(format!("{name}: packed display buffer of image {i} differs from the float image's 8-bit conversion"));
+            }
+        }
+        // a batch equals its items run one by one (up to summation order: split-K depends on the batch)
+        let single = f32_gen.generate(&z[..512]).unwrap();
+        let e = rel_l2(&single, &gpu[..single.len()]);
+        if e > 1e-6 {
+            failures.push(format!("{name}: first image alone differs from it in the batch by {e:.3e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
+fn bad_latents_are_an_error_on_the_gpu_too() {
+    let m = Arc::new(model::PgganModel::from_checkpoint(&model::random_checkpoint(16, 256, 32, 512, 1)).unwrap());
+    let mut g = CudaGenerator::new(m, Precision::F32).unwrap();
+    let err = g.generate(&[0.0; 500]).unwrap_err().to_string();
+    assert!(err.contains("512") && err.contains("500"), "{err}");
+}
