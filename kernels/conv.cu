@@ -12,21 +12,25 @@
 // raw partial sums and conv_finish_f32 reduces the splits and applies bias, leaky ReLU and pixel norm.
 #include "common.cuh"
 
-#define BM 64
-#define BN 64
 #define BK 16
 #define THREADS 256
-#define A_LOADS (BM * BK / THREADS)
-#define B_LOADS (BK * BN / THREADS)
 
 struct ConvShape {
-    int n_images, side_in, cin, cout, up, side, m_total, k_total, k_per_split, fused;
+    int n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused;
 };
 
-template <bool TF32>
+// Tile shapes: BM x BN with BM * BN = 4096, so that 256 threads each own a 4 x 4 float32 micro-tile, or 8 warps
+// each own a 32 x 16 tensor-core tile. BN follows the layer's output channels (16, 32 or 64) so that the wide,
+// thin high-resolution layers do not waste three quarters of every tile.
+template <int BM, int BN, bool TF32>
 __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const float* __restrict__ w,
                                              const float* __restrict__ bias, float* __restrict__ out,
                                              const ConvShape s) {
+    constexpr int A_LOADS = BM * BK / THREADS;
+    constexpr int B_LOADS = BK * BN / THREADS;
+    static_assert(BM * BN == 16 * THREADS && B_LOADS >= 1, "tile must give each thread 4 x 4 outputs");
+    constexpr int WARPS_N = BN / 16;
+    constexpr int TX = BN / 4;  // float32 micro-tiles along N
     __shared__ float As[BK][BM + 4];
     __shared__ float Bs[BK][BN + 4];
     __shared__ float Cs[BM][BN + 1];
@@ -34,24 +38,12 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int k_begin = blockIdx.z * s.k_per_split;
     const int k_end = min(s.k_total, k_begin + s.k_per_split);
-    const int hw = s.side * s.side;
 
-    // this thread's A rows (pixels) are fixed: m = t / BK + i * (THREADS / BK); its A column kk = t % BK
+    // this thread's A rows (pixels) are m = t / BK + i * (THREADS / BK); its A column is kk = t % BK. Sides are
+    // powers of two, so a pixel's image, row and column are shifts and masks, recomputed rather than kept in
+    // registers.
     const int a_kk = t % BK;
-    int a_img[A_LOADS], a_y[A_LOADS], a_x[A_LOADS];
-#pragma unroll
-    for (int i = 0; i < A_LOADS; ++i) {
-        const int p = m0 + t / BK + i * (THREADS / BK);
-        if (p < s.m_total) {
-            a_img[i] = p / hw;
-            const int rem = p - a_img[i] * hw;
-            a_y[i] = rem / s.side;
-            a_x[i] = rem - a_y[i] * s.side;
-        } else {
-            a_img[i] = -1;
-            a_y[i] = a_x[i] = 0;
-        }
-    }
+    const int side_mask = s.side - 1;
     const int b_n = t % BN;
     float a_next[A_LOADS], b_next[B_LOADS];
 
@@ -68,9 +60,11 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) {
             float v = 0.0f;
-            const int sy = a_y[i] + dy - 1, sx = a_x[i] + dx - 1;
-            if (k_ok && a_img[i] >= 0 && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side) {
-                v = in[(((size_t)a_img[i] * s.side_in + (sy >> s.up)) * s.side_in + (sx >> s.up)) * s.cin + ci];
+            const int p = m0 + t / BK + i * (THREADS / BK);
+            const int img = p >> (2 * s.log2_side);
+            const int sy = ((p >> s.log2_side) & side_mask) + dy - 1, sx = (p & side_mask) + dx - 1;
+            if (k_ok && p < s.m_total && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side) {
+                v = in[(((size_t)img * s.side_in + (sy >> s.up)) * s.side_in + (sx >> s.up)) * s.cin + ci];
             }
             a_next[i] = v;
         }
@@ -81,27 +75,30 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
             b_next[i] = (kb < k_end && n < s.cout) ? w[(size_t)kb * s.cout + n] : 0.0f;
         }
     };
+    // tensor-core inputs are rounded to TF32 once, when staged
+    auto round = [](float v) { return TF32 ? __uint_as_float(to_tf32(v)) : v; };
     auto stage = [&]() {
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) As[a_kk][t / BK + i * (THREADS / BK)] = a_next[i];
+        for (int i = 0; i < A_LOADS; ++i) As[a_kk][t / BK + i * (THREADS / BK)] = round(a_next[i]);
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) Bs[t / BN + i * (THREADS / BN)][b_n] = b_next[i];
+        for (int i = 0; i < B_LOADS; ++i) {
+            Bs[t / BN + i * (THREADS / BN)][b_n] = round(b_next[i]);
+        }
     };
 
-    // accumulators: SIMT 4x4 per thread; TF32 2 (m16) x 2 (n8) mma tiles per warp, 4 floats each
     float acc[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
     const int lane = t & 31, warp = t >> 5;
     const int g = lane >> 2, tig = lane & 3;
-    const int warp_m = (warp & 1) * 32, warp_n = (warp >> 1) * 16;
-    const int tx = t % 16, ty = t / 16;
+    const int warp_m = (warp / WARPS_N) * 32, warp_n = (warp % WARPS_N) * 16;
+    const int tx = t % TX, ty = t / TX;
 
     fetch(k_begin);
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         stage();
         __syncthreads();
-        if (k0 + BK < k_end) fetch(k0 + BK);  // overlaps with the math below
+        if (k0 + BK < k_end) fetch(k0 + BK);  // global loads overlap the math below
         if (TF32) {
 #pragma unroll
             for (int ks = 0; ks < BK; ks += 8) {
@@ -109,16 +106,16 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
                     const int r = warp_m + mi * 16 + g;
-                    a[mi][0] = to_tf32(As[ks + tig][r]);
-                    a[mi][1] = to_tf32(As[ks + tig][r + 8]);
-                    a[mi][2] = to_tf32(As[ks + tig + 4][r]);
-                    a[mi][3] = to_tf32(As[ks + tig + 4][r + 8]);
+                    a[mi][0] = __float_as_uint(As[ks + tig][r]);
+                    a[mi][1] = __float_as_uint(As[ks + tig][r + 8]);
+                    a[mi][2] = __float_as_uint(As[ks + tig + 4][r]);
+                    a[mi][3] = __float_as_uint(As[ks + tig + 4][r + 8]);
                 }
 #pragma unroll
                 for (int ni = 0; ni < 2; ++ni) {
                     const int c = warp_n + ni * 8 + g;
-                    b[ni][0] = to_tf32(Bs[ks + tig][c]);
-                    b[ni][1] = to_tf32(Bs[ks + tig + 4][c]);
+                    b[ni][0] = __float_as_uint(Bs[ks + tig][c]);
+                    b[ni][1] = __float_as_uint(Bs[ks + tig + 4][c]);
                 }
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
@@ -183,17 +180,20 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) conv3x3_f32(const float* __restrict__ in, const float* __restrict__ w,
-                                                                 const float* __restrict__ bias, float* __restrict__ out,
-                                                                 ConvShape s) {
-    conv3x3_body<false>(in, w, bias, out, s);
-}
+#define CONV_ENTRY(NAME, BM_, BN_, TF32_)                                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
+        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
+             float* __restrict__ out, ConvShape s) {                                                           \
+        conv3x3_body<BM_, BN_, TF32_>(in, w, bias, out, s);                                                    \
+    }
 
-extern "C" __global__ void __launch_bounds__(THREADS) conv3x3_tf32(const float* __restrict__ in, const float* __restrict__ w,
-                                                                  const float* __restrict__ bias, float* __restrict__ out,
-                                                                  ConvShape s) {
-    conv3x3_body<true>(in, w, bias, out, s);
-}
+// Entry points: conv3x3_<precision>_n<BN>, tile BM x BN with BM = 4096 / BN.
+CONV_ENTRY(conv3x3_f32_n64, 64, 64, false)
+CONV_ENTRY(conv3x3_f32_n32, 128, 32, false)
+CONV_ENTRY(conv3x3_f32_n16, 256, 16, false)
+CONV_ENTRY(conv3x3_tf32_n64, 64, 64, true)
+CONV_ENTRY(conv3x3_tf32_n32, 128, 32, true)
+CONV_ENTRY(conv3x3_tf32_n16, 256, 16, true)
 
 // Kernel (3): sums the split-K partials [splits, M, Cout], adds the bias, applies leaky ReLU and pixel norm.
 // One warp per pixel; out: [M, Cout].

@@ -57,7 +57,7 @@ fn cuda_matches_the_cpu() {
         // a batch equals its items run one by one (up to summation order: split-K depends on the batch)
         let single = f32_gen.generate(&z[..512]).unwrap();
         let e = rel_l2(&single, &gpu[..single.len()]);
-        if e > 1e-6 {
+        if e > 1e-5 {
             failures.push(format!("{name}: first image alone differs from it in the batch by {e:.3e}"));
         }
     }

@@ -115,6 +115,13 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
             println!("batch {batch}: {:.3} ms/image, {:.1} TFLOP/s ({:?})", secs * 1e3, gflop / secs / 1e3, args.precision);
             rows.push(serde_json::json!({"batch": batch, "best_s_per_image": secs, "median_s_per_image": secs, "gflops": gflop / secs}));
         }
+        if args.layers {
+            let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
+            println!("{:<22} {:>9}", "layer (batch 1)", "ms");
+            for (name, ms) in generator.layer_times(&z)? {
+                println!("{name:<22} {ms:>9.4}");
+            }
+        }
         println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows}));
         return Ok(());
     }

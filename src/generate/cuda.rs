@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::model::PgganModel;
 use super::GenerateError;
@@ -32,7 +33,17 @@ pub fn kernel_source() -> String {
 }
 
 /// Entry points the module must export.
-pub const KERNELS: [&str; 5] = ["dense_f32", "conv3x3_f32", "conv3x3_tf32", "conv_finish_f32", "torgb_f32"];
+pub const KERNELS: [&str; 9] = [
+    "dense_f32",
+    "conv3x3_f32_n64",
+    "conv3x3_f32_n32",
+    "conv3x3_f32_n16",
+    "conv3x3_tf32_n64",
+    "conv3x3_tf32_n32",
+    "conv3x3_tf32_n16",
+    "conv_finish_f32",
+    "torgb_f32",
+];
 
 /// NVRTC's name for a compute capability, e.g. `(9, 0)` -> `"compute_90"`.
 pub fn arch_name(major: i32, minor: i32) -> Result<&'static str, GenerateError> {
@@ -99,6 +110,7 @@ struct ConvShape {
     cout: i32,
     up: i32,
     side: i32,
+    log2_side: i32,
     m_total: i32,
     k_total: i32,
     k_per_split: i32,
@@ -108,12 +120,24 @@ struct ConvShape {
 // SAFETY: plain old data with the C layout the kernel expects.
 unsafe impl DeviceRepr for ConvShape {}
 
-const BM: usize = 64;
-const BN: usize = 64;
 const BK: usize = 16;
+/// Largest batch one launch sequence takes (bounds the activation buffers); larger batches are split.
+pub const MAX_BATCH: usize = 64;
 const THREADS: u32 = 256;
+/// Every convolution tile holds BM x BN = 4096 outputs (see kernels/conv.cu).
+const TILE_OUTPUTS: usize = 4096;
+
+/// The tile width for a layer: the smallest of 16, 32, 64 that holds all its output channels (64 when none does).
+fn tile_n(cout: usize) -> usize {
+    match cout {
+        0..=16 => 16,
+        17..=32 => 32,
+        _ => 64,
+    }
+}
 
 struct DeviceConv {
+    name: String,
     weight: CudaSlice<f32>,
     bias: CudaSlice<f32>,
     cin: usize,
@@ -135,7 +159,8 @@ struct Buffers {
 /// The split-K factor of a layer and the K range per split: enough blocks to fill the GPU twice, at least four
 /// K slices per split.
 fn split_k(sm_count: usize, m_total: usize, cout: usize, k_total: usize) -> (usize, usize) {
-    let tiles = m_total.div_ceil(BM) * cout.div_ceil(BN);
+    let bn = tile_n(cout);
+    let tiles = m_total.div_ceil(TILE_OUTPUTS / bn) * cout.div_ceil(bn);
     let k_slices = k_total.div_ceil(BK);
     let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
     let k_per_split = k_slices.div_ceil(wanted) * BK;
@@ -148,8 +173,8 @@ pub struct CudaGenerator {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     dense: CudaFunction,
-    conv_f32: CudaFunction,
-    conv_tf32: CudaFunction,
+    /// Indexed by [precision][tile width 16, 32, 64].
+    conv: [[CudaFunction; 3]; 2],
     finish: CudaFunction,
     torgb: CudaFunction,
     dense_weight: CudaSlice<f32>,
@@ -181,7 +206,7 @@ impl CudaGenerator {
         let convs = model
             .convs
             .iter()
-            .map(|c| Ok(DeviceConv { weight: up(&c.weight)?, bias: up(&c.bias)?, cin: c.cin, cout: c.cout, upsample: c.upsample }))
+            .map(|c| Ok(DeviceConv { name: c.name.clone(), weight: up(&c.weight)?, bias: up(&c.bias)?, cin: c.cin, cout: c.cout, upsample: c.upsample }))
             .collect::<Result<Vec<_>, GenerateError>>()?;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -189,8 +214,10 @@ impl CudaGenerator {
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaGenerator {
             dense: load("dense_f32")?,
-            conv_f32: load("conv3x3_f32")?,
-            conv_tf32: load("conv3x3_tf32")?,
+            conv: [
+                [load("conv3x3_f32_n16")?, load("conv3x3_f32_n32")?, load("conv3x3_f32_n64")?],
+                [load("conv3x3_tf32_n16")?, load("conv3x3_tf32_n32")?, load("conv3x3_tf32_n64")?],
+            ],
             finish: load("conv_finish_f32")?,
             torgb: load("torgb_f32")?,
             dense_weight: up(&model.dense_weight)?,
@@ -227,7 +254,7 @@ impl CudaGenerator {
         self.buffers = None; // free the old ones first
         let m = &*self.model;
         let mut largest_act = batch * 16 * m.c4;
-        let mut largest_partial = 0usize;
+        let mut largest_partial = batch * 16 * m.c4; // the dense layer's output goes through the finish kernel
         let mut side = 4usize;
         for c in &m.convs {
             if c.upsample {
@@ -236,7 +263,7 @@ impl CudaGenerator {
             let pixels = batch * side * side;
             largest_act = largest_act.max(pixels * c.cout);
             let (splits, _) = split_k(self.sm_count, pixels, c.cout, 9 * c.cin);
-            if splits > 1 || c.cout > BN {
+            if splits > 1 || c.cout > tile_n(c.cout) {
                 largest_partial = largest_partial.max(splits * pixels * c.cout);
             }
         }
@@ -255,20 +282,31 @@ impl CudaGenerator {
     }
 
     /// Queues the whole forward pass for the latents already in the `z` buffer.
-    fn enqueue(&mut self, batch: usize) -> Result<(), GenerateError> {
+    /// With `marks`, an event is recorded after each layer (for [`CudaGenerator::layer_times`]).
+    fn enqueue(&mut self, batch: usize, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
         let launch_err = cuda_err("launching a kernel");
         let m = self.model.clone();
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
         let cfg = LaunchConfig {
-            grid_dim: (batch as u32, 1, 1),
+            grid_dim: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: ((m.latent_size + 16 * m.c4) * 4) as u32,
+            shared_mem_bytes: (m.latent_size * 4) as u32,
         };
         let mut b = self.stream.launch_builder(&self.dense);
-        b.arg(&bufs.z).arg(&self.dense_weight).arg(&self.dense_bias).arg(&mut bufs.ping).arg(&latent).arg(&c4);
-        // SAFETY: arguments match dense_f32's signature; buffers hold batch * 16 * c4 floats.
+        b.arg(&bufs.z).arg(&self.dense_weight).arg(&mut bufs.partial).arg(&latent).arg(&c4);
+        // SAFETY: arguments match dense_f32's signature; partial holds at least batch * 16 * c4 floats.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        let (mt, sp) = ((batch * 16) as i32, 1i32);
+        let cfg = LaunchConfig { grid_dim: ((batch * 16).div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream.launch_builder(&self.finish);
+        b.arg(&bufs.partial).arg(&self.dense_bias).arg(&mut bufs.ping).arg(&mt).arg(&c4).arg(&sp);
+        // SAFETY: arguments match conv_finish_f32's signature.
+        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        if let Some(marks) = marks.as_deref_mut() {
+            marks.push(("4x4/Dense".into(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
+            marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
+        }
 
         let mut side = 4usize;
         let mut in_ping = true;
@@ -280,7 +318,9 @@ impl CudaGenerator {
             let m_total = batch * side * side;
             let k_total = 9 * conv.cin;
             let (splits, k_per_split) = split_k(self.sm_count, m_total, conv.cout, k_total);
-            let fused = splits == 1 && conv.cout <= BN;
+            let bn = tile_n(conv.cout);
+            let bm = TILE_OUTPUTS / bn;
+            let fused = splits == 1 && conv.cout <= bn;
             let shape = ConvShape {
                 n_images: batch as i32,
                 side_in: side_in as i32,
@@ -288,17 +328,15 @@ impl CudaGenerator {
                 cout: conv.cout as i32,
                 up: i32::from(conv.upsample),
                 side: side as i32,
+                log2_side: side.trailing_zeros() as i32,
                 m_total: m_total as i32,
                 k_total: k_total as i32,
                 k_per_split: k_per_split as i32,
                 fused: i32::from(fused),
             };
-            let grid = (m_total.div_ceil(BM) as u32, conv.cout.div_ceil(BN) as u32, splits as u32);
+            let grid = (m_total.div_ceil(bm) as u32, conv.cout.div_ceil(bn) as u32, splits as u32);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-            let func = match self.precision {
-                Precision::F32 => &self.conv_f32,
-                Precision::Tf32 => &self.conv_tf32,
-            };
+            let func = &self.conv[usize::from(self.precision == Precision::Tf32)][bn.trailing_zeros() as usize - 4];
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
             let mut b = self.stream.launch_builder(func);
             b.arg(src).arg(&conv.weight).arg(&conv.bias);
@@ -324,6 +362,10 @@ impl CudaGenerator {
                 unsafe { b.launch(cfg) }.map_err(&launch_err)?;
             }
             in_ping = !in_ping;
+            if let Some(marks) = marks.as_deref_mut() {
+                marks.push((conv.name.clone(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
+                marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
+            }
         }
         let act = if in_ping { &bufs.ping } else { &bufs.pong };
         let (n, s, c) = (batch as i32, side as i32, m.final_channels() as i32);
@@ -333,6 +375,10 @@ impl CudaGenerator {
         b.arg(act).arg(&self.rgb_weight).arg(&self.rgb_bias).arg(&mut bufs.image).arg(&mut bufs.packed).arg(&n).arg(&s).arg(&c);
         // SAFETY: arguments match torgb_f32's signature.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        if let Some(marks) = marks.as_deref_mut() {
+            marks.push(("ToRGB_lod0".into(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
+            marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
+        }
         Ok(())
     }
 
@@ -342,6 +388,9 @@ impl CudaGenerator {
             return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
         }
         let batch = latents.len() / latent;
+        if batch > MAX_BATCH {
+            return Err(GenerateError::Cuda(format!("a launch takes at most {MAX_BATCH} latents, got {batch}")));
+        }
         self.ensure_buffers(batch)?;
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         self.stream.memcpy_htod(latents, &mut bufs.z).map_err(cuda_err("uploading latents"))?;
@@ -349,12 +398,20 @@ impl CudaGenerator {
     }
 
     /// Generates images; returns float32 NCHW `[N, 3, H, W]` and the packed 0RGB display pixels `[N, H, W]`.
+    /// Batches over [`MAX_BATCH`] run in several launch sequences.
     pub fn generate_with_display(&mut self, latents: &[f32]) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
-        let batch = self.upload_latents(latents)?;
-        self.enqueue(batch)?;
-        let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        let image = self.stream.clone_dtoh(&bufs.image).map_err(cuda_err("downloading the image"))?;
-        let packed = self.stream.clone_dtoh(&bufs.packed).map_err(cuda_err("downloading the display buffer"))?;
+        let latent = self.model.latent_size;
+        if latents.is_empty() || latents.len() % latent != 0 {
+            return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
+        }
+        let (mut image, mut packed) = (Vec::new(), Vec::new());
+        for chunk in latents.chunks(MAX_BATCH * latent) {
+            let batch = self.upload_latents(chunk)?;
+            self.enqueue(batch, None)?;
+            let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+            image.extend(self.stream.clone_dtoh(&bufs.image).map_err(cuda_err("downloading the image"))?);
+            packed.extend(self.stream.clone_dtoh(&bufs.packed).map_err(cuda_err("downloading the display buffer"))?);
+        }
         Ok((image, packed))
     }
 
@@ -367,18 +424,36 @@ impl CudaGenerator {
     /// `iterations` back-to-back passes each.
     pub fn time_forward(&mut self, latents: &[f32], iterations: usize, repeats: usize) -> Result<f64, GenerateError> {
         let batch = self.upload_latents(latents)?;
-        self.enqueue(batch)?;
+        self.enqueue(batch, None)?;
         self.stream.synchronize().map_err(cuda_err("synchronising"))?;
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
             let t = std::time::Instant::now();
             for _ in 0..iterations.max(1) {
-                self.enqueue(batch)?;
+                self.enqueue(batch, None)?;
             }
             self.stream.synchronize().map_err(cuda_err("synchronising"))?;
             best = best.min(t.elapsed().as_secs_f64() / (iterations.max(1) * batch) as f64);
         }
         Ok(best)
+    }
+
+    /// Milliseconds of each layer for one forward pass of `latents` (after a warm-up), from CUDA events.
+    pub fn layer_times(&mut self, latents: &[f32]) -> Result<Vec<(String, f64)>, GenerateError> {
+        let batch = self.upload_latents(latents)?;
+        self.enqueue(batch, None)?;
+        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"))?;
+        start.record(&self.stream).map_err(cuda_err("recording an event"))?;
+        let mut marks = Vec::new();
+        self.enqueue(batch, Some(&mut marks))?;
+        self.stream.synchronize().map_err(cuda_err("synchronising"))?;
+        let mut previous = &start;
+        let mut times = Vec::new();
+        for (name, event) in &marks {
+            times.push((name.clone(), previous.elapsed_ms(event).map_err(cuda_err("reading an event"))? as f64));
+            previous = event;
+        }
+        Ok(times)
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
