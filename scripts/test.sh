@@ -38,6 +38,12 @@ else
 fi
 echo "using $HYPER_RT_DATA"
 
+# NVRTC and ptxas from the wheels: the kernel test compiles every CUDA kernel and fails on register spills
+NVIDIA_DIR=$(.venv/bin/python -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
+export LD_LIBRARY_PATH="$NVIDIA_DIR/lib:${LD_LIBRARY_PATH:-}"
+export PTXAS="$NVIDIA_DIR/bin/ptxas"
+export HYPER_RT_REQUIRE_NVRTC=1
+
 say "build (release)"
 cargo build --release --locked
 
