@@ -15,6 +15,7 @@ pub struct Config {
     pub receiver: ReceiverConfig,
     pub session: SessionConfig,
     pub sender: SenderConfig,
+    pub simulate: SimulateConfig,
 }
 
 /// The scanner intake (`hyper-rt receive`).
@@ -74,6 +75,153 @@ impl Default for SenderConfig {
     }
 }
 
+/// The synthetic subject (`hyper-rt simulate`); see `config/default.toml` for each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulateConfig {
+    pub subject: String,
+    pub dims: [usize; 3],
+    pub voxel_mm: f64,
+    pub tr_secs: f64,
+    pub stim_secs: f64,
+    pub blank_secs: f64,
+    pub lead_in_secs: f64,
+    pub lead_out_secs: f64,
+    pub train_runs: usize,
+    pub train_trials_per_run: usize,
+    pub test_runs: usize,
+    pub test_faces: usize,
+    pub test_repeats: usize,
+    pub latent_size: usize,
+    pub responsive_voxels: usize,
+    pub clusters: usize,
+    pub signal_percent: f64,
+    pub visual_percent: f64,
+    pub snr: f64,
+    pub ar1: f64,
+    pub drift_percent: f64,
+    pub max_motion_mm: f64,
+    pub max_motion_deg: f64,
+    pub jerk_probability: f64,
+    pub session_offset_mm: f64,
+    pub session_offset_deg: f64,
+    pub output: SimOutput,
+    pub seed: u64,
+}
+
+/// Voxel type of simulated runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimOutput {
+    Int16,
+    Float32,
+}
+
+impl Default for SimulateConfig {
+    fn default() -> Self {
+        SimulateConfig {
+            subject: "01".into(),
+            dims: [64, 64, 36],
+            voxel_mm: 3.0,
+            tr_secs: 1.5,
+            stim_secs: 1.5,
+            blank_secs: 3.0,
+            lead_in_secs: 6.0,
+            lead_out_secs: 15.0,
+            train_runs: 6,
+            train_trials_per_run: 175,
+            test_runs: 3,
+            test_faces: 36,
+            test_repeats: 14,
+            latent_size: 512,
+            responsive_voxels: 3000,
+            clusters: 12,
+            signal_percent: 1.0,
+            visual_percent: 1.5,
+            snr: 0.5,
+            ar1: 0.3,
+            drift_percent: 1.0,
+            max_motion_mm: 2.0,
+            max_motion_deg: 2.0,
+            jerk_probability: 0.01,
+            session_offset_mm: 2.0,
+            session_offset_deg: 2.0,
+            output: SimOutput::Int16,
+            seed: 1,
+        }
+    }
+}
+
+impl SimulateConfig {
+    /// Volumes in a run of `trials` trials.
+    pub fn volumes_for(&self, trials: usize) -> usize {
+        let secs = self.lead_in_secs + trials as f64 * (self.stim_secs + self.blank_secs) + self.lead_out_secs;
+        (secs / self.tr_secs).ceil() as usize
+    }
+
+    /// Trials in each test run (the presentations are spread evenly).
+    pub fn test_trials_per_run(&self) -> usize {
+        (self.test_faces * self.test_repeats).div_ceil(self.test_runs.max(1))
+    }
+
+    /// Checks the ranges; errors name the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = |key: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err((key, format!("must be a positive number, got {v}")))
+            }
+        };
+        positive("simulate.tr_secs", self.tr_secs)?;
+        positive("simulate.stim_secs", self.stim_secs)?;
+        positive("simulate.voxel_mm", self.voxel_mm)?;
+        positive("simulate.snr", self.snr)?;
+        positive("simulate.signal_percent", self.signal_percent)?;
+        for (key, v) in [
+            ("simulate.blank_secs", self.blank_secs),
+            ("simulate.lead_in_secs", self.lead_in_secs),
+            ("simulate.lead_out_secs", self.lead_out_secs),
+            ("simulate.visual_percent", self.visual_percent),
+            ("simulate.drift_percent", self.drift_percent),
+            ("simulate.max_motion_mm", self.max_motion_mm),
+            ("simulate.max_motion_deg", self.max_motion_deg),
+            ("simulate.session_offset_mm", self.session_offset_mm),
+            ("simulate.session_offset_deg", self.session_offset_deg),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err((key, format!("must be a finite number >= 0, got {v}")));
+            }
+        }
+        if !(0.0..1.0).contains(&self.ar1) {
+            return Err(("simulate.ar1", format!("must be in [0, 1), got {}", self.ar1)));
+        }
+        if !(0.0..=1.0).contains(&self.jerk_probability) {
+            return Err(("simulate.jerk_probability", format!("must be in [0, 1], got {}", self.jerk_probability)));
+        }
+        if self.dims.iter().any(|&d| !(4..=512).contains(&d)) {
+            return Err(("simulate.dims", format!("each size must be 4 to 512 voxels, got {:?}", self.dims)));
+        }
+        if self.latent_size == 0 || self.responsive_voxels == 0 || self.clusters == 0 {
+            return Err(("simulate.responsive_voxels", "latent_size, responsive_voxels and clusters must be positive".into()));
+        }
+        if self.train_runs == 0 || self.train_trials_per_run == 0 {
+            return Err(("simulate.train_runs", "at least one training run with one trial is needed".into()));
+        }
+        if self.test_runs > 0 && (self.test_faces == 0 || self.test_repeats == 0) {
+            return Err(("simulate.test_faces", "test runs need test_faces and test_repeats > 0".into()));
+        }
+        let longest = self.volumes_for(self.train_trials_per_run.max(self.test_trials_per_run()));
+        if longest > i16::MAX as usize {
+            return Err((
+                "simulate.test_repeats",
+                format!("a run would need {longest} volumes; a NIfTI-1 file holds at most 32767 (use more runs or fewer trials)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -104,7 +252,7 @@ impl Config {
 
     /// Checks value ranges that types alone do not express.
     pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, problem: &str| ConfigError::Invalid { path: origin.to_path_buf(), key, problem: problem.into() };
+        let invalid = |key: &'static str, problem: &str| ConfigError::Invalid { path: origin.to_path_buf(), key, problem: problem.into() };
         if !(self.receiver.idle_timeout_secs.is_finite() && self.receiver.idle_timeout_secs >= 0.0) {
             return Err(invalid("receiver.idle_timeout_secs", "must be a finite number >= 0"));
         }
@@ -123,6 +271,7 @@ impl Config {
         if self.sender.handshake.is_empty() || self.sender.handshake.trim_start().starts_with('{') {
             return Err(invalid("sender.handshake", "must be a non-empty string that is not JSON"));
         }
+        self.simulate.validate().map_err(|(key, problem)| invalid(key, &problem))?;
         Ok(())
     }
 }
@@ -156,6 +305,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("receiver.idle_timeout_secs"), "{err}");
+        for bad in ["tr_secs = -1.5", "snr = nan", "test_repeats = 20000\ntest_runs = 1"] {
+            let err = Config::parse(&format!("[simulate]\n{bad}\n"), Path::new("s.toml")).unwrap_err().to_string();
+            assert!(err.contains("s.toml") && err.contains("simulate."), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! hyper-rt: a real-time fMRI face decoder after HYPER (Dado et al., Scientific Reports 2022).
 //!
 //! Data flows through the modules in this order:
+//! - [`simulate`]: a synthetic subject and its scanner runs with known ground truth (stands in for the scanner);
 //! - [`ingest`]: the Pyneal-Scanner-compatible ZeroMQ receiver ([`ingest::receiver`]), the wire protocol
 //!   ([`ingest::protocol`]) and the scanner-side sender ([`ingest::sender`]);
 //! - [`session`]: crash-safe recording of everything received, finalised into NIfTI + summary;
@@ -8,7 +9,7 @@
 //! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
 //!
 //! Shared pieces: [`volume`] (the `Volume` type and element types), [`nifti`] (NIfTI-1 files),
-//! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`npy`] (NumPy arrays), [`rng`].
+//! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`spatial`] (rigid-body geometry), [`npy`] (NumPy arrays), [`rng`].
 
 pub mod config;
 pub mod generate;
@@ -17,5 +18,7 @@ pub mod nifti;
 pub mod npy;
 pub mod rng;
 pub mod session;
+pub mod simulate;
+pub mod spatial;
 pub mod stats;
 pub mod volume;

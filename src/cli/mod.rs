@@ -7,6 +7,7 @@ mod generate;
 mod receive;
 mod recover;
 mod send;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Command {
     Recover(recover::Args),
     /// Run the built-in demonstration: a synthetic run streamed over loopback into the receiver.
     Demo(demo::Args),
+    /// Simulate a subject and scanner runs with known ground truth (BIDS dataset, or streamed live).
+    Simulate(simulate::Args),
     /// Draw latents with the PGGAN generator and write PNGs.
     Generate(generate::Args),
     /// Benchmark the intake: reply latency and sustained volumes per second over loopback TCP.
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(args, config),
         Command::Recover(args) => recover::run(args, config),
         Command::Demo(args) => demo::run(args, config),
+        Command::Simulate(args) => simulate::run(args, config),
         Command::Generate(args) => generate::run(args, config),
         Command::BenchIntake(args) => bench_intake::run(args, config),
         Command::BenchGenerator(args) => bench_generator::run(args, config),

@@ -1,0 +1,201 @@
+//! Rigid-body geometry shared by the simulator (which moves heads) and realignment (which undoes it).
+//!
+//! Convention: six parameters, translations in millimetres along the scanner x, y, z axes and rotations in
+//! degrees about those axes, applied about the volume centre `c` (in millimetres):
+//! `p_scanner = R (p_head - c) + c + t` with `R = Rz(gamma) Ry(beta) Rx(alpha)`. A volume moved by these
+//! parameters is resampled as `moved(p) = reference(R^T (p - c - t) + c)`.
+
+use crate::volume::Affine;
+
+/// Six rigid-body parameters (mm, degrees).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rigid {
+    pub trans_mm: [f64; 3],
+    pub rot_deg: [f64; 3],
+}
+
+pub type Mat3 = [[f64; 3]; 3];
+
+fn mul3(a: &Mat3, b: &Mat3) -> Mat3 {
+    let mut out = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            out[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    out
+}
+
+impl Rigid {
+    /// `R = Rz Ry Rx`.
+    pub fn rotation(&self) -> Mat3 {
+        let [a, b, g] = self.rot_deg.map(f64::to_radians);
+        let rx = [[1.0, 0.0, 0.0], [0.0, a.cos(), -a.sin()], [0.0, a.sin(), a.cos()]];
+        let ry = [[b.cos(), 0.0, b.sin()], [0.0, 1.0, 0.0], [-b.sin(), 0.0, b.cos()]];
+        let rz = [[g.cos(), -g.sin(), 0.0], [g.sin(), g.cos(), 0.0], [0.0, 0.0, 1.0]];
+        mul3(&rz, &mul3(&ry, &rx))
+    }
+
+    /// Framewise displacement between two parameter sets (Power et al. 2012: sum of absolute differences, rotations
+    /// as arc length on a sphere of `radius_mm`).
+    pub fn framewise_displacement(&self, previous: &Rigid, radius_mm: f64) -> f64 {
+        let t: f64 = (0..3).map(|i| (self.trans_mm[i] - previous.trans_mm[i]).abs()).sum();
+        let r: f64 = (0..3).map(|i| (self.rot_deg[i] - previous.rot_deg[i]).to_radians().abs() * radius_mm).sum();
+        t + r
+    }
+}
+
+/// Maps each output voxel to the input voxel coordinates it samples, for a volume moved by `motion`.
+/// Both volumes share the grid `mm_from_voxel`; `centre_mm` is the rotation centre.
+pub struct MotionSampler {
+    /// voxel_in = A * voxel_out + b
+    a: Mat3,
+    b: [f64; 3],
+}
+
+/// Inverse of the 3 x 3 part and translation of an affine.
+pub fn affine_inverse(m: &Affine) -> Affine {
+    let a = [[m[0][0], m[0][1], m[0][2]], [m[1][0], m[1][1], m[1][2]], [m[2][0], m[2][1], m[2][2]]];
+    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+    let inv_det = 1.0 / det;
+    let mut inv = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            let (i1, i2) = ((j + 1) % 3, (j + 2) % 3);
+            let (j1, j2) = ((i + 1) % 3, (i + 2) % 3);
+            inv[i][j] = (a[i1][j1] * a[i2][j2] - a[i1][j2] * a[i2][j1]) * inv_det;
+        }
+    }
+    let t = [m[0][3], m[1][3], m[2][3]];
+    let mut out = [[0.0; 4]; 4];
+    for i in 0..3 {
+        out[i][..3].copy_from_slice(&inv[i]);
+        out[i][3] = -(0..3).map(|k| inv[i][k] * t[k]).sum::<f64>();
+    }
+    out[3][3] = 1.0;
+    out
+}
+
+/// The centre of a grid in millimetres.
+pub fn grid_centre_mm(dims: [usize; 3], mm_from_voxel: &Affine) -> [f64; 3] {
+    let c = [(dims[0] as f64 - 1.0) / 2.0, (dims[1] as f64 - 1.0) / 2.0, (dims[2] as f64 - 1.0) / 2.0];
+    apply(mm_from_voxel, c)
+}
+
+/// `M * [p, 1]`.
+pub fn apply(m: &Affine, p: [f64; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| m[i][0] * p[0] + m[i][1] * p[1] + m[i][2] * p[2] + m[i][3])
+}
+
+impl MotionSampler {
+    pub fn new(motion: &Rigid, mm_from_voxel: &Affine, centre_mm: [f64; 3]) -> MotionSampler {
+        let voxel_from_mm = affine_inverse(mm_from_voxel);
+        let r = motion.rotation();
+        // p_in_mm = R^T (p_out_mm - c - t) + c
+        let rt = [[r[0][0], r[1][0], r[2][0]], [r[0][1], r[1][1], r[2][1]], [r[0][2], r[1][2], r[2][2]]];
+        let m3 = |m: &Affine| [[m[0][0], m[0][1], m[0][2]], [m[1][0], m[1][1], m[1][2]], [m[2][0], m[2][1], m[2][2]]];
+        let (vm, mv) = (m3(&voxel_from_mm), m3(mm_from_voxel));
+        let a = mul3(&vm, &mul3(&rt, &mv));
+        // constant part: vm * (R^T (mv_t - c - t) + c) + vm_t
+        let shift = [0, 1, 2].map(|i| mm_from_voxel[i][3] - centre_mm[i] - motion.trans_mm[i]);
+        let rotated = [0, 1, 2].map(|i| (0..3).map(|k| rt[i][k] * shift[k]).sum::<f64>() + centre_mm[i]);
+        let b = [0, 1, 2].map(|i| (0..3).map(|k| vm[i][k] * rotated[k]).sum::<f64>() + voxel_from_mm[i][3]);
+        MotionSampler { a, b }
+    }
+
+    /// Input voxel coordinates sampled by output voxel `(i, j, k)`.
+    #[inline]
+    pub fn source(&self, i: usize, j: usize, k: usize) -> [f64; 3] {
+        let (x, y, z) = (i as f64, j as f64, k as f64);
+        [0, 1, 2].map(|r| self.a[r][0] * x + self.a[r][1] * y + self.a[r][2] * z + self.b[r])
+    }
+}
+
+/// Trilinear interpolation of an x-fastest volume at voxel coordinates `p`; `outside` beyond the edges.
+#[inline]
+pub fn trilinear(volume: &[f32], dims: [usize; 3], p: [f64; 3], outside: f32) -> f32 {
+    let [nx, ny, nz] = dims;
+    let (x, y, z) = (p[0], p[1], p[2]);
+    if !(x > -1.0 && y > -1.0 && z > -1.0 && x < nx as f64 && y < ny as f64 && z < nz as f64) {
+        return outside;
+    }
+    let (x0, y0, z0) = (x.floor(), y.floor(), z.floor());
+    let (fx, fy, fz) = ((x - x0) as f32, (y - y0) as f32, (z - z0) as f32);
+    let (x0, y0, z0) = (x0 as isize, y0 as isize, z0 as isize);
+    let at = |xi: isize, yi: isize, zi: isize| -> f32 {
+        if xi < 0 || yi < 0 || zi < 0 || xi >= nx as isize || yi >= ny as isize || zi >= nz as isize {
+            outside
+        } else {
+            volume[xi as usize + nx * (yi as usize + ny * zi as usize)]
+        }
+    };
+    let c00 = at(x0, y0, z0) * (1.0 - fx) + at(x0 + 1, y0, z0) * fx;
+    let c10 = at(x0, y0 + 1, z0) * (1.0 - fx) + at(x0 + 1, y0 + 1, z0) * fx;
+    let c01 = at(x0, y0, z0 + 1) * (1.0 - fx) + at(x0 + 1, y0, z0 + 1) * fx;
+    let c11 = at(x0, y0 + 1, z0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1, z0 + 1) * fx;
+    let c0 = c00 * (1.0 - fy) + c10 * fy;
+    let c1 = c01 * (1.0 - fy) + c11 * fy;
+    c0 * (1.0 - fz) + c1 * fz
+}
+
+/// Resamples `volume` as moved by `motion` (same grid), trilinear, zero outside.
+pub fn move_volume(volume: &[f32], dims: [usize; 3], mm_from_voxel: &Affine, motion: &Rigid) -> Vec<f32> {
+    let sampler = MotionSampler::new(motion, mm_from_voxel, grid_centre_mm(dims, mm_from_voxel));
+    let [nx, ny, nz] = dims;
+    let mut out = Vec::with_capacity(volume.len());
+    for k in 0..nz {
+        for j in 0..ny {
+            for i in 0..nx {
+                out.push(trilinear(volume, dims, sampler.source(i, j, k), 0.0));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_motion_samples_each_voxel_itself() {
+        let affine = [[3.0, 0.0, 0.0, -90.0], [0.0, 3.0, 0.0, -90.0], [0.0, 0.0, 3.0, -50.0], [0.0, 0.0, 0.0, 1.0]];
+        let s = MotionSampler::new(&Rigid::default(), &affine, grid_centre_mm([8, 8, 8], &affine));
+        let p = s.source(3, 4, 5);
+        assert!((p[0] - 3.0).abs() < 1e-12 && (p[1] - 4.0).abs() < 1e-12 && (p[2] - 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_translation_moves_content_by_that_many_millimetres() {
+        let affine = [[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let motion = Rigid { trans_mm: [4.0, 0.0, -2.0], rot_deg: [0.0; 3] };
+        let s = MotionSampler::new(&motion, &affine, [0.0; 3]);
+        // output voxel (5, 5, 5) shows what was at mm (10 - 4, 10, 10 + 2) = voxel (3, 5, 6)
+        let p = s.source(5, 5, 5);
+        assert!((p[0] - 3.0).abs() < 1e-12 && (p[1] - 5.0).abs() < 1e-12 && (p[2] - 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rotation_is_orthonormal_and_fd_follows_power() {
+        let m = Rigid { trans_mm: [0.0; 3], rot_deg: [10.0, -20.0, 30.0] };
+        let r = m.rotation();
+        for i in 0..3 {
+            for j in 0..3 {
+                let dot: f64 = (0..3).map(|k| r[k][i] * r[k][j]).sum();
+                assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+        let a = Rigid { trans_mm: [1.0, 0.0, 0.0], rot_deg: [0.0, 0.0, 1.0] };
+        let fd = a.framewise_displacement(&Rigid::default(), 50.0);
+        assert!((fd - (1.0 + 50.0 * 1f64.to_radians())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn affine_inverse_inverts() {
+        let m = [[2.0, 0.1, 0.0, 5.0], [0.0, 3.0, 0.2, -4.0], [0.3, 0.0, 2.5, 1.0], [0.0, 0.0, 0.0, 1.0]];
+        let inv = affine_inverse(&m);
+        let p = apply(&inv, apply(&m, [1.0, 2.0, 3.0]));
+        assert!((p[0] - 1.0).abs() < 1e-12 && (p[1] - 2.0).abs() < 1e-12 && (p[2] - 3.0).abs() < 1e-12);
+    }
+}
