@@ -20,7 +20,7 @@ use crate::rng::Rng;
 use crate::spatial::{move_volume, Rigid};
 use crate::volume::Dtype;
 use anatomy::Anatomy;
-use response::{block_response, Encoding};
+use response::{block_response_table, Encoding};
 
 /// The int16 scaling the simulator writes (`scl_slope`).
 pub const INT16_SLOPE: f32 = 0.1;
@@ -154,6 +154,10 @@ impl Subject {
         let r_count = self.encoding.voxels.len();
         let n_trials = stims.len();
         let mut signal = vec![0.0f32; plan.volumes * r_count];
+        // the response shape, tabulated every 10 ms over 40 s
+        const STEP: f64 = 0.01;
+        let table = block_response_table(c.stim_secs, STEP, 4000);
+        let response = |dt: f64| if dt <= 0.0 { 0.0 } else { table.get((dt / STEP).round() as usize).copied().unwrap_or(0.0) };
         for t in 0..plan.volumes {
             let time = t as f64 * c.tr_secs;
             let regressors: Vec<(usize, f32)> = plan
@@ -161,7 +165,7 @@ impl Subject {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, trial)| {
-                    let x = block_response(time - trial.onset_secs, c.stim_secs);
+                    let x = response(time - trial.onset_secs);
                     (x.abs() > 1e-7).then_some((i, x as f32))
                 })
                 .collect();

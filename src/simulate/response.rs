@@ -18,9 +18,16 @@ pub fn canonical_hrf(t: f64) -> f64 {
     gamma_pdf(6.0, 120.0) - gamma_pdf(16.0, 1_307_674_368_000.0) / 6.0
 }
 
-/// Response at `t` seconds after the onset of a `duration` s boxcar, normalised so that a long stimulus
-/// plateaus near 1 (the HRF integrates to 5/6... scaled to unit area).
-pub fn block_response(t: f64, duration: f64) -> f64 {
+/// The response to a `duration` s stimulus, tabulated every `step_secs` from onset for `len` steps and scaled
+/// so that its peak is 1: a trial's amplitude is the height of its response.
+pub fn block_response_table(duration: f64, step_secs: f64, len: usize) -> Vec<f64> {
+    let raw: Vec<f64> = (0..len).map(|i| raw_block_response(i as f64 * step_secs, duration)).collect();
+    let peak = raw.iter().copied().fold(f64::MIN_POSITIVE, f64::max);
+    raw.iter().map(|v| v / peak).collect()
+}
+
+/// The HRF convolved with a boxcar of `duration` s (unit area HRF).
+fn raw_block_response(t: f64, duration: f64) -> f64 {
     const DT: f64 = 0.02;
     const AREA: f64 = 1.0 - 1.0 / 6.0; // integral of the unnormalised HRF
     if t <= 0.0 {
@@ -35,6 +42,12 @@ pub fn block_response(t: f64, duration: f64) -> f64 {
         }
     }
     acc / AREA
+}
+
+/// Rough radius (mm) of a cluster of `count / clusters` voxels of about 3 mm, for placing anchors.
+fn centres_radius(count: usize, clusters: usize) -> f64 {
+    let per_cluster = (count as f64 / clusters.max(1) as f64).max(1.0);
+    (per_cluster * 27.0 * 3.0 / (4.0 * std::f64::consts::PI)).cbrt()
 }
 
 /// The responsive voxels, their encoding weights and visual weights.
@@ -83,19 +96,23 @@ impl Encoding {
         let mut voxels: Vec<usize> = ranked.iter().take(count.min(ranked.len())).map(|&(_, v)| v).collect();
         voxels.sort_unstable();
 
-        // anchors: per cluster, 6 points near the centre with random latent directions
+        // anchors: random latent directions at points around each cluster centre; enough of them (1.5 x the latent
+        // size in all) that the voxels' weights span the whole latent space, as a decoder of every latent
+        // direction needs, while a voxel's weight varies smoothly with its position
+        let per_cluster = (3 * latent_size).div_ceil(2 * clusters).max(8);
+        let radius = centres_radius(count, clusters);
         let anchors: Vec<([f64; 3], Vec<f64>)> = centres
             .iter()
             .flat_map(|&c| {
-                (0..6)
+                (0..per_cluster)
                     .map(|_| {
-                        let p = [c[0] + 6.0 * rng.normal(), c[1] + 6.0 * rng.normal(), c[2] + 6.0 * rng.normal()];
+                        let p = [c[0] + radius * rng.normal(), c[1] + radius * rng.normal(), c[2] + radius * rng.normal()];
                         (p, (0..latent_size).map(|_| rng.normal()).collect::<Vec<f64>>())
                     })
                     .collect::<Vec<_>>()
             })
             .collect();
-        let sigma2 = 2.0 * 6.0f64.powi(2);
+        let sigma2 = 2.0 * (radius / 2.0).powi(2);
         let mut weights = Vec::with_capacity(voxels.len() * latent_size);
         let mut visual = Vec::with_capacity(voxels.len());
         for &v in &voxels {
@@ -109,9 +126,10 @@ impl Encoding {
                     }
                 }
             }
-            // a little voxel-specific variation keeps neighbouring voxels similar, not identical
+            // voxel-specific variation keeps neighbouring voxels similar, not identical
+            let scale = (w.iter().map(|x| x * x).sum::<f64>() / latent_size as f64).sqrt().max(1e-9);
             for wi in w.iter_mut() {
-                *wi += 0.2 * rng.normal();
+                *wi += 0.3 * scale * rng.normal();
             }
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
             weights.extend(w.iter().map(|x| (x / norm) as f32));
@@ -144,8 +162,10 @@ mod tests {
         let peak = (1..300).map(|i| i as f64 * 0.1).max_by(|a, b| canonical_hrf(*a).total_cmp(&canonical_hrf(*b))).unwrap();
         assert!((peak - 5.0).abs() < 0.15, "peak at {peak}");
         assert!(canonical_hrf(15.0) < 0.0);
-        // a long block plateaus at 1
-        assert!((block_response(40.0, 30.0) - 1.0).abs() < 0.02);
-        assert_eq!(block_response(-1.0, 1.5), 0.0);
+        // the response to a 1.5 s stimulus peaks at 1, about 5 to 6 s after onset, and starts at 0
+        let table = block_response_table(1.5, 0.05, 800);
+        let peak = (0..table.len()).max_by(|a, b| table[*a].total_cmp(&table[*b])).unwrap();
+        assert!((table[peak] - 1.0).abs() < 1e-12 && (4.5..7.0).contains(&(peak as f64 * 0.05)), "{peak}");
+        assert_eq!(table[0], 0.0);
     }
 }
