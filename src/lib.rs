@@ -4,6 +4,7 @@
 //! - [`simulate`]: a synthetic subject and its scanner runs with known ground truth (stands in for the scanner);
 //! - [`ingest`]: the Pyneal-Scanner-compatible ZeroMQ receiver ([`ingest::receiver`]), the wire protocol
 //!   ([`ingest::protocol`]) and the scanner-side sender ([`ingest::sender`]);
+//! - [`preprocess`]: realignment, masking, detrending, z-scoring and trial patterns, one volume at a time;
 //! - [`session`]: crash-safe recording of everything received, finalised into NIfTI + summary;
 //! - [`generate`]: the PGGAN generator (converted checkpoints, CPU forward pass) that draws a latent as an image;
 //! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
@@ -16,6 +17,7 @@ pub mod generate;
 pub mod ingest;
 pub mod nifti;
 pub mod npy;
+pub mod preprocess;
 pub mod rng;
 pub mod session;
 pub mod simulate;

@@ -1,0 +1,367 @@
+//! Rigid-body realignment to a reference volume (6 parameters), then reslicing into the reference grid.
+//!
+//! Gauss-Newton on the intensity difference with the reference's gradients, computed once per reference (the
+//! SPM approach): for parameters m (see [`crate::spatial`]), the residual `r(q) = V(M_m q) - Ref(q)` at reference
+//! points q is linearised as `g(q) . delta` with `g = grad Ref . dM/dm`, so each iteration samples the volume
+//! once and solves a fixed 6 x 6 system. Points are the reference's bright voxels, optionally sub-sampled.
+//! The first volume of a session is estimated coarse to fine (smoothed, sparser levels first); later volumes start
+//! from the previous estimate. A diverging estimate keeps the previous transform and is flagged.
+
+use crate::spatial::{affine_inverse, apply, grid_centre_mm, trilinear, Rigid};
+use crate::volume::Affine;
+
+/// Reslicing interpolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Trilinear,
+    /// Tricubic (Catmull-Rom): sharper, about 4 times slower.
+    Cubic,
+}
+
+/// Estimation settings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RealignSettings {
+    /// Use every n-th voxel along each axis for the estimate (1 = all).
+    pub subsample: usize,
+    /// Stop when the update is below this (mm, and degrees).
+    pub tolerance: f64,
+    pub max_iterations: usize,
+    pub interpolation: Interpolation,
+    /// An estimate further than this from the previous one (mm or degrees) is treated as diverged.
+    pub max_jump: f64,
+}
+
+impl Default for RealignSettings {
+    fn default() -> Self {
+        RealignSettings { subsample: 2, tolerance: 1e-3, max_iterations: 30, interpolation: Interpolation::Trilinear, max_jump: 10.0 }
+    }
+}
+
+/// One resolution level of the reference: points, their gradient rows and the inverse normal matrix.
+struct Level {
+    /// Reference sample points in voxel coordinates and their reference values.
+    points: Vec<[f32; 3]>,
+    values: Vec<f32>,
+    /// Rows of the Jacobian, 6 per point.
+    jac: Vec<[f32; 6]>,
+    /// (J^T J)^-1.
+    inv_normal: [[f64; 6]; 6],
+    /// The volume being aligned is smoothed with this sigma (voxels) at this level (0: not at all).
+    sigma: f64,
+}
+
+/// A reference prepared for repeated alignment.
+pub struct Reference {
+    pub dims: [usize; 3],
+    pub mm_from_voxel: Affine,
+    pub volume: Vec<f32>,
+    centre_mm: [f64; 3],
+    voxel_from_mm: Affine,
+    /// Coarse to fine; the last is the full-resolution level used for tracking.
+    levels: Vec<Level>,
+    settings: RealignSettings,
+}
+
+/// The result of aligning one volume.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Alignment {
+    pub motion: Rigid,
+    pub iterations: usize,
+    /// Root mean square residual after alignment, in the volume's intensity units.
+    pub residual_rms: f64,
+    pub converged: bool,
+    /// The estimate diverged; `motion` is the previous volume's.
+    pub diverged: bool,
+}
+
+/// Separable Gaussian smoothing (sigma in voxels), zero padding normalised at the edges.
+pub fn smooth(volume: &[f32], dims: [usize; 3], sigma: f64) -> Vec<f32> {
+    if sigma <= 0.0 {
+        return volume.to_vec();
+    }
+    let radius = (3.0 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let mut current = volume.to_vec();
+    let strides = [1, dims[0], dims[0] * dims[1]];
+    for axis in 0..3 {
+        let mut next = vec![0.0f32; current.len()];
+        let n = dims[axis] as isize;
+        for (idx, out) in next.iter_mut().enumerate() {
+            let coord = (idx / strides[axis]) % dims[axis];
+            let (mut acc, mut wsum) = (0.0f32, 0.0f32);
+            for (ki, w) in kernel.iter().enumerate() {
+                let c = coord as isize + ki as isize - radius;
+                if c >= 0 && c < n {
+                    acc += w * current[(idx as isize + (c - coord as isize) * strides[axis] as isize) as usize];
+                    wsum += w;
+                }
+            }
+            *out = acc / wsum;
+        }
+        current = next;
+    }
+    current
+}
+
+fn invert6(m: &[[f64; 6]; 6]) -> Option<[[f64; 6]; 6]> {
+    let mut a = *m;
+    let mut inv = [[0.0; 6]; 6];
+    for (i, row) in inv.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    for col in 0..6 {
+        let pivot = (col..6).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        inv.swap(col, pivot);
+        let p = a[col][col];
+        for j in 0..6 {
+            a[col][j] /= p;
+            inv[col][j] /= p;
+        }
+        for r in 0..6 {
+            if r != col {
+                let f = a[r][col];
+                if f != 0.0 {
+                    for j in 0..6 {
+                        a[r][j] -= f * a[col][j];
+                        inv[r][j] -= f * inv[col][j];
+                    }
+                }
+            }
+        }
+    }
+    Some(inv)
+}
+
+impl Reference {
+    /// Prepares `volume` (x fastest, on grid `mm_from_voxel`) as the reference: bright voxels (above 20 % of the
+    /// 99th percentile) are the sample points; gradients at three levels, smoothed by 2, 1.5 and 1 voxels.
+    /// Both images are smoothed alike at every level, the last included: matching an interpolated (slightly
+    /// blurred) volume against a sharp reference biased the estimates by up to 0.2 mm and 0.3 degrees in tests.
+    pub fn new(volume: &[f32], dims: [usize; 3], mm_from_voxel: Affine, settings: RealignSettings) -> Option<Reference> {
+        let mut sorted: Vec<f32> = volume.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f32::total_cmp);
+        let high = *sorted.get(sorted.len() * 99 / 100)?;
+        let threshold = 0.2 * high;
+        let centre_mm = grid_centre_mm(dims, &mm_from_voxel);
+        let voxel_from_mm = affine_inverse(&mm_from_voxel);
+        let mut levels = Vec::new();
+        for (sigma, step) in [(2.0, settings.subsample * 2), (1.5, settings.subsample), (1.0, settings.subsample)] {
+            let smoothed = smooth(volume, dims, sigma);
+            levels.push(Self::level(&smoothed, dims, &mm_from_voxel, &voxel_from_mm, centre_mm, step.max(1), threshold, sigma)?);
+        }
+        Some(Reference { dims, mm_from_voxel, volume: volume.to_vec(), centre_mm, voxel_from_mm, levels, settings })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn level(vol: &[f32], dims: [usize; 3], mm_from_voxel: &Affine, voxel_from_mm: &Affine, centre: [f64; 3], step: usize, threshold: f32, sigma: f64) -> Option<Level> {
+        let [nx, ny, nz] = dims;
+        let at = |i: usize, j: usize, k: usize| vol[i + nx * (j + ny * k)];
+        // d(voxel)/d(mm) is voxel_from_mm's 3x3 part: grad_mm = (voxel_from_mm)^T grad_vox
+        let vf = voxel_from_mm;
+        let (mut points, mut values, mut jac) = (Vec::new(), Vec::new(), Vec::new());
+        let mut normal = [[0.0f64; 6]; 6];
+        for k in (1..nz.saturating_sub(1)).step_by(step) {
+            for j in (1..ny.saturating_sub(1)).step_by(step) {
+                for i in (1..nx.saturating_sub(1)).step_by(step) {
+                    let v = at(i, j, k);
+                    if v < threshold {
+                        continue;
+                    }
+                    let gv = [
+                        0.5 * (at(i + 1, j, k) - at(i - 1, j, k)) as f64,
+                        0.5 * (at(i, j + 1, k) - at(i, j - 1, k)) as f64,
+                        0.5 * (at(i, j, k + 1) - at(i, j, k - 1)) as f64,
+                    ];
+                    let g = [0, 1, 2].map(|a| (0..3).map(|b| vf[b][a] * gv[b]).sum::<f64>());
+                    let q = apply(mm_from_voxel, [i as f64, j as f64, k as f64]);
+                    let d = [q[0] - centre[0], q[1] - centre[1], q[2] - centre[2]];
+                    let rad = std::f64::consts::PI / 180.0;
+                    // derivatives of M(q) = R(q - c) + c + t at zero: translations, then rotations about x, y, z
+                    let row = [
+                        g[0],
+                        g[1],
+                        g[2],
+                        rad * (g[1] * -d[2] + g[2] * d[1]),
+                        rad * (g[0] * d[2] - g[2] * d[0]),
+                        rad * (-g[0] * d[1] + g[1] * d[0]),
+                    ];
+                    for a in 0..6 {
+                        for b in 0..6 {
+                            normal[a][b] += row[a] * row[b];
+                        }
+                    }
+                    points.push([i as f32, j as f32, k as f32]);
+                    values.push(v);
+                    jac.push(row.map(|x| x as f32));
+                }
+            }
+        }
+        let inv_normal = invert6(&normal)?;
+        Some(Level { points, values, jac, inv_normal, sigma })
+    }
+
+    /// Maps reference voxel coordinates to the moving volume's voxel coordinates for motion `m`.
+    fn mapper(&self, m: &Rigid) -> impl Fn([f32; 3]) -> [f64; 3] + '_ {
+        let r = m.rotation();
+        let c = self.centre_mm;
+        let t = m.trans_mm;
+        let mv = self.mm_from_voxel;
+        let vm = self.voxel_from_mm;
+        move |p: [f32; 3]| {
+            let q = apply(&mv, [p[0] as f64, p[1] as f64, p[2] as f64]);
+            let d = [q[0] - c[0], q[1] - c[1], q[2] - c[2]];
+            let moved = [0, 1, 2].map(|i| (0..3).map(|k| r[i][k] * d[k]).sum::<f64>() + c[i] + t[i]);
+            apply(&vm, moved)
+        }
+    }
+
+    /// Estimates the motion of `volume` (same grid) starting from `start`; `coarse_to_fine` for a new session.
+    pub fn align(&self, volume: &[f32], start: Rigid, coarse_to_fine: bool) -> Alignment {
+        let levels: Vec<&Level> = if coarse_to_fine { self.levels.iter().collect() } else { self.levels.last().into_iter().collect() };
+        let mut m = start;
+        let mut iterations = 0;
+        let mut converged = false;
+        let mut residual_rms = f64::NAN;
+        for level in levels {
+            let smoothed;
+            let vol: &[f32] = if level.sigma > 0.0 {
+                smoothed = smooth(volume, self.dims, level.sigma);
+                &smoothed
+            } else {
+                volume
+            };
+            converged = false;
+            for _ in 0..self.settings.max_iterations {
+                iterations += 1;
+                let map = self.mapper(&m);
+                let mut rhs = [0.0f64; 6];
+                let mut sum_sq = 0.0f64;
+                for ((p, &refv), row) in level.points.iter().zip(&level.values).zip(&level.jac) {
+                    let r = (trilinear(vol, self.dims, map(*p), 0.0) - refv) as f64;
+                    sum_sq += r * r;
+                    for a in 0..6 {
+                        rhs[a] += row[a] as f64 * r;
+                    }
+                }
+                residual_rms = (sum_sq / level.points.len().max(1) as f64).sqrt();
+                let delta: [f64; 6] = [0, 1, 2, 3, 4, 5].map(|a| (0..6).map(|b| level.inv_normal[a][b] * rhs[b]).sum());
+                for i in 0..3 {
+                    m.trans_mm[i] -= delta[i];
+                    m.rot_deg[i] -= delta[i + 3];
+                }
+                if !delta.iter().all(|d| d.is_finite()) {
+                    break;
+                }
+                if delta.iter().all(|d| d.abs() < self.settings.tolerance) {
+                    converged = true;
+                    break;
+                }
+            }
+        }
+        let jump = (0..3).map(|i| (m.trans_mm[i] - start.trans_mm[i]).abs().max((m.rot_deg[i] - start.rot_deg[i]).abs())).fold(0.0, f64::max);
+        let finite = m.trans_mm.iter().chain(&m.rot_deg).all(|v| v.is_finite());
+        if !finite || (!coarse_to_fine && jump > self.settings.max_jump) {
+            return Alignment { motion: start, iterations, residual_rms, converged: false, diverged: true };
+        }
+        Alignment { motion: m, iterations, residual_rms, converged, diverged: false }
+    }
+
+    /// Reslices `volume` into the reference grid, undoing motion `m`.
+    pub fn reslice(&self, volume: &[f32], m: &Rigid) -> Vec<f32> {
+        let map = self.mapper(m);
+        let [nx, ny, nz] = self.dims;
+        let mut out = Vec::with_capacity(volume.len());
+        for k in 0..nz {
+            for j in 0..ny {
+                for i in 0..nx {
+                    let p = map([i as f32, j as f32, k as f32]);
+                    out.push(match self.settings.interpolation {
+                        Interpolation::Trilinear => trilinear(volume, self.dims, p, 0.0),
+                        Interpolation::Cubic => tricubic(volume, self.dims, p),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Catmull-Rom tricubic interpolation, zero outside.
+fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
+    let [nx, ny, nz] = dims;
+    if !(p[0] > -1.0 && p[1] > -1.0 && p[2] > -1.0 && p[0] < nx as f64 && p[1] < ny as f64 && p[2] < nz as f64) {
+        return 0.0;
+    }
+    let weights = |t: f64| {
+        let (t2, t3) = (t * t, t * t * t);
+        [(-t3 + 2.0 * t2 - t) / 2.0, (3.0 * t3 - 5.0 * t2 + 2.0) / 2.0, (-3.0 * t3 + 4.0 * t2 + t) / 2.0, (t3 - t2) / 2.0]
+    };
+    let base = p.map(|v| v.floor());
+    let (wx, wy, wz) = (weights(p[0] - base[0]), weights(p[1] - base[1]), weights(p[2] - base[2]));
+    let mut acc = 0.0f64;
+    for (c, wzc) in wz.iter().enumerate() {
+        let z = base[2] as isize - 1 + c as isize;
+        if z < 0 || z >= nz as isize {
+            continue;
+        }
+        for (b, wyb) in wy.iter().enumerate() {
+            let y = base[1] as isize - 1 + b as isize;
+            if y < 0 || y >= ny as isize {
+                continue;
+            }
+            for (a, wxa) in wx.iter().enumerate() {
+                let x = base[0] as isize - 1 + a as isize;
+                if x < 0 || x >= nx as isize {
+                    continue;
+                }
+                acc += wxa * wyb * wzc * volume[x as usize + nx * (y as usize + ny * z as usize)] as f64;
+            }
+        }
+    }
+    acc as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::anatomy::Anatomy;
+    use crate::spatial::move_volume;
+
+    #[test]
+    fn recovers_known_motion_of_the_phantom() {
+        let anat = Anatomy::new([48, 48, 30], 3.0, 3);
+        let reference = Reference::new(&anat.baseline, anat.dims, anat.mm_from_voxel, RealignSettings::default()).unwrap();
+        for truth in [
+            Rigid { trans_mm: [1.2, -0.7, 0.4], rot_deg: [0.8, -0.5, 1.1] },
+            Rigid { trans_mm: [-2.8, 2.5, -3.0], rot_deg: [-3.0, 2.6, 2.9] },
+        ] {
+            let moved = move_volume(&anat.baseline, anat.dims, &anat.mm_from_voxel, &truth);
+            let a = reference.align(&moved, Rigid::default(), true);
+            assert!(a.converged && !a.diverged, "{a:?}");
+            for i in 0..3 {
+                assert!((a.motion.trans_mm[i] - truth.trans_mm[i]).abs() < 0.1, "{:?} vs {truth:?}", a.motion);
+                assert!((a.motion.rot_deg[i] - truth.rot_deg[i]).abs() < 0.1, "{:?} vs {truth:?}", a.motion);
+            }
+        }
+    }
+
+    #[test]
+    fn smoothing_keeps_the_mean_and_inversion_works() {
+        let v: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
+        let s = smooth(&v, [10, 10, 10], 1.0);
+        let (ma, mb) = (v.iter().sum::<f32>() / 1000.0, s.iter().sum::<f32>() / 1000.0);
+        assert!((ma - mb).abs() < 0.05);
+        let mut m = [[0.0; 6]; 6];
+        for (i, row) in m.iter_mut().enumerate() {
+            row[i] = (i + 1) as f64;
+        }
+        m[0][1] = 0.5;
+        let inv = invert6(&m).unwrap();
+        assert!((inv[0][0] - 1.0).abs() < 1e-12 && (inv[0][1] + 0.25).abs() < 1e-12);
+    }
+}
