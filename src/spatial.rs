@@ -139,7 +139,43 @@ pub fn trilinear(volume: &[f32], dims: [usize; 3], p: [f64; 3], outside: f32) ->
     c0 * (1.0 - fz) + c1 * fz
 }
 
-/// Resamples `volume` as moved by `motion` (same grid), trilinear, zero outside.
+/// Catmull-Rom tricubic interpolation, zero outside.
+pub fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
+    let [nx, ny, nz] = dims;
+    if !(p[0] > -1.0 && p[1] > -1.0 && p[2] > -1.0 && p[0] < nx as f64 && p[1] < ny as f64 && p[2] < nz as f64) {
+        return 0.0;
+    }
+    let weights = |t: f64| {
+        let (t2, t3) = (t * t, t * t * t);
+        [(-t3 + 2.0 * t2 - t) / 2.0, (3.0 * t3 - 5.0 * t2 + 2.0) / 2.0, (-3.0 * t3 + 4.0 * t2 + t) / 2.0, (t3 - t2) / 2.0]
+    };
+    let base = p.map(|v| v.floor());
+    let (wx, wy, wz) = (weights(p[0] - base[0]), weights(p[1] - base[1]), weights(p[2] - base[2]));
+    let mut acc = 0.0f64;
+    for (c, wzc) in wz.iter().enumerate() {
+        let z = base[2] as isize - 1 + c as isize;
+        if z < 0 || z >= nz as isize {
+            continue;
+        }
+        for (b, wyb) in wy.iter().enumerate() {
+            let y = base[1] as isize - 1 + b as isize;
+            if y < 0 || y >= ny as isize {
+                continue;
+            }
+            for (a, wxa) in wx.iter().enumerate() {
+                let x = base[0] as isize - 1 + a as isize;
+                if x < 0 || x >= nx as isize {
+                    continue;
+                }
+                acc += wxa * wyb * wzc * volume[x as usize + nx * (y as usize + ny * z as usize)] as f64;
+            }
+        }
+    }
+    acc as f32
+}
+
+/// Resamples `volume` as moved by `motion` (same grid), tricubic (Catmull-Rom: little blur, as a real head
+/// movement has none), zero outside.
 pub fn move_volume(volume: &[f32], dims: [usize; 3], mm_from_voxel: &Affine, motion: &Rigid) -> Vec<f32> {
     let sampler = MotionSampler::new(motion, mm_from_voxel, grid_centre_mm(dims, mm_from_voxel));
     let [nx, ny, nz] = dims;
@@ -147,7 +183,7 @@ pub fn move_volume(volume: &[f32], dims: [usize; 3], mm_from_voxel: &Affine, mot
     for k in 0..nz {
         for j in 0..ny {
             for i in 0..nx {
-                out.push(trilinear(volume, dims, sampler.source(i, j, k), 0.0));
+                out.push(tricubic(volume, dims, sampler.source(i, j, k)));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! check the command-line tools against independent references (a protocol client, nibabel).
 
 mod intake;
+mod preprocess;
 #[cfg(feature = "cuda")]
 mod kernels;
 #[cfg(feature = "cuda")]

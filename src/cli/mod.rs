@@ -2,9 +2,11 @@
 
 mod bench_generator;
 mod bench_intake;
+mod bench_preprocess;
 mod demo;
 mod generate;
 mod receive;
+mod realign;
 mod recover;
 mod send;
 mod simulate;
@@ -49,10 +51,14 @@ enum Command {
     Demo(demo::Args),
     /// Simulate a subject and scanner runs with known ground truth (BIDS dataset, or streamed live).
     Simulate(simulate::Args),
+    /// Realign a run to a reference (rigid body), as done live; writes the resliced run and motion.tsv.
+    Realign(realign::Args),
     /// Draw latents with the PGGAN generator and write PNGs.
     Generate(generate::Args),
     /// Benchmark the intake: reply latency and sustained volumes per second over loopback TCP.
     BenchIntake(bench_intake::Args),
+    /// Benchmark preprocessing: per-volume time of realign + reslice + mask + detrend + z-score on one core.
+    BenchPreprocess(bench_preprocess::Args),
     /// Benchmark the generator: seconds per image, GFLOP/s, peak memory.
     BenchGenerator(bench_generator::Args),
 }
@@ -77,9 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recover(args) => recover::run(args, config),
         Command::Demo(args) => demo::run(args, config),
         Command::Simulate(args) => simulate::run(args, config),
+        Command::Realign(args) => realign::run(args, config),
         Command::Generate(args) => generate::run(args, config),
         Command::BenchIntake(args) => bench_intake::run(args, config),
         Command::BenchGenerator(args) => bench_generator::run(args, config),
+        Command::BenchPreprocess(args) => bench_preprocess::run(args, config),
     }
 }
 

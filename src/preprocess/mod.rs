@@ -185,3 +185,60 @@ impl Preprocessor {
 pub fn mask_indices(mask: &[f32]) -> Vec<usize> {
     (0..mask.len()).filter(|&i| mask[i] != 0.0 && mask[i].is_finite()).collect()
 }
+
+/// Reads volume `t` of a NIfTI image as a [`Volume`] with the values a Pyneal sender would send (scaling applied,
+/// float64), so that offline processing of a recorded run sees exactly what the live pipeline saw.
+pub fn nifti_volume(img: &crate::nifti::NiftiImage, t: usize, tr_secs: f64) -> Volume {
+    let values = img.volume_values(t);
+    let bytes: Vec<u8> = if img.scaling.is_some() {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    } else {
+        img.volume_bytes(t).to_vec()
+    };
+    Volume {
+        index: t,
+        dims: img.dims,
+        mm_from_voxel: img.mm_from_voxel,
+        tr_secs,
+        dtype: if img.scaling.is_some() { crate::volume::Dtype::Float64 } else { img.dtype },
+        voxel_bytes: bytes,
+        arrived_at: Instant::now(),
+    }
+}
+
+/// The mean of all volumes of an image (x fastest), e.g. as a realignment reference.
+pub fn mean_volume(img: &crate::nifti::NiftiImage) -> Vec<f32> {
+    let n = img.voxels_per_volume();
+    let mut acc = vec![0.0f64; n];
+    for t in 0..img.volumes {
+        for (a, v) in acc.iter_mut().zip(img.volume_values(t)) {
+            *a += v;
+        }
+    }
+    acc.iter().map(|a| (a / img.volumes as f64) as f32).collect()
+}
+
+/// Processes a recorded run volume by volume, exactly as the live pipeline does, and returns its trial
+/// patterns and the per-volume results (decoder training uses this, so live and offline patterns are the same).
+pub fn run_patterns(
+    img: &crate::nifti::NiftiImage,
+    tr_secs: f64,
+    preprocessor: &mut Preprocessor,
+    trials: &[trials::ScheduledTrial],
+    window: trials::TrialWindow,
+) -> Result<(Vec<trials::TrialPattern>, Vec<Preprocessed>), PreprocessError> {
+    let mut averager = trials::TrialAverager::new(window, tr_secs);
+    for trial in trials {
+        averager.add_trial(trial.clone());
+    }
+    let mut patterns = Vec::new();
+    let mut volumes = Vec::with_capacity(img.volumes);
+    for t in 0..img.volumes {
+        let p = preprocessor.process(&nifti_volume(img, t, tr_secs))?;
+        patterns.extend(averager.push_volume(p.index, &p.values));
+        volumes.push(p);
+    }
+    patterns.extend(averager.finish());
+    patterns.sort_by_key(|p| p.trial.index);
+    Ok((patterns, volumes))
+}

@@ -126,10 +126,12 @@ impl Encoding {
                     }
                 }
             }
-            // voxel-specific variation keeps neighbouring voxels similar, not identical
+            // an equal voxel-specific part: neighbouring voxels stay correlated (about 0.5) while the weights span
+            // the whole latent space, which a decoder of every latent direction needs (calibration:
+            // docs/simulation.md)
             let scale = (w.iter().map(|x| x * x).sum::<f64>() / latent_size as f64).sqrt().max(1e-9);
             for wi in w.iter_mut() {
-                *wi += 0.3 * scale * rng.normal();
+                *wi += scale * rng.normal();
             }
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
             weights.extend(w.iter().map(|x| (x / norm) as f32));
