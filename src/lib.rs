@@ -5,6 +5,7 @@
 //! - [`ingest`]: the Pyneal-Scanner-compatible ZeroMQ receiver ([`ingest::receiver`]), the wire protocol
 //!   ([`ingest::protocol`]) and the scanner-side sender ([`ingest::sender`]);
 //! - [`preprocess`]: realignment, masking, detrending, z-scoring and trial patterns, one volume at a time;
+//! - [`decode`]: decoder training and evaluation (ridge from trial patterns to latents, HYPER's metrics);
 //! - [`session`]: crash-safe recording of everything received, finalised into NIfTI + summary;
 //! - [`generate`]: the PGGAN generator (converted checkpoints, CPU forward pass) that draws a latent as an image;
 //! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
@@ -13,6 +14,7 @@
 //! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`spatial`] (rigid-body geometry), [`npy`] (NumPy arrays), [`rng`].
 
 pub mod config;
+pub mod decode;
 pub mod generate;
 pub mod ingest;
 pub mod nifti;

@@ -4,12 +4,14 @@ mod bench_generator;
 mod bench_intake;
 mod bench_preprocess;
 mod demo;
+mod eval;
 mod generate;
 mod receive;
 mod realign;
 mod recover;
 mod send;
 mod simulate;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,10 @@ enum Command {
     Simulate(simulate::Args),
     /// Realign a run to a reference (rigid body), as done live; writes the resliced run and motion.tsv.
     Realign(realign::Args),
+    /// Train the decoder (voxel patterns -> latents) on a BIDS dataset's training trials.
+    Train(train::Args),
+    /// Evaluate a decoder on test trials with HYPER's measures; writes a report and an image grid.
+    Eval(eval::Args),
     /// Draw latents with the PGGAN generator and write PNGs.
     Generate(generate::Args),
     /// Benchmark the intake: reply latency and sustained volumes per second over loopback TCP.
@@ -84,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args, config),
         Command::Simulate(args) => simulate::run(args, config),
         Command::Realign(args) => realign::run(args, config),
+        Command::Train(args) => train::run(args, config),
+        Command::Eval(args) => eval::run(args, config),
         Command::Generate(args) => generate::run(args, config),
         Command::BenchIntake(args) => bench_intake::run(args, config),
         Command::BenchGenerator(args) => bench_generator::run(args, config),
