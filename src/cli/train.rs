@@ -19,9 +19,13 @@ pub struct Args {
     /// Output decoder bundle (.safetensors)
     #[arg(long)]
     out: PathBuf,
-    /// Voxels to select by mean training response (HYPER: 4096)
+    /// Voxels to select (HYPER: 4096)
     #[arg(long, default_value_t = 4096)]
     voxels: usize,
+    /// Selection rule: encoding (default; works in continuous designs) or mean-response (HYPER's, needs rest
+    /// periods to show a visual response)
+    #[arg(long, value_enum, default_value = "encoding")]
+    selection: decode::Selection,
     /// Cross-validation folds
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -37,6 +41,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let data = Dataset::open(&args.data, args.subject.as_deref())?;
     let settings = TrainSettings {
         voxels: args.voxels,
+        selection: args.selection,
         folds: args.folds,
         penalties: ridge::log_grid(1.0, 1e6, args.penalties.max(1)),
         runs: args.runs.clone(),

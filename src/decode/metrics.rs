@@ -86,34 +86,44 @@ pub fn luminance(rgb: &[u8]) -> Vec<f64> {
 /// Mean SSIM of two RGB images of `side` x `side`, exactly as `skimage.metrics.structural_similarity` with its
 /// defaults for uint8 colour images (`channel_axis=-1`): 7 x 7 uniform window, K1 0.01, K2 0.03, data range 255,
 /// sample covariance, the mean over pixels whose window lies inside the image, averaged over channels.
+/// Window sums come from summed-area tables.
 pub fn ssim_rgb(a: &[u8], b: &[u8], side: usize) -> f64 {
     const WIN: usize = 7;
     let pad = (WIN - 1) / 2;
+    if side < WIN {
+        return f64::NAN;
+    }
     let np = (WIN * WIN) as f64;
     let cov_norm = np / (np - 1.0);
     let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
+    let stride = side + 1;
     let mut total = 0.0;
     for ch in 0..3 {
-        let x: Vec<f64> = a.iter().skip(ch).step_by(3).map(|v| *v as f64).collect();
-        let y: Vec<f64> = b.iter().skip(ch).step_by(3).map(|v| *v as f64).collect();
+        // integral images of x, y, x^2, y^2, xy with a zero first row and column
+        let mut tables = vec![[0.0f64; 5]; stride * stride];
+        for r in 0..side {
+            let mut row = [0.0f64; 5];
+            for c in 0..side {
+                let (x, y) = (a[(r * side + c) * 3 + ch] as f64, b[(r * side + c) * 3 + ch] as f64);
+                let v = [x, y, x * x, y * y, x * y];
+                for k in 0..5 {
+                    row[k] += v[k];
+                    tables[(r + 1) * stride + c + 1][k] = tables[r * stride + c + 1][k] + row[k];
+                }
+            }
+        }
+        let window = |r0: usize, c0: usize, k: usize| {
+            let (r1, c1) = (r0 + WIN, c0 + WIN);
+            tables[r1 * stride + c1][k] - tables[r0 * stride + c1][k] - tables[r1 * stride + c0][k] + tables[r0 * stride + c0][k]
+        };
         let (mut sum, mut count) = (0.0, 0usize);
         for r in pad..side - pad {
             for c in pad..side - pad {
-                let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-                for dr in 0..WIN {
-                    for dc in 0..WIN {
-                        let i = (r + dr - pad) * side + (c + dc - pad);
-                        sx += x[i];
-                        sy += y[i];
-                        sxx += x[i] * x[i];
-                        syy += y[i] * y[i];
-                        sxy += x[i] * y[i];
-                    }
-                }
-                let (ux, uy) = (sx / np, sy / np);
-                let vx = cov_norm * (sxx / np - ux * ux);
-                let vy = cov_norm * (syy / np - uy * uy);
-                let vxy = cov_norm * (sxy / np - ux * uy);
+                let (r0, c0) = (r - pad, c - pad);
+                let (ux, uy) = (window(r0, c0, 0) / np, window(r0, c0, 1) / np);
+                let vx = cov_norm * (window(r0, c0, 2) / np - ux * ux);
+                let vy = cov_norm * (window(r0, c0, 3) / np - uy * uy);
+                let vxy = cov_norm * (window(r0, c0, 4) / np - ux * uy);
                 sum += ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2));
                 count += 1;
             }

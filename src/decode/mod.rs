@@ -129,11 +129,24 @@ impl Dataset {
     }
 }
 
+/// How voxels are chosen (always from training trials only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Selection {
+    /// HYPER's rule: the highest mean response over training trials. It needs a visual response that stands out
+    /// from the run's baseline (rest periods); in a continuous design under a causal high-pass it has none.
+    MeanResponse,
+    /// An encoding criterion: the sum over latent dimensions of the squared correlation between the voxel's
+    /// trial responses and that latent dimension (how much of the voxel the latent explains, one dimension at a
+    /// time); null expectation latent_size / trials.
+    Encoding,
+}
+
 /// Training settings.
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
     /// Voxels to keep (HYPER: 4096).
     pub voxels: usize,
+    pub selection: Selection,
     pub folds: usize,
     pub penalties: Vec<f64>,
     pub window: TrialWindow,
@@ -148,6 +161,7 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             voxels: 4096,
+            selection: Selection::Encoding,
             folds: 5,
             penalties: ridge::log_grid(1e0, 1e6, 20),
             window: TrialWindow::default(),
@@ -266,15 +280,21 @@ pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainPr
     }
     let n = groups.len();
     let c = candidates.len();
-    // voxel selection: highest mean response over training trials (never test trials)
-    let mut mean_response = vec![0.0f64; c];
-    for p in &patterns {
-        for (m, v) in mean_response.iter_mut().zip(&p.pattern) {
-            *m += *v as f64;
+    // voxel selection from training trials only
+    let score = match settings.selection {
+        Selection::MeanResponse => {
+            let mut mean_response = vec![0.0f64; c];
+            for p in &patterns {
+                for (m, v) in mean_response.iter_mut().zip(&p.pattern) {
+                    *m += *v as f64;
+                }
+            }
+            mean_response
         }
-    }
+        Selection::Encoding => encoding_scores(&patterns, data),
+    };
     let mut order: Vec<usize> = (0..c).collect();
-    order.sort_by(|&a, &b| mean_response[b].total_cmp(&mean_response[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
     let mut keep: Vec<usize> = order.into_iter().take(settings.voxels.min(c)).collect();
     keep.sort_unstable();
     let k = keep.len();
@@ -317,11 +337,39 @@ pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainPr
             subject: data.subject.clone(),
             runs: runs.iter().map(|r| r.number).collect(),
             trials: n,
-            selection: format!("top {k} of {c} bright voxels by mean training response"),
+            selection: format!("top {k} of {c} bright voxels by {}", match settings.selection {
+                Selection::MeanResponse => "mean training response",
+                Selection::Encoding => "encoding score (summed squared correlation with the latent dimensions)",
+            }),
             fingerprint: fingerprint(&runs, &data.root.join("stimuli").join("latents.npy")),
             created_unix_secs: crate::session::recorder::unix_secs_now(),
         },
     })
+}
+
+/// Per candidate voxel: the sum over latent dimensions of the squared correlation between the voxel's trial
+/// responses and the latent dimension.
+fn encoding_scores(patterns: &[TrialPattern], data: &Dataset) -> Vec<f64> {
+    use nalgebra::DMatrix;
+    let n = patterns.len();
+    let c = patterns.first().map(|p| p.pattern.len()).unwrap_or(0);
+    let q = data.latent_size;
+    let standardise = |m: &mut DMatrix<f64>| {
+        for mut col in m.column_iter_mut() {
+            let mean = col.mean();
+            col.add_scalar_mut(-mean);
+            let norm = col.norm();
+            if norm > 0.0 {
+                col /= norm;
+            }
+        }
+    };
+    let mut x = DMatrix::from_fn(n, c, |r, col| patterns[r].pattern[col] as f64);
+    let mut y = DMatrix::from_fn(n, q, |r, col| data.latent(patterns[r].trial.stim_id.unwrap_or(0))[col] as f64);
+    standardise(&mut x);
+    standardise(&mut y);
+    let corr = x.transpose() * y; // [c, q]
+    corr.row_iter().map(|row| row.norm_squared()).collect()
 }
 
 /// Decoded test trials: single-trial predictions with their stimulus ids.
