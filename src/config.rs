@@ -16,6 +16,65 @@ pub struct Config {
     pub session: SessionConfig,
     pub sender: SenderConfig,
     pub simulate: SimulateConfig,
+    pub live: LiveConfig,
+}
+
+/// The live session; see `config/default.toml` for each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    pub decoder: PathBuf,
+    pub events: PathBuf,
+    pub mode: LiveMode,
+    pub sliding_volumes: usize,
+    pub stimuli: PathBuf,
+    pub weights: PathBuf,
+    pub device: crate::generate::DeviceChoice,
+    pub display: DisplayMode,
+    pub view: crate::display::View,
+    pub results_host: String,
+    pub results_port: u16,
+    pub publish: String,
+    pub feedback_attribute: String,
+    pub feedback_scale: f64,
+    pub boundaries: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveMode {
+    Trials,
+    Sliding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplayMode {
+    Window,
+    Headless,
+    None,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            decoder: PathBuf::new(),
+            events: PathBuf::new(),
+            mode: LiveMode::Trials,
+            sliding_volumes: 3,
+            stimuli: PathBuf::new(),
+            weights: PathBuf::new(),
+            device: crate::generate::DeviceChoice::Auto,
+            display: DisplayMode::Window,
+            view: crate::display::View::Operator,
+            results_host: "127.0.0.1".into(),
+            results_port: 5556,
+            publish: "tcp://127.0.0.1:5557".into(),
+            feedback_attribute: "smile".into(),
+            feedback_scale: 3.0,
+            boundaries: PathBuf::from("../shared/data/interfacegan"),
+        }
+    }
 }
 
 /// The scanner intake (`hyper-rt receive`).
@@ -272,6 +331,12 @@ impl Config {
             return Err(invalid("sender.handshake", "must be a non-empty string that is not JSON"));
         }
         self.simulate.validate().map_err(|(key, problem)| invalid(key, &problem))?;
+        if self.live.sliding_volumes == 0 {
+            return Err(invalid("live.sliding_volumes", "must be at least 1"));
+        }
+        if !(self.live.feedback_scale.is_finite() && self.live.feedback_scale > 0.0) {
+            return Err(invalid("live.feedback_scale", "must be a positive number"));
+        }
         Ok(())
     }
 }

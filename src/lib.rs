@@ -15,8 +15,11 @@
 
 pub mod config;
 pub mod decode;
+pub mod display;
+pub mod feedback;
 pub mod generate;
 pub mod ingest;
+pub mod live;
 pub mod nifti;
 pub mod npy;
 pub mod preprocess;

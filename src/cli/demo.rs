@@ -1,96 +1,143 @@
-//! `hyper-rt demo`: the built-in demonstration on defaults. For now it exercises the intake end to end: a
-//! synthetic 4-D run made in memory is streamed over loopback ZeroMQ (the Pyneal Scanner protocol) into the
-//! receiver, the recording is read back and compared voxel for voxel, and the session summary is printed.
+//! `hyper-rt demo`: the whole product on a fresh machine with no files. It simulates a subject (a small head,
+//! two training runs and a test run with repeated faces), trains a decoder on the training runs, streams the
+//! test run over loopback ZeroMQ with the Pyneal Scanner protocol at TR pace (`--speed` to go faster) into the
+//! live pipeline, shows the reconstructions beside the true stimuli (or writes them as PNG without a display),
+//! and ends with the evaluation summary.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, ensure};
-use hyper_rt::config::Config;
-use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
+use anyhow::Context;
+use hyper_rt::config::{Config, DisplayMode, SimulateConfig};
+use hyper_rt::decode::metrics::{cosine, identification, latent_similarity};
+use hyper_rt::decode::{self, Dataset, TrainProgress, TrainSettings};
+use hyper_rt::ingest::sender::{self, Pacing, ScannerSender};
 use hyper_rt::nifti::NiftiImage;
-use hyper_rt::rng::Rng;
-use hyper_rt::volume::{x_fastest_to_c_order, Dtype};
+use hyper_rt::preprocess::trials::read_events;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Volumes in the synthetic run
-    #[arg(long, default_value_t = 20)]
-    volumes: usize,
-    /// TR of the synthetic run in seconds
-    #[arg(long, default_value_t = 1.5)]
-    tr_secs: f64,
-    /// Playback speed relative to the TR (1 = real time)
-    #[arg(long, default_value_t = 10.0)]
+    /// Playback speed relative to the TR (1 = real time, as in the scanner)
+    #[arg(long, default_value_t = 1.0)]
     speed: f64,
-    /// Random seed of the synthetic run
+    /// Write frames as PNG instead of opening a window
+    #[arg(long)]
+    headless: bool,
+    /// Random seed of the simulated subject
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where the session folder goes [config: session.root]
+    /// Where the simulated dataset goes (default: a temporary folder)
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where the session folder goes [session.root]
     #[arg(long)]
     session_root: Option<PathBuf>,
+    /// Results server port of the live pipeline (0 = any free one) [live.results_port]
+    #[arg(long)]
+    results_port: Option<u16>,
 }
 
-const DIMS: [usize; 3] = [64, 64, 30];
+/// The demo's subject: small enough to simulate and train in seconds on 2 cores.
+fn demo_subject(seed: u64) -> SimulateConfig {
+    SimulateConfig {
+        dims: [32, 32, 20],
+        voxel_mm: 4.0,
+        train_runs: 2,
+        train_trials_per_run: 150,
+        test_runs: 1,
+        test_faces: 8,
+        test_repeats: 4,
+        responsive_voxels: 800,
+        clusters: 6,
+        snr: 8.0,
+        seed,
+        ..SimulateConfig::default()
+    }
+}
 
-/// A head-like phantom: an ellipsoid of "tissue" with a brighter core, a slow global drift and Gaussian noise,
-/// stored as int16 (as scanners do), x fastest.
-fn synthetic_volume(t: usize, rng: &mut Rng) -> Vec<u8> {
-    let [nx, ny, nz] = DIMS;
-    let mut out = Vec::with_capacity(nx * ny * nz * 2);
-    for k in 0..nz {
-        for j in 0..ny {
-            for i in 0..nx {
-                let x = (i as f64 - nx as f64 / 2.0) / (nx as f64 * 0.4);
-                let y = (j as f64 - ny as f64 / 2.0) / (ny as f64 * 0.45);
-                let z = (k as f64 - nz as f64 / 2.0) / (nz as f64 * 0.45);
-                let r2 = x * x + y * y + z * z;
-                let tissue = if r2 < 1.0 { 800.0 + 400.0 * (1.0 - r2) } else { 20.0 };
-                let v = tissue * (1.0 + 0.002 * t as f64) + 10.0 * rng.normal();
-                out.extend_from_slice(&(v.round() as i16).to_le_bytes());
-            }
+pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(args.speed.is_finite() && args.speed > 0.0, "--speed must be positive");
+    if let Some(root) = args.session_root {
+        config.session.root = root;
+    }
+    if args.headless {
+        config.live.display = DisplayMode::Headless;
+    }
+    if let Some(port) = args.results_port {
+        config.live.results_port = port;
+    }
+    let data_dir = args.data.unwrap_or_else(|| std::env::temp_dir().join(format!("hyper-rt-demo-{}", std::process::id())));
+    let sim = demo_subject(args.seed);
+    println!("hyper-rt demo");
+    println!("1/4 simulating a subject into {}", data_dir.display());
+    let total = hyper_rt::simulate::total_volumes(&sim) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    hyper_rt::simulate::write_dataset(&sim, &data_dir, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+
+    println!("2/4 training the decoder on the training runs");
+    let data = Dataset::open(&data_dir, None)?;
+    let settings = TrainSettings { voxels: 800, ..TrainSettings::default() };
+    let bar = indicatif::ProgressBar::new(0);
+    let bundle = decode::train(&data, &settings, &|p| match p {
+        TrainProgress::Run { done, total } | TrainProgress::Fold { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })?;
+    bar.finish_and_clear();
+    println!("    {} trials, {} voxels, penalty {:.2e}", bundle.info.trials, bundle.voxels.len(), bundle.penalty);
+
+    let test_run = data.runs.last().context("the simulated dataset has no runs")?.clone();
+    let img = NiftiImage::read(&test_run.bold)?;
+    let tr = img.tr_secs.unwrap_or(1.5);
+    config.live.events = test_run.events.clone();
+    config.live.stimuli = data_dir.join("stimuli").join("latents.npy");
+    let inputs = super::live::inputs(&config.live, Some(bundle))?;
+    println!(
+        "3/4 streaming the test run ({} volumes, {} s at {}x) over loopback ZeroMQ into the live pipeline",
+        img.volumes,
+        (img.volumes as f64 * tr / args.speed).round(),
+        args.speed
+    );
+    let receiver = super::live::bind_receiver(&config, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
+    let endpoint = receiver.endpoint().to_string();
+    let speed = args.speed;
+    let volumes = img.volumes;
+    let sender_thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let scanner = ScannerSender::connect(&endpoint, "hello from pynealScanner_sim", 30.0)?;
+        let bar = indicatif::ProgressBar::new(volumes as u64);
+        let wire = (0..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr));
+        sender::stream(&scanner, wire, Pacing { tr_secs: tr, speed }, |_, _| bar.inc(1))?;
+        bar.finish_and_clear();
+        Ok(())
+    });
+    let (stats, session) = hyper_rt::live::run(receiver, inputs, super::interrupt_flag())?;
+    sender_thread.join().map_err(|_| anyhow::anyhow!("the scanner simulator panicked"))??;
+    super::live::print_stats(&stats, &session);
+
+    println!("4/4 evaluation of the live decoding (test faces, repetitions averaged)");
+    let trials = read_events(&test_run.events, None)?;
+    let results = std::fs::read_to_string(session.join("results.jsonl"))?;
+    let mut by_stim: std::collections::BTreeMap<usize, Vec<Vec<f32>>> = Default::default();
+    for line in results.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if let (Some(stim), Some(latent)) = (v["stim_id"].as_u64(), v["latent"].as_array()) {
+            by_stim.entry(stim as usize).or_default().push(latent.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect());
         }
     }
-    out
-}
-
-pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
-    ensure!(args.volumes > 0, "--volumes must be positive");
-    ensure!(args.tr_secs > 0.0 && args.speed > 0.0, "--tr-secs and --speed must be positive");
-    let root = args.session_root.unwrap_or(config.session.root.clone());
-    println!("hyper-rt demo: {} synthetic volumes of {:?} int16 at TR {} s, played at {}x over loopback ZeroMQ", args.volumes, DIMS, args.tr_secs, args.speed);
-    let mut rng = Rng::new(args.seed);
-    let volumes: Vec<Vec<u8>> = (0..args.volumes).map(|t| synthetic_volume(t, &mut rng)).collect();
-    let affine = [[3.0, 0.0, 0.0, -96.0], [0.0, 3.0, 0.0, -96.0], [0.0, 0.0, 3.0, -45.0], [0.0, 0.0, 0.0, 1.0]];
-
-    let receiver = super::LoopbackReceiver::start(&root, args.volumes, config.session.compress)?;
-    let scanner = ScannerSender::connect(&receiver.endpoint, &config.sender.handshake, config.sender.reply_timeout_secs)?;
-    let bar = indicatif::ProgressBar::new(args.volumes as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} streaming [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    let wire = volumes.iter().enumerate().map(|(t, v)| WireVolume {
-        index: t,
-        dtype: Dtype::Int16,
-        dims: DIMS,
-        mm_from_voxel: affine,
-        tr_secs: args.tr_secs,
-        c_order_le: x_fastest_to_c_order(v, DIMS, 2),
-    });
-    let report = sender::stream(&scanner, wire, Pacing { tr_secs: args.tr_secs, speed: args.speed }, |_, reply| {
-        bar.inc(1);
-        bar.set_message(reply.to_string());
-    })?;
-    bar.finish();
-    drop(scanner);
-    let dir = receiver.session_dir.clone();
-    let summary = receiver.join()?;
-    super::print_summary(&dir, &summary);
-
-    // check the recording against what was sent
-    let file = summary.volumes_file.as_deref().ok_or_else(|| anyhow::anyhow!("nothing was recorded"))?;
-    let img = NiftiImage::read(&dir.join(file))?;
-    let recorded_ok = img.volumes == args.volumes && (0..args.volumes).all(|t| img.volume_bytes(t) == volumes[t].as_slice());
-    if !recorded_ok || report.sent != args.volumes {
-        bail!("the recording in {} does not match what was sent", dir.display());
+    let (mut preds, mut truths) = (Vec::new(), Vec::new());
+    for (stim, latents) in &by_stim {
+        let n = latents.len() as f32;
+        preds.push((0..data.latent_size).map(|i| latents.iter().map(|l| l[i]).sum::<f32>() / n).collect::<Vec<f32>>());
+        truths.push(data.latent(*stim).to_vec());
     }
-    println!("recording verified: {} volumes identical to what was sent, affine and TR {} s kept", args.volumes, img.tr_secs.unwrap_or(0.0));
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (pair, nway) = identification(&preds, &truths);
+    println!("    trials decoded live   {} of {}", by_stim.values().map(Vec::len).sum::<usize>(), trials.len());
+    println!("    latent similarity     {:.3} (all-zero prediction 0.5, random latent about 0.33)", mean(preds.iter().zip(&truths).map(|(p, t)| latent_similarity(p, t)).collect()));
+    println!("    cosine similarity     {:.3} (chance 0)", mean(preds.iter().zip(&truths).map(|(p, t)| cosine(p, t)).collect()));
+    println!("    identification        pairwise {:.2} (chance 0.50), {}-way {:.2} (chance {:.2})", pair, preds.len(), nway, 1.0 / preds.len().max(1) as f64);
+    println!("    the built-in generator has random weights: the pictures are abstract textures, not faces");
+    println!("frames and results: {}", session.display());
     Ok(())
 }

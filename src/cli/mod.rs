@@ -6,6 +6,7 @@ mod bench_preprocess;
 mod demo;
 mod eval;
 mod generate;
+mod live;
 mod receive;
 mod realign;
 mod recover;
@@ -49,7 +50,7 @@ enum Command {
     Send(send::Args),
     /// Finalise a session folder left unfinalised by a crash (or every such folder under a root).
     Recover(recover::Args),
-    /// Run the built-in demonstration: a synthetic run streamed over loopback into the receiver.
+    /// The built-in demonstration: simulate a subject, train a decoder, stream the test run live and evaluate.
     Demo(demo::Args),
     /// Simulate a subject and scanner runs with known ground truth (BIDS dataset, or streamed live).
     Simulate(simulate::Args),
@@ -59,6 +60,10 @@ enum Command {
     Train(train::Args),
     /// Evaluate a decoder on test trials with HYPER's measures; writes a report and an image grid.
     Eval(eval::Args),
+    /// The live session: receive, preprocess, decode, draw and show, serve results to the stimulus computer.
+    Live(live::Args),
+    /// Run a recorded session (or a 4-D NIfTI run) through the live pipeline at TR pace or faster.
+    Replay(live::ReplayArgs),
     /// Draw latents with the PGGAN generator and write PNGs.
     Generate(generate::Args),
     /// Benchmark the intake: reply latency and sustained volumes per second over loopback TCP.
@@ -92,6 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Realign(args) => realign::run(args, config),
         Command::Train(args) => train::run(args, config),
         Command::Eval(args) => eval::run(args, config),
+        Command::Live(args) => live::run(args, config),
+        Command::Replay(args) => live::replay(args, config),
         Command::Generate(args) => generate::run(args, config),
         Command::BenchIntake(args) => bench_intake::run(args, config),
         Command::BenchGenerator(args) => bench_generator::run(args, config),
@@ -135,7 +142,6 @@ pub fn print_summary(dir: &std::path::Path, s: &hyper_rt::session::recorder::Sum
 /// A receiver running in a background thread on an ephemeral loopback port (demo and benchmark).
 pub struct LoopbackReceiver {
     pub endpoint: String,
-    pub session_dir: PathBuf,
     handle: std::thread::JoinHandle<anyhow::Result<hyper_rt::session::recorder::Summary>>,
 }
 
@@ -161,13 +167,12 @@ impl LoopbackReceiver {
         let recorder = Recorder::create(root, &meta)?;
         let mut receiver = Receiver::bind(settings, recorder)?;
         let endpoint = receiver.endpoint().to_string();
-        let session_dir = receiver.session_dir().to_path_buf();
         let handle = std::thread::Builder::new().name("receiver".into()).spawn(move || {
             let never = AtomicBool::new(false);
             let reason = receiver.run(None, &never)?;
             Ok(receiver.finish(reason, compress)?)
         })?;
-        Ok(LoopbackReceiver { endpoint, session_dir, handle })
+        Ok(LoopbackReceiver { endpoint, handle })
     }
 
     /// Waits for the run to end and returns the finalised summary.

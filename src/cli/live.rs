@@ -1,0 +1,225 @@
+//! `hyper-rt live` and `hyper-rt replay`: the whole pipeline on a scanner's stream, or on a recorded run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
+use hyper_rt::decode::bundle::DecoderBundle;
+use hyper_rt::display::View;
+use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
+use hyper_rt::ingest::protocol::Limits;
+use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
+use hyper_rt::ingest::sender::{self, Pacing, ScannerSender};
+use hyper_rt::live::{self, LiveInputs, LiveStats};
+use hyper_rt::nifti::NiftiImage;
+use hyper_rt::preprocess::trials::read_events;
+use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
+
+/// Flags shared by `live` and `replay` (each overrides its `[live]` key).
+#[derive(clap::Args, Debug)]
+pub struct LiveFlags {
+    /// Decoder bundle [live.decoder]
+    #[arg(long)]
+    decoder: Option<PathBuf>,
+    /// Stimulus schedule (events.tsv) [live.events]
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Stimulus latents, to show the true stimulus [live.stimuli]
+    #[arg(long)]
+    stimuli: Option<PathBuf>,
+    /// trials or sliding [live.mode]
+    #[arg(long, value_enum)]
+    mode: Option<LiveMode>,
+    /// window, headless or none [live.display]
+    #[arg(long, value_enum)]
+    display: Option<DisplayMode>,
+    /// Shorthand for --display headless
+    #[arg(long)]
+    headless: bool,
+    /// operator, participant or feedback [live.view]
+    #[arg(long, value_enum)]
+    view: Option<View>,
+    /// Generator checkpoint [live.weights]
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// auto, cpu or cuda [live.device]
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// Results server port, 0 = any free one [live.results_port]
+    #[arg(long)]
+    results_port: Option<u16>,
+    /// PUB endpoint [live.publish]
+    #[arg(long)]
+    publish: Option<String>,
+    /// Folder of session folders [session.root]
+    #[arg(long)]
+    session_root: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    flags: LiveFlags,
+    /// Receiver endpoint [receiver.bind]
+    #[arg(long)]
+    bind: Option<String>,
+    /// Volumes in the run [receiver.expected_volumes]
+    #[arg(long, short = 'n')]
+    expected_volumes: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// A recorded session folder (its volumes.nii[.gz]) or a 4-D NIfTI run
+    source: PathBuf,
+    #[command(flatten)]
+    flags: LiveFlags,
+    /// Playback speed relative to the TR
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+}
+
+fn apply(flags: &LiveFlags, config: &mut Config) {
+    let l = &mut config.live;
+    if let Some(v) = &flags.decoder {
+        l.decoder = v.clone();
+    }
+    if let Some(v) = &flags.events {
+        l.events = v.clone();
+    }
+    if let Some(v) = &flags.stimuli {
+        l.stimuli = v.clone();
+    }
+    if let Some(v) = flags.mode {
+        l.mode = v;
+    }
+    if let Some(v) = flags.display {
+        l.display = v;
+    }
+    if flags.headless {
+        l.display = DisplayMode::Headless;
+    }
+    if let Some(v) = flags.view {
+        l.view = v;
+    }
+    if let Some(v) = &flags.weights {
+        l.weights = v.clone();
+    }
+    if let Some(v) = flags.device {
+        l.device = v;
+    }
+    if let Some(v) = flags.results_port {
+        l.results_port = v;
+    }
+    if let Some(v) = &flags.publish {
+        l.publish = v.clone();
+    }
+    if let Some(v) = &flags.session_root {
+        config.session.root = v.clone();
+    }
+}
+
+fn opt_path(p: &Path) -> Option<&Path> {
+    (!p.as_os_str().is_empty()).then_some(p)
+}
+
+/// Loads the decoder, schedule, stimuli, generator and boundaries the `[live]` config names.
+pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<LiveInputs> {
+    let bundle = match bundle {
+        Some(b) => b,
+        None => {
+            let path = opt_path(&l.decoder).context("no decoder: give --decoder (or [live] decoder in the config)")?;
+            DecoderBundle::load(path)?
+        }
+    };
+    let schedule = match opt_path(&l.events) {
+        Some(p) => read_events(p, None)?,
+        None => Vec::new(),
+    };
+    if schedule.is_empty() && l.mode == LiveMode::Trials {
+        tracing::warn!("no stimulus schedule (events): in trials mode nothing will be decoded; use --mode sliding for continuous decoding");
+    }
+    let stimuli = match opt_path(&l.stimuli) {
+        Some(p) => Some(hyper_rt::npy::read_f32(p)?.data),
+        None => None,
+    };
+    let model = Arc::new(generate::load_model(opt_path(&l.weights))?);
+    if model.latent_size != bundle.latent_size() {
+        bail!("the decoder gives {}-d latents but the generator takes {}", bundle.latent_size(), model.latent_size);
+    }
+    tracing::info!("generator: {}", model.label);
+    let generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, Precision::F32)?;
+    tracing::info!("generating on {}", generator.describe());
+    let boundaries = live::load_boundaries(&l.boundaries, bundle.latent_size());
+    Ok(LiveInputs { config: l.clone(), bundle, schedule, stimuli, generator, boundaries })
+}
+
+/// A receiver with its session recorder.
+pub fn bind_receiver(config: &Config, bind: &str, expected: usize, idle_secs: f64) -> anyhow::Result<Receiver> {
+    let meta = SessionMeta { started_unix_secs: unix_secs_now(), bind: bind.to_string(), expected_volumes: expected, hyper_rt_version: env!("CARGO_PKG_VERSION").to_string() };
+    let recorder = Recorder::create(&config.session.root, &meta)?;
+    let settings = ReceiverSettings {
+        bind: bind.to_string(),
+        expected_volumes: expected,
+        idle_timeout_secs: idle_secs,
+        limits: Limits { max_volume_bytes: config.receiver.max_volume_bytes, max_dim: config.receiver.max_dim },
+    };
+    Ok(Receiver::bind(settings, recorder)?)
+}
+
+pub fn print_stats(stats: &LiveStats, dir: &Path) {
+    println!("session          {}", dir.display());
+    println!("end              {}", stats.end_reason);
+    println!("volumes          {} processed, {} rejected by preprocessing", stats.volumes_processed, stats.volumes_rejected_by_preprocessing);
+    println!("decoded          {} patterns", stats.patterns_decoded);
+    println!("frames           {} drawn, {} shown, {} latents skipped by the generator", stats.frames_drawn, stats.frames_shown, stats.latents_skipped_by_generator);
+    print!("{}", stats.latency_table());
+}
+
+pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
+    apply(&args.flags, &mut config);
+    if let Some(v) = args.bind {
+        config.receiver.bind = v;
+    }
+    if let Some(v) = args.expected_volumes {
+        config.receiver.expected_volumes = v;
+    }
+    config.validate(Path::new("<command line>"))?;
+    let inputs = inputs(&config.live, None)?;
+    let receiver = bind_receiver(&config, &config.receiver.bind.clone(), config.receiver.expected_volumes, config.receiver.idle_timeout_secs)?;
+    println!("listening on {}", receiver.endpoint());
+    let stop = super::interrupt_flag();
+    let (stats, dir) = live::run(receiver, inputs, stop)?;
+    print_stats(&stats, &dir);
+    Ok(())
+}
+
+pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
+    apply(&args.flags, &mut config);
+    config.validate(Path::new("<command line>"))?;
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        bail!("--speed must be positive");
+    }
+    let run_path = if args.source.is_dir() {
+        ["volumes.nii.gz", "volumes.nii"].iter().map(|n| args.source.join(n)).find(|p| p.is_file()).with_context(|| format!("{} holds no volumes.nii[.gz] (finalised session?)", args.source.display()))?
+    } else {
+        args.source.clone()
+    };
+    let img = NiftiImage::read(&run_path)?;
+    let tr = img.tr_secs.unwrap_or(1.0);
+    let inputs = inputs(&config.live, None)?;
+    let receiver = bind_receiver(&config, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
+    let endpoint = receiver.endpoint().to_string();
+    let speed = args.speed;
+    let sender_thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let scanner = ScannerSender::connect(&endpoint, "hello from hyper-rt replay", 30.0)?;
+        let volumes = (0..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr));
+        sender::stream(&scanner, volumes, Pacing { tr_secs: tr, speed }, |_, _| {})?;
+        Ok(())
+    });
+    let (stats, dir) = live::run(receiver, inputs, super::interrupt_flag())?;
+    sender_thread.join().map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
+    print_stats(&stats, &dir);
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! The live pipeline: ingest -> preprocess -> decode -> generate -> sinks, one thread per stage, joined by
+//! bounded channels (DESIGN.md). Ingest, preprocess, decode and the recorder never drop anything (they block);
+//! the generator draws the newest latent when it falls behind and counts what it skipped; the display shows the
+//! newest frame. The run ends when the receiver ends (run complete, idle timeout), on Ctrl-C, or when the window
+//! is closed: each stage sees its input channel close, finishes, and the session is finalised.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver as Rx, RecvTimeoutError};
+
+use crate::config::{DisplayMode, LiveConfig, LiveMode};
+use crate::decode::bundle::DecoderBundle;
+use crate::decode::eval::ATTRIBUTES;
+use crate::decode::metrics::attribute_score;
+use crate::display::{Frame, Overlay, Sink, View};
+use crate::feedback::{Publisher, ResultsServer, ResultsStore};
+use crate::generate::{image_0rgb, image_rgb8, Backend};
+use crate::ingest::receiver::{EndReason, Receiver};
+use crate::preprocess::trials::{ScheduledTrial, TrialAverager};
+use crate::preprocess::Preprocessor;
+use crate::spatial::Rigid;
+use crate::stats::Percentiles;
+use crate::volume::Volume;
+
+/// Everything a live run needs besides the bound receiver.
+pub struct LiveInputs {
+    pub config: LiveConfig,
+    pub bundle: DecoderBundle,
+    pub schedule: Vec<ScheduledTrial>,
+    /// Stimulus latents `[N, latent]` for showing the true stimulus, when known.
+    pub stimuli: Option<Vec<f32>>,
+    pub generator: Backend,
+    /// `(name, unit normal)` of the attribute directions.
+    pub boundaries: Vec<(String, Vec<f64>)>,
+}
+
+/// Per-stage latency samples (ms) and counters of a run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LiveStats {
+    pub volumes_processed: usize,
+    pub volumes_rejected_by_preprocessing: usize,
+    pub patterns_decoded: usize,
+    pub frames_drawn: usize,
+    pub latents_skipped_by_generator: usize,
+    pub frames_shown: usize,
+    pub preprocess_ms: Vec<f64>,
+    pub decode_ms: Vec<f64>,
+    pub generate_ms: Vec<f64>,
+    /// Volume arrival -> frame shown, for the volume that completed each shown pattern.
+    pub end_to_end_ms: Vec<f64>,
+    pub end_reason: String,
+}
+
+impl LiveStats {
+    /// "stage p50 / p95 / max" lines.
+    pub fn latency_table(&self) -> String {
+        let line = |name: &str, v: &[f64]| {
+            let p = Percentiles::new(v);
+            format!("{name:<22} {:>9.2} {:>9.2} {:>9.2} {:>7}\n", p.at(50.0), p.at(95.0), p.at(100.0), v.len())
+        };
+        let mut s = format!("{:<22} {:>9} {:>9} {:>9} {:>7}\n", "latency (ms)", "p50", "p95", "max", "n");
+        s += &line("preprocess", &self.preprocess_ms);
+        s += &line("decode", &self.decode_ms);
+        s += &line("generate", &self.generate_ms);
+        s += &line("arrival -> shown", &self.end_to_end_ms);
+        s
+    }
+}
+
+struct Analysed {
+    index: usize,
+    arrived_at: Instant,
+    motion: Rigid,
+    fd_mm: f64,
+    patterns: Vec<(Option<ScheduledTrial>, Vec<f32>)>,
+}
+
+struct Decoded {
+    volume_index: usize,
+    arrived_at: Instant,
+    trial: Option<ScheduledTrial>,
+    latent: Vec<f32>,
+    attributes: Vec<(String, f64)>,
+    feedback: Option<f64>,
+    fd_history: Vec<f64>,
+}
+
+/// Runs the pipeline until the receiver ends, `stop` is set, or the window closes; returns the statistics and
+/// the session folder.
+pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) -> anyhow::Result<(LiveStats, PathBuf)> {
+    let LiveInputs { config, bundle, schedule, stimuli, mut generator, boundaries } = inputs;
+    let session_dir = receiver.session_dir().to_path_buf();
+    let stats = Arc::new(Mutex::new(LiveStats::default()));
+    let store: ResultsStore = Arc::new(Mutex::new(Default::default()));
+    let server = ResultsServer::start(&config.results_host, config.results_port, store.clone())?;
+    let publisher = Publisher::start(&config.publish).map_err(|e| anyhow::anyhow!("ZeroMQ PUB on {}: {e}", config.publish))?;
+    tracing::info!("results server on {}:{}, PUB stream on {}", config.results_host, server.port, publisher.endpoint);
+    println!("results server {}:{}  publish {}", config.results_host, server.port, publisher.endpoint);
+
+    let (vol_tx, vol_rx) = bounded::<Volume>(8);
+    let (ana_tx, ana_rx) = bounded::<Analysed>(8);
+    let (dec_tx, dec_rx) = bounded::<Decoded>(8);
+    let (frame_tx, frame_rx) = bounded::<(Frame, Instant)>(2);
+
+    // ingest
+    let ingest_stop = stop.clone();
+    let compress = true;
+    let ingest = std::thread::Builder::new().name("ingest".into()).spawn(move || -> anyhow::Result<EndReason> {
+        let reason = receiver.run(Some(&vol_tx), &ingest_stop)?;
+        drop(vol_tx);
+        let summary = receiver.finish(reason, compress)?;
+        tracing::info!("intake: {} received, {} rejected, {} missing", summary.received, summary.rejected, summary.missing);
+        Ok(reason)
+    })?;
+
+    // preprocess
+    let pre_stats = stats.clone();
+    let (mode, sliding) = (config.mode, config.sliding_volumes);
+    let bundle_pre = bundle.clone();
+    let preprocess = std::thread::Builder::new().name("preprocess".into()).spawn(move || -> anyhow::Result<()> {
+        let b = &bundle_pre;
+        let mut pre = Preprocessor::new(&b.reference, b.dims, b.mm_from_voxel, b.voxels.clone(), b.tr_secs, b.preprocess.clone())?;
+        let mut averager = TrialAverager::new(b.window, b.tr_secs);
+        for t in schedule {
+            averager.add_trial(t);
+        }
+        let mut recent: std::collections::VecDeque<Vec<f32>> = Default::default();
+        for volume in vol_rx.iter() {
+            let started = Instant::now();
+            let p = match pre.process(&volume) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("{e}; the run goes on");
+                    if let Ok(mut s) = pre_stats.lock() {
+                        s.volumes_rejected_by_preprocessing += 1;
+                    }
+                    continue;
+                }
+            };
+            let mut patterns: Vec<(Option<ScheduledTrial>, Vec<f32>)> = Vec::new();
+            match mode {
+                LiveMode::Trials => patterns.extend(averager.push_volume(p.index, &p.values).into_iter().map(|t| (Some(t.trial), t.pattern))),
+                LiveMode::Sliding => {
+                    recent.push_back(p.values.clone());
+                    if recent.len() > sliding {
+                        recent.pop_front();
+                    }
+                    if !p.baseline && recent.len() == sliding {
+                        let mut mean = vec![0.0f32; p.values.len()];
+                        for v in &recent {
+                            for (m, x) in mean.iter_mut().zip(v) {
+                                *m += x / sliding as f32;
+                            }
+                        }
+                        patterns.push((None, mean));
+                    }
+                }
+            }
+            if let Ok(mut s) = pre_stats.lock() {
+                s.volumes_processed += 1;
+                s.preprocess_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            let msg = Analysed { index: p.index, arrived_at: volume.arrived_at, motion: p.alignment.motion, fd_mm: p.fd_mm, patterns };
+            if ana_tx.send(msg).is_err() {
+                break;
+            }
+        }
+        // trials whose window ran past the end of the run
+        let leftovers: Vec<(Option<ScheduledTrial>, Vec<f32>)> = averager.finish().into_iter().map(|t| (Some(t.trial), t.pattern)).collect();
+        if !leftovers.is_empty() {
+            let _ = ana_tx.send(Analysed { index: usize::MAX, arrived_at: Instant::now(), motion: Rigid::default(), fd_mm: 0.0, patterns: leftovers });
+        }
+        Ok(())
+    })?;
+
+    // decode (+ results store, PUB stream, recording of results and latents)
+    let dec_stats = stats.clone();
+    let dec_dir = session_dir.clone();
+    let (feedback_attr, feedback_scale) = (config.feedback_attribute.clone(), config.feedback_scale);
+    let bundle_dec = bundle.clone();
+    let decode = std::thread::Builder::new().name("decode".into()).spawn(move || -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut results = std::io::BufWriter::new(std::fs::File::create(dec_dir.join("results.jsonl"))?);
+        let mut latents: Vec<f32> = Vec::new();
+        let mut fd_history = Vec::new();
+        for a in ana_rx.iter() {
+            if a.index != usize::MAX {
+                fd_history.push(a.fd_mm);
+            }
+            let mut volume_result = serde_json::json!({
+                "volIdx": a.index,
+                "fd_mm": a.fd_mm,
+                "motion": {"trans_mm": a.motion.trans_mm, "rot_deg": a.motion.rot_deg},
+            });
+            for (trial, pattern) in a.patterns {
+                let started = Instant::now();
+                let latent = bundle_dec.decode(&pattern);
+                let attributes: Vec<(String, f64)> = boundaries.iter().map(|(n, b)| (n.clone(), attribute_score(&latent, b))).collect();
+                let feedback = attributes.iter().find(|(n, _)| *n == feedback_attr).map(|(_, s)| (s / feedback_scale).clamp(-1.0, 1.0));
+                let decode_ms = started.elapsed().as_secs_f64() * 1e3;
+                let trial_json = serde_json::json!({
+                    "volIdx": a.index,
+                    "trial": trial.as_ref().map(|t| t.index),
+                    "stim_id": trial.as_ref().and_then(|t| t.stim_id),
+                    "onset_secs": trial.as_ref().map(|t| t.onset_secs),
+                    "attributes": attributes.iter().map(|(n, s)| (n.clone(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "feedback": feedback,
+                    "latent": latent,
+                    "latency_ms": a.arrived_at.elapsed().as_secs_f64() * 1e3,
+                });
+                writeln!(results, "{trial_json}")?;
+                publisher.publish("trial", trial_json.clone());
+                volume_result["decoded"] = serde_json::json!({"trial": trial.as_ref().map(|t| t.index), "attributes": trial_json["attributes"], "feedback": feedback});
+                latents.extend_from_slice(&latent);
+                if let Ok(mut s) = dec_stats.lock() {
+                    s.patterns_decoded += 1;
+                    s.decode_ms.push(decode_ms);
+                }
+                let msg = Decoded { volume_index: a.index, arrived_at: a.arrived_at, trial, latent, attributes, feedback, fd_history: fd_history.clone() };
+                if dec_tx.send(msg).is_err() {
+                    break;
+                }
+            }
+            if a.index != usize::MAX {
+                publisher.publish("volume", volume_result.clone());
+                if let Ok(mut s) = store.lock() {
+                    s.insert(a.index, volume_result);
+                }
+            }
+        }
+        results.flush()?;
+        let n = latents.len() / bundle_dec.latent_size().max(1);
+        crate::npy::write_f32(&dec_dir.join("decoded_latents.npy"), &[n, bundle_dec.latent_size()], &latents)?;
+        Ok(())
+    })?;
+
+    // generate: the newest latent, counting the skipped ones
+    let gen_stats = stats.clone();
+    let frames_dir = session_dir.join("frames");
+    std::fs::create_dir_all(&frames_dir)?;
+    let label = generator.model().label.clone();
+    let latent_size = bundle.latent_size();
+    let tr_secs = bundle.tr_secs;
+    let generate = std::thread::Builder::new().name("generate".into()).spawn(move || -> anyhow::Result<()> {
+        let side = generator.model().resolution;
+        while let Ok(mut d) = dec_rx.recv() {
+            let mut skipped = 0;
+            while let Ok(newer) = dec_rx.try_recv() {
+                d = newer;
+                skipped += 1;
+            }
+            let started = Instant::now();
+            let img = generator.generate(&d.latent)?;
+            let reconstruction = image_0rgb(&img, 0, side);
+            crate::generate::write_png(&frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999))), &image_rgb8(&img, 0, side), side)?;
+            let stimulus = match (&stimuli, d.trial.as_ref().and_then(|t| t.stim_id)) {
+                (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => Some(image_0rgb(&generator.generate(&z[s * latent_size..(s + 1) * latent_size])?, 0, side)),
+                _ => None,
+            };
+            let generate_ms = started.elapsed().as_secs_f64() * 1e3;
+            let latency = vec![("ARRIVAL-GEN".to_string(), d.arrived_at.elapsed().as_secs_f64() * 1e3), ("GEN".to_string(), generate_ms)];
+            let frame = Frame {
+                volume_index: d.volume_index,
+                trial_index: d.trial.as_ref().map(|t| t.index),
+                side,
+                reconstruction,
+                stimulus,
+                overlay: Overlay {
+                    volume: d.volume_index,
+                    run_secs: d.volume_index as f64 * tr_secs,
+                    fd_history_mm: d.fd_history,
+                    latency_ms: latency,
+                    attributes: d.attributes,
+                    feedback: d.feedback,
+                    status: if skipped > 0 { format!("GENERATOR BEHIND: SKIPPED {skipped}") } else { "OK".into() },
+                    label: label.clone(),
+                },
+            };
+            if let Ok(mut s) = gen_stats.lock() {
+                s.frames_drawn += 1;
+                s.latents_skipped_by_generator += skipped;
+                s.generate_ms.push(generate_ms);
+            }
+            if frame_tx.send((frame, d.arrived_at)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    })?;
+
+    // display on this thread
+    let mut sink = match config.display {
+        DisplayMode::Window => match Sink::window("hyper-rt", config.view) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("no window ({e}): writing frames as PNG instead");
+                Some(headless_sink(&session_dir)?)
+            }
+        },
+        DisplayMode::Headless => Some(headless_sink(&session_dir)?),
+        DisplayMode::None => None,
+    };
+    display_loop(&mut sink, &frame_rx, config.view, &stats, &stop);
+
+    // shutdown: the stages end as their inputs close
+    let reason = ingest.join().map_err(|_| anyhow::anyhow!("the ingest thread panicked"))??;
+    for (name, handle) in [("preprocess", preprocess), ("decode", decode), ("generate", generate)] {
+        handle.join().map_err(|_| anyhow::anyhow!("the {name} thread panicked"))??;
+    }
+    // frames still queued when the generator finished
+    display_loop(&mut sink, &frame_rx, config.view, &stats, &AtomicBool::new(true));
+    server.stop();
+    let mut s = stats.lock().map(|s| s.clone()).unwrap_or_default();
+    s.end_reason = reason.as_str().to_string();
+    std::fs::write(session_dir.join("live_summary.json"), serde_json::to_string_pretty(&s).unwrap_or_default())?;
+    Ok((s, session_dir))
+}
+
+fn headless_sink(session_dir: &Path) -> std::io::Result<Sink> {
+    let dir = session_dir.join("display");
+    std::fs::create_dir_all(&dir)?;
+    Ok(Sink::Headless(dir))
+}
+
+/// Shows frames (newest first) until the frame channel closes, or `stop`; a closed window sets `stop`.
+fn display_loop(sink: &mut Option<Sink>, frames: &Rx<(Frame, Instant)>, view: View, stats: &Arc<Mutex<LiveStats>>, stop: &AtomicBool) {
+    loop {
+        let first = match frames.recv_timeout(std::time::Duration::from_millis(30)) {
+            Ok(f) => f,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(s) = sink.as_mut() {
+                    if !s.idle() {
+                        tracing::info!("window closed: ending the run");
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                if stop.load(Ordering::SeqCst) && frames.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut newest = first;
+        while let Ok(f) = frames.try_recv() {
+            newest = f;
+        }
+        let (frame, arrived_at) = newest;
+        let shown = match sink.as_mut() {
+            Some(s) => s.show(&frame, view).unwrap_or_else(|e| {
+                tracing::warn!("display: {e}");
+                true
+            }),
+            None => true,
+        };
+        if let Ok(mut s) = stats.lock() {
+            s.frames_shown += 1;
+            s.end_to_end_ms.push(arrived_at.elapsed().as_secs_f64() * 1e3);
+        }
+        if !shown {
+            tracing::info!("window closed: ending the run");
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Loads the InterFaceGAN boundaries that exist in `dir` (missing ones are skipped with a warning).
+pub fn load_boundaries(dir: &Path, latent_size: usize) -> Vec<(String, Vec<f64>)> {
+    let mut out = Vec::new();
+    for a in ATTRIBUTES {
+        let path = dir.join(format!("pggan_celebahq_{a}_boundary.npy"));
+        match crate::npy::read_f32(&path) {
+            Ok(arr) if arr.data.len() == latent_size => out.push((a.to_string(), arr.data.iter().map(|v| *v as f64).collect())),
+            Ok(arr) => tracing::warn!("{}: {} values, latents have {latent_size}: attribute {a} not shown", path.display(), arr.data.len()),
+            Err(e) => tracing::warn!("attribute {a} not shown: {e}"),
+        }
+    }
+    out
+}
