@@ -14,6 +14,7 @@ need_apt=()
 command -v c++ >/dev/null || need_apt+=(g++)
 command -v Xvfb >/dev/null || need_apt+=(xvfb)
 command -v xwd >/dev/null || need_apt+=(x11-apps)
+command -v xdotool >/dev/null || need_apt+=(xdotool)
 dpkg -s libxcursor1 >/dev/null 2>&1 || need_apt+=(libxcursor1)
 dpkg -s libx11-6 >/dev/null 2>&1 || need_apt+=(libx11-6)
 if [ ${#need_apt[@]} -gt 0 ]; then

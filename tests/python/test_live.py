@@ -1,0 +1,209 @@
+"""The live pipeline end to end over loopback: every volume recorded, every trial decoded, results served to a
+Python client of the Pyneal results server and to a ZeroMQ SUB client, a slow client that delays nobody,
+shutdown on end of run and on Ctrl-C, and the window under Xvfb."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from conftest import binary, data_dir, free_port, wait_for
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("live")
+    cfg = tmp / "sim.toml"
+    cfg.write_text("[simulate]\ndims = [32, 32, 20]\nvoxel_mm = 4.0\ntrain_runs = 2\ntrain_trials_per_run = 100\n"
+                   "test_runs = 1\ntest_faces = 6\ntest_repeats = 3\nresponsive_voxels = 600\nclusters = 6\nsnr = 8.0\n")
+    data = tmp / "data"
+    r = subprocess.run([binary(), "--config", str(cfg), "simulate", "--out", str(data)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    dec = tmp / "decoder.safetensors"
+    r = subprocess.run([binary(), "train", "--data", str(data), "--out", str(dec), "--voxels", "600"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    func = data / "sub-01" / "func"
+    return tmp, data, dec, func / "sub-01_task-faces_run-3_bold.nii.gz", func / "sub-01_task-faces_run-3_events.tsv"
+
+
+def query(port, index, timeout=5.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"{index:04d}".encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def start_live(tmp, dec, events, volumes, display="headless", extra=(), env=None):
+    ports = {"bind": free_port(), "results": free_port(), "pub": free_port()}
+    root = tmp / f"sessions-{ports['bind']}"
+    args = [binary(), "live", "--decoder", str(dec), "--events", str(events), "--display", display,
+            "--bind", f"tcp://127.0.0.1:{ports['bind']}", "-n", str(volumes), "--results-port", str(ports["results"]),
+            "--publish", f"tcp://127.0.0.1:{ports['pub']}", "--session-root", str(root), *extra]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def serving():
+        try:
+            return query(ports["results"], 0, timeout=1.0)["foundResults"] is False
+        except (OSError, ValueError):
+            return False
+
+    wait_for(serving, timeout=30, what="the results server")
+    return proc, ports, root
+
+
+def test_live_run_end_to_end(subject):
+    tmp, data, dec, run, events = subject
+    import nibabel as nib
+    n_vols = nib.load(str(run)).shape[3]
+    n_trials = len(events.read_text().splitlines()) - 1
+    proc, ports, root = start_live(tmp, dec, events, n_vols)
+    try:
+        ctx = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(f"tcp://127.0.0.1:{ports['pub']}")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        time.sleep(0.3)
+        # a slow client: connects and sends nothing
+        slow = socket.create_connection(("127.0.0.1", ports["results"]))
+        assert query(ports["results"], 0, timeout=2.0)["foundResults"] is False  # not blocked by the slow client
+        sender = subprocess.Popen([binary(), "send", str(run), "--connect", f"tcp://127.0.0.1:{ports['bind']}",
+                                   "--tr-secs", "0.1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        got = []
+
+        def volume_5_ready():
+            while sub.poll(0):
+                got.append(sub.recv().decode())
+            return query(ports["results"], 5)["foundResults"]
+
+        # results for a processed volume, while the slow client is still connected
+        wait_for(volume_5_ready, timeout=20, what="volume 5's results")
+        started = time.time()
+        r5 = query(ports["results"], 5)
+        assert time.time() - started < 1.0
+        assert r5["volIdx"] == 5 and "fd_mm" in r5 and "motion" in r5
+        assert query(ports["results"], 99999)["foundResults"] is False
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if sub.poll(100):
+                got.append(sub.recv().decode())
+        slow.close()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        while sub.poll(200):
+            got.append(sub.recv().decode())
+    finally:
+        proc.kill()
+    session = next(root.iterdir())
+    summary = json.loads((session / "summary.json").read_text())
+    assert summary["received"] == n_vols and summary["missing"] == 0
+    results = [json.loads(l) for l in (session / "results.jsonl").read_text().splitlines()]
+    assert len(results) == n_trials and {r["trial"] for r in results} == set(range(n_trials))
+    assert np.load(session / "decoded_latents.npy").shape == (n_trials, 512)
+    live = json.loads((session / "live_summary.json").read_text())
+    assert live["volumes_processed"] == n_vols and live["patterns_decoded"] == n_trials and live["end_reason"] == "complete"
+    assert len(list((session / "frames").glob("recon_vol*.png"))) == live["frames_drawn"] > 0
+    assert len(list((session / "display").glob("frame_*.png"))) >= 1
+    topics = [m.split(" ", 1)[0] for m in got]
+    assert topics.count("volume") >= n_vols - 5 and topics.count("trial") >= n_trials - 2
+    trial_msg = json.loads(next(m for m in got if m.startswith("trial ")).split(" ", 1)[1])
+    assert len(trial_msg["latent"]) == 512 and "stim_id" in trial_msg
+    assert "arrival -> shown" in out
+
+
+def test_ctrl_c_finalises_the_session(subject):
+    tmp, data, dec, run, events = subject
+    import nibabel as nib
+    n_vols = nib.load(str(run)).shape[3]
+    proc, ports, root = start_live(tmp, dec, events, n_vols)
+    sender = subprocess.Popen([binary(), "send", str(run), "--connect", f"tcp://127.0.0.1:{ports['bind']}", "--tr-secs", "0.05", "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        session = None
+        wait_for(lambda: query(ports["results"], 20)["foundResults"], timeout=30, what="volume 20")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+        sender.kill()
+    session = next(root.iterdir())
+    summary = json.loads((session / "summary.json").read_text())
+    assert summary["end_reason"] == "interrupted" and summary["received"] >= 20
+    live = json.loads((session / "live_summary.json").read_text())
+    assert live["end_reason"] == "interrupted" and live["volumes_processed"] >= 20
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is installed by scripts/test.sh")
+def test_window_under_xvfb_shows_the_reconstruction_and_closes(subject, tmp_path):
+    tmp, data, dec, run, events = subject
+    import nibabel as nib
+    n_vols = nib.load(str(run)).shape[3]
+    display = f":{90 + os.getpid() % 9}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, DISPLAY=display)
+    try:
+        time.sleep(1.0)
+        # expect more volumes than are sent, so the run (and its window) stays open until the window is closed
+        proc, ports, root = start_live(tmp, dec, events, n_vols + 10, display="window", env=env)
+        subprocess.run([binary(), "send", str(run), "--connect", f"tcp://127.0.0.1:{ports['bind']}", "--tr-secs", "0.05", "--quiet"], timeout=60)
+        wait_for(lambda: any(next(root.iterdir()).joinpath("frames").glob("recon_vol*.png")), timeout=30, what="a frame")
+        time.sleep(1.0)
+        shot = tmp_path / "screen.xwd"
+        subprocess.run(["xwd", "-root", "-silent", "-out", str(shot)], env=env, check=True, timeout=30)
+        screen = read_xwd(shot)
+        frames = sorted(next(root.iterdir()).joinpath("frames").glob("recon_vol*.png"))
+        recon = np.asarray(Image.open(frames[-1]))
+        # find the window: the reconstruction occupies a 512 x 512 block (each image pixel drawn 2 x 2)
+        expected = recon[::1, ::1].repeat(2, axis=0).repeat(2, axis=1)
+        # a patch below the "RECONSTRUCTION" label
+        found = locate(screen, expected[100:164, 100:164])
+        Image.fromarray(screen).save(tmp_path / "screen.png")
+        assert found is not None, f"the newest reconstruction is not on the screen (see {tmp_path / 'screen.png'})"
+        y, x = found[0] - 100, found[1] - 100
+        # the layout puts the reconstruction at RECON_RECT: the whole 512 x 512 block below the label matches
+        assert np.array_equal(screen[y + 20:y + 512, x:x + 512], expected[20:512])
+        # closing the window (Escape) ends the run and finalises the session
+        if shutil.which("xdotool"):
+            subprocess.run(["xdotool", "search", "--name", "hyper-rt", "windowactivate", "--sync", "key", "Escape"], env=env, timeout=30)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert (next(root.iterdir()) / "summary.json").exists()
+    finally:
+        xvfb.kill()
+
+
+def read_xwd(path):
+    """Reads a 24/32-bit ZPixmap XWD screenshot (the format xwd writes) into an RGB array."""
+    raw = path.read_bytes()
+    header = np.frombuffer(raw[:100], dtype=">u4")
+    header_size, width, height = int(header[0]), int(header[4]), int(header[5])
+    bits_per_pixel, bytes_per_line, ncolors = int(header[11]), int(header[12]), int(header[19])
+    assert bits_per_pixel == 32, bits_per_pixel
+    start = header_size + ncolors * 12
+    pixels = np.frombuffer(raw[start:start + bytes_per_line * height], dtype=np.uint8).reshape(height, bytes_per_line)[:, :width * 4]
+    px = pixels.reshape(height, width, 4)
+    byte_order = int(header[7])  # 0 LSBFirst: B G R X
+    return px[..., [2, 1, 0]] if byte_order == 0 else px[..., [1, 2, 3]]
+
+
+def locate(screen, patch):
+    h, w = patch.shape[:2]
+    target = patch[0, 0]
+    ys, xs = np.nonzero(np.all(screen == target, axis=-1))
+    for y, x in zip(ys, xs):
+        if y + h <= screen.shape[0] and x + w <= screen.shape[1] and np.array_equal(screen[y:y + h, x:x + w], patch):
+            return y, x
+    return None
