@@ -123,6 +123,17 @@ pub fn trilinear(volume: &[f32], dims: [usize; 3], p: [f64; 3], outside: f32) ->
     let (x0, y0, z0) = (x.floor(), y.floor(), z.floor());
     let (fx, fy, fz) = ((x - x0) as f32, (y - y0) as f32, (z - z0) as f32);
     let (x0, y0, z0) = (x0 as isize, y0 as isize, z0 as isize);
+    if x0 >= 0 && y0 >= 0 && z0 >= 0 && x0 + 1 < nx as isize && y0 + 1 < ny as isize && z0 + 1 < nz as isize {
+        // interior: all 8 neighbours exist
+        let base = x0 as usize + nx * (y0 as usize + ny * z0 as usize);
+        let (sy, sz) = (nx, nx * ny);
+        let v = |o: usize| volume[base + o];
+        let c00 = v(0) * (1.0 - fx) + v(1) * fx;
+        let c10 = v(sy) * (1.0 - fx) + v(sy + 1) * fx;
+        let c01 = v(sz) * (1.0 - fx) + v(sz + 1) * fx;
+        let c11 = v(sy + sz) * (1.0 - fx) + v(sy + sz + 1) * fx;
+        return (c00 * (1.0 - fy) + c10 * fy) * (1.0 - fz) + (c01 * (1.0 - fy) + c11 * fy) * fz;
+    }
     let at = |xi: isize, yi: isize, zi: isize| -> f32 {
         if xi < 0 || yi < 0 || zi < 0 || xi >= nx as isize || yi >= ny as isize || zi >= nz as isize {
             outside
@@ -151,6 +162,22 @@ pub fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
     };
     let base = p.map(|v| v.floor());
     let (wx, wy, wz) = (weights(p[0] - base[0]), weights(p[1] - base[1]), weights(p[2] - base[2]));
+    let (bx, by, bz) = (base[0] as isize - 1, base[1] as isize - 1, base[2] as isize - 1);
+    if bx >= 0 && by >= 0 && bz >= 0 && bx + 3 < nx as isize && by + 3 < ny as isize && bz + 3 < nz as isize {
+        // interior: all 64 neighbours exist
+        let (bx, by, bz) = (bx as usize, by as usize, bz as usize);
+        let mut acc = 0.0f64;
+        for (c, wzc) in wz.iter().enumerate() {
+            let mut plane = 0.0f64;
+            for (b, wyb) in wy.iter().enumerate() {
+                let row = &volume[bx + nx * (by + b + ny * (bz + c))..][..4];
+                let r = wx[0] * row[0] as f64 + wx[1] * row[1] as f64 + wx[2] * row[2] as f64 + wx[3] * row[3] as f64;
+                plane += wyb * r;
+            }
+            acc += wzc * plane;
+        }
+        return acc as f32;
+    }
     let mut acc = 0.0f64;
     for (c, wzc) in wz.iter().enumerate() {
         let z = base[2] as isize - 1 + c as isize;
