@@ -3,6 +3,7 @@
 mod bench_generator;
 mod bench_intake;
 mod bench_preprocess;
+mod bench_train;
 mod demo;
 mod eval;
 mod generate;
@@ -70,6 +71,8 @@ enum Command {
     BenchIntake(bench_intake::Args),
     /// Benchmark preprocessing: per-volume time of realign + reslice + mask + detrend + z-score on one core.
     BenchPreprocess(bench_preprocess::Args),
+    /// Benchmark the decoder fit at HYPER's size (1050 trials x 4096 voxels -> 512, 5-fold CV, 20 penalties).
+    BenchTrain(bench_train::Args),
     /// Benchmark the generator: seconds per image, GFLOP/s, peak memory.
     BenchGenerator(bench_generator::Args),
 }
@@ -103,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchIntake(args) => bench_intake::run(args, config),
         Command::BenchGenerator(args) => bench_generator::run(args, config),
         Command::BenchPreprocess(args) => bench_preprocess::run(args, config),
+        Command::BenchTrain(args) => bench_train::run(args, config),
     }
 }
 
