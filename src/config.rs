@@ -25,6 +25,7 @@ pub struct Config {
 pub struct LiveConfig {
     pub decoder: PathBuf,
     pub events: PathBuf,
+    pub onsets: String,
     pub mode: LiveMode,
     pub sliding_volumes: usize,
     pub stimuli: PathBuf,
@@ -60,6 +61,7 @@ impl Default for LiveConfig {
         LiveConfig {
             decoder: PathBuf::new(),
             events: PathBuf::new(),
+            onsets: String::new(),
             mode: LiveMode::Trials,
             sliding_volumes: 3,
             stimuli: PathBuf::new(),

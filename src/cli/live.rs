@@ -25,6 +25,9 @@ pub struct LiveFlags {
     /// Stimulus schedule (events.tsv) [live.events]
     #[arg(long)]
     events: Option<PathBuf>,
+    /// Endpoint of a PUB socket sending onsets live as JSON {"onset": s, "stim_id": n} [live.onsets]
+    #[arg(long)]
+    onsets: Option<String>,
     /// Stimulus latents, to show the true stimulus [live.stimuli]
     #[arg(long)]
     stimuli: Option<PathBuf>,
@@ -88,6 +91,9 @@ fn apply(flags: &LiveFlags, config: &mut Config) {
     if let Some(v) = &flags.events {
         l.events = v.clone();
     }
+    if let Some(v) = &flags.onsets {
+        l.onsets = v.clone();
+    }
     if let Some(v) = &flags.stimuli {
         l.stimuli = v.clone();
     }
@@ -137,7 +143,7 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
         Some(p) => read_events(p, None)?,
         None => Vec::new(),
     };
-    if schedule.is_empty() && l.mode == LiveMode::Trials {
+    if schedule.is_empty() && l.onsets.is_empty() && l.mode == LiveMode::Trials {
         tracing::warn!("no stimulus schedule (events): in trials mode nothing will be decoded; use --mode sliding for continuous decoding");
     }
     let stimuli = match opt_path(&l.stimuli) {

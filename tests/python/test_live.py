@@ -207,3 +207,33 @@ def locate(screen, patch):
         if y + h <= screen.shape[0] and x + w <= screen.shape[1] and np.array_equal(screen[y:y + h, x:x + w], patch):
             return y, x
     return None
+
+
+def test_onsets_arriving_live_on_a_sub_socket(subject):
+    tmp, data, dec, run, events = subject
+    import nibabel as nib
+    n_vols = nib.load(str(run)).shape[3]
+    rows = [l.split("\t") for l in events.read_text().splitlines()[1:]]
+    pub_port = free_port()
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{pub_port}")
+    empty = tmp / "no_events.tsv"
+    empty.write_text("onset\tduration\ttrial_type\tstim_id\n")
+    proc, ports, root = start_live(tmp, dec, empty, n_vols, extra=["--onsets", f"tcp://127.0.0.1:{pub_port}"])
+    try:
+        time.sleep(0.5)  # let the subscription arrive (PUB drops messages for subscribers not yet joined)
+        pub.send(b"not json")
+        for onset, duration, kind, stim in rows:
+            pub.send(json.dumps({"onset": float(onset), "duration": float(duration), "trial_type": kind, "stim_id": int(stim)}).encode())
+        time.sleep(0.2)
+        subprocess.run([binary(), "send", str(run), "--connect", f"tcp://127.0.0.1:{ports['bind']}", "--tr-secs", "0.05", "--quiet"], timeout=60)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "ignored a message" in err
+    finally:
+        proc.kill()
+        pub.close()
+    session = next(root.iterdir())
+    results = [json.loads(l) for l in (session / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["stim_id"] for r in results) == sorted(int(r[3]) for r in rows)
