@@ -31,6 +31,9 @@ pub struct Measure {
     pub se: f64,
     pub null_mean: f64,
     pub p: f64,
+    /// The null distribution itself (for the histograms).
+    #[serde(skip)]
+    pub null: Vec<f64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,6 +45,8 @@ pub struct ReportSet {
     pub identification_nway: f64,
     /// Correlation of true and decoded attribute scores across items, with p-value.
     pub attributes: Vec<(String, f64, f64)>,
+    /// Per attribute: true and decoded scores of every item.
+    pub attribute_scores: Vec<(String, Vec<f64>, Vec<f64>)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,7 +72,7 @@ fn mean_se(v: &[f64]) -> (f64, f64) {
 
 fn measure(values: &[f64], null: &[f64]) -> Measure {
     let (mean, se) = mean_se(values);
-    Measure { mean, se, null_mean: null.iter().sum::<f64>() / null.len().max(1) as f64, p: p_value(mean, null) }
+    Measure { mean, se, null_mean: null.iter().sum::<f64>() / null.len().max(1) as f64, p: p_value(mean, null), null: null.to_vec() }
 }
 
 fn read_boundaries(dir: &Path, latent: usize) -> Result<Vec<(String, Vec<f64>)>, DecodeError> {
@@ -90,6 +95,10 @@ fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], bou
     let null_sim: Vec<f64> = randoms.iter().map(|r| truths.iter().map(|t| latent_similarity(r, t)).sum::<f64>() / truths.len() as f64).collect();
     let null_cos: Vec<f64> = randoms.iter().map(|r| truths.iter().map(|t| cosine(r, t)).sum::<f64>() / truths.len() as f64).collect();
     let (pair, nway) = identification(preds, truths);
+    let attribute_scores: Vec<(String, Vec<f64>, Vec<f64>)> = boundaries
+        .iter()
+        .map(|(name, n)| (name.clone(), truths.iter().map(|z| attribute_score(z, n)).collect(), preds.iter().map(|z| attribute_score(z, n)).collect()))
+        .collect();
     let attributes = boundaries
         .iter()
         .map(|(name, n)| {
@@ -112,6 +121,7 @@ fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], bou
         identification_pairwise: pair,
         identification_nway: nway,
         attributes,
+        attribute_scores,
     }
 }
 
@@ -187,6 +197,18 @@ pub fn evaluate(data: &Dataset, bundle: &DecoderBundle, generator: &mut Backend,
     write("report.json", serde_json::to_string_pretty(&report).unwrap_or_default())?;
     write("report.md", markdown(&report))?;
     write_grid(&out.join("grid.png"), &stim_images, &recon_images, side).map_err(gen_err)?;
+    let plot_err = |e: std::io::Error| DecodeError::Data { path: out.to_path_buf(), message: format!("plot: {e}") };
+    super::plots::cv_curve(&out.join("cv_curve.png"), &report.cv_curve, report.penalty).map_err(plot_err)?;
+    if !report.averaged.attribute_scores.is_empty() {
+        super::plots::attribute_scatter(&out.join("attributes.png"), &report.averaged.attribute_scores).map_err(plot_err)?;
+    }
+    let measures = vec![
+        ("latent similarity".to_string(), report.averaged.latent_similarity.mean, report.averaged.latent_similarity.null.clone()),
+        ("cosine".to_string(), report.averaged.cosine.mean, report.averaged.cosine.null.clone()),
+        ("pixel pearson r".to_string(), report.pixel_pearson.mean, report.pixel_pearson.null.clone()),
+        ("ssim".to_string(), report.ssim.mean, report.ssim.null.clone()),
+    ];
+    super::plots::null_histograms(&out.join("null_histograms.png"), &measures).map_err(plot_err)?;
     Ok(report)
 }
 
@@ -227,6 +249,7 @@ fn markdown(r: &Report) -> String {
         let (s1, s2) = published.iter().find(|p| p.0 == name).map(|p| (p.1, p.2)).unwrap_or(("–", "–"));
         s.push_str(&format!("| attribute r: {name} | {r_avg:.3} (p = {p_avg:.3}) | {single} | {s1} | {s2} |\n"));
     }
+    s.push_str("\nPlots: `cv_curve.png`, `attributes.png` (true vs decoded attribute scores), `null_histograms.png` (each measure against its permutation null), `grid.png` (stimulus | reconstruction).\n");
     s.push_str("\nPublished numbers: Dado et al., Scientific Reports 2022 (real fMRI, real PGGAN). Figures from simulated data or the built-in random-weight generator are not comparable to them.\n\n## Cross-validation curve\n\n| penalty | validation MSE |\n|---|---|\n");
     for (p, e) in &r.cv_curve {
         s.push_str(&format!("| {p:.3e} | {e:.5} |\n"));

@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod eval;
 pub mod metrics;
+pub mod plots;
 pub mod ridge;
 
 use std::path::{Path, PathBuf};

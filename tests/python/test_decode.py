@@ -68,6 +68,9 @@ def test_trained_decoder_beats_chance(trained):
     assert a["latent_similarity"]["p"] < 0.01
     assert a["identification_pairwise"] > 0.8 and a["identification_nway"] > 0.5
     assert (out / "report.md").read_text().count("HYPER") >= 1
+    for plot in ["cv_curve.png", "attributes.png", "null_histograms.png", "grid.png"]:
+        img = np.asarray(Image.open(out / plot))
+        assert img.std() > 10, plot  # drawn, not blank
 
 
 def test_bad_datasets_are_named(tmp_path):
