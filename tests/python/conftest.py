@@ -85,3 +85,13 @@ def wait_for(predicate, timeout=10.0, what="condition"):
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def rotation(deg):
+    """R = Rz Ry Rx for rotations in degrees about x, y, z (the convention of docs/preprocessing.md)."""
+    import numpy as np
+    a, b, g = np.radians(deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(g), -np.sin(g), 0], [np.sin(g), np.cos(g), 0], [0, 0, 1]])
+    return rz @ ry @ rx

@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import binary, data_dir
-
-
-def rotation(deg):
-    a, b, g = np.radians(deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(g), -np.sin(g), 0], [np.sin(g), np.cos(g), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+from conftest import binary, rotation, data_dir
 
 
 def move(vol, affine, trans, rot):

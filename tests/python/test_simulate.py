@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import binary
+from conftest import binary, rotation
 
 
 def simulate(out, *args):
@@ -140,14 +140,6 @@ def centre_of_mass_mm(vol, affine, threshold):
     w = vol[mask]
     c = (ijk * w[:, None]).sum(0) / w.sum()
     return affine[:3, :3] @ c + affine[:3, 3]
-
-
-def rotation(deg):
-    a, b, g = np.radians(deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(g), -np.sin(g), 0], [np.sin(g), np.cos(g), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def test_motion_truth_matches_the_image_displacement(tmp_path):
