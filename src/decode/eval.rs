@@ -88,7 +88,7 @@ fn read_boundaries(dir: &Path, latent: usize) -> Result<Vec<(String, Vec<f64>)>,
     Ok(out)
 }
 
-fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], boundaries: &[(String, Vec<f64>)]) -> ReportSet {
+fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], boundaries: &[(String, Vec<f64>)], seed: u64) -> ReportSet {
     let sims: Vec<f64> = preds.iter().zip(truths).map(|(p, t)| latent_similarity(p, t)).collect();
     let coss: Vec<f64> = preds.iter().zip(truths).map(|(p, t)| cosine(p, t)).collect();
     // null: one random latent in place of every prediction
@@ -105,11 +105,14 @@ fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], bou
             let t: Vec<f64> = truths.iter().map(|z| attribute_score(z, n)).collect();
             let p: Vec<f64> = preds.iter().map(|z| attribute_score(z, n)).collect();
             let r = pearson(&t, &p);
-            // null: random latents' scores in place of the predictions (as many as there are items)
-            let null: Vec<f64> = randoms
-                .chunks(truths.len().max(1))
-                .filter(|c| c.len() == truths.len())
-                .map(|c| pearson(&t, &c.iter().map(|z| attribute_score(z, n)).collect::<Vec<_>>()))
+            // null: for each permutation, a random latent (drawn from the pool) in place of every prediction
+            let pool: Vec<f64> = randoms.iter().map(|z| attribute_score(z, n)).collect();
+            let mut rng = Rng::new(seed ^ 0xA77);
+            let null: Vec<f64> = (0..randoms.len())
+                .map(|_| {
+                    let drawn: Vec<f64> = (0..t.len()).map(|_| pool[(rng.uniform() * pool.len() as f64) as usize % pool.len().max(1)]).collect();
+                    pearson(&t, &drawn)
+                })
                 .collect();
             (name.clone(), r, p_value(r, &null))
         })
@@ -150,8 +153,8 @@ pub fn evaluate(data: &Dataset, bundle: &DecoderBundle, generator: &mut Backend,
     let mut rng = Rng::new(settings.seed);
     let randoms: Vec<Vec<f32>> = (0..settings.permutations).map(|_| (0..latent).map(|_| rng.normal() as f32).collect()).collect();
     let boundaries = if latent == 512 { read_boundaries(&settings.boundaries, latent)? } else { Vec::new() };
-    let averaged_set = report_set(&averaged, &truths, &randoms, &boundaries);
-    let single_set = report_set(&single_preds, &single_truths, &randoms, &boundaries);
+    let averaged_set = report_set(&averaged, &truths, &randoms, &boundaries, settings.seed);
+    let single_set = report_set(&single_preds, &single_truths, &randoms, &boundaries, settings.seed);
 
     progress("drawing stimuli and reconstructions");
     let side = generator.model().resolution;

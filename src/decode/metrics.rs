@@ -47,7 +47,8 @@ pub fn attribute_score(z: &[f32], boundary: &[f64]) -> f64 {
 }
 
 /// Identification among the test items: pairwise accuracy (how often an item's prediction correlates better
-/// with its own truth than with another's) and N-way accuracy (own truth ranks first).
+/// with its own truth than with another stimulus's) and N-way accuracy (own truth ranks first). Items that show
+/// the same stimulus (repetitions) are not competitors.
 pub fn identification(preds: &[Vec<f32>], truths: &[Vec<f32>]) -> (f64, f64) {
     let n = preds.len();
     if n < 2 {
@@ -60,7 +61,7 @@ pub fn identification(preds: &[Vec<f32>], truths: &[Vec<f32>]) -> (f64, f64) {
         let own = pearson(&p64[i], &t64[i]);
         let mut best = true;
         for j in 0..n {
-            if i == j {
+            if i == j || truths[j] == truths[i] {
                 continue;
             }
             let other = pearson(&p64[i], &t64[j]);
@@ -75,7 +76,7 @@ pub fn identification(preds: &[Vec<f32>], truths: &[Vec<f32>]) -> (f64, f64) {
             top += 1;
         }
     }
-    (pair_hits as f64 / pairs as f64, top as f64 / n as f64)
+    (pair_hits as f64 / pairs.max(1) as f64, top as f64 / n as f64)
 }
 
 /// Luminance (ITU-R BT.601) of interleaved RGB bytes.
