@@ -199,7 +199,7 @@ impl Default for SimulateConfig {
             clusters: 12,
             signal_percent: 1.0,
             visual_percent: 1.5,
-            snr: 2.0,
+            snr: 4.0,
             ar1: 0.3,
             drift_percent: 1.0,
             max_motion_mm: 2.0,
