@@ -31,15 +31,9 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     static_assert(BM * BN == 16 * THREADS && B_LOADS >= 1, "tile must give each thread 4 x 4 outputs");
     constexpr int WARPS_N = BN / 16;
     constexpr int TX = BN / 4;  // float32 micro-tiles along N
-    // two stages of the A and B slices (the next is filled while the current is multiplied: one barrier per
-    // slice); the output tile reuses the same memory after the loop
-    constexpr int A_STAGE = BK * (BM + 4), B_STAGE = BK * (BN + 4);
-    constexpr int SMEM = 2 * A_STAGE + 2 * B_STAGE;
-    static_assert(BM * (BN + 1) <= SMEM, "the output tile must fit in the stage buffers");
-    __shared__ float smem[SMEM];
-#define AS(stage, k, m) smem[(stage) * A_STAGE + (k) * (BM + 4) + (m)]
-#define BS(stage, k, n) smem[2 * A_STAGE + (stage) * B_STAGE + (k) * (BN + 4) + (n)]
-#define CS(m, n) smem[(m) * (BN + 1) + (n)]
+    __shared__ float As[BK][BM + 4];
+    __shared__ float Bs[BK][BN + 4];
+    __shared__ float Cs[BM][BN + 1];
     const int t = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int k_begin = blockIdx.z * s.k_per_split;
@@ -83,12 +77,12 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     };
     // tensor-core inputs are rounded to TF32 once, when staged
     auto round = [](float v) { return TF32 ? __uint_as_float(to_tf32(v)) : v; };
-    auto stage = [&](int st) {
+    auto stage = [&]() {
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) AS(st, a_kk, t / BK + i * (THREADS / BK)) = round(a_next[i]);
+        for (int i = 0; i < A_LOADS; ++i) As[a_kk][t / BK + i * (THREADS / BK)] = round(a_next[i]);
 #pragma unroll
         for (int i = 0; i < B_LOADS; ++i) {
-            BS(st, t / BN + i * (THREADS / BN), b_n) = round(b_next[i]);
+            Bs[t / BN + i * (THREADS / BN)][b_n] = round(b_next[i]);
         }
     };
 
@@ -101,12 +95,10 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     const int tx = t % TX, ty = t / TX;
 
     fetch(k_begin);
-    stage(0);
-    __syncthreads();
-    int cur = 0;
-    for (int k0 = k_begin; k0 < k_end; k0 += BK, cur ^= 1) {
-        const bool more = k0 + BK < k_end;
-        if (more) fetch(k0 + BK);  // global loads overlap the math below
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        stage();
+        __syncthreads();
+        if (k0 + BK < k_end) fetch(k0 + BK);  // global loads overlap the math below
         if (TF32) {
 #pragma unroll
             for (int ks = 0; ks < BK; ks += 8) {
@@ -114,16 +106,16 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
                     const int r = warp_m + mi * 16 + g;
-                    a[mi][0] = __float_as_uint(AS(cur, ks + tig, r));
-                    a[mi][1] = __float_as_uint(AS(cur, ks + tig, r + 8));
-                    a[mi][2] = __float_as_uint(AS(cur, ks + tig + 4, r));
-                    a[mi][3] = __float_as_uint(AS(cur, ks + tig + 4, r + 8));
+                    a[mi][0] = __float_as_uint(As[ks + tig][r]);
+                    a[mi][1] = __float_as_uint(As[ks + tig][r + 8]);
+                    a[mi][2] = __float_as_uint(As[ks + tig + 4][r]);
+                    a[mi][3] = __float_as_uint(As[ks + tig + 4][r + 8]);
                 }
 #pragma unroll
                 for (int ni = 0; ni < 2; ++ni) {
                     const int c = warp_n + ni * 8 + g;
-                    b[ni][0] = __float_as_uint(BS(cur, ks + tig, c));
-                    b[ni][1] = __float_as_uint(BS(cur, ks + tig + 4, c));
+                    b[ni][0] = __float_as_uint(Bs[ks + tig][c]);
+                    b[ni][1] = __float_as_uint(Bs[ks + tig + 4][c]);
                 }
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
@@ -135,16 +127,15 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
             for (int kk = 0; kk < BK; ++kk) {
                 float av[4], bv[4];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) av[i] = AS(cur, kk, ty * 4 + i);
+                for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) bv[j] = BS(cur, kk, tx * 4 + j);
+                for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
 #pragma unroll
                 for (int i = 0; i < 4; ++i)
 #pragma unroll
                     for (int j = 0; j < 4; ++j) acc[i * 4 + j] = fmaf(av[i], bv[j], acc[i * 4 + j]);
             }
         }
-        if (more) stage(cur ^ 1);  // the other buffer: everyone finished reading it before the last barrier
         __syncthreads();
     }
 
@@ -158,13 +149,13 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
                 for (int r = 0; r < 4; ++r) {
                     const int row = warp_m + mi * 16 + g + ((r >> 1) << 3);
                     const int col = warp_n + ni * 8 + tig * 2 + (r & 1);
-                    CS(row, col) = acc[(mi * 2 + ni) * 4 + r];
+                    Cs[row][col] = acc[(mi * 2 + ni) * 4 + r];
                 }
     } else {
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) CS(ty * 4 + i, tx * 4 + j) = acc[i * 4 + j];
+            for (int j = 0; j < 4; ++j) Cs[ty * 4 + i][tx * 4 + j] = acc[i * 4 + j];
     }
     __syncthreads();
 
@@ -175,8 +166,8 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
         if (s.fused) {
             float v0 = 0.0f, v1 = 0.0f;
             const int c0 = lane, c1 = lane + 32;
-            if (c0 < s.cout) v0 = lrelu(CS(r, c0) + bias[c0]);
-            if (c1 < s.cout) v1 = lrelu(CS(r, c1) + bias[c1]);
+            if (c0 < s.cout) v0 = lrelu(Cs[r][c0] + bias[c0]);
+            if (c1 < s.cout) v1 = lrelu(Cs[r][c1] + bias[c1]);
             const float inv = 1.0f / sqrtf(warp_sum(v0 * v0 + v1 * v1) / (float)s.cout + PIXEL_NORM_EPS);
             float* o = out + (size_t)p * s.cout;
             if (c0 < s.cout) o[c0] = v0 * inv;
@@ -184,12 +175,9 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
         } else {
             float* o = out + ((size_t)blockIdx.z * s.m_total + p) * s.cout;
             for (int c = lane; c < BN; c += 32)
-                if (n0 + c < s.cout) o[n0 + c] = CS(r, c);
+                if (n0 + c < s.cout) o[n0 + c] = Cs[r][c];
         }
     }
-#undef AS
-#undef BS
-#undef CS
 }
 
 #define CONV_ENTRY(NAME, BM_, BN_, TF32_)                                                                      \

@@ -52,7 +52,6 @@ weights="$GPU_DIR/pggan-1024-random.safetensors"
 [ -f "$weights" ] || python3 scripts/convert_pggan.py --random --resolution 1024 --seed 1 -o "$weights"
 timeout 420 python3 scripts/bench_generator.py --device cuda --weights "$weights" --batch 1,8 --repeats 5 \
     --variants "${TORCH_VARIANTS:-eager,eager-tf32,compile-tf32}" --binary "$GPU_DIR/hyper-rt" 2>&1 | tee "$OUT/bench.log"
-# (TORCH_VARIANTS=compile-tf32 keeps only PyTorch's best variant, for a quicker rerun)
 bench=${PIPESTATUS[0]}
 
 log "per-layer time (TF32, batch 1)"
