@@ -215,6 +215,14 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
     let img = NiftiImage::read(&run_path)?;
     let tr = img.tr_secs.unwrap_or(1.0);
     let inputs = inputs(&config.live, None)?;
+    if inputs.bundle.dims != img.dims {
+        bail!(
+            "{} has volumes of {:?} but the decoder was trained on {:?}: every volume would be rejected",
+            run_path.display(),
+            img.dims,
+            inputs.bundle.dims
+        );
+    }
     let receiver = bind_receiver(&config, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
     let endpoint = receiver.endpoint().to_string();
     let speed = args.speed;

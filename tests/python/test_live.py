@@ -237,3 +237,26 @@ def test_onsets_arriving_live_on_a_sub_socket(subject):
     session = next(root.iterdir())
     results = [json.loads(l) for l in (session / "results.jsonl").read_text().splitlines()]
     assert sorted(r["stim_id"] for r in results) == sorted(int(r[3]) for r in rows)
+
+
+def test_replay_of_a_recorded_run_and_of_a_session_folder(subject):
+    tmp, data, dec, run, events = subject
+    n_trials = len(events.read_text().splitlines()) - 1
+    root = tmp / "replay-sessions"
+    common = ["--decoder", str(dec), "--events", str(events), "--headless", "--results-port", "0",
+              "--publish", "tcp://127.0.0.1:*", "--session-root", str(root)]
+    r = subprocess.run([binary(), "replay", str(run), "--speed", "20", *common], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    first = next(root.iterdir())
+    assert len((first / "results.jsonl").read_text().splitlines()) == n_trials
+    # the recorded session folder replays through the same pipeline to the same number of trials
+    r = subprocess.run([binary(), "replay", str(first), "--speed", "20", *common], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    second = [d for d in root.iterdir() if d != first][0]
+    assert len((second / "results.jsonl").read_text().splitlines()) == n_trials
+    # a decoder for another grid is refused up front
+    other = tmp / "other.nii.gz"
+    import nibabel as nib
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), str(other))
+    r = subprocess.run([binary(), "replay", str(other), *common], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "trained on" in r.stderr
