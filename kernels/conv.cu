@@ -22,7 +22,9 @@ struct ConvShape {
 // Tile shapes: BM x BN with BM * BN = 4096, so that 256 threads each own a 4 x 4 float32 micro-tile, or 8 warps
 // each own a 32 x 16 tensor-core tile. BN follows the layer's output channels (16, 32 or 64) so that the wide,
 // thin high-resolution layers do not waste three quarters of every tile.
-template <int BM, int BN, bool TF32>
+// VEC: Cin is a multiple of BK, so a K slice lies within one tap and the gather loads four consecutive channels
+// of a pixel at once (float4), with the pixel's index arithmetic done once per four values.
+template <int BM, int BN, bool TF32, bool VEC>
 __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const float* __restrict__ w,
                                              const float* __restrict__ bias, float* __restrict__ out,
                                              const ConvShape s) {
@@ -46,8 +48,30 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     const int side_mask = s.side - 1;
     const int b_n = t % BN;
     float a_next[A_LOADS], b_next[B_LOADS];
+    constexpr int QUADS = BK / 4;                 // float4 groups per K slice
+    constexpr int V_ROWS = THREADS / QUADS;       // rows loaded per pass
+    constexpr int V_LOADS = BM / V_ROWS;          // passes
+    static_assert(!VEC || V_LOADS * 4 == A_LOADS, "vector and scalar loads must cover the same tile");
+    float4 v_next[VEC ? V_LOADS : 1];
 
-    auto fetch = [&](int k0) {
+    auto fetch_vec = [&](int k0) {
+        const int tap = k0 / s.cin, ci = k0 - tap * s.cin + (t % QUADS) * 4;
+        const int dy = tap / 3, dx = tap - (tap / 3) * 3;
+#pragma unroll
+        for (int i = 0; i < V_LOADS; ++i) {
+            const int p = m0 + t / QUADS + i * V_ROWS;
+            const int img = p >> (2 * s.log2_side);
+            const int sy = ((p >> s.log2_side) & side_mask) + dy - 1, sx = (p & side_mask) + dx - 1;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (p < s.m_total && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side) {
+                v = *reinterpret_cast<const float4*>(
+                    &in[(((size_t)img * s.side_in + (sy >> s.up)) * s.side_in + (sx >> s.up)) * s.cin + ci]);
+            }
+            v_next[i] = v;
+        }
+    };
+
+    auto fetch_scalar = [&](int k0) {
         const int k = k0 + a_kk;
         int tap = 0, ci = 0, dy = 0, dx = 0;
         const bool k_ok = k < k_end;
@@ -68,6 +92,13 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
             }
             a_next[i] = v;
         }
+    };
+    auto fetch = [&](int k0) {
+        if constexpr (VEC) {
+            fetch_vec(k0);
+        } else {
+            fetch_scalar(k0);
+        }
 #pragma unroll
         for (int i = 0; i < B_LOADS; ++i) {
             const int kk = t / BN + i * (THREADS / BN);
@@ -78,8 +109,20 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     // tensor-core inputs are rounded to TF32 once, when staged
     auto round = [](float v) { return TF32 ? __uint_as_float(to_tf32(v)) : v; };
     auto stage = [&]() {
+        if constexpr (VEC) {
+            const int q = (t % QUADS) * 4;
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) As[a_kk][t / BK + i * (THREADS / BK)] = round(a_next[i]);
+            for (int i = 0; i < V_LOADS; ++i) {
+                const int r = t / QUADS + i * V_ROWS;
+                As[q][r] = round(v_next[i].x);
+                As[q + 1][r] = round(v_next[i].y);
+                As[q + 2][r] = round(v_next[i].z);
+                As[q + 3][r] = round(v_next[i].w);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_LOADS; ++i) As[a_kk][t / BK + i * (THREADS / BK)] = round(a_next[i]);
+        }
 #pragma unroll
         for (int i = 0; i < B_LOADS; ++i) {
             Bs[t / BN + i * (THREADS / BN)][b_n] = round(b_next[i]);
@@ -180,20 +223,26 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     }
 }
 
-#define CONV_ENTRY(NAME, BM_, BN_, TF32_)                                                                      \
+#define CONV_ENTRY(NAME, BM_, BN_, TF32_, VEC_)                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
         NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
              float* __restrict__ out, ConvShape s) {                                                           \
-        conv3x3_body<BM_, BN_, TF32_>(in, w, bias, out, s);                                                    \
+        conv3x3_body<BM_, BN_, TF32_, VEC_>(in, w, bias, out, s);                                              \
     }
 
-// Entry points: conv3x3_<precision>_n<BN>, tile BM x BN with BM = 4096 / BN.
-CONV_ENTRY(conv3x3_f32_n64, 64, 64, false)
-CONV_ENTRY(conv3x3_f32_n32, 128, 32, false)
-CONV_ENTRY(conv3x3_f32_n16, 256, 16, false)
-CONV_ENTRY(conv3x3_tf32_n64, 64, 64, true)
-CONV_ENTRY(conv3x3_tf32_n32, 128, 32, true)
-CONV_ENTRY(conv3x3_tf32_n16, 256, 16, true)
+// Entry points: conv3x3_<precision>_n<BN>[_v], tile BM x BN with BM = 4096 / BN; _v when Cin % 16 == 0.
+CONV_ENTRY(conv3x3_f32_n64, 64, 64, false, false)
+CONV_ENTRY(conv3x3_f32_n32, 128, 32, false, false)
+CONV_ENTRY(conv3x3_f32_n16, 256, 16, false, false)
+CONV_ENTRY(conv3x3_tf32_n64, 64, 64, true, false)
+CONV_ENTRY(conv3x3_tf32_n32, 128, 32, true, false)
+CONV_ENTRY(conv3x3_tf32_n16, 256, 16, true, false)
+CONV_ENTRY(conv3x3_f32_n64_v, 64, 64, false, true)
+CONV_ENTRY(conv3x3_f32_n32_v, 128, 32, false, true)
+CONV_ENTRY(conv3x3_f32_n16_v, 256, 16, false, true)
+CONV_ENTRY(conv3x3_tf32_n64_v, 64, 64, true, true)
+CONV_ENTRY(conv3x3_tf32_n32_v, 128, 32, true, true)
+CONV_ENTRY(conv3x3_tf32_n16_v, 256, 16, true, true)
 
 // Kernel (3): sums the split-K partials [splits, M, Cout], adds the bias, applies leaky ReLU and pixel norm.
 // One warp per pixel; out: [M, Cout].

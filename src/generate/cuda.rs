@@ -33,7 +33,7 @@ pub fn kernel_source() -> String {
 }
 
 /// Entry points the module must export.
-pub const KERNELS: [&str; 9] = [
+pub const KERNELS: [&str; 15] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -41,6 +41,12 @@ pub const KERNELS: [&str; 9] = [
     "conv3x3_tf32_n64",
     "conv3x3_tf32_n32",
     "conv3x3_tf32_n16",
+    "conv3x3_f32_n64_v",
+    "conv3x3_f32_n32_v",
+    "conv3x3_f32_n16_v",
+    "conv3x3_tf32_n64_v",
+    "conv3x3_tf32_n32_v",
+    "conv3x3_tf32_n16_v",
     "conv_finish_f32",
     "torgb_f32",
 ];
@@ -173,8 +179,8 @@ pub struct CudaGenerator {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     dense: CudaFunction,
-    /// Indexed by [precision][tile width 16, 32, 64].
-    conv: [[CudaFunction; 3]; 2],
+    /// Indexed by [vectorised gather][precision][tile width 16, 32, 64].
+    conv: [[[CudaFunction; 3]; 2]; 2],
     finish: CudaFunction,
     torgb: CudaFunction,
     dense_weight: CudaSlice<f32>,
@@ -215,8 +221,14 @@ impl CudaGenerator {
         Ok(CudaGenerator {
             dense: load("dense_f32")?,
             conv: [
-                [load("conv3x3_f32_n16")?, load("conv3x3_f32_n32")?, load("conv3x3_f32_n64")?],
-                [load("conv3x3_tf32_n16")?, load("conv3x3_tf32_n32")?, load("conv3x3_tf32_n64")?],
+                [
+                    [load("conv3x3_f32_n16")?, load("conv3x3_f32_n32")?, load("conv3x3_f32_n64")?],
+                    [load("conv3x3_tf32_n16")?, load("conv3x3_tf32_n32")?, load("conv3x3_tf32_n64")?],
+                ],
+                [
+                    [load("conv3x3_f32_n16_v")?, load("conv3x3_f32_n32_v")?, load("conv3x3_f32_n64_v")?],
+                    [load("conv3x3_tf32_n16_v")?, load("conv3x3_tf32_n32_v")?, load("conv3x3_tf32_n64_v")?],
+                ],
             ],
             finish: load("conv_finish_f32")?,
             torgb: load("torgb_f32")?,
@@ -336,7 +348,8 @@ impl CudaGenerator {
             };
             let grid = (m_total.div_ceil(bm) as u32, conv.cout.div_ceil(bn) as u32, splits as u32);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-            let func = &self.conv[usize::from(self.precision == Precision::Tf32)][bn.trailing_zeros() as usize - 4];
+            let vectorised = usize::from(conv.cin % BK == 0);
+            let func = &self.conv[vectorised][usize::from(self.precision == Precision::Tf32)][bn.trailing_zeros() as usize - 4];
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
             let mut b = self.stream.launch_builder(func);
             b.arg(src).arg(&conv.weight).arg(&conv.bias);
