@@ -163,6 +163,36 @@ fn lrelu_pixel_norm(pixel: &mut [f32]) {
     }
 }
 
+/// `dst[m, n] = lhs[m, k] * rhs[k, n]`, all row major (a packed SIMD GEMM from the `gemm` crate).
+pub(crate) fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize, parallelism: Parallelism) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul: buffers smaller than their shapes");
+    // SAFETY: the three buffers hold at least the m x n, m x k and k x n row-major matrices the strides describe
+    // (checked above), and dst does not alias the inputs (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Adds the bias, then leaky ReLU and pixel norm: the epilogue of every convolution.
 fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
     for (v, b) in pixel.iter_mut().zip(bias) {
@@ -186,31 +216,7 @@ fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer) -> (Vec<f32>, usize
         let pixels = rows * side;
         patches.resize(pixels * k, 0.0);
         gather_patches(input, side_in, layer.cin, up, band * rows_per_band, rows, side, patches);
-        // SAFETY: out_band is [pixels, cout] row-major, patches [pixels, k] row-major, weight [k, cout] row-major,
-        // all with the lengths the strides describe.
-        unsafe {
-            gemm::gemm(
-                pixels,
-                cout,
-                k,
-                out_band.as_mut_ptr(),
-                1,
-                cout as isize,
-                false,
-                patches.as_ptr(),
-                1,
-                k as isize,
-                layer.weight.as_ptr(),
-                1,
-                cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        matmul(out_band, patches, &layer.weight, pixels, k, cout, parallelism);
         for pixel in out_band.chunks_exact_mut(cout) {
             bias_lrelu_pixel_norm(pixel, &layer.bias);
         }

@@ -15,6 +15,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::cpu::matmul;
 use super::model::ConvLayer;
 
 /// The transform matrices of one F(m, 3) variant.
@@ -221,30 +222,7 @@ fn run_band(
 
     // 2. one GEMM per transform position
     let gemm_one = |xi: usize, m_xi: &mut [f32]| {
-        // SAFETY: m_xi is [tiles, cout], V_xi [tiles, cin], U_xi [cin, cout], all row major and in bounds.
-        unsafe {
-            gemm::gemm(
-                tiles,
-                cout,
-                cin,
-                m_xi.as_mut_ptr(),
-                1,
-                cout as isize,
-                false,
-                buf.v[xi * tiles * cin..].as_ptr(),
-                1,
-                cin as isize,
-                layer.u[xi * cin * cout..].as_ptr(),
-                1,
-                cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+        matmul(m_xi, &buf.v[xi * tiles * cin..(xi + 1) * tiles * cin], &layer.u[xi * cin * cout..(xi + 1) * cin * cout], tiles, cin, cout, Parallelism::None);
     };
     if parallel_gemm {
         buf.m.par_chunks_mut(tiles * cout).enumerate().for_each(|(xi, m_xi)| gemm_one(xi, m_xi));
