@@ -27,7 +27,7 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
     // a few distinct payloads, reused, so generating data does not dominate the sender
     let payloads: Vec<Vec<u8>> = (0..4).map(|_| (0..voxels).flat_map(|_| (1000.0 + 50.0 * rng.normal()).to_le_bytes()).collect()).collect();
     let root = std::env::temp_dir().join(format!("hyper-rt-bench-{}", std::process::id()));
-    let receiver = super::LoopbackReceiver::start(&root, args.volumes, false)?;
+    let receiver = super::LoopbackReceiver::start(&config, &root, args.volumes, false)?;
     let scanner = ScannerSender::connect(&receiver.endpoint, &config.sender.handshake, 30.0)?;
     let started = std::time::Instant::now();
     let wire = (0..args.volumes).map(|t| WireVolume {

@@ -10,7 +10,6 @@ use anyhow::Context;
 use hyper_rt::config::{Config, DisplayMode, SimulateConfig};
 use hyper_rt::decode::metrics::{cosine, identification, latent_similarity};
 use hyper_rt::decode::{self, Dataset, TrainProgress, TrainSettings};
-use hyper_rt::ingest::sender::{self, Pacing, ScannerSender};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::read_events;
 
@@ -99,18 +98,8 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         (img.volumes as f64 * tr / args.speed).round(),
         args.speed
     );
-    let receiver = super::live::bind_receiver(&config, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
-    let endpoint = receiver.endpoint().to_string();
-    let speed = args.speed;
-    let volumes = img.volumes;
-    let sender_thread = std::thread::spawn(move || -> anyhow::Result<()> {
-        let scanner = ScannerSender::connect(&endpoint, "hello from pynealScanner_sim", 30.0)?;
-        let bar = indicatif::ProgressBar::new(volumes as u64);
-        let wire = (0..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr));
-        sender::stream(&scanner, wire, Pacing { tr_secs: tr, speed }, |_, _| bar.inc(1))?;
-        bar.finish_and_clear();
-        Ok(())
-    });
+    let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
+    let sender_thread = super::live::stream_run_in_background(img, receiver.endpoint().to_string(), "hello from pynealScanner_sim", args.speed, true);
     let (stats, session) = hyper_rt::live::run(receiver, inputs, super::interrupt_flag())?;
     sender_thread.join().map_err(|_| anyhow::anyhow!("the scanner simulator panicked"))??;
     super::live::print_stats(&stats, &session);

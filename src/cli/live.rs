@@ -8,13 +8,10 @@ use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
 use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
-use hyper_rt::ingest::protocol::Limits;
-use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::read_events;
-use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
 
 /// Flags shared by `live` and `replay` (each overrides its `[live]` key).
 #[derive(clap::Args, Debug)]
@@ -161,17 +158,17 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
     Ok(LiveInputs { config: l.clone(), bundle, schedule, stimuli, generator, boundaries })
 }
 
-/// A receiver with its session recorder.
-pub fn bind_receiver(config: &Config, bind: &str, expected: usize, idle_secs: f64) -> anyhow::Result<Receiver> {
-    let meta = SessionMeta { started_unix_secs: unix_secs_now(), bind: bind.to_string(), expected_volumes: expected, hyper_rt_version: env!("CARGO_PKG_VERSION").to_string() };
-    let recorder = Recorder::create(&config.session.root, &meta)?;
-    let settings = ReceiverSettings {
-        bind: bind.to_string(),
-        expected_volumes: expected,
-        idle_timeout_secs: idle_secs,
-        limits: Limits { max_volume_bytes: config.receiver.max_volume_bytes, max_dim: config.receiver.max_dim },
-    };
-    Ok(Receiver::bind(settings, recorder)?)
+/// Streams a NIfTI run to `endpoint` on a background thread as Pyneal Scanner would, at `speed` times the TR pace.
+pub fn stream_run_in_background(img: NiftiImage, endpoint: String, handshake: &'static str, speed: f64, progress: bool) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::spawn(move || {
+        let tr = img.tr_secs.unwrap_or(1.0);
+        let scanner = ScannerSender::connect(&endpoint, handshake, 30.0)?;
+        let bar = if progress { indicatif::ProgressBar::new(img.volumes as u64) } else { indicatif::ProgressBar::hidden() };
+        let volumes = (0..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr));
+        sender::stream(&scanner, volumes, Pacing { tr_secs: tr, speed }, |_, _| bar.inc(1))?;
+        bar.finish_and_clear();
+        Ok(())
+    })
 }
 
 pub fn print_stats(stats: &LiveStats, dir: &Path) {
@@ -193,7 +190,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     }
     config.validate(Path::new("<command line>"))?;
     let inputs = inputs(&config.live, None)?;
-    let receiver = bind_receiver(&config, &config.receiver.bind.clone(), config.receiver.expected_volumes, config.receiver.idle_timeout_secs)?;
+    let receiver = super::bind_receiver(&config, &config.session.root, &config.receiver.bind, config.receiver.expected_volumes, config.receiver.idle_timeout_secs)?;
     println!("listening on {}", receiver.endpoint());
     let stop = super::interrupt_flag();
     let (stats, dir) = live::run(receiver, inputs, stop)?;
@@ -213,7 +210,6 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
         args.source.clone()
     };
     let img = NiftiImage::read(&run_path)?;
-    let tr = img.tr_secs.unwrap_or(1.0);
     let inputs = inputs(&config.live, None)?;
     if inputs.bundle.dims != img.dims {
         bail!(
@@ -223,15 +219,8 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             inputs.bundle.dims
         );
     }
-    let receiver = bind_receiver(&config, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
-    let endpoint = receiver.endpoint().to_string();
-    let speed = args.speed;
-    let sender_thread = std::thread::spawn(move || -> anyhow::Result<()> {
-        let scanner = ScannerSender::connect(&endpoint, "hello from hyper-rt replay", 30.0)?;
-        let volumes = (0..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr));
-        sender::stream(&scanner, volumes, Pacing { tr_secs: tr, speed }, |_, _| {})?;
-        Ok(())
-    });
+    let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
+    let sender_thread = stream_run_in_background(img, receiver.endpoint().to_string(), "hello from hyper-rt replay", args.speed, false);
     let (stats, dir) = live::run(receiver, inputs, super::interrupt_flag())?;
     sender_thread.join().map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
     print_stats(&stats, &dir);

@@ -143,6 +143,22 @@ pub fn print_summary(dir: &std::path::Path, s: &hyper_rt::session::recorder::Sum
     }
 }
 
+/// Binds a receiver (limits from `[receiver]`) with a new session recorder under `root`.
+pub fn bind_receiver(config: &Config, root: &std::path::Path, bind: &str, expected: usize, idle_secs: f64) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
+    use hyper_rt::ingest::protocol::Limits;
+    use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
+    use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
+    let meta = SessionMeta { started_unix_secs: unix_secs_now(), bind: bind.to_string(), expected_volumes: expected, hyper_rt_version: env!("CARGO_PKG_VERSION").to_string() };
+    let recorder = Recorder::create(root, &meta)?;
+    let settings = ReceiverSettings {
+        bind: bind.to_string(),
+        expected_volumes: expected,
+        idle_timeout_secs: idle_secs,
+        limits: Limits { max_volume_bytes: config.receiver.max_volume_bytes, max_dim: config.receiver.max_dim },
+    };
+    Ok(Receiver::bind(settings, recorder)?)
+}
+
 /// A receiver running in a background thread on an ephemeral loopback port (demo and benchmark).
 pub struct LoopbackReceiver {
     pub endpoint: String,
@@ -151,25 +167,8 @@ pub struct LoopbackReceiver {
 
 impl LoopbackReceiver {
     /// Binds `tcp://127.0.0.1:*` and starts receiving `expected_volumes` volumes into a session under `root`.
-    pub fn start(root: &std::path::Path, expected_volumes: usize, compress: bool) -> anyhow::Result<LoopbackReceiver> {
-        use hyper_rt::ingest::protocol::Limits;
-        use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
-        use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
-        let defaults = hyper_rt::config::ReceiverConfig::default();
-        let settings = ReceiverSettings {
-            bind: "tcp://127.0.0.1:*".into(),
-            expected_volumes,
-            idle_timeout_secs: 30.0,
-            limits: Limits { max_volume_bytes: defaults.max_volume_bytes, max_dim: defaults.max_dim },
-        };
-        let meta = SessionMeta {
-            started_unix_secs: unix_secs_now(),
-            bind: settings.bind.clone(),
-            expected_volumes,
-            hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let recorder = Recorder::create(root, &meta)?;
-        let mut receiver = Receiver::bind(settings, recorder)?;
+    pub fn start(config: &Config, root: &std::path::Path, expected_volumes: usize, compress: bool) -> anyhow::Result<LoopbackReceiver> {
+        let mut receiver = bind_receiver(config, root, "tcp://127.0.0.1:*", expected_volumes, 30.0)?;
         let endpoint = receiver.endpoint().to_string();
         let handle = std::thread::Builder::new().name("receiver".into()).spawn(move || {
             let never = AtomicBool::new(false);

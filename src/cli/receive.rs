@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use hyper_rt::config::Config;
-use hyper_rt::ingest::protocol::Limits;
-use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
-use hyper_rt::session::recorder::{self, unix_secs_now, Recorder, SessionMeta};
+use hyper_rt::session::recorder;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -55,20 +53,8 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let meta = SessionMeta {
-        started_unix_secs: unix_secs_now(),
-        bind: config.receiver.bind.clone(),
-        expected_volumes: config.receiver.expected_volumes,
-        hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let recorder = Recorder::create(&config.session.root, &meta)?;
-    let settings = ReceiverSettings {
-        bind: config.receiver.bind.clone(),
-        expected_volumes: config.receiver.expected_volumes,
-        idle_timeout_secs: config.receiver.idle_timeout_secs,
-        limits: Limits { max_volume_bytes: config.receiver.max_volume_bytes, max_dim: config.receiver.max_dim },
-    };
-    let mut receiver = Receiver::bind(settings, recorder)?;
+    let r = &config.receiver;
+    let mut receiver = super::bind_receiver(&config, &config.session.root, &r.bind, r.expected_volumes, r.idle_timeout_secs)?;
     let dir = receiver.session_dir().to_path_buf();
     println!("listening on {}", receiver.endpoint());
     println!("recording to {}", dir.display());

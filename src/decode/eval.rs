@@ -75,17 +75,19 @@ fn measure(values: &[f64], null: &[f64]) -> Measure {
     Measure { mean, se, null_mean: null.iter().sum::<f64>() / null.len().max(1) as f64, p: p_value(mean, null), null: null.to_vec() }
 }
 
-fn read_boundaries(dir: &Path, latent: usize) -> Result<Vec<(String, Vec<f64>)>, DecodeError> {
-    let mut out = Vec::new();
-    for a in ATTRIBUTES {
-        let path = dir.join(format!("pggan_celebahq_{a}_boundary.npy"));
-        let arr = crate::npy::read_f32(&path)?;
-        if arr.data.len() != latent {
-            return Err(DecodeError::Data { path, message: format!("boundary has {} values, the latents {latent}", arr.data.len()) });
-        }
-        out.push((a.to_string(), arr.data.iter().map(|v| *v as f64).collect()));
+/// The InterFaceGAN boundary of `attribute` in `dir` (`pggan_celebahq_<attribute>_boundary.npy`), checked against
+/// the latent size.
+pub fn read_boundary(dir: &Path, attribute: &str, latent: usize) -> Result<Vec<f64>, DecodeError> {
+    let path = dir.join(format!("pggan_celebahq_{attribute}_boundary.npy"));
+    let arr = crate::npy::read_f32(&path)?;
+    if arr.data.len() != latent {
+        return Err(DecodeError::Data { path, message: format!("boundary has {} values, the latents {latent}", arr.data.len()) });
     }
-    Ok(out)
+    Ok(arr.data.iter().map(|v| *v as f64).collect())
+}
+
+fn read_boundaries(dir: &Path, latent: usize) -> Result<Vec<(String, Vec<f64>)>, DecodeError> {
+    ATTRIBUTES.iter().map(|a| Ok((a.to_string(), read_boundary(dir, a, latent)?))).collect()
 }
 
 fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], boundaries: &[(String, Vec<f64>)], seed: u64) -> ReportSet {

@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, Receiver as Rx, RecvTimeoutError};
 
 use crate::config::{DisplayMode, LiveConfig, LiveMode};
 use crate::decode::bundle::DecoderBundle;
-use crate::decode::eval::ATTRIBUTES;
+use crate::decode::eval::{read_boundary, ATTRIBUTES};
 use crate::decode::metrics::attribute_score;
 use crate::display::{Frame, Overlay, Sink, View};
 use crate::feedback::{Publisher, ResultsServer, ResultsStore};
@@ -424,16 +424,17 @@ fn display_loop(sink: &mut Option<Sink>, frames: &Rx<(Frame, Instant)>, view: Vi
     }
 }
 
-/// Loads the InterFaceGAN boundaries that exist in `dir` (missing ones are skipped with a warning).
+/// Loads the InterFaceGAN boundaries that exist in `dir` (missing or misshapen ones are skipped with a warning:
+/// the live session runs without them).
 pub fn load_boundaries(dir: &Path, latent_size: usize) -> Vec<(String, Vec<f64>)> {
-    let mut out = Vec::new();
-    for a in ATTRIBUTES {
-        let path = dir.join(format!("pggan_celebahq_{a}_boundary.npy"));
-        match crate::npy::read_f32(&path) {
-            Ok(arr) if arr.data.len() == latent_size => out.push((a.to_string(), arr.data.iter().map(|v| *v as f64).collect())),
-            Ok(arr) => tracing::warn!("{}: {} values, latents have {latent_size}: attribute {a} not shown", path.display(), arr.data.len()),
-            Err(e) => tracing::warn!("attribute {a} not shown: {e}"),
-        }
-    }
-    out
+    ATTRIBUTES
+        .iter()
+        .filter_map(|a| match read_boundary(dir, a, latent_size) {
+            Ok(b) => Some((a.to_string(), b)),
+            Err(e) => {
+                tracing::warn!("attribute {a} not shown: {e}");
+                None
+            }
+        })
+        .collect()
 }
