@@ -30,7 +30,7 @@ pub enum CpuAlgorithm {
 /// Layers this wide use Winograd. Smaller ones have too few tiles to repay the 4-times-larger transformed
 /// weights; at 1024 x 1024 the layers have 16 and 32 channels, too few for the transforms to run at SIMD speed,
 /// and the direct GEMM is faster (measured: docs/benchmarks.md).
-const WINOGRAD_SIDES: std::ops::RangeInclusive<usize> = 32..=512;
+const WINOGRAD_SIDES: std::ops::RangeInclusive<usize> = 32..=1024;
 
 enum Plan {
     Direct,
@@ -42,6 +42,9 @@ pub struct CpuGenerator {
     model: std::sync::Arc<PgganModel>,
     plans: Vec<Plan>,
     algorithm: CpuAlgorithm,
+    /// The two activation buffers a forward pass alternates between, kept across calls: the 1024 x 1024
+    /// layers' 64 MiB buffers would otherwise be mapped and page-faulted afresh for every image.
+    activations: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
 }
 
 impl CpuGenerator {
@@ -62,7 +65,7 @@ impl CpuGenerator {
                 }
             })
             .collect();
-        CpuGenerator { model, plans, algorithm }
+        CpuGenerator { model, plans, algorithm, activations: std::sync::Mutex::new((Vec::new(), Vec::new())) }
     }
 
     pub fn algorithm(&self) -> CpuAlgorithm {
@@ -103,29 +106,44 @@ impl CpuGenerator {
 
     fn forward(&self, z: &[f32], on_layer: &mut dyn FnMut(&str, f64)) -> Vec<f32> {
         let m = &*self.model;
+        // a second caller at the same time gets buffers of its own rather than waiting
+        let mut own = (Vec::new(), Vec::new());
+        let mut shared = self.activations.try_lock().ok();
+        let (act, next) = match shared.as_deref_mut() {
+            Some((a, b)) => (a, b),
+            None => (&mut own.0, &mut own.1),
+        };
         let t = std::time::Instant::now();
-        let mut act = dense_block(m, z);
+        dense_block(m, z, act);
         on_layer("4x4/Dense", t.elapsed().as_secs_f64());
         let mut side = 4usize;
-        for (layer, plan) in m.convs.iter().zip(&self.plans) {
+        let last = m.convs.len() - 1;
+        for (index, (layer, plan)) in m.convs.iter().zip(&self.plans).enumerate() {
             let t = std::time::Instant::now();
-            let (next, next_side) = match plan {
-                Plan::Direct => conv3x3(&act, side, layer),
-                Plan::Winograd(w) => winograd::conv3x3(&act, side, w, bias_lrelu_pixel_norm),
+            if let (true, Plan::Winograd(w)) = (index == last, plan) {
+                let mut rgb = Vec::new();
+                if winograd::conv3x3_to_rgb(act, side, w, &m.to_rgb_weight, &m.to_rgb_bias, &mut rgb).is_some() {
+                    on_layer(&layer.name, t.elapsed().as_secs_f64());
+                    on_layer("ToRGB_lod0 (fused into the last convolution)", 0.0);
+                    return rgb;
+                }
+            }
+            side = match plan {
+                Plan::Direct => conv3x3(act, side, layer, next),
+                Plan::Winograd(w) => winograd::conv3x3(act, side, w, next),
             };
             on_layer(&layer.name, t.elapsed().as_secs_f64());
-            act = next;
-            side = next_side;
+            std::mem::swap(act, next);
         }
         let t = std::time::Instant::now();
-        let rgb = to_rgb(&act, side, m);
+        let rgb = to_rgb(act, side, m);
         on_layer("ToRGB_lod0", t.elapsed().as_secs_f64());
         rgb
     }
 }
 
-/// `pixel_norm(z)`, the dense layer, bias, leaky ReLU, pixel norm: `[4, 4, C4]`.
-fn dense_block(m: &PgganModel, z: &[f32]) -> Vec<f32> {
+/// `pixel_norm(z)`, the dense layer, bias, leaky ReLU, pixel norm: `[4, 4, C4]` into `act`.
+fn dense_block(m: &PgganModel, z: &[f32], act: &mut Vec<f32>) {
     let c4 = m.c4;
     let mean_sq = z.iter().map(|v| v * v).sum::<f32>() / z.len() as f32;
     let inv = 1.0 / (mean_sq + 1e-8).sqrt();
@@ -137,7 +155,8 @@ fn dense_block(m: &PgganModel, z: &[f32]) -> Vec<f32> {
             *d += x * w;
         }
     }
-    let mut act = vec![0.0f32; 16 * c4];
+    act.clear();
+    act.resize(16 * c4, 0.0);
     for p in 0..16 {
         for c in 0..c4 {
             act[p * c4 + c] = dense[c * 16 + p] + m.dense_bias[c];
@@ -146,7 +165,6 @@ fn dense_block(m: &PgganModel, z: &[f32]) -> Vec<f32> {
     for pixel in act.chunks_exact_mut(c4) {
         lrelu_pixel_norm(pixel);
     }
-    act
 }
 
 /// Leaky ReLU (0.2), then `x / sqrt(mean(x^2) + 1e-8)` over the channels of one pixel.
@@ -194,15 +212,16 @@ pub(crate) fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usi
 }
 
 /// Adds the bias, then leaky ReLU and pixel norm: the epilogue of every convolution.
-fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
+pub(crate) fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
     for (v, b) in pixel.iter_mut().zip(bias) {
         *v += b;
     }
     lrelu_pixel_norm(pixel);
 }
 
-/// One convolution layer on a `[side, side, cin]` input; returns `[side', side', cout]` and `side'`.
-fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer) -> (Vec<f32>, usize) {
+/// One convolution layer on a `[side, side, cin]` input; writes `[side', side', cout]` into `out` (every element
+/// is overwritten) and returns `side'`.
+pub(crate) fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer, out: &mut Vec<f32>) -> usize {
     let up = usize::from(layer.upsample);
     let side = side_in << up;
     let k = 9 * layer.cin;
@@ -210,7 +229,8 @@ fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer) -> (Vec<f32>, usize
     let rows_per_band = (BAND_PATCH_BYTES / (side * k * 4)).clamp(1, side);
     let bands = side.div_ceil(rows_per_band);
     let threads = rayon::current_num_threads();
-    let mut out = vec![0.0f32; side * side * cout];
+    out.resize(side * side * cout, 0.0);
+    out.truncate(side * side * cout);
     let run_band = |patches: &mut Vec<f32>, band: usize, out_band: &mut [f32], parallelism: Parallelism| {
         let rows = out_band.len() / (side * cout);
         let pixels = rows * side;
@@ -231,7 +251,7 @@ fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer) -> (Vec<f32>, usize
             run_band(&mut patches, band, out_band, Parallelism::Rayon(threads));
         }
     }
-    (out, side)
+    side
 }
 
 /// Gathers 3 x 3 patches of output rows `y0 .. y0 + rows` into `patches[pixel][(dy * 3 + dx) * cin + ci]`,

@@ -10,6 +10,8 @@ pub mod cuda;
 pub mod model;
 pub mod weights;
 pub mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod winograd_avx2;
 
 use std::path::{Path, PathBuf};
 

@@ -15,8 +15,34 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu::matmul;
+use super::cpu::{bias_lrelu_pixel_norm, matmul};
 use super::model::ConvLayer;
+#[cfg(target_arch = "x86_64")]
+use super::winograd_avx2;
+
+/// Where one input tile reads: the channel-0 offset in the `[side_in, side_in, cin]` input of each of its
+/// `a x a` pixels (row major; at most 6 x 6), `None` outside the (upsampled) image, which reads as zero padding.
+pub(super) type TileSources = [Option<usize>; 36];
+
+/// Layers with at most this many output channels (and the AVX2 kernels) run in small blocks with a
+/// register-blocked micro-kernel instead of the packed GEMM, whose set-up costs more than such thin products.
+pub(super) const NARROW_COUT: usize = 64;
+
+/// Row counts of the narrow micro-kernel's products are multiples of this (it takes 12, 6 or 3 rows at a time).
+pub(super) const NARROW_ROW_MULTIPLE: usize = 12;
+
+/// Whether the AVX2 + FMA kernels can run a layer with these channels on this CPU.
+fn avx2_supported(cin: usize, cout: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        cin % 8 == 0 && cout % 8 == 0 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (cin, cout);
+        false
+    }
+}
 
 /// The transform matrices of one F(m, 3) variant.
 #[derive(Debug)]
@@ -77,6 +103,8 @@ pub struct WinogradLayer {
     pub upsample: bool,
     pub u: Vec<f32>,
     pub bias: Vec<f32>,
+    /// Whether the AVX2 + FMA kernels run this layer (the CPU has them, F(4, 3), channels multiples of 8).
+    pub avx2: bool,
 }
 
 impl WinogradLayer {
@@ -103,7 +131,20 @@ impl WinogradLayer {
                 }
             }
         }
-        WinogradLayer { spec, cin, cout, upsample: layer.upsample, u, bias: layer.bias.clone() }
+        let avx2 = spec.m == 4 && avx2_supported(cin, cout);
+        WinogradLayer { spec, cin, cout, upsample: layer.upsample, u, bias: layer.bias.clone(), avx2 }
+    }
+
+    /// The same layer on the portable kernels only (for comparing the two paths).
+    pub fn portable(mut self) -> WinogradLayer {
+        self.avx2 = false;
+        self
+    }
+
+    /// Narrow layers (few output channels) run in small blocks with the AVX2 micro-kernel instead of the
+    /// packed GEMM.
+    fn narrow(&self) -> bool {
+        self.avx2 && self.cout <= NARROW_COUT
     }
 }
 
@@ -111,35 +152,105 @@ impl WinogradLayer {
 const BAND_BYTES: usize = 2 << 20;
 const SINGLE_BAND_BYTES: usize = 24 << 20;
 
-/// Runs the layer on `[side_in, side_in, cin]`; returns `[side, side, cout]` with bias, leaky ReLU and pixel
-/// norm applied, and `side`.
-pub fn conv3x3(input: &[f32], side_in: usize, layer: &WinogradLayer, epilogue: fn(&mut [f32], &[f32])) -> (Vec<f32>, usize) {
-    let spec = layer.spec;
-    let up = usize::from(layer.upsample);
-    let side = side_in << up;
-    let tiles_per_row = side.div_ceil(spec.m);
-    let a2 = spec.a * spec.a;
-    let per_tile_row = a2 * tiles_per_row * layer.cin * 4;
-    let band_tile_rows = if per_tile_row * tiles_per_row <= SINGLE_BAND_BYTES {
+/// Tiles per block on the narrow path: the block's transformed input and products (36 x tiles x channels)
+/// stay in the core's L2 cache between the three steps.
+const NARROW_BLOCK_TILES: usize = 24;
+
+/// Layers with at most this many tiles are one band: their transforms are cheap, and their products (wide
+/// channels, few rows) run best split by transform position across the threads.
+const SMALL_LAYER_TILES: usize = 64;
+
+/// Runs the layer on `[side_in, side_in, cin]`; writes `[side, side, cout]` with bias, leaky ReLU and pixel
+/// norm applied into `out` (every element is overwritten) and returns `side`.
+pub fn conv3x3(input: &[f32], side_in: usize, layer: &WinogradLayer, out: &mut Vec<f32>) -> usize {
+    let side = side_in << usize::from(layer.upsample);
+    let rows = band_tile_rows(layer, side) * layer.spec.m;
+    out.resize(side * side * layer.cout, 0.0);
+    out.truncate(side * side * layer.cout);
+    let sinks = out.chunks_mut(rows * side * layer.cout).map(BandSink::Activations).collect();
+    run_bands(input, side_in, side, layer, sinks);
+    side
+}
+
+/// The last layer with the 1 x 1 ToRGB layer fused into its epilogue: each finished pixel goes straight to
+/// planar RGB (`rgb_weight` `[C, 3]`, no activation), so the widest activation is never stored. Writes
+/// `[3, side, side]` into `rgb` and returns `side`, or `None` (nothing done) where the layer does not run on the
+/// AVX2 kernels, which alone implement the fusion.
+pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_weight: &[f32], rgb_bias: &[f32], rgb: &mut Vec<f32>) -> Option<usize> {
+    if !layer.avx2 || rgb_weight.len() != 3 * layer.cout || rgb_bias.len() != 3 {
+        return None;
+    }
+    let side = side_in << usize::from(layer.upsample);
+    let rows = band_tile_rows(layer, side) * layer.spec.m;
+    // planar weights: all red weights, then green, then blue
+    let weight: Vec<f32> = (0..3).flat_map(|colour| rgb_weight.iter().skip(colour).step_by(3).copied()).collect();
+    let bias = [rgb_bias[0], rgb_bias[1], rgb_bias[2]];
+    rgb.resize(3 * side * side, 0.0);
+    rgb.truncate(3 * side * side);
+    let (red, rest) = rgb.split_at_mut(side * side);
+    let (green, blue) = rest.split_at_mut(side * side);
+    let sinks = red
+        .chunks_mut(rows * side)
+        .zip(green.chunks_mut(rows * side))
+        .zip(blue.chunks_mut(rows * side))
+        .map(|((r, g), b)| BandSink::Rgb { planes: [r, g, b], weight: &weight, bias })
+        .collect();
+    run_bands(input, side_in, side, layer, sinks);
+    Some(side)
+}
+
+/// Where a band's finished pixels go.
+pub(super) enum BandSink<'a> {
+    /// Channels-last activations `[rows, side, cout]`.
+    Activations(&'a mut [f32]),
+    /// Through the 1 x 1 ToRGB layer into three planar `[rows, side]` slices; `weight` is `[3][C]`.
+    Rgb { planes: [&'a mut [f32]; 3], weight: &'a [f32], bias: [f32; 3] },
+}
+
+impl BandSink<'_> {
+    /// Output rows the band holds.
+    fn rows(&self, side: usize, cout: usize) -> usize {
+        match self {
+            BandSink::Activations(out) => out.len() / (side * cout),
+            BandSink::Rgb { planes, .. } => planes[0].len() / side,
+        }
+    }
+}
+
+/// Tile rows per band: one on the narrow path (which blocks further inside the band), else bands of about
+/// [`BAND_BYTES`] of transformed input, at least one per thread (so that the transforms run in parallel too),
+/// or the whole layer where it is small.
+fn band_tile_rows(layer: &WinogradLayer, side: usize) -> usize {
+    let tiles_per_row = side.div_ceil(layer.spec.m);
+    if layer.narrow() {
+        return 1;
+    }
+    let per_tile_row = layer.spec.a * layer.spec.a * tiles_per_row * layer.cin * 4;
+    if tiles_per_row * tiles_per_row <= SMALL_LAYER_TILES {
+        return tiles_per_row;
+    }
+    let rows = if per_tile_row * tiles_per_row <= SINGLE_BAND_BYTES {
         tiles_per_row
     } else {
         (BAND_BYTES / per_tile_row).clamp(1, tiles_per_row)
     };
-    let bands = tiles_per_row.div_ceil(band_tile_rows);
-    let threads = rayon::current_num_threads();
-    let mut out = vec![0.0f32; side * side * layer.cout];
-    let band_out = band_tile_rows * spec.m * side * layer.cout;
-    if bands >= 2 * threads {
-        out.par_chunks_mut(band_out).enumerate().for_each_init(Buffers::default, |buffers, (band, out_band)| {
-            run_band(input, side_in, side, layer, band * band_tile_rows, out_band, buffers, false, epilogue)
+    rows.min(tiles_per_row.div_ceil(rayon::current_num_threads()))
+}
+
+/// Runs the bands, in parallel where there are enough of them, else one after the other with the products
+/// split across the threads.
+fn run_bands(input: &[f32], side_in: usize, side: usize, layer: &WinogradLayer, sinks: Vec<BandSink>) {
+    let band_rows = band_tile_rows(layer, side);
+    if sinks.len() >= rayon::current_num_threads() {
+        sinks.into_par_iter().enumerate().for_each_init(Buffers::default, |buffers, (band, mut sink)| {
+            run_band(input, side_in, side, layer, band * band_rows, &mut sink, buffers, false)
         });
     } else {
         let mut buffers = Buffers::default();
-        for (band, out_band) in out.chunks_mut(band_out).enumerate() {
-            run_band(input, side_in, side, layer, band * band_tile_rows, out_band, &mut buffers, true, epilogue);
+        for (band, mut sink) in sinks.into_iter().enumerate() {
+            run_band(input, side_in, side, layer, band * band_rows, &mut sink, &mut buffers, true);
         }
     }
-    (out, side)
 }
 
 #[derive(Default)]
@@ -150,6 +261,8 @@ struct Buffers {
     zeros: Vec<f32>,
 }
 
+/// Computes the output rows of one band (tile rows from `tile_row0`) block by block: input transform, one
+/// product per transform position, output transform with the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn run_band(
     input: &[f32],
@@ -157,124 +270,177 @@ fn run_band(
     side: usize,
     layer: &WinogradLayer,
     tile_row0: usize,
-    out_band: &mut [f32],
+    sink: &mut BandSink,
     buf: &mut Buffers,
     parallel_gemm: bool,
-    epilogue: fn(&mut [f32], &[f32]),
 ) {
     let spec = layer.spec;
     let (m, a, cin, cout) = (spec.m, spec.a, layer.cin, layer.cout);
     let a2 = a * a;
     let up = usize::from(layer.upsample);
     let tiles_per_row = side.div_ceil(m);
-    let out_rows = out_band.len() / (side * cout);
-    let tile_rows = out_rows.div_ceil(m);
-    let tiles = tile_rows * tiles_per_row;
-    buf.v.resize(a2 * tiles * cin, 0.0);
-    buf.m.resize(a2 * tiles * cout, 0.0);
+    let out_rows = sink.rows(side, cout);
+    let tiles = out_rows.div_ceil(m) * tiles_per_row;
+    let narrow = layer.narrow();
+    let block = if narrow { NARROW_BLOCK_TILES.min(tiles) } else { tiles };
+    // rows of each transform position's matrices; the narrow micro-kernels take whole groups of rows
+    let stride_tiles = if narrow { block.next_multiple_of(NARROW_ROW_MULTIPLE) } else { block };
+    buf.v.resize(a2 * stride_tiles * cin, 0.0);
+    buf.m.resize(a2 * stride_tiles * cout, 0.0);
     buf.tmp.resize(a * a * cin.max(cout), 0.0);
     buf.zeros.resize(cin, 0.0);
+    let tile_origin = |t: usize| ((t / tiles_per_row) * m, (t % tiles_per_row) * m);
 
-    // 1. input transform
-    for tr in 0..tile_rows {
-        for tc in 0..tiles_per_row {
-            let t = tr * tiles_per_row + tc;
-            let oy = ((tile_row0 + tr) * m) as isize - 1;
-            let ox = (tc * m) as isize - 1;
-            let pixel = |r: usize, c: usize| -> &[f32] {
-                let (y, x) = (oy + r as isize, ox + c as isize);
-                if y < 0 || x < 0 || y >= side as isize || x >= side as isize {
-                    &buf.zeros
-                } else {
-                    let src = (((y as usize) >> up) * side_in + ((x as usize) >> up)) * cin;
-                    &input[src..src + cin]
-                }
-            };
-            // tmp[i][c] = sum_r BT[i][r] d[r][c]
-            let tmp = &mut buf.tmp[..a * a * cin];
-            tmp.fill(0.0);
-            for i in 0..a {
-                for r in 0..a {
-                    let coef = spec.bt[i * a + r];
-                    if coef == 0.0 {
-                        continue;
-                    }
-                    for c in 0..a {
-                        axpy(&mut tmp[(i * a + c) * cin..(i * a + c + 1) * cin], coef, pixel(r, c));
-                    }
-                }
+    for first in (0..tiles).step_by(block) {
+        let count = block.min(tiles - first);
+        // 1. input transform
+        for t in 0..count {
+            let (y0, x0) = tile_origin(first + t);
+            let sources = tile_sources(spec, side_in, side, up, cin, (tile_row0 * m + y0) as isize - 1, x0 as isize - 1);
+            if layer.avx2 {
+                // SAFETY: `avx2` is set only where the CPU has AVX2 and FMA and the channels are multiples of 8;
+                // every source offset was bounds-checked against the input by `tile_sources`, and `v` holds
+                // a2 positions of `stride_tiles * cin` floats.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    winograd_avx2::input_tile(input, &sources, cin, &mut buf.v[t * cin..], stride_tiles * cin)
+                };
+            } else {
+                input_tile_portable(spec, input, &sources, cin, &mut buf.tmp, &buf.zeros, &mut buf.v[t * cin..], stride_tiles * cin);
             }
-            // V[i][j] = sum_c BT[j][c] tmp[i][c]
-            for i in 0..a {
-                for j in 0..a {
-                    let dst = &mut buf.v[((i * a + j) * tiles + t) * cin..((i * a + j) * tiles + t + 1) * cin];
-                    dst.fill(0.0);
-                    for c in 0..a {
-                        let coef = spec.bt[j * a + c];
-                        if coef != 0.0 {
-                            axpy(dst, coef, &tmp[(i * a + c) * cin..(i * a + c + 1) * cin]);
-                        }
-                    }
-                }
+        }
+
+        // 2. one product per transform position
+        let gemm_one = |xi: usize, m_xi: &mut [f32]| {
+            let v_xi = &buf.v[xi * stride_tiles * cin..(xi + 1) * stride_tiles * cin];
+            let u_xi = &layer.u[xi * cin * cout..(xi + 1) * cin * cout];
+            if narrow {
+                // SAFETY: the narrow path is taken only with `avx2` set (see `narrow`); the buffers hold
+                // `stride_tiles` rows, a multiple of NARROW_ROW_MULTIPLE.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    winograd_avx2::gemm_narrow(m_xi, v_xi, u_xi, stride_tiles, cin, cout)
+                };
+            } else {
+                matmul(m_xi, v_xi, u_xi, count, cin, cout, Parallelism::None);
+            }
+        };
+        if parallel_gemm && !narrow {
+            buf.m.par_chunks_mut(stride_tiles * cout).enumerate().for_each(|(xi, m_xi)| gemm_one(xi, m_xi));
+        } else {
+            for (xi, m_xi) in buf.m.chunks_mut(stride_tiles * cout).enumerate() {
+                gemm_one(xi, m_xi);
+            }
+        }
+
+        // 3. output transform (and, on the AVX2 path, the epilogue)
+        for t in 0..count {
+            let (y0, x0) = tile_origin(first + t);
+            let m_t = &buf.m[t * cout..];
+            if layer.avx2 {
+                // SAFETY: as for the input transform.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    winograd_avx2::output_tile(m_t, stride_tiles * cout, cout, &layer.bias, &mut buf.tmp, sink, out_rows, side, y0, x0)
+                };
+            } else if let BandSink::Activations(out_band) = sink {
+                output_tile_portable(spec, m_t, stride_tiles * cout, cout, &mut buf.tmp, out_band, out_rows, side, y0, x0);
             }
         }
     }
+    if let (false, BandSink::Activations(out_band)) = (layer.avx2, sink) {
+        for pixel in out_band.chunks_exact_mut(cout) {
+            bias_lrelu_pixel_norm(pixel, &layer.bias);
+        }
+    }
+}
 
-    // 2. one GEMM per transform position
-    let gemm_one = |xi: usize, m_xi: &mut [f32]| {
-        matmul(m_xi, &buf.v[xi * tiles * cin..(xi + 1) * tiles * cin], &layer.u[xi * cin * cout..(xi + 1) * cin * cout], tiles, cin, cout, Parallelism::None);
+/// The channel-0 offsets in the input of the `a x a` pixels of the tile whose top-left input pixel is `(oy, ox)`
+/// in the (upsampled) image, `None` for zero padding.
+fn tile_sources(spec: &WinogradSpec, side_in: usize, side: usize, up: usize, cin: usize, oy: isize, ox: isize) -> TileSources {
+    let a = spec.a;
+    let mut sources = [None; 36];
+    for r in 0..a {
+        for c in 0..a {
+            let (y, x) = (oy + r as isize, ox + c as isize);
+            if y >= 0 && x >= 0 && y < side as isize && x < side as isize {
+                sources[r * a + c] = Some((((y as usize) >> up) * side_in + ((x as usize) >> up)) * cin);
+            }
+        }
+    }
+    sources
+}
+
+/// `V = B^T d B` for one tile, any channel count: `v` points at the tile's row of position 0.
+#[allow(clippy::too_many_arguments)]
+fn input_tile_portable(spec: &WinogradSpec, input: &[f32], sources: &[Option<usize>], cin: usize, tmp: &mut [f32], zeros: &[f32], v: &mut [f32], stride: usize) {
+    let a = spec.a;
+    let pixel = |r: usize, c: usize| -> &[f32] {
+        match sources[r * a + c] {
+            Some(src) => &input[src..src + cin],
+            None => zeros,
+        }
     };
-    if parallel_gemm {
-        buf.m.par_chunks_mut(tiles * cout).enumerate().for_each(|(xi, m_xi)| gemm_one(xi, m_xi));
-    } else {
-        for (xi, m_xi) in buf.m.chunks_mut(tiles * cout).enumerate() {
-            gemm_one(xi, m_xi);
+    // tmp[i][c] = sum_r BT[i][r] d[r][c]
+    let tmp = &mut tmp[..a * a * cin];
+    tmp.fill(0.0);
+    for i in 0..a {
+        for r in 0..a {
+            let coef = spec.bt[i * a + r];
+            if coef == 0.0 {
+                continue;
+            }
+            for c in 0..a {
+                axpy(&mut tmp[(i * a + c) * cin..(i * a + c + 1) * cin], coef, pixel(r, c));
+            }
         }
     }
+    // V[i][j] = sum_c BT[j][c] tmp[i][c]
+    for i in 0..a {
+        for j in 0..a {
+            let dst = &mut v[(i * a + j) * stride..(i * a + j) * stride + cin];
+            dst.fill(0.0);
+            for c in 0..a {
+                let coef = spec.bt[j * a + c];
+                if coef != 0.0 {
+                    axpy(dst, coef, &tmp[(i * a + c) * cin..(i * a + c + 1) * cin]);
+                }
+            }
+        }
+    }
+}
 
-    // 3. output transform
-    for tr in 0..tile_rows {
-        for tc in 0..tiles_per_row {
-            let t = tr * tiles_per_row + tc;
-            let mrow = |r: usize, c: usize| &buf.m[((r * a + c) * tiles + t) * cout..((r * a + c) * tiles + t + 1) * cout];
-            // tmp[i][c] = sum_r AT[i][r] M[r][c]
-            let tmp = &mut buf.tmp[..m * a * cout];
-            tmp.fill(0.0);
-            for i in 0..m {
-                for r in 0..a {
-                    let coef = spec.at[i * a + r];
-                    if coef == 0.0 {
-                        continue;
-                    }
-                    for c in 0..a {
-                        axpy(&mut tmp[(i * a + c) * cout..(i * a + c + 1) * cout], coef, mrow(r, c));
-                    }
-                }
+/// `Y = A^T M A` for one tile, any channel count, written into `out` at `(y0, x0)` (clipped), no epilogue.
+#[allow(clippy::too_many_arguments)]
+fn output_tile_portable(spec: &WinogradSpec, m_t: &[f32], stride: usize, cout: usize, tmp: &mut [f32], out: &mut [f32], out_rows: usize, side: usize, y0: usize, x0: usize) {
+    let (m, a) = (spec.m, spec.a);
+    let mrow = |r: usize, c: usize| &m_t[(r * a + c) * stride..(r * a + c) * stride + cout];
+    // tmp[i][c] = sum_r AT[i][r] M[r][c]
+    let tmp = &mut tmp[..m * a * cout];
+    tmp.fill(0.0);
+    for i in 0..m {
+        for r in 0..a {
+            let coef = spec.at[i * a + r];
+            if coef == 0.0 {
+                continue;
             }
-            for i in 0..m {
-                let y = tr * m + i;
-                if y >= out_rows {
-                    break;
-                }
-                for j in 0..m {
-                    let x = tc * m + j;
-                    if x >= side {
-                        break;
-                    }
-                    let dst = &mut out_band[(y * side + x) * cout..(y * side + x + 1) * cout];
-                    dst.fill(0.0);
-                    for c in 0..a {
-                        let coef = spec.at[j * a + c];
-                        if coef != 0.0 {
-                            axpy(dst, coef, &tmp[(i * a + c) * cout..(i * a + c + 1) * cout]);
-                        }
-                    }
-                }
+            for c in 0..a {
+                axpy(&mut tmp[(i * a + c) * cout..(i * a + c + 1) * cout], coef, mrow(r, c));
             }
         }
     }
-    for pixel in out_band.chunks_exact_mut(cout) {
-        epilogue(pixel, &layer.bias);
+    for i in 0..m.min(out_rows.saturating_sub(y0)) {
+        for j in 0..m.min(side.saturating_sub(x0)) {
+            let (y, x) = (y0 + i, x0 + j);
+            let dst = &mut out[(y * side + x) * cout..(y * side + x + 1) * cout];
+            dst.fill(0.0);
+            for c in 0..a {
+                let coef = spec.at[j * a + c];
+                if coef != 0.0 {
+                    axpy(dst, coef, &tmp[(i * a + c) * cout..(i * a + c + 1) * cout]);
+                }
+            }
+        }
     }
 }
 
@@ -293,5 +459,84 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
         for (y, x) in y.iter_mut().zip(x) {
             *y += alpha * x;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random_layer(cin: usize, cout: usize, upsample: bool, seed: u64) -> ConvLayer {
+        let mut rng = Rng::new(seed);
+        let scale = (1.0 / (9.0 * cin as f64)).sqrt();
+        ConvLayer {
+            name: format!("{cin}x{cout}"),
+            cin,
+            cout,
+            upsample,
+            weight: (0..9 * cin * cout).map(|_| (scale * rng.normal()) as f32).collect(),
+            bias: (0..cout).map(|_| (0.1 * rng.normal()) as f32).collect(),
+        }
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// Every path (AVX2 narrow, AVX2 wide, portable; F(2, 3) and F(4, 3)) against the direct convolution, on
+    /// sides that are and are not multiples of the tile and channel counts that are and are not multiples of 8.
+    #[test]
+    fn winograd_paths_match_the_direct_convolution() {
+        let cases = [(8, 8, 16, false), (16, 16, 32, true), (32, 16, 20, false), (64, 72, 12, true), (24, 136, 8, false), (5, 7, 10, false)];
+        for (case, &(cin, cout, side_in, upsample)) in cases.iter().enumerate() {
+            let layer = random_layer(cin, cout, upsample, case as u64 + 1);
+            let mut rng = Rng::new(100 + case as u64);
+            let input: Vec<f32> = (0..side_in * side_in * cin).map(|_| rng.normal() as f32).collect();
+            let mut direct = Vec::new();
+            let side = crate::generate::cpu::conv3x3(&input, side_in, &layer, &mut direct);
+            for spec in [&F2, &F4] {
+                let fast = WinogradLayer::new(&layer, spec);
+                // a reused buffer holding stale values: every element must be overwritten
+                let mut ours = vec![f32::NAN; 3 * side * side * cout];
+                let ours_side = conv3x3(&input, side_in, &fast, &mut ours);
+                assert_eq!(ours_side, side);
+                let err = max_abs_diff(&ours, &direct);
+                assert!(err < 2e-4, "{} (F{}, avx2 {}): max abs {err}", layer.name, spec.m, fast.avx2);
+                let mut portable = Vec::new();
+                conv3x3(&input, side_in, &fast.clone().portable(), &mut portable);
+                let err = max_abs_diff(&portable, &direct);
+                assert!(err < 2e-4, "{} (F{}, portable): max abs {err}", layer.name, spec.m);
+            }
+        }
+    }
+
+    /// The last layer with ToRGB fused into its epilogue equals the layer, then the 1 x 1 convolution.
+    #[test]
+    fn fused_to_rgb_matches_the_separate_layer() {
+        let (cin, cout, side_in) = (32, 16, 24);
+        let layer = random_layer(cin, cout, true, 9);
+        let fast = WinogradLayer::new(&layer, &F4);
+        let mut rng = Rng::new(10);
+        let input: Vec<f32> = (0..side_in * side_in * cin).map(|_| rng.normal() as f32).collect();
+        let rgb_weight: Vec<f32> = (0..3 * cout).map(|_| rng.normal() as f32 * 0.25).collect();
+        let rgb_bias = [0.1f32, -0.2, 0.3];
+        let mut rgb = vec![f32::NAN; 7];
+        let Some(side) = conv3x3_to_rgb(&input, side_in, &fast, &rgb_weight, &rgb_bias, &mut rgb) else {
+            assert!(!fast.avx2, "the AVX2 layer must run fused");
+            return;
+        };
+        let mut act = Vec::new();
+        crate::generate::cpu::conv3x3(&input, side_in, &layer, &mut act);
+        let plane = side * side;
+        let mut expected = vec![0.0f32; 3 * plane];
+        for (p, pixel) in act.chunks_exact(cout).enumerate() {
+            for colour in 0..3 {
+                expected[colour * plane + p] = rgb_bias[colour] + pixel.iter().enumerate().map(|(c, v)| v * rgb_weight[c * 3 + colour]).sum::<f32>();
+            }
+        }
+        let err = max_abs_diff(&rgb, &expected);
+        assert!(err < 2e-4, "fused ToRGB: max abs {err}");
     }
 }
