@@ -303,7 +303,7 @@ fn run_band(
                 // a2 positions of `stride_tiles * cin` floats.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    winograd_avx2::input_tile(input, &sources, cin, &mut buf.v[t * cin..], stride_tiles * cin)
+                    winograd_avx2::input_tile(input, &sources, &buf.zeros, cin, &mut buf.v[t * cin..], stride_tiles * cin)
                 };
             } else {
                 input_tile_portable(spec, input, &sources, cin, &mut buf.tmp, &buf.zeros, &mut buf.v[t * cin..], stride_tiles * cin);

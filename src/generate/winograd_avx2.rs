@@ -22,28 +22,32 @@ const LANES: usize = 8;
 use super::winograd::{BandSink, TileSources, NARROW_ROW_MULTIPLE};
 
 /// `V[(i * 6 + j)][tile][c] = (B^T d B)[i][j][c]` for one tile: `v` points at the tile's row of position 0 and
-/// position `xi` lies `xi * stride` floats further.
+/// position `xi` lies `xi * stride` floats further. `sources` are the tile's 36 pixels (see [`TileSources`]);
+/// `zeros` (at least `cin` zeros) stands in for the padding.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `input` must hold every offset in `sources` plus `cin` floats, `cin` must be a
 /// multiple of 8, and `v` must hold `35 * stride + cin` floats.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn input_tile(input: &[f32], sources: &TileSources, cin: usize, v: &mut [f32], stride: usize) {
-    debug_assert!(v.len() >= 35 * stride + cin);
-    let src = input.as_ptr();
+pub unsafe fn input_tile(input: &[f32], sources: &TileSources, zeros: &[f32], cin: usize, v: &mut [f32], stride: usize) {
+    assert!(v.len() >= 35 * stride + cin && zeros.len() >= cin, "input_tile: buffers too small");
+    let pixels: [*const f32; 36] = sources.map(|source| match source {
+        Some(offset) => input[offset..offset + cin].as_ptr(),
+        None => zeros.as_ptr(),
+    });
     let dst = v.as_mut_ptr();
     for c0 in (0..cin).step_by(LANES) {
         let mut tmp = [_mm256_setzero_ps(); 36];
         for col in 0..6 {
-            let mut d = [_mm256_setzero_ps(); 6];
-            for (row, value) in d.iter_mut().enumerate() {
-                if let Some(offset) = sources[row * 6 + col] {
-                    debug_assert!(offset + c0 + LANES <= input.len());
-                    *value = _mm256_loadu_ps(src.add(offset + c0));
-                }
-            }
-            let rows = bt_rows(&d);
-            for (i, r) in rows.into_iter().enumerate() {
+            let d = [
+                _mm256_loadu_ps(pixels[col].add(c0)),
+                _mm256_loadu_ps(pixels[6 + col].add(c0)),
+                _mm256_loadu_ps(pixels[12 + col].add(c0)),
+                _mm256_loadu_ps(pixels[18 + col].add(c0)),
+                _mm256_loadu_ps(pixels[24 + col].add(c0)),
+                _mm256_loadu_ps(pixels[30 + col].add(c0)),
+            ];
+            for (i, r) in bt_rows(&d).into_iter().enumerate() {
                 tmp[i * 6 + col] = r;
             }
         }
@@ -129,14 +133,30 @@ unsafe fn panel<const R: usize, const NV: usize>(m: &mut [f32], v: &[f32], u: &[
     for r0 in (0..rows).step_by(R) {
         let mut acc = [[_mm256_setzero_ps(); NV]; R];
         for k in 0..cin {
-            let mut b = [_mm256_setzero_ps(); NV];
-            for (j, bj) in b.iter_mut().enumerate() {
-                *bj = _mm256_loadu_ps(up.add(k * cout + col + j * LANES));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let a = _mm256_broadcast_ss(&*vp.add((r0 + r) * cin + k));
-                for (acc_rj, bj) in acc_r.iter_mut().zip(&b) {
-                    *acc_rj = _mm256_fmadd_ps(a, *bj, *acc_rj);
+            // keep R x NV accumulators plus the operands within the 16 vector registers: hold the NV columns
+            // of U and broadcast one row at a time, or (when that does not fit) hold the R broadcast rows and
+            // load one column at a time
+            if R * NV + NV < 16 {
+                let mut b = [_mm256_setzero_ps(); NV];
+                for (j, bj) in b.iter_mut().enumerate() {
+                    *bj = _mm256_loadu_ps(up.add(k * cout + col + j * LANES));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let a = _mm256_broadcast_ss(&*vp.add((r0 + r) * cin + k));
+                    for (acc_rj, bj) in acc_r.iter_mut().zip(&b) {
+                        *acc_rj = _mm256_fmadd_ps(a, *bj, *acc_rj);
+                    }
+                }
+            } else {
+                let mut a = [_mm256_setzero_ps(); R];
+                for (r, ar) in a.iter_mut().enumerate() {
+                    *ar = _mm256_broadcast_ss(&*vp.add((r0 + r) * cin + k));
+                }
+                for j in 0..NV {
+                    let b = _mm256_loadu_ps(up.add(k * cout + col + j * LANES));
+                    for (acc_r, ar) in acc.iter_mut().zip(&a) {
+                        acc_r[j] = _mm256_fmadd_ps(*ar, b, acc_r[j]);
+                    }
                 }
             }
         }
