@@ -5,6 +5,9 @@
 //! into this gather, so the upsampled tensor is never stored), multiplied by the `[9 * Cin, Cout]` weights with a
 //! packed SIMD GEMM (`gemm` crate), and bias, leaky ReLU and pixel norm are applied to the band while it is still in
 //! cache. Bands run in parallel on the rayon pool; layers too small to split run the GEMM itself in parallel.
+//! That is the `direct` algorithm, and the default `winograd` one's path for layers below 32 x 32; larger layers run
+//! Winograd F(4x4, 3x3) (`winograd.rs`, with AVX2 kernels in `winograd_avx2.rs`), the last one with the 1 x 1 ToRGB
+//! layer fused in. A forward pass alternates between two activation buffers kept across calls.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -22,14 +25,13 @@ const BAND_PATCH_BYTES: usize = 1 << 20;
 pub enum CpuAlgorithm {
     /// Gathered patches times the weights: the plain float32 sum, closest to the float64 reference.
     Direct,
-    /// Winograd F(4x4, 3x3) (4 times fewer multiplications) for layers from 32 x 32 to 512 x 512, direct for
-    /// the others.
+    /// Winograd F(4x4, 3x3) (4 times fewer multiplications) for layers from 32 x 32 up, direct for the smaller
+    /// ones.
     Winograd,
 }
 
 /// Layers this wide use Winograd. Smaller ones have too few tiles to repay the 4-times-larger transformed
-/// weights; at 1024 x 1024 the layers have 16 and 32 channels, too few for the transforms to run at SIMD speed,
-/// and the direct GEMM is faster (measured: docs/benchmarks.md).
+/// weights (measured: docs/benchmarks.md).
 const WINOGRAD_SIDES: std::ops::RangeInclusive<usize> = 32..=1024;
 
 enum Plan {
