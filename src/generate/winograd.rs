@@ -9,6 +9,12 @@
 //! 4. the output transform `Y = A^T M A` writes the m x m tile; bias, leaky ReLU and pixel norm follow while the
 //!    band is in cache.
 //!
+//! Bands of tile rows run in parallel. On x86-64 CPUs with AVX2 and FMA, layers whose channel counts are multiples
+//! of 8 run the F(4, 3) kernels of `winograd_avx2.rs`; layers with at most [`NARROW_COUT`] output channels (the
+//! 256 to 1024 px layers) then go through blocks of [`NARROW_BLOCK_TILES`] tiles that stay in L2, with a
+//! register-blocked micro-kernel for step 3 instead of the packed GEMM. The last layer can write the image
+//! directly through the 1 x 1 ToRGB layer ([`conv3x3_to_rgb`]). Other CPUs and channel counts run portable code.
+//!
 //! Accuracy in float32 (measured against the float64 reference): F(2, 3) adds about 1e-6 relative error per
 //! layer, F(4, 3) about 5e-6; see `docs/benchmarks.md` for the whole network.
 
@@ -299,8 +305,8 @@ fn run_band(
             let sources = tile_sources(spec, side_in, side, up, cin, (tile_row0 * m + y0) as isize - 1, x0 as isize - 1);
             if layer.avx2 {
                 // SAFETY: `avx2` is set only where the CPU has AVX2 and FMA and the channels are multiples of 8;
-                // every source offset was bounds-checked against the input by `tile_sources`, and `v` holds
-                // a2 positions of `stride_tiles * cin` floats.
+                // `input_tile` slices `input` at every source (bounds-checked) and checks the sizes of `v` and
+                // `zeros`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     winograd_avx2::input_tile(input, &sources, &buf.zeros, cin, &mut buf.v[t * cin..], stride_tiles * cin)

@@ -26,11 +26,10 @@ use super::winograd::{BandSink, TileSources, NARROW_ROW_MULTIPLE};
 /// `zeros` (at least `cin` zeros) stands in for the padding.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `input` must hold every offset in `sources` plus `cin` floats, `cin` must be a
-/// multiple of 8, and `v` must hold `35 * stride + cin` floats.
+/// AVX2 and FMA must be available (sources, shapes and `cin`, a multiple of 8, are checked).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn input_tile(input: &[f32], sources: &TileSources, zeros: &[f32], cin: usize, v: &mut [f32], stride: usize) {
-    assert!(v.len() >= 35 * stride + cin && zeros.len() >= cin, "input_tile: buffers too small");
+    assert!(cin % LANES == 0 && v.len() >= 35 * stride + cin && zeros.len() >= cin, "input_tile: {cin} channels or buffers too small");
     let pixels: [*const f32; 36] = sources.map(|source| match source {
         Some(offset) => input[offset..offset + cin].as_ptr(),
         None => zeros.as_ptr(),
@@ -106,11 +105,11 @@ unsafe fn at_rows(m: &[__m256; 6]) -> [__m256; 4] {
 /// `M_xi[rows][cout] = V_xi[rows][cin] U_xi[cin][cout]`, all row major; `rows` a multiple of [`NARROW_ROW_MULTIPLE`].
 ///
 /// # Safety
-/// AVX2 and FMA must be available, `cout` a multiple of 8, and the slices must hold the shapes given.
+/// AVX2 and FMA must be available (the shapes are checked).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_narrow(m: &mut [f32], v: &[f32], u: &[f32], rows: usize, cin: usize, cout: usize) {
-    debug_assert!(rows % NARROW_ROW_MULTIPLE == 0 && cout % LANES == 0);
-    debug_assert!(m.len() >= rows * cout && v.len() >= rows * cin && u.len() >= cin * cout);
+    assert!(rows % NARROW_ROW_MULTIPLE == 0 && cout % LANES == 0, "gemm_narrow: {rows} rows, {cout} columns");
+    assert!(m.len() >= rows * cout && v.len() >= rows * cin && u.len() >= cin * cout, "gemm_narrow: buffers too small");
     let mut col = 0;
     while cout - col >= 32 {
         panel::<3, 4>(m, v, u, rows, cin, cout, col);
@@ -174,7 +173,7 @@ unsafe fn panel<const R: usize, const NV: usize>(m: &mut [f32], v: &[f32], u: &[
 /// `tile` is scratch space for the tile's 16 pixels.
 ///
 /// # Safety
-/// AVX2 and FMA must be available and `cout` a multiple of 8.
+/// AVX2 and FMA must be available (shapes and `cout`, a multiple of 8, are checked).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn output_tile(
@@ -189,7 +188,10 @@ pub unsafe fn output_tile(
     y0: usize,
     x0: usize,
 ) {
-    assert!(m.len() >= 35 * stride + cout && bias.len() >= cout && tile.len() >= 16 * cout, "output_tile: buffers too small");
+    assert!(
+        cout % LANES == 0 && m.len() >= 35 * stride + cout && bias.len() >= cout && tile.len() >= 16 * cout,
+        "output_tile: {cout} channels or buffers too small"
+    );
     let src = m.as_ptr();
     for c0 in (0..cout).step_by(LANES) {
         let mut tmp = [_mm256_setzero_ps(); 24];
