@@ -195,7 +195,7 @@ impl Default for SimulateConfig {
             test_faces: 36,
             test_repeats: 14,
             latent_size: 512,
-            responsive_voxels: 3000,
+            responsive_voxels: 6000,
             clusters: 12,
             signal_percent: 1.0,
             visual_percent: 1.5,
