@@ -495,7 +495,7 @@ mod tests {
     /// sides that are and are not multiples of the tile and channel counts that are and are not multiples of 8.
     #[test]
     fn winograd_paths_match_the_direct_convolution() {
-        let cases = [(8, 8, 16, false), (16, 16, 32, true), (32, 16, 20, false), (64, 72, 12, true), (24, 136, 8, false), (5, 7, 10, false)];
+        let cases = [(8, 8, 16, false), (16, 16, 32, true), (32, 16, 20, false), (64, 72, 12, true), (24, 136, 8, false), (16, 24, 10, false), (8, 16, 7, true), (5, 7, 10, false)];
         for (case, &(cin, cout, side_in, upsample)) in cases.iter().enumerate() {
             let layer = random_layer(cin, cout, upsample, case as u64 + 1);
             let mut rng = Rng::new(100 + case as u64);
