@@ -19,6 +19,11 @@ use super::GenerateError;
 /// Bytes of one band's patch matrix: small enough to stay in the cache, large enough for an efficient GEMM.
 const BAND_PATCH_BYTES: usize = 1 << 20;
 
+/// A layer whose whole patch matrix is at most this big is one band with the GEMM split across the threads:
+/// the small, wide layers (4 x 4 to 16 x 16, 512 channels), where bands of a few rows would each stream the whole
+/// 9 MiB weight matrix again.
+const SINGLE_BAND_PATCH_BYTES: usize = 8 << 20;
+
 /// How the CPU computes 3 x 3 convolutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -228,7 +233,7 @@ pub(crate) fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer, out: &mu
     let side = side_in << up;
     let k = 9 * layer.cin;
     let cout = layer.cout;
-    let rows_per_band = (BAND_PATCH_BYTES / (side * k * 4)).clamp(1, side);
+    let rows_per_band = if side * side * k * 4 <= SINGLE_BAND_PATCH_BYTES { side } else { (BAND_PATCH_BYTES / (side * k * 4)).clamp(1, side) };
     let bands = side.div_ceil(rows_per_band);
     let threads = rayon::current_num_threads();
     out.resize(side * side * cout, 0.0);
