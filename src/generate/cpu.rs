@@ -124,7 +124,7 @@ impl CpuGenerator {
         dense_block(m, z, act);
         on_layer("4x4/Dense", t.elapsed().as_secs_f64());
         let mut side = 4usize;
-        let last = m.convs.len() - 1;
+        let last = m.convs.len().saturating_sub(1);
         for (index, (layer, plan)) in m.convs.iter().zip(&self.plans).enumerate() {
             let t = std::time::Instant::now();
             if let (true, Plan::Winograd(w)) = (index == last, plan) {
