@@ -191,6 +191,10 @@ pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_
     // planar weights: all red weights, then green, then blue
     let weight: Vec<f32> = (0..3).flat_map(|colour| rgb_weight.iter().skip(colour).step_by(3).copied()).collect();
     let bias = [rgb_bias[0], rgb_bias[1], rgb_bias[2]];
+    if rgb.capacity() < 3 * side * side {
+        // fresh zeroed pages from the allocator rather than 12 MiB written with zeros first
+        *rgb = vec![0.0; 3 * side * side];
+    }
     rgb.resize(3 * side * side, 0.0);
     rgb.truncate(3 * side * side);
     let (red, rest) = rgb.split_at_mut(side * side);

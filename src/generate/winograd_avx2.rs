@@ -214,11 +214,14 @@ pub unsafe fn output_tile(
     for i in 0..4.min(out_rows.saturating_sub(y0)) {
         for j in 0..4.min(side.saturating_sub(x0)) {
             let pixel = &mut tile[(i * 4 + j) * cout..][..cout];
-            bias_lrelu_pixel_norm(pixel, bias);
             let at = (y0 + i) * side + x0 + j;
             match sink {
-                BandSink::Activations(out) => out[at * cout..][..cout].copy_from_slice(pixel),
+                BandSink::Activations(out) => {
+                    let dst = &mut out[at * cout..][..cout];
+                    bias_lrelu_pixel_norm(pixel.as_mut_ptr(), bias.as_ptr(), dst.as_mut_ptr(), cout);
+                }
                 BandSink::Rgb { planes, weight, bias: rgb_bias } => {
+                    bias_lrelu_pixel_norm(pixel.as_mut_ptr(), bias.as_ptr(), pixel.as_mut_ptr(), cout);
                     for (colour, plane) in planes.iter_mut().enumerate() {
                         plane[at] = rgb_bias[colour] + dot(pixel, &weight[colour * cout..][..cout]);
                     }
@@ -228,22 +231,25 @@ pub unsafe fn output_tile(
     }
 }
 
-/// `pixel = pixel_norm(leaky_relu(pixel + bias))` in place.
+/// `dst = pixel_norm(leaky_relu(src + bias))` over `len` channels (a multiple of 8); `src` keeps the activated
+/// values before the norm. `dst` may equal `src` (each value is read before it is written).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `src`, `bias` and `dst` must be valid for `len` floats.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
+unsafe fn bias_lrelu_pixel_norm(src: *mut f32, bias: *const f32, dst: *mut f32, len: usize) {
     let slope = _mm256_set1_ps(0.2);
     let mut sum_sq = _mm256_setzero_ps();
-    let (pp, bp) = (pixel.as_mut_ptr(), bias.as_ptr());
-    for c0 in (0..pixel.len()).step_by(LANES) {
-        let x = _mm256_add_ps(_mm256_loadu_ps(pp.add(c0)), _mm256_loadu_ps(bp.add(c0)));
+    for c0 in (0..len).step_by(LANES) {
+        let x = _mm256_add_ps(_mm256_loadu_ps(src.add(c0)), _mm256_loadu_ps(bias.add(c0)));
         let x = _mm256_max_ps(x, _mm256_mul_ps(slope, x));
         sum_sq = _mm256_fmadd_ps(x, x, sum_sq);
-        _mm256_storeu_ps(pp.add(c0), x);
+        _mm256_storeu_ps(src.add(c0), x);
     }
-    let inv = _mm256_set1_ps(1.0 / (horizontal_sum(sum_sq) / pixel.len() as f32 + 1e-8).sqrt());
-    for c0 in (0..pixel.len()).step_by(LANES) {
-        _mm256_storeu_ps(pp.add(c0), _mm256_mul_ps(_mm256_loadu_ps(pp.add(c0)), inv));
+    let inv = _mm256_set1_ps(1.0 / (horizontal_sum(sum_sq) / len as f32 + 1e-8).sqrt());
+    for c0 in (0..len).step_by(LANES) {
+        _mm256_storeu_ps(dst.add(c0), _mm256_mul_ps(_mm256_loadu_ps(src.add(c0)), inv));
     }
 }
 
