@@ -162,8 +162,7 @@ fn dense_block(m: &PgganModel, z: &[f32], act: &mut Vec<f32>) {
             *d += x * w;
         }
     }
-    act.clear();
-    act.resize(16 * c4, 0.0);
+    reuse_buffer(act, 16 * c4);
     for p in 0..16 {
         for c in 0..c4 {
             act[p * c4 + c] = dense[c * 16 + p] + m.dense_bias[c];
@@ -218,6 +217,17 @@ pub(crate) fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usi
     }
 }
 
+/// Makes `buffer` hold exactly `len` floats, keeping its allocation where it is large enough; the contents are
+/// unspecified (every caller overwrites all of them). A new allocation comes as zeroed pages from the allocator
+/// rather than being written with zeros first.
+pub(crate) fn reuse_buffer(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.capacity() < len {
+        *buffer = vec![0.0; len];
+    }
+    buffer.resize(len, 0.0);
+    buffer.truncate(len);
+}
+
 /// Adds the bias, then leaky ReLU and pixel norm: the epilogue of every convolution.
 pub(crate) fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
     for (v, b) in pixel.iter_mut().zip(bias) {
@@ -236,8 +246,7 @@ pub(crate) fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer, out: &mu
     let rows_per_band = if side * side * k * 4 <= SINGLE_BAND_PATCH_BYTES { side } else { (BAND_PATCH_BYTES / (side * k * 4)).clamp(1, side) };
     let bands = side.div_ceil(rows_per_band);
     let threads = rayon::current_num_threads();
-    out.resize(side * side * cout, 0.0);
-    out.truncate(side * side * cout);
+    reuse_buffer(out, side * side * cout);
     let run_band = |patches: &mut Vec<f32>, band: usize, out_band: &mut [f32], parallelism: Parallelism| {
         let rows = out_band.len() / (side * cout);
         let pixels = rows * side;

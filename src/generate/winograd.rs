@@ -21,7 +21,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu::{bias_lrelu_pixel_norm, matmul};
+use super::cpu::{bias_lrelu_pixel_norm, matmul, reuse_buffer};
 use super::model::ConvLayer;
 #[cfg(target_arch = "x86_64")]
 use super::winograd_avx2;
@@ -142,7 +142,8 @@ impl WinogradLayer {
     }
 
     /// The same layer on the portable kernels only (for comparing the two paths).
-    pub fn portable(mut self) -> WinogradLayer {
+    #[cfg(test)]
+    fn portable(mut self) -> WinogradLayer {
         self.avx2 = false;
         self
     }
@@ -170,11 +171,10 @@ const SMALL_LAYER_TILES: usize = 64;
 /// norm applied into `out` (every element is overwritten) and returns `side`.
 pub fn conv3x3(input: &[f32], side_in: usize, layer: &WinogradLayer, out: &mut Vec<f32>) -> usize {
     let side = side_in << usize::from(layer.upsample);
-    let rows = band_tile_rows(layer, side) * layer.spec.m;
-    out.resize(side * side * layer.cout, 0.0);
-    out.truncate(side * side * layer.cout);
-    let sinks = out.chunks_mut(rows * side * layer.cout).map(BandSink::Activations).collect();
-    run_bands(input, side_in, side, layer, sinks);
+    let band_rows = band_tile_rows(layer, side);
+    reuse_buffer(out, side * side * layer.cout);
+    let sinks = out.chunks_mut(band_rows * layer.spec.m * side * layer.cout).map(BandSink::Activations).collect();
+    run_bands(input, side_in, side, layer, band_rows, sinks);
     side
 }
 
@@ -187,16 +187,12 @@ pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_
         return None;
     }
     let side = side_in << usize::from(layer.upsample);
-    let rows = band_tile_rows(layer, side) * layer.spec.m;
+    let band_rows = band_tile_rows(layer, side);
+    let rows = band_rows * layer.spec.m;
     // planar weights: all red weights, then green, then blue
     let weight: Vec<f32> = (0..3).flat_map(|colour| rgb_weight.iter().skip(colour).step_by(3).copied()).collect();
     let bias = [rgb_bias[0], rgb_bias[1], rgb_bias[2]];
-    if rgb.capacity() < 3 * side * side {
-        // fresh zeroed pages from the allocator rather than 12 MiB written with zeros first
-        *rgb = vec![0.0; 3 * side * side];
-    }
-    rgb.resize(3 * side * side, 0.0);
-    rgb.truncate(3 * side * side);
+    reuse_buffer(rgb, 3 * side * side);
     let (red, rest) = rgb.split_at_mut(side * side);
     let (green, blue) = rest.split_at_mut(side * side);
     let sinks = red
@@ -205,7 +201,7 @@ pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_
         .zip(blue.chunks_mut(rows * side))
         .map(|((r, g), b)| BandSink::Rgb { planes: [r, g, b], weight: &weight, bias })
         .collect();
-    run_bands(input, side_in, side, layer, sinks);
+    run_bands(input, side_in, side, layer, band_rows, sinks);
     Some(side)
 }
 
@@ -247,10 +243,9 @@ fn band_tile_rows(layer: &WinogradLayer, side: usize) -> usize {
     rows.min(tiles_per_row.div_ceil(rayon::current_num_threads()))
 }
 
-/// Runs the bands, in parallel where there are enough of them, else one after the other with the products
-/// split across the threads.
-fn run_bands(input: &[f32], side_in: usize, side: usize, layer: &WinogradLayer, sinks: Vec<BandSink>) {
-    let band_rows = band_tile_rows(layer, side);
+/// Runs the bands of `band_rows` tile rows each, in parallel where there are enough of them, else one after the
+/// other with the products split across the threads.
+fn run_bands(input: &[f32], side_in: usize, side: usize, layer: &WinogradLayer, band_rows: usize, sinks: Vec<BandSink>) {
     if sinks.len() >= rayon::current_num_threads() {
         sinks.into_par_iter().enumerate().for_each_init(Buffers::default, |buffers, (band, mut sink)| {
             run_band(input, side_in, side, layer, band * band_rows, &mut sink, buffers, false)

@@ -20,6 +20,20 @@ def binary():
     return path
 
 
+def run_ok(*args, timeout=300):
+    """Runs `hyper-rt ARGS...`, asserts that it succeeded (showing the end of its stderr if not), returns the
+    completed process."""
+    r = subprocess.run([binary(), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def simulate(out, *args):
+    """`hyper-rt simulate --out OUT ARGS...`; returns OUT."""
+    run_ok("simulate", "--out", out, *args)
+    return out
+
+
 def data_dir():
     """Real data: ../shared/data in this workplace, else the cache scripts/test.sh fills."""
     for candidate in [os.environ.get("HYPER_RT_DATA"), ROOT.parent / "shared" / "data", ROOT / ".cache" / "data"]:

@@ -9,13 +9,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from conftest import binary, data_dir
-
-
-def simulate(out, *args):
-    r = subprocess.run([binary(), "simulate", "--out", str(out), *args], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return out
+from conftest import binary, data_dir, run_ok, simulate
 
 
 @pytest.fixture(scope="module")
@@ -25,21 +19,17 @@ def trained(tmp_path_factory):
     cfg.write_text("[simulate]\ndims = [32, 32, 20]\nvoxel_mm = 4.0\ntrain_runs = 2\ntrain_trials_per_run = 150\n"
                    "test_runs = 1\ntest_faces = 8\ntest_repeats = 4\nresponsive_voxels = 800\nclusters = 6\nsnr = 8.0\n")
     data = tmp / "data"
-    r = subprocess.run([binary(), "--config", str(cfg), "simulate", "--out", str(data), "--no-motion"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    run_ok("--config", str(cfg), "simulate", "--out", str(data), "--no-motion")
     dec = tmp / "decoder.safetensors"
-    r = subprocess.run([binary(), "train", "--data", str(data), "--out", str(dec), "--voxels", "800"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    run_ok("train", "--data", str(data), "--out", str(dec), "--voxels", "800")
     return tmp, data, dec
 
 
 def test_ssim_agrees_with_scikit_image(trained):
     tmp, data, dec = trained
     out = tmp / "report"
-    r = subprocess.run([binary(), "eval", "--decoder", str(dec), "--data", str(data), "--out", str(out),
-                        "--boundaries", str(data_dir() / "interfacegan"), "--image-permutations", "20"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    run_ok("eval", "--decoder", dec, "--data", data, "--out", out, "--boundaries", data_dir() / "interfacegan",
+           "--image-permutations", "20", timeout=600)
     report = json.loads((out / "report.json").read_text())
     # recompute SSIM and pixel r from the grid with scikit-image / NumPy (same 224 px resize as the report)
     grid = np.asarray(Image.open(out / "grid.png"))

@@ -1,7 +1,6 @@
 """The PGGAN generator against the float64 NumPy reference written from PGGAN.md, and the converter against a
 pickle with the official structure."""
 
-import io
 import pickle
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, binary
+from conftest import ROOT, binary, run_ok
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import convert_pggan  # noqa: E402
@@ -29,9 +28,7 @@ CONFIGS = [
 
 def run_generate(weights, latents, out):
     np.save(out / "z.npy", latents)
-    r = subprocess.run([binary(), "generate", "--weights", str(weights), "--latents", str(out / "z.npy"),
-                        "--out", str(out), "--raw"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    run_ok("generate", "--weights", str(weights), "--latents", str(out / "z.npy"), "--out", str(out), "--raw")
     return np.load(out / "images.npy")
 
 
@@ -154,8 +151,7 @@ def test_bad_checkpoints_and_latents_are_named(tmp_path):
 
 
 def test_builtin_network_runs_without_files(tmp_path):
-    r = subprocess.run([binary(), "generate", "--seed", "3", "--count", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = run_ok("generate", "--seed", "3", "--count", "2", "--out", str(tmp_path), timeout=120)
     assert "abstract textures, not faces" in r.stdout
     img = np.asarray(Image.open(tmp_path / "image_0001.png"))
     assert img.shape == (256, 256, 3) and img.std() > 5  # a real picture, not a flat fill

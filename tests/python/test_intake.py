@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import ReceiverProcess, binary, data_dir, wait_for
+from conftest import binary, data_dir, wait_for
 from pyneal_client import ScannerClient
 
 DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64"]
@@ -150,7 +150,6 @@ def test_out_of_order_volumes_and_gaps(receiver):
 
 def test_ipc_endpoint(tmp_path):
     endpoint = f"ipc://{tmp_path}/scanner.ipc"
-    r = ReceiverProcess.__new__(ReceiverProcess)
     proc = subprocess.Popen([binary(), "receive", "--bind", endpoint, "-n", "1", "--session-root", str(tmp_path / "s")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

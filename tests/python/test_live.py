@@ -15,7 +15,7 @@ import pytest
 import zmq
 from PIL import Image
 
-from conftest import binary, data_dir, free_port, wait_for
+from conftest import binary, free_port, run_ok, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,9 @@ def subject(tmp_path_factory):
     cfg.write_text("[simulate]\ndims = [32, 32, 20]\nvoxel_mm = 4.0\ntrain_runs = 2\ntrain_trials_per_run = 100\n"
                    "test_runs = 1\ntest_faces = 6\ntest_repeats = 3\nresponsive_voxels = 600\nclusters = 6\nsnr = 8.0\n")
     data = tmp / "data"
-    r = subprocess.run([binary(), "--config", str(cfg), "simulate", "--out", str(data)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    run_ok("--config", str(cfg), "simulate", "--out", str(data))
     dec = tmp / "decoder.safetensors"
-    r = subprocess.run([binary(), "train", "--data", str(data), "--out", str(dec), "--voxels", "600"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    run_ok("train", "--data", str(data), "--out", str(dec), "--voxels", "600")
     func = data / "sub-01" / "func"
     return tmp, data, dec, func / "sub-01_task-faces_run-3_bold.nii.gz", func / "sub-01_task-faces_run-3_events.tsv"
 
@@ -102,6 +100,7 @@ def test_live_run_end_to_end(subject):
         slow.close()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
+        sender.communicate(timeout=60)  # reap the sender (it ends once the run is sent)
         while sub.poll(200):
             got.append(sub.recv().decode())
     finally:
@@ -245,13 +244,11 @@ def test_replay_of_a_recorded_run_and_of_a_session_folder(subject):
     root = tmp / "replay-sessions"
     common = ["--decoder", str(dec), "--events", str(events), "--headless", "--results-port", "0",
               "--publish", "tcp://127.0.0.1:*", "--session-root", str(root)]
-    r = subprocess.run([binary(), "replay", str(run), "--speed", "20", *common], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    run_ok("replay", str(run), "--speed", "20", *common, timeout=120)
     first = next(root.iterdir())
     assert len((first / "results.jsonl").read_text().splitlines()) == n_trials
     # the recorded session folder replays through the same pipeline to the same number of trials
-    r = subprocess.run([binary(), "replay", str(first), "--speed", "20", *common], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    run_ok("replay", str(first), "--speed", "20", *common, timeout=120)
     second = [d for d in root.iterdir() if d != first][0]
     assert len((second / "results.jsonl").read_text().splitlines()) == n_trials
     # a decoder for another grid is refused up front
@@ -266,9 +263,8 @@ def test_demo_runs_the_whole_product_and_its_live_decoder_finds_the_faces(tmp_pa
     """The README's first command (headless, 20x the TR pace): simulate, train, stream, decode live, draw, evaluate.
     Scored again here from the session's results with NumPy: the live decoded latents identify the test faces."""
     data, sessions = tmp_path / "data", tmp_path / "sessions"
-    r = subprocess.run([binary(), "demo", "--headless", "--speed", "20", "--data", str(data), "--session-root", str(sessions),
-                        "--results-port", "0"], capture_output=True, text=True, timeout=500)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_ok("demo", "--headless", "--speed", "20", "--data", data, "--session-root", sessions, "--results-port", "0",
+               timeout=500)
     assert "trials decoded live   32 of 32" in r.stdout, r.stdout
     (session,) = list(sessions.iterdir())
     assert len(list((session / "frames").glob("recon_vol*.png"))) == 32

@@ -5,10 +5,9 @@ import subprocess
 
 import nibabel as nib
 import numpy as np
-import pytest
 from scipy import ndimage
 
-from conftest import binary, rotation, data_dir
+from conftest import binary, data_dir, rotation, run_ok
 
 
 def move(vol, affine, trans, rot):
@@ -39,8 +38,7 @@ def realign(tmp_path, series, affine, tr=1.0, extra=()):
     path = tmp_path / "run.nii.gz"
     nib.save(img, str(path))
     out = tmp_path / "out"
-    r = subprocess.run([binary(), "realign", str(path), "--out", str(out), *extra], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = run_ok("realign", str(path), "--out", str(out), *extra)
     rows = [l.split("\t") for l in (out / "motion.tsv").read_text().splitlines()[1:]]
     motion = np.array([[float(x) for x in row[1:7]] for row in rows])
     return motion, nib.load(str(out / "realigned.nii.gz")), r.stdout
@@ -76,8 +74,7 @@ def test_simulated_run_motion_matches_the_truth(tmp_path):
     out = tmp_path / "sim"
     cfg = tmp_path / "sim.toml"
     cfg.write_text("[simulate]\ntrain_runs = 1\ntrain_trials_per_run = 20\ntest_runs = 0\nsnr = 2.0\n")  # default 64 x 64 x 36 grid
-    r = subprocess.run([binary(), "--config", str(cfg), "simulate", "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    run_ok("--config", str(cfg), "simulate", "--out", str(out), timeout=120)
     run = out / "sub-01" / "func" / "sub-01_task-faces_run-1_bold.nii.gz"
     res = subprocess.run([binary(), "realign", str(run), "--out", str(tmp_path / "r"), "--subsample", "1"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -8,13 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import binary, rotation
-
-
-def simulate(out, *args):
-    r = subprocess.run([binary(), "simulate", "--out", str(out), *args], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return out
+from conftest import binary, rotation, run_ok, simulate
 
 
 def digest(root):
@@ -111,8 +105,7 @@ def test_only_responsive_voxels_carry_stimulus_information(tmp_path):
     cfg.write_text("[simulate]\ndims = [32, 32, 20]\nvoxel_mm = 4.0\ntrain_runs = 3\ntrain_trials_per_run = 120\n"
                    "test_runs = 1\ntest_faces = 20\ntest_repeats = 3\nresponsive_voxels = 600\nclusters = 6\nsnr = 2.0\n")
     out = tmp_path / "d"
-    r = subprocess.run([binary(), "--config", str(cfg), "simulate", "--out", str(out), "--no-motion"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    run_ok("--config", str(cfg), "simulate", "--out", str(out), "--no-motion")
     latents = np.load(out / "stimuli" / "latents.npy")
     responsive = np.load(out / "truth" / "responsive_indices.npy").astype(int)
     brain = nib.load(str(out / "truth" / "brain_mask.nii.gz")).get_fdata().reshape(-1, order="F") > 0
