@@ -110,7 +110,8 @@ pub struct WinogradLayer {
     pub u: Vec<f32>,
     pub bias: Vec<f32>,
     /// Whether the AVX2 + FMA kernels run this layer (the CPU has them, F(4, 3), channels multiples of 8).
-    pub avx2: bool,
+    /// Private: the `unsafe` calls into those kernels rely on it, so only [`WinogradLayer::new`] sets it.
+    avx2: bool,
 }
 
 impl WinogradLayer {
