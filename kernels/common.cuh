@@ -30,6 +30,10 @@ __device__ __forceinline__ unsigned int to_u8(float x) {
     return (unsigned int)fminf(fmaxf(rintf((x + 1.0f) / 2.0f * 255.0f), 0.0f), 255.0f);
 }
 
+#ifndef HYPER_RT_CPU_EMULATION
+// The hardware-specific helpers below have CPU stand-ins in tests/cuda_emulator/cuda_emulator.hpp, which the
+// kernel logic tests compile these sources with.
+
 // float -> tf32 (round to nearest, ties away), as the tensor cores take it.
 __device__ __forceinline__ unsigned int to_tf32(float x) {
     unsigned int r;
@@ -45,3 +49,32 @@ __device__ __forceinline__ void mma_tf32_16x8x8(float* d, const unsigned int* a,
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+// Asynchronous 16-byte copy global -> shared (sm_80+), bypassing L1; the bytes past src_bytes are zero-filled
+// (src_bytes = 0 writes 16 zero bytes, the padding of the convolution).
+// Before sm_80 the copy is an ordinary load and store (callers pass src_bytes 0 or 16).
+__device__ __forceinline__ void cp_async_16(void* shared_dst, const void* global_src, int src_bytes) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int dst = (unsigned int)__cvta_generic_to_shared(shared_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global_src), "r"(src_bytes));
+#else
+    *reinterpret_cast<float4*>(shared_dst) =
+        src_bytes ? *reinterpret_cast<const float4*>(global_src) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's committed copy groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// The block's dynamically sized shared memory (the launch's shared_mem_bytes), as floats.
+#define DYNAMIC_SHARED_FLOATS(name) extern __shared__ __align__(16) float name[]
+#endif

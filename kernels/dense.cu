@@ -7,7 +7,7 @@
 // Dynamic shared memory: latent floats.
 extern "C" __global__ void dense_f32(const float* __restrict__ z, const float* __restrict__ w,
                                      float* __restrict__ out, int latent, int c4) {
-    extern __shared__ float zn[];
+    DYNAMIC_SHARED_FLOATS(zn);
     __shared__ float scratch[32];
     const int n = blockIdx.y;
     const float* zi = z + (size_t)n * latent;

@@ -33,7 +33,7 @@ pub fn kernel_source() -> String {
 }
 
 /// Entry points the module must export.
-pub const KERNELS: [&str; 15] = [
+pub const KERNELS: [&str; 18] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -47,6 +47,9 @@ pub const KERNELS: [&str; 15] = [
     "conv3x3_tf32_n64_v",
     "conv3x3_tf32_n32_v",
     "conv3x3_tf32_n16_v",
+    "conv3x3_tf32p_n16",
+    "conv3x3_tf32p_n32",
+    "conv3x3_tf32p_n64",
     "conv_finish_f32",
     "torgb_f32",
 ];

@@ -1,0 +1,191 @@
+"""The CUDA kernels' logic, checked without a GPU: kernels/*.cu are compiled with g++ against a CPU emulation of
+the CUDA features they use (tests/cuda_emulator), run on small layers, and compared with NumPy written from the
+layouts in kernels/*.cu and ../shared/PGGAN.md.
+
+This covers indexing, tiling, split-K, the upsample folded into the gather, the mma fragment layouts, the
+pipelined kernel's shared-memory slots and zero-filled padding, and every epilogue. It does not cover timing or
+the hardware's memory ordering; scripts/gpu_check.sh runs the parity tests on a real GPU. The kernels that passed
+those parity tests on an H100 run here too, so an emulation that disagreed with the hardware would fail them.
+"""
+
+import pathlib
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+THREADS = 256
+EMULATOR = ROOT / "tests" / "cuda_emulator"
+
+
+@pytest.fixture(scope="module")
+def run_kernel(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("emulator") / "run_kernel"
+    subprocess.run(["c++", "-O2", "-std=c++20", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o",
+                    str(exe), str(EMULATOR / "run_kernel.cpp")], check=True, capture_output=True, text=True)
+    count = iter(range(1_000_000))
+
+    def run(kernel, grid, ints, buffers, shared=0, threads=THREADS):
+        """Runs `kernel` over `grid` with the integer arguments `ints` and the pointer arguments `buffers` (NumPy
+        arrays of 4-byte words); returns the buffers as they are after the run."""
+        d = tmp_path_factory.mktemp(f"launch{next(count)}")
+        lines = [f"kernel {kernel}", "grid {} {} {}".format(*grid), f"threads {threads}", f"shared {shared}",
+                 "ints " + " ".join(str(int(i)) for i in ints), f"buffers {len(buffers)}"]
+        (d / "launch.txt").write_text("\n".join(lines) + "\n")
+        for i, b in enumerate(buffers):
+            assert b.dtype.itemsize == 4
+            np.ascontiguousarray(b).tofile(d / f"arg{i}.bin")
+        r = subprocess.run([str(exe), str(d)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return [np.fromfile(d / f"arg{i}.out", dtype=b.dtype).reshape(b.shape) for i, b in enumerate(buffers)]
+
+    return run
+
+
+def lrelu(x):
+    return np.where(x > 0, x, 0.2 * x)
+
+
+def pixel_norm(x):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-8)
+
+
+def conv_reference(x, w, b, up):
+    """x: [N, S, S, Cin] float64 channels last; w: [9 * Cin, Cout] with rows (dy * 3 + dx) * Cin + ci; nearest x2
+    upsample first when `up`; zero padding 1. Returns the pre-activation [N, S', S', Cout] and the layer output."""
+    if up:
+        x = x.repeat(2, axis=1).repeat(2, axis=2)
+    n, s, _, cin = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    pre = np.zeros((n, s, s, w.shape[1]))
+    for dy in range(3):
+        for dx in range(3):
+            tap = w[(dy * 3 + dx) * cin:(dy * 3 + dx + 1) * cin]
+            pre += padded[:, dy:dy + s, dx:dx + s, :] @ tap
+    pre += b
+    return pre, pixel_norm(lrelu(pre))
+
+
+def ceil_div(a, b):
+    return -(-a // b)
+
+
+def rel_l2(got, want):
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+# name: (BM, BN, BK, dynamic shared bytes); the pipelined tiles as in kernels/conv.cu's PIPE_ENTRY lines
+CONV_KERNELS = {
+    "f32_n64": (64, 64, 16, 0), "f32_n32": (128, 32, 16, 0), "f32_n16": (256, 16, 16, 0),
+    "tf32_n64": (64, 64, 16, 0), "tf32_n32": (128, 32, 16, 0), "tf32_n16": (256, 16, 16, 0),
+    "tf32p_n64": (128, 64, 32, 3 * (128 * 36 + 32 * 72) * 4),
+    "tf32p_n32": (256, 32, 32, 2 * (256 * 36 + 32 * 40) * 4),
+    "tf32p_n16": (256, 16, 32, 2 * (256 * 36 + 32 * 24) * 4),
+}
+
+
+def run_conv(run_kernel, kernel, x, w, b, up, splits):
+    """Launches conv3x3_<kernel> (+ conv_finish_f32 when not fused) as src/generate/cuda.rs does, with `splits`
+    K splits; returns the layer output [N, S', S', Cout]."""
+    bm, bn, bk, shared = CONV_KERNELS[kernel.removesuffix("_v")]
+    n, side_in, _, cin = x.shape
+    cout = w.shape[1]
+    side = side_in * (2 if up else 1)
+    m_total, k_total = n * side * side, 9 * cin
+    k_per_split = ceil_div(ceil_div(k_total, bk), splits) * bk
+    splits = ceil_div(k_total, k_per_split)
+    fused = splits == 1 and cout <= bn
+    shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_per_split, int(fused)]
+    out = np.full((splits if not fused else 1, m_total, cout), np.nan, np.float32)
+    grid = (ceil_div(m_total, bm), ceil_div(cout, bn), splits)
+    args = [x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), out]
+    result = run_kernel(f"conv3x3_{kernel}", grid, shape, args, shared=shared)[3]
+    if fused:
+        return result.reshape(n, side, side, cout)
+    act = np.full((m_total, cout), np.nan, np.float32)
+    final = run_kernel("conv_finish_f32", (ceil_div(m_total, 8), 1, 1), [m_total, cout, splits],
+                       [result, b.astype(np.float32), act])[2]
+    return final.reshape(n, side, side, cout)
+
+
+# (kernel, n, side_in, cin, cout, upsample, splits): fused and split tiles, partial M and N tiles, scalar and
+# vector gathers, the upsample, K that ends inside a slice
+CASES = [
+    ("f32_n64", 2, 4, 3, 64, False, 1),       # scalar gather (Cin not a multiple of 16), fused
+    ("f32_n32", 1, 8, 20, 24, True, 2),      # partial N tile, split-K, upsample
+    ("f32_n16_v", 1, 8, 16, 16, True, 1),     # fused, one 256-pixel tile
+    ("f32_n64_v", 2, 8, 32, 128, False, 3),   # two N tiles, three splits
+    ("tf32_n64_v", 2, 4, 32, 128, True, 2),
+    ("tf32_n16", 3, 4, 8, 12, True, 1),      # M not a multiple of BM
+    ("tf32_n32_v", 1, 8, 16, 32, True, 1),
+    ("tf32p_n64", 2, 8, 32, 128, False, 2),
+    ("tf32p_n64", 1, 4, 64, 64, True, 1),     # fused wide tile
+    ("tf32p_n32", 1, 8, 16, 32, True, 1),     # K = 144: the last slice is half empty
+    ("tf32p_n32", 3, 4, 12, 20, True, 2),     # Cin 12: slices span taps; partial N tile; M not a multiple of BM
+    ("tf32p_n16", 1, 16, 32, 16, True, 1),    # the 1024 px layer's shape, smaller
+    ("tf32p_n16", 2, 8, 16, 16, False, 3),
+]
+
+
+@pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits", CASES)
+def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, cout, up, splits):
+    rng = np.random.default_rng(n * 1000 + side_in * 100 + cin * 10 + cout)
+    x = rng.standard_normal((n, side_in, side_in, cin))
+    w = rng.standard_normal((9 * cin, cout)) / np.sqrt(9 * cin)
+    b = rng.standard_normal(cout) * 0.1
+    _, want = conv_reference(x.astype(np.float32).astype(np.float64), w.astype(np.float32), b.astype(np.float32), up)
+    got = run_conv(run_kernel, kernel, x, w, b, up, splits)
+    assert np.isfinite(got).all(), "some outputs were never written"
+    err = rel_l2(got, want)
+    bound = 1e-5 if kernel.startswith("f32") else 1e-2
+    assert err <= bound, f"{kernel}: relative L2 error {err:.2e} > {bound:g}"
+    if not kernel.startswith("f32"):
+        # the TF32 path must round like the tensor cores, not be exact by accident
+        assert err > 1e-6, f"{kernel}: error {err:.1e} is too small for 10-bit inputs"
+
+
+def test_an_error_in_the_layout_is_caught(run_kernel):
+    """The comparison above can fail: weights passed transposed per tap give a different layer."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 8, 8, 16))
+    w = rng.standard_normal((9 * 16, 16)) / 12
+    b = np.zeros(16)
+    swapped = w.reshape(9, 16, 16).transpose(0, 2, 1).reshape(144, 16)
+    _, want = conv_reference(x.astype(np.float32).astype(np.float64), w.astype(np.float32), b, False)
+    got = run_conv(run_kernel, "tf32p_n16", x, swapped, b, False, 1)
+    assert rel_l2(got, want) > 0.1
+
+
+def test_dense_kernel_and_finish_match_numpy(run_kernel):
+    rng = np.random.default_rng(5)
+    n, latent, c4 = 2, 64, 32
+    z = rng.standard_normal((n, latent)).astype(np.float32)
+    w = (rng.standard_normal((latent, 16 * c4)) / 8).astype(np.float32)
+    b = (rng.standard_normal(c4) * 0.1).astype(np.float32)
+    raw = np.full((n * 16, c4), np.nan, np.float32)
+    raw = run_kernel("dense_f32", (ceil_div(16 * c4, THREADS), n, 1), [latent, c4], [z, w, raw], shared=latent * 4)[2]
+    act = run_kernel("conv_finish_f32", (n * 16 // 8, 1, 1), [n * 16, c4, 1],
+                     [raw, b, np.full((n * 16, c4), np.nan, np.float32)])[2]
+    zn = pixel_norm(z.astype(np.float64))
+    # dense output column j = c * 16 + pixel, stored channels last [N, 4, 4, c4]
+    pre = (zn @ w).reshape(n, c4, 16).transpose(0, 2, 1) + b
+    want = pixel_norm(lrelu(pre)).reshape(n * 16, c4)
+    assert rel_l2(act, want) <= 1e-5
+
+
+def test_torgb_kernel_writes_the_image_and_the_display_buffer(run_kernel):
+    rng = np.random.default_rng(7)
+    n, side, c = 2, 8, 16
+    act = rng.standard_normal((n, side, side, c)).astype(np.float32)
+    w = (rng.standard_normal((c, 3)) / 4).astype(np.float32)
+    b = np.array([0.1, -0.2, 0.05], np.float32)
+    img = np.full((n, 3, side, side), np.nan, np.float32)
+    packed = np.zeros((n, side, side), np.uint32)
+    _, _, _, img, packed = run_kernel("torgb_f32", (ceil_div(n * side * side, 256), 1, 1), [n, side, c],
+                                      [act, w, b, img, packed])
+    want = (act.astype(np.float64) @ w + b).transpose(0, 3, 1, 2)
+    assert rel_l2(img, want) <= 1e-6
+    u8 = np.clip(np.rint((img + 1) / 2 * 255), 0, 255).astype(np.uint32)  # the official rounding
+    assert np.array_equal(packed, (u8[:, 0] << 16) | (u8[:, 1] << 8) | u8[:, 2])
