@@ -129,17 +129,20 @@ def main():
                 print(f"pytorch {variant} failed: {out.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        ours = [("cpu", "--algorithm", "winograd"), ("cpu", "--algorithm", "direct")] if a.device == "cpu" else \
-            [("cuda", "--precision", "f32"), ("cuda", "--precision", "tf32")]
-        for device, flag, value in ours:
+        ours = [("cpu winograd", ["--device", "cpu", "--algorithm", "winograd"]),
+                ("cpu direct", ["--device", "cpu", "--algorithm", "direct"])] if a.device == "cpu" else \
+            [("cuda f32", ["--device", "cuda", "--precision", "f32"]),
+             ("cuda tf32", ["--device", "cuda", "--precision", "tf32"]),
+             ("cuda tf32 pipelined", ["--device", "cuda", "--precision", "tf32", "--pipelined"])]
+        for label, flags in ours:
             out = subprocess.run([a.binary, "bench-generator", "--weights", weights, "--batch", str(batch), "--repeats",
-                                  str(a.repeats), "--device", device, flag, value], capture_output=True, text=True)
+                                  str(a.repeats), *flags], capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"hyper-rt {device} {value} failed: {out.stderr[-2000:]}", file=sys.stderr)
+                print(f"hyper-rt {label} failed: {out.stderr[-2000:]}", file=sys.stderr)
                 continue
             res = json.loads(out.stdout.strip().splitlines()[-1])
             r = res["results"][0]
-            rows.append({"variant": f"hyper-rt {device} {value}", "batch": batch, "best_s_per_image": r["best_s_per_image"],
+            rows.append({"variant": f"hyper-rt {label}", "batch": batch, "best_s_per_image": r["best_s_per_image"],
                          "median_s_per_image": r["median_s_per_image"], "peak_rss_mib": res["peak_rss_mib"]})
     gflop = 85.345697792
     print(f"{'variant':<28} {'batch':>5} {'best ms/img':>12} {'median':>9} {'GFLOP/s':>9} {'peak MiB':>9}")

@@ -54,9 +54,13 @@ timeout 420 python3 scripts/bench_generator.py --device cuda --weights "$weights
     --variants "${TORCH_VARIANTS:-eager,eager-tf32,compile-tf32}" --binary "$GPU_DIR/hyper-rt" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 
-log "per-layer time (TF32, batch 1)"
-timeout 120 "$GPU_DIR/hyper-rt" bench-generator --device cuda --precision tf32 --weights "$weights" --batch 1 \
-    --repeats 3 --layers 2>&1 | tee "$OUT/layers.log"
+log "per-layer time (TF32, batch 1): default kernels | pipelined kernels"
+for kernels in default pipelined; do
+    flag=""; [ "$kernels" = pipelined ] && flag="--pipelined"
+    timeout 120 "$GPU_DIR/hyper-rt" bench-generator --device cuda --precision tf32 --weights "$weights" --batch 1 \
+        --repeats 3 --layers $flag > "$OUT/layers-$kernels.log" 2>&1
+done
+paste "$OUT/layers-default.log" "$OUT/layers-pipelined.log" | awk -F'\t' '{printf "%-48s | %s\n", $1, $2}'
 
 log "summary"
 grep -E "^(checkpoint|[0-9]+px)" "$OUT/parity.log" || true

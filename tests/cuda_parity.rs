@@ -1,6 +1,6 @@
 //! CUDA versus CPU parity, on a machine with an NVIDIA GPU (run by `scripts/gpu_check.sh`, ignored elsewhere):
-//! random checkpoints at several sizes and the exact CelebA-HQ 1024 shapes, float32 and TF32 paths, the packed
-//! display buffer, and batch-versus-single consistency.
+//! random checkpoints at several sizes and the exact CelebA-HQ 1024 shapes, the float32 path, the TF32 path on
+//! both kernel families (default and pipelined), the packed display buffer, and batch-versus-single consistency.
 
 use std::sync::Arc;
 
@@ -26,7 +26,10 @@ fn max_abs(a: &[f32], b: &[f32]) -> f64 {
 #[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
 fn cuda_matches_the_cpu() {
     let configs = [(16, 256, 64, 3), (64, 1024, 128, 3), (128, 2048, 64, 2), (256, 4096, 256, 2), (1024, 8192, 512, 2)];
-    println!("{:<28} {:>12} {:>12} {:>12} {:>12}", "checkpoint", "f32 rel L2", "f32 max abs", "tf32 rel L2", "tf32 max abs");
+    println!(
+        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>14}",
+        "checkpoint", "f32 rel L2", "f32 max abs", "tf32 rel L2", "tf32 max abs", "tf32p rel L2"
+    );
     let mut failures = Vec::new();
     for (res, base, max, batch) in configs {
         let ck = model::random_checkpoint(res, base, max, 512, res as u64);
@@ -38,14 +41,20 @@ fn cuda_matches_the_cpu() {
         let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
         let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
         let tf32 = tf32_gen.generate(&z).unwrap();
+        tf32_gen.use_pipelined_kernels(true).unwrap();
+        let tf32p = tf32_gen.generate(&z).unwrap();
         let (e32, a32, etf, atf) = (rel_l2(&gpu, &cpu), max_abs(&gpu, &cpu), rel_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
+        let etp = rel_l2(&tf32p, &cpu);
         let name = format!("{res}px base {base} max {max} x{batch}");
-        println!("{name:<28} {e32:>12.3e} {a32:>12.3e} {etf:>12.3e} {atf:>12.3e}");
-        if e32 > 1e-5 {
+        println!("{name:<28} {e32:>12.3e} {a32:>12.3e} {etf:>12.3e} {atf:>12.3e} {etp:>14.3e}");
+        if !(e32 <= 1e-5) {
             failures.push(format!("{name}: float32 relative L2 {e32:.3e} > 1e-5"));
         }
-        if etf > 1e-2 {
+        if !(etf <= 1e-2) {
             failures.push(format!("{name}: TF32 relative L2 {etf:.3e} > 1e-2"));
+        }
+        if !(etp <= 1e-2) {
+            failures.push(format!("{name}: TF32 (pipelined kernels) relative L2 {etp:.3e} > 1e-2"));
         }
         for i in 0..batch {
             let side = m.resolution;
@@ -57,7 +66,7 @@ fn cuda_matches_the_cpu() {
         // a batch equals its items run one by one (up to summation order: split-K depends on the batch)
         let single = f32_gen.generate(&z[..512]).unwrap();
         let e = rel_l2(&single, &gpu[..single.len()]);
-        if e > 1e-5 {
+        if !(e <= 1e-5) {
             failures.push(format!("{name}: first image alone differs from it in the batch by {e:.3e}"));
         }
     }

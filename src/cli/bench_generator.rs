@@ -19,6 +19,10 @@ pub struct Args {
     /// GPU convolution arithmetic: f32 (exact) or tf32 (tensor cores)
     #[arg(long, value_enum, default_value = "tf32")]
     precision: Precision,
+    /// GPU, TF32: run the convolutions on the pipelined kernels (asynchronous copies, deeper K slices; see
+    /// kernels/conv.cu), for comparison with the default kernels
+    #[arg(long)]
+    pipelined: bool,
     /// GPU: forward passes per timed repetition
     #[arg(long, default_value_t = 20)]
     iterations: usize,
@@ -47,6 +51,7 @@ pub fn peak_rss_mib() -> f64 {
 
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     ensure!(args.repeats > 0 && args.batch.iter().all(|&b| b > 0), "--repeats and --batch must be positive");
+    ensure!(!args.pipelined || args.device != DeviceChoice::Cpu, "--pipelined chooses GPU kernels: use it with --device cuda");
     let model = match &args.weights {
         Some(path) => generate::load_model(Some(path))?,
         None => model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 1))?,
@@ -56,6 +61,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     if args.device != DeviceChoice::Cpu {
         return bench_gpu(&args, model, gflop);
     }
+
     let threads = rayon::current_num_threads();
     println!("generator benchmark: {} ({gflop:.2} GFLOP per image), CPU, {threads} threads", model.label);
     let generator = CpuGenerator::new(model.clone(), args.algorithm);
@@ -106,7 +112,9 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
     let backend = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
     #[cfg(feature = "cuda")]
     if let Backend::Cuda(mut generator) = backend {
-        println!("generator benchmark: {} ({gflop:.2} GFLOP per image), {}", model.label, generator.device_name());
+        generator.use_pipelined_kernels(args.pipelined)?;
+        let kernels = if args.pipelined { "pipelined kernels" } else { "default kernels" };
+        println!("generator benchmark: {} ({gflop:.2} GFLOP per image), {}, {kernels}", model.label, generator.device_name());
         let mut rng = Rng::new(7);
         let mut rows = Vec::new();
         for &batch in &args.batch {
@@ -122,7 +130,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
                 println!("{name:<22} {ms:>9.4}");
             }
         }
-        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows}));
+        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "pipelined": args.pipelined, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows}));
         return Ok(());
     }
     anyhow::bail!("the GPU is not available here ({}); use --device cpu", backend.describe())

@@ -129,7 +129,10 @@ struct ConvShape {
 // SAFETY: plain old data with the C layout the kernel expects.
 unsafe impl DeviceRepr for ConvShape {}
 
+/// K slice depth of the conv3x3_{f32,tf32}_* kernels (kernels/conv.cu `BK`).
 const BK: usize = 16;
+/// K slice depth of the pipelined conv3x3_tf32p_* kernels (kernels/conv.cu `PIPE_BK`).
+const PIPE_BK: usize = 32;
 /// Largest batch one launch sequence takes (bounds the activation buffers); larger batches are split.
 pub const MAX_BATCH: usize = 64;
 const THREADS: u32 = 256;
@@ -165,15 +168,51 @@ struct Buffers {
     packed: CudaSlice<u32>,
 }
 
-/// The split-K factor of a layer and the K range per split: enough blocks to fill the GPU twice, at least four
-/// K slices per split.
-fn split_k(sm_count: usize, m_total: usize, cout: usize, k_total: usize) -> (usize, usize) {
-    let bn = tile_n(cout);
-    let tiles = m_total.div_ceil(TILE_OUTPUTS / bn) * cout.div_ceil(bn);
-    let k_slices = k_total.div_ceil(BK);
-    let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
-    let k_per_split = k_slices.div_ceil(wanted) * BK;
-    (k_total.div_ceil(k_per_split), k_per_split)
+/// The pipelined kernels' tiles by tile width 16, 32, 64: (BM, pipeline stages), as in kernels/conv.cu's
+/// `PIPE_ENTRY` lines.
+const PIPE_TILES: [(usize, usize); 3] = [(256, 2), (256, 2), (128, 3)];
+
+/// The pipelined kernel of tile width `bn`: its BM and its dynamic shared memory in bytes (kernels/conv.cu
+/// `PipeTile::SHARED_FLOATS`: per stage a [BM][PIPE_BK + 4] input slice and a [PIPE_BK][BN + 8] weight slice).
+fn pipe_tile(bn: usize) -> (usize, usize) {
+    let (bm, stages) = PIPE_TILES[bn.trailing_zeros() as usize - 4];
+    (bm, 4 * stages * (bm * (PIPE_BK + 4) + PIPE_BK * (bn + 8)))
+}
+
+/// How one convolution layer is launched: which kernel, its tile, its split-K.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConvPlan {
+    pipelined: bool,
+    bm: usize,
+    bn: usize,
+    /// Dynamic shared memory per block (the pipelined kernels; the others use static shared memory).
+    shared_bytes: usize,
+    splits: usize,
+    k_per_split: usize,
+    /// One split and one N tile: the kernel's epilogue finishes the layer (no conv_finish_f32).
+    fused: bool,
+}
+
+impl ConvPlan {
+    /// The plan for a layer of `m_total` output pixels. The pipelined kernel needs TF32, 16-byte rows (Cin and Cout
+    /// multiples of 4) and sm_80. Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
+    fn new(sm_count: usize, m_total: usize, cin: usize, cout: usize, pipelined: bool) -> ConvPlan {
+        let bn = tile_n(cout);
+        let pipelined = pipelined && cin % 4 == 0 && cout % 4 == 0;
+        let (bm, bk, shared_bytes) = if pipelined {
+            let (bm, shared_bytes) = pipe_tile(bn);
+            (bm, PIPE_BK, shared_bytes)
+        } else {
+            (TILE_OUTPUTS / bn, BK, 0)
+        };
+        let k_total = 9 * cin;
+        let tiles = m_total.div_ceil(bm) * cout.div_ceil(bn);
+        let k_slices = k_total.div_ceil(bk);
+        let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
+        let k_per_split = k_slices.div_ceil(wanted) * bk;
+        let splits = k_total.div_ceil(k_per_split);
+        ConvPlan { pipelined, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn }
+    }
 }
 
 /// Runs a [`PgganModel`] on the GPU.
@@ -184,6 +223,10 @@ pub struct CudaGenerator {
     dense: CudaFunction,
     /// Indexed by [vectorised gather][precision][tile width 16, 32, 64].
     conv: [[[CudaFunction; 3]; 2]; 2],
+    /// The pipelined TF32 kernels by tile width 16, 32, 64 (sm_80 and later).
+    conv_pipelined: [CudaFunction; 3],
+    /// Use `conv_pipelined` where a layer allows it (TF32 only).
+    pipelined: bool,
     finish: CudaFunction,
     torgb: CudaFunction,
     dense_weight: CudaSlice<f32>,
@@ -192,6 +235,7 @@ pub struct CudaGenerator {
     rgb_weight: CudaSlice<f32>,
     rgb_bias: CudaSlice<f32>,
     sm_count: usize,
+    compute_capability: (i32, i32),
     precision: Precision,
     buffers: Option<Buffers>,
     device_name: String,
@@ -221,7 +265,21 @@ impl CudaGenerator {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let conv_pipelined = [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?];
+        if major >= 8 {
+            for (i, func) in conv_pipelined.iter().enumerate() {
+                let (_, shared_bytes) = pipe_tile(16 << i);
+                func.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes as i32,
+                )
+                .map_err(cuda_err("allowing the pipelined kernels their shared memory"))?;
+            }
+        }
         Ok(CudaGenerator {
+            conv_pipelined,
+            pipelined: false,
+            compute_capability: (major, minor),
             dense: load("dense_f32")?,
             conv: [
                 [
@@ -254,6 +312,30 @@ impl CudaGenerator {
         self.precision
     }
 
+    /// Runs the TF32 convolutions on the pipelined kernels (conv3x3_tf32p_*, asynchronous copies) where a layer's
+    /// channel counts allow; layers that do not, and the float32 path, keep the other kernels. Needs sm_80.
+    pub fn use_pipelined_kernels(&mut self, on: bool) -> Result<(), GenerateError> {
+        if on && self.precision != Precision::Tf32 {
+            return Err(GenerateError::Cuda("the pipelined kernels are TF32 kernels: use --precision tf32".into()));
+        }
+        if on && self.compute_capability.0 < 8 {
+            let (major, minor) = self.compute_capability;
+            return Err(GenerateError::Cuda(format!("the pipelined kernels need compute capability 8.0, this GPU has {major}.{minor}")));
+        }
+        self.pipelined = on;
+        self.buffers = None; // the split-K buffer's size depends on the tiles
+        Ok(())
+    }
+
+    /// Whether the TF32 convolutions run on the pipelined kernels.
+    pub fn pipelined_kernels(&self) -> bool {
+        self.pipelined
+    }
+
+    fn plan(&self, m_total: usize, cin: usize, cout: usize) -> ConvPlan {
+        ConvPlan::new(self.sm_count, m_total, cin, cout, self.pipelined && self.precision == Precision::Tf32)
+    }
+
     pub fn device_name(&self) -> &str {
         &self.device_name
     }
@@ -277,9 +359,9 @@ impl CudaGenerator {
             }
             let pixels = batch * side * side;
             largest_act = largest_act.max(pixels * c.cout);
-            let (splits, _) = split_k(self.sm_count, pixels, c.cout, 9 * c.cin);
-            if splits > 1 || c.cout > tile_n(c.cout) {
-                largest_partial = largest_partial.max(splits * pixels * c.cout);
+            let plan = self.plan(pixels, c.cin, c.cout);
+            if !plan.fused {
+                largest_partial = largest_partial.max(plan.splits * pixels * c.cout);
             }
         }
         let plane = m.resolution * m.resolution;
@@ -301,6 +383,7 @@ impl CudaGenerator {
     fn enqueue(&mut self, batch: usize, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
         let launch_err = cuda_err("launching a kernel");
         let m = self.model.clone();
+        let pipelined = self.pipelined && self.precision == Precision::Tf32;
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
         let cfg = LaunchConfig {
@@ -332,10 +415,8 @@ impl CudaGenerator {
             }
             let m_total = batch * side * side;
             let k_total = 9 * conv.cin;
-            let (splits, k_per_split) = split_k(self.sm_count, m_total, conv.cout, k_total);
-            let bn = tile_n(conv.cout);
-            let bm = TILE_OUTPUTS / bn;
-            let fused = splits == 1 && conv.cout <= bn;
+            let plan = ConvPlan::new(self.sm_count, m_total, conv.cin, conv.cout, pipelined);
+            let ConvPlan { bm, bn, splits, k_per_split, fused, .. } = plan;
             let shape = ConvShape {
                 n_images: batch as i32,
                 side_in: side_in as i32,
@@ -350,9 +431,14 @@ impl CudaGenerator {
                 fused: i32::from(fused),
             };
             let grid = (m_total.div_ceil(bm) as u32, conv.cout.div_ceil(bn) as u32, splits as u32);
-            let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-            let vectorised = usize::from(conv.cin % BK == 0);
-            let func = &self.conv[vectorised][usize::from(self.precision == Precision::Tf32)][bn.trailing_zeros() as usize - 4];
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
+            let width = bn.trailing_zeros() as usize - 4;
+            let func = if plan.pipelined {
+                &self.conv_pipelined[width]
+            } else {
+                let vectorised = usize::from(conv.cin % BK == 0);
+                &self.conv[vectorised][usize::from(self.precision == Precision::Tf32)][width]
+            };
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
             let mut b = self.stream.launch_builder(func);
             b.arg(src).arg(&conv.weight).arg(&conv.bias);
@@ -474,5 +560,49 @@ impl CudaGenerator {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiles the host plans with are those kernels/conv.cu instantiates.
+    #[test]
+    fn pipelined_tiles_match_the_kernel_source() {
+        let mut seen = 0;
+        for line in kernel_source().lines().filter(|l| l.starts_with("PIPE_ENTRY(conv3x3_tf32p_n")) {
+            let inner = line.trim_start_matches("PIPE_ENTRY(").trim_end_matches(')');
+            let fields: Vec<usize> = inner.split(',').skip(1).map(|f| f.trim().parse().expect("a number")).collect();
+            let [bm, bn, _wm, _wn, stages] = fields[..] else { panic!("unexpected PIPE_ENTRY line: {line}") };
+            assert!(inner.starts_with(&format!("conv3x3_tf32p_n{bn},")), "{line}");
+            assert_eq!(PIPE_TILES[bn.trailing_zeros() as usize - 4], (bm, stages), "{line}");
+            seen += 1;
+        }
+        assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn plans_cover_k_once_and_fit_two_blocks_per_multiprocessor() {
+        // every PGGAN 1024 layer (Cin, Cout, side) at batch 1 and 8, and channel counts the pipelined kernel refuses
+        let layers = [(512, 512, 4), (512, 512, 8), (512, 512, 32), (512, 256, 64), (256, 128, 128), (128, 64, 256),
+            (64, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16)];
+        for (cin, cout, side) in layers {
+            for batch in [1, 8] {
+                for pipelined in [false, true] {
+                    let p = ConvPlan::new(132, batch * side * side, cin, cout, pipelined);
+                    let k_total = 9 * cin;
+                    let bk = if p.pipelined { PIPE_BK } else { BK };
+                    assert_eq!(p.pipelined, pipelined && cin % 4 == 0 && cout % 4 == 0, "{cin}->{cout}");
+                    assert_eq!(p.k_per_split % bk, 0);
+                    assert!(p.splits * p.k_per_split >= k_total && (p.splits - 1) * p.k_per_split < k_total);
+                    assert_eq!(p.fused, p.splits == 1 && cout <= p.bn);
+                    assert!(p.bn >= cout.min(64) && p.bm * p.bn >= TILE_OUTPUTS);
+                    // sm_80 and sm_90 give a block up to 227 KiB; two blocks per multiprocessor need under half
+                    assert!(p.shared_bytes <= 113 * 1024, "{} bytes", p.shared_bytes);
+                    assert_eq!(p.shared_bytes > 0, p.pipelined);
+                }
+            }
+        }
     }
 }

@@ -99,7 +99,7 @@ void launch(void (*kernel)(Params...), EmuDim3 grid, unsigned int threads, size_
                 for (unsigned int w = 0; w < n_warps; ++w)
                     block.warps[w].bar = std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w));
                 // garbage, not zeros: a kernel must not rely on shared memory it did not write
-                block.dynamic_shared.assign(dynamic_shared_bytes / 4 + 4, std::nanf(""));
+                block.dynamic_shared.assign(dynamic_shared_bytes / 4, std::nanf(""));
                 current_block = &block;
                 std::vector<std::thread> pool;
                 pool.reserve(threads);

@@ -8,7 +8,7 @@ the hardware's memory ordering; scripts/gpu_check.sh runs the parity tests on a 
 those parity tests on an H100 run here too, so an emulation that disagreed with the hardware would fail them.
 """
 
-import pathlib
+import re
 import subprocess
 
 import numpy as np
@@ -23,8 +23,11 @@ EMULATOR = ROOT / "tests" / "cuda_emulator"
 @pytest.fixture(scope="module")
 def run_kernel(tmp_path_factory):
     exe = tmp_path_factory.mktemp("emulator") / "run_kernel"
-    subprocess.run(["c++", "-O2", "-std=c++20", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o",
-                    str(exe), str(EMULATOR / "run_kernel.cpp")], check=True, capture_output=True, text=True)
+    # AddressSanitizer: a read or write outside a buffer, the shared memory or a static array fails the run
+    build = subprocess.run(["c++", "-O1", "-g", "-std=c++20", "-pthread", "-fsanitize=address,undefined",
+                            "-fno-sanitize-recover=all", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o", str(exe),
+                            str(EMULATOR / "run_kernel.cpp")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
     count = iter(range(1_000_000))
 
     def run(kernel, grid, ints, buffers, shared=0, threads=THREADS):
@@ -76,14 +79,21 @@ def rel_l2(got, want):
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-# name: (BM, BN, BK, dynamic shared bytes); the pipelined tiles as in kernels/conv.cu's PIPE_ENTRY lines
-CONV_KERNELS = {
-    "f32_n64": (64, 64, 16, 0), "f32_n32": (128, 32, 16, 0), "f32_n16": (256, 16, 16, 0),
-    "tf32_n64": (64, 64, 16, 0), "tf32_n32": (128, 32, 16, 0), "tf32_n16": (256, 16, 16, 0),
-    "tf32p_n64": (128, 64, 32, 3 * (128 * 36 + 32 * 72) * 4),
-    "tf32p_n32": (256, 32, 32, 2 * (256 * 36 + 32 * 40) * 4),
-    "tf32p_n16": (256, 16, 32, 2 * (256 * 36 + 32 * 24) * 4),
-}
+def conv_kernels():
+    """name: (BM, BN, BK, dynamic shared bytes). The default kernels' tiles are BM x BN = 4096 with BK 16; the
+    pipelined ones are read from kernels/conv.cu's PIPE_ENTRY lines (shared memory: per stage a [BM][32 + 4] input
+    slice and a [32][BN + 8] weight slice)."""
+    kernels = {f"{p}_n{bn}": (4096 // bn, bn, 16, 0) for p in ("f32", "tf32") for bn in (16, 32, 64)}
+    source = (ROOT / "kernels" / "conv.cu").read_text()
+    for name, bm, bn, _wm, _wn, stages in re.findall(
+            r"^PIPE_ENTRY\(conv3x3_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", source, re.M):
+        bm, bn, stages = int(bm), int(bn), int(stages)
+        kernels[name] = (bm, bn, 32, 4 * stages * (bm * 36 + 32 * (bn + 8)))
+    assert {"tf32p_n16", "tf32p_n32", "tf32p_n64"} <= kernels.keys()
+    return kernels
+
+
+CONV_KERNELS = conv_kernels()
 
 
 def run_conv(run_kernel, kernel, x, w, b, up, splits):
