@@ -23,6 +23,19 @@ struct ConvShape {
 // cs_stride): one warp per pixel row of the tile, lanes over channels (coalesced stores). Fused: bias, leaky ReLU
 // and pixel norm over the pixel's channels (BN holds them all), written as activations [M, Cout]. Otherwise raw
 // partial sums into [splits, M, Cout] for conv_finish_f32.
+// One pixel's fused epilogue, by one warp: bias, leaky ReLU and pixel norm over its Cout <= 64 channels (`row`),
+// written to `o`.
+__device__ __forceinline__ void finish_pixel(const float* row, const float* __restrict__ bias, float* __restrict__ o,
+                                             int cout, int lane) {
+    float v0 = 0.0f, v1 = 0.0f;
+    const int c0 = lane, c1 = lane + 32;
+    if (c0 < cout) v0 = lrelu(row[c0] + bias[c0]);
+    if (c1 < cout) v1 = lrelu(row[c1] + bias[c1]);
+    const float inv = 1.0f / sqrtf(warp_sum(v0 * v0 + v1 * v1) / (float)cout + PIXEL_NORM_EPS);
+    if (c0 < cout) o[c0] = v0 * inv;
+    if (c1 < cout) o[c1] = v1 * inv;
+}
+
 template <int BM, int BN>
 __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, const float* __restrict__ bias,
                                               float* __restrict__ out, const ConvShape& s) {
@@ -33,14 +46,7 @@ __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, co
         if (p >= s.m_total) continue;
         const float* row = cs + r * cs_stride;
         if (s.fused) {
-            float v0 = 0.0f, v1 = 0.0f;
-            const int c0 = lane, c1 = lane + 32;
-            if (c0 < s.cout) v0 = lrelu(row[c0] + bias[c0]);
-            if (c1 < s.cout) v1 = lrelu(row[c1] + bias[c1]);
-            const float inv = 1.0f / sqrtf(warp_sum(v0 * v0 + v1 * v1) / (float)s.cout + PIXEL_NORM_EPS);
-            float* o = out + (size_t)p * s.cout;
-            if (c0 < s.cout) o[c0] = v0 * inv;
-            if (c1 < s.cout) o[c1] = v1 * inv;
+            finish_pixel(row, bias, out + (size_t)p * s.cout, s.cout, lane);
         } else {
             float* o = out + ((size_t)blockIdx.z * s.m_total + p) * s.cout;
             for (int c = lane; c < BN; c += 32)
@@ -432,6 +438,164 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
 PIPE_ENTRY(conv3x3_tf32p_n64, 128, 64, 32, 32, 3)
 PIPE_ENTRY(conv3x3_tf32p_n32, 256, 32, 32, 32, 2)
 PIPE_ENTRY(conv3x3_tf32p_n16, 256, 16, 32, 16, 2)
+
+// Kernel (2c): the TF32 convolution of the high-resolution, narrow layers (Cout 16 or 32, sides >= 32), on spatial
+// tiles. conv3x3_body and conv3x3_pipe_body gather every input value once per tap (nine times), which is what
+// bounds them on these layers: a few channels per pixel leave little tensor-core work per gathered value. Here a
+// block computes a TH x 32 patch of output pixels x all Cout channels and stages the input patch they read (with
+// its one-pixel halo, at input resolution: the nearest-neighbour upsample is folded into the fragment indexing)
+// once per 16-channel chunk, with the chunk's weights; the nine taps then read their A fragments from the patch.
+// Chunks are double-buffered with cp.async. Needs Cin % 16 == 0, Cout == BN, side % 32 == 0; no split-K, always
+// the fused epilogue.
+#define SPATIAL_TW 32  // output columns per block: two m16 fragments per warp row
+#define SPATIAL_CC 16  // input channels per chunk
+
+template <int BN, int WN>
+struct SpatialTile {
+    static constexpr int WARPS_N = BN / WN;
+    static constexpr int TH = (THREADS / 32) / WARPS_N;  // output rows per block, one per warp row
+    static constexpr int CS = SPATIAL_CC + 4;             // patch pixel stride in floats: conflict-free fragments
+    static constexpr int WS = BN + 8;                     // weight row stride
+    static constexpr int PATCH_ROWS = TH + 2, PATCH_COLS = SPATIAL_TW + 2;  // the larger (no upsample) case
+    static constexpr int PATCH_FLOATS = PATCH_ROWS * PATCH_COLS * CS;
+    static constexpr int STAGE_FLOATS = PATCH_FLOATS + 9 * SPATIAL_CC * WS;
+    static_assert(WARPS_N * TH == THREADS / 32 && WN % 8 == 0, "one warp per output row and N slice");
+    static_assert(TH * SPATIAL_TW * (BN + 1) <= STAGE_FLOATS, "the epilogue tile fits in one stage");
+};
+
+template <int BN, int WN>
+__device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ in, const float* __restrict__ w,
+                                                     const float* __restrict__ bias, float* __restrict__ out,
+                                                     const ConvShape s) {
+    using Tile = SpatialTile<BN, WN>;
+    constexpr int TH = Tile::TH, TW = SPATIAL_TW, CC = SPATIAL_CC, CS = Tile::CS, WS = Tile::WS;
+    constexpr int PATCH_COLS = Tile::PATCH_COLS;
+    constexpr int MI = TW / 16, NI = WN / 8;
+    DYNAMIC_SHARED_FLOATS(smem);
+
+    const int t = threadIdx.x;
+    const int tiles_x = s.side / TW;
+    const int x0 = (blockIdx.x % tiles_x) * TW, y0 = (blockIdx.x / tiles_x) * TH;
+    const int img = blockIdx.y;
+    // the patch's first input row and column (may be -1: the zero padding), its size at input resolution
+    const int iy0 = (y0 - 1) >> s.up, ix0 = (x0 - 1) >> s.up;
+    const int patch_rows = s.up ? TH / 2 + 2 : TH + 2, patch_cols = s.up ? TW / 2 + 2 : TW + 2;
+    const int n_chunks = s.cin / CC;
+
+    auto load_chunk = [&](int slot, int chunk) {
+        float* patch = smem + slot * Tile::STAGE_FLOATS;
+        float* ws = patch + Tile::PATCH_FLOATS;
+        const int c0 = chunk * CC;
+        constexpr int QC = CC / 4;  // 16-byte copies per pixel
+        for (int i = t; i < patch_rows * patch_cols * QC; i += THREADS) {
+            const int q = i % QC, pixel = i / QC;
+            const int r = pixel / patch_cols, c = pixel - r * patch_cols;
+            const int iy = iy0 + r, ix = ix0 + c;
+            const bool ok = iy >= 0 && ix >= 0 && iy < s.side_in && ix < s.side_in;
+            const float* src = ok ? in + (((size_t)img * s.side_in + iy) * s.side_in + ix) * s.cin + c0 + q * 4 : in;
+            cp_async_16(patch + (r * PATCH_COLS + c) * CS + q * 4, src, ok ? 16 : 0);
+        }
+        // weight rows tap * Cin + c0 + c for the nine taps and the chunk's channels, stored [tap * CC + c][BN]
+        constexpr int QN = BN / 4;
+        for (int i = t; i < 9 * CC * QN; i += THREADS) {
+            const int q = i % QN, row = i / QN;
+            const int tap = row / CC, c = row - tap * CC;
+            cp_async_16(ws + row * WS + q * 4, w + ((size_t)tap * s.cin + c0 + c) * s.cout + q * 4, 16);
+        }
+    };
+
+    const int lane = t & 31, warp = t >> 5;
+    const int g = lane >> 2, tig = lane & 3;
+    const int ty = warp / Tile::WARPS_N, warp_n = (warp % Tile::WARPS_N) * WN;
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+
+    // Chunk ch is in slot ch & 1. Waiting for every committed copy, then the barrier, makes chunk ch visible to all
+    // threads and tells them the other slot (computed in the previous iteration) may be refilled.
+    load_chunk(0, 0);
+    cp_async_commit();
+    for (int ch = 0; ch < n_chunks; ++ch) {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (ch + 1 < n_chunks) load_chunk((ch + 1) & 1, ch + 1);
+        cp_async_commit();
+        const float* patch = smem + (ch & 1) * Tile::STAGE_FLOATS;
+        const float* ws = patch + Tile::PATCH_FLOATS;
+#pragma unroll
+        for (int dy = 0; dy < 3; ++dy) {
+            // output row y0 + ty + dy - 1 of the upsampled image reads input row (y0 + ty + dy - 1) >> up
+            const float* patch_row = patch + (((y0 + ty + dy - 1) >> s.up) - iy0) * PATCH_COLS * CS;
+#pragma unroll
+            for (int dx = 0; dx < 3; ++dx) {
+                // this lane's A rows: output columns x0 + mi * 16 + g (+ 8)
+                const float* px[MI][2];
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        px[mi][h] = patch_row + (((x0 + mi * 16 + g + 8 * h + dx - 1) >> s.up) - ix0) * CS + tig;
+                const float* w_tap = ws + (dy * 3 + dx) * CC * WS + warp_n + g;
+#pragma unroll
+                for (int kc = 0; kc < CC; kc += 8) {
+                    unsigned int a[MI][4], b[NI][2];
+#pragma unroll
+                    for (int mi = 0; mi < MI; ++mi) {
+                        a[mi][0] = to_tf32(px[mi][0][kc]);
+                        a[mi][1] = to_tf32(px[mi][1][kc]);
+                        a[mi][2] = to_tf32(px[mi][0][kc + 4]);
+                        a[mi][3] = to_tf32(px[mi][1][kc + 4]);
+                    }
+#pragma unroll
+                    for (int ni = 0; ni < NI; ++ni) {
+                        b[ni][0] = to_tf32(w_tap[(kc + tig) * WS + ni * 8]);
+                        b[ni][1] = to_tf32(w_tap[(kc + tig + 4) * WS + ni * 8]);
+                    }
+#pragma unroll
+                    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                        for (int ni = 0; ni < NI; ++ni) mma_tf32_16x8x8(acc[mi][ni], a[mi], b[ni]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the slots before the tile overwrites them
+
+    // tile [TH * TW pixels][BN + 1] -> fused epilogue, one warp per pixel
+    float* const Cs = smem;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int col = mi * 16 + g + ((r >> 1) << 3);
+                Cs[(ty * TW + col) * (BN + 1) + warp_n + ni * 8 + tig * 2 + (r & 1)] = acc[mi][ni][r];
+            }
+    __syncthreads();
+    for (int r = warp; r < TH * TW; r += THREADS / 32) {
+        const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
+        finish_pixel(Cs + r * (BN + 1), bias, out + p * s.cout, s.cout, lane);
+    }
+}
+
+#define SPATIAL_ENTRY(NAME, BN_, WN_)                                                                          \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
+        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
+             float* __restrict__ out, ConvShape s) {                                                           \
+        conv3x3_spatial_body<BN_, WN_>(in, w, bias, out, s);                                                   \
+    }                                                                                                          \
+    REGISTER_CONV_ENTRY(NAME)
+
+// Entry points conv3x3_tf32s_n<BN>: 8 x 32 output pixels x BN channels per block, grid (side / 32 * side / 8,
+// N); one or two stages of 41 KB (BN 16) or 50 KB (BN 32). Host side: src/generate/cuda.rs (ConvPlan).
+SPATIAL_ENTRY(conv3x3_tf32s_n16, 16, 16)
+SPATIAL_ENTRY(conv3x3_tf32s_n32, 32, 32)
 
 // Kernel (3): sums the split-K partials [splits, M, Cout], adds the bias, applies leaky ReLU and pixel norm.
 // One warp per pixel; out: [M, Cout].

@@ -33,7 +33,7 @@ pub fn kernel_source() -> String {
 }
 
 /// Entry points the module must export.
-pub const KERNELS: [&str; 18] = [
+pub const KERNELS: [&str; 20] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -50,6 +50,8 @@ pub const KERNELS: [&str; 18] = [
     "conv3x3_tf32p_n16",
     "conv3x3_tf32p_n32",
     "conv3x3_tf32p_n64",
+    "conv3x3_tf32s_n16",
+    "conv3x3_tf32s_n32",
     "conv_finish_f32",
     "torgb_f32",
 ];
@@ -179,39 +181,83 @@ fn pipe_tile(bn: usize) -> (usize, usize) {
     (bm, 4 * stages * (bm * (PIPE_BK + 4) + PIPE_BK * (bn + 8)))
 }
 
-/// How one convolution layer is launched: which kernel, its tile, its split-K.
+/// The spatial-tile kernels (kernels/conv.cu `SPATIAL_ENTRY`) by tile width 16, 32: (BN, WN).
+const SPATIAL_TILES: [(usize, usize); 2] = [(16, 16), (32, 32)];
+/// Output columns per spatial tile and input channels per chunk (kernels/conv.cu `SPATIAL_TW`, `SPATIAL_CC`).
+const SPATIAL_TW: usize = 32;
+const SPATIAL_CC: usize = 16;
+
+/// The spatial-tile kernel of width `bn`: output rows per block and the bytes of one pipeline stage (kernels/conv.cu
+/// `SpatialTile`: the (TH + 2) x (TW + 2) input patch with 16 + 4 floats per pixel, and the chunk's nine taps of
+/// 16 weight rows of BN + 8 floats).
+fn spatial_tile(bn: usize) -> (usize, usize) {
+    let (bn, wn) = SPATIAL_TILES[bn.trailing_zeros() as usize - 4];
+    let rows = (THREADS as usize / 32) / (bn / wn);
+    (rows, 4 * ((rows + 2) * (SPATIAL_TW + 2) * (SPATIAL_CC + 4) + 9 * SPATIAL_CC * (bn + 8)))
+}
+
+/// Which kernel family runs a convolution layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvKind {
+    /// conv3x3_{f32,tf32}_*: the input gathered through registers, 16-deep K slices.
+    Gather,
+    /// conv3x3_tf32p_*: gathered with asynchronous copies, 32-deep K slices, several in flight.
+    Pipelined,
+    /// conv3x3_tf32s_*: a spatial tile's input patch staged once per channel chunk (narrow, high-resolution layers).
+    Spatial,
+}
+
+/// How one convolution layer is launched: which kernel, its tile, its split-K, its grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConvPlan {
-    pipelined: bool,
+    kind: ConvKind,
+    /// Output pixels and channels per block.
     bm: usize,
     bn: usize,
-    /// Dynamic shared memory per block (the pipelined kernels; the others use static shared memory).
+    /// Dynamic shared memory per block (the pipelined and spatial kernels; the others use static shared memory).
     shared_bytes: usize,
     splits: usize,
     k_per_split: usize,
     /// One split and one N tile: the kernel's epilogue finishes the layer (no conv_finish_f32).
     fused: bool,
+    grid: (u32, u32, u32),
 }
 
 impl ConvPlan {
-    /// The plan for a layer of `m_total` output pixels. The pipelined kernel needs TF32, 16-byte rows (Cin and Cout
-    /// multiples of 4) and sm_80. Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
-    fn new(sm_count: usize, m_total: usize, cin: usize, cout: usize, pipelined: bool) -> ConvPlan {
+    /// The plan for a layer of `batch` images of `side` x `side` output pixels. With `pipelined` (TF32 on sm_80+),
+    /// the narrow layers from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the others
+    /// with 16-byte rows (Cin and Cout multiples of 4) the pipelined one. Split-K: enough blocks to fill the GPU
+    /// twice, at least four K slices per split.
+    fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, pipelined: bool) -> ConvPlan {
+        let (m_total, k_total) = (batch * side * side, 9 * cin);
+        if pipelined && (cout == 16 || cout == 32) && cin % SPATIAL_CC == 0 && side >= SPATIAL_TW {
+            let (rows, stage_bytes) = spatial_tile(cout);
+            return ConvPlan {
+                kind: ConvKind::Spatial,
+                bm: rows * SPATIAL_TW,
+                bn: cout,
+                shared_bytes: (cin / SPATIAL_CC).min(2) * stage_bytes,
+                splits: 1,
+                k_per_split: k_total,
+                fused: true,
+                grid: ((side / SPATIAL_TW * (side / rows)) as u32, batch as u32, 1),
+            };
+        }
         let bn = tile_n(cout);
-        let pipelined = pipelined && cin % 4 == 0 && cout % 4 == 0;
-        let (bm, bk, shared_bytes) = if pipelined {
+        let kind = if pipelined && cin % 4 == 0 && cout % 4 == 0 { ConvKind::Pipelined } else { ConvKind::Gather };
+        let (bm, bk, shared_bytes) = if kind == ConvKind::Pipelined {
             let (bm, shared_bytes) = pipe_tile(bn);
             (bm, PIPE_BK, shared_bytes)
         } else {
             (TILE_OUTPUTS / bn, BK, 0)
         };
-        let k_total = 9 * cin;
         let tiles = m_total.div_ceil(bm) * cout.div_ceil(bn);
         let k_slices = k_total.div_ceil(bk);
         let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
         let k_per_split = k_slices.div_ceil(wanted) * bk;
         let splits = k_total.div_ceil(k_per_split);
-        ConvPlan { pipelined, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn }
+        let grid = (m_total.div_ceil(bm) as u32, cout.div_ceil(bn) as u32, splits as u32);
+        ConvPlan { kind, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn, grid }
     }
 }
 
@@ -225,7 +271,9 @@ pub struct CudaGenerator {
     conv: [[[CudaFunction; 3]; 2]; 2],
     /// The pipelined TF32 kernels by tile width 16, 32, 64 (sm_80 and later).
     conv_pipelined: [CudaFunction; 3],
-    /// Use `conv_pipelined` where a layer allows it (TF32 only).
+    /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
+    conv_spatial: [CudaFunction; 2],
+    /// Use `conv_pipelined` and `conv_spatial` where a layer allows it (TF32 only).
     pipelined: bool,
     finish: CudaFunction,
     torgb: CudaFunction,
@@ -266,18 +314,22 @@ impl CudaGenerator {
             .map_err(cuda_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let conv_pipelined = [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?];
+        let conv_spatial = [load("conv3x3_tf32s_n16")?, load("conv3x3_tf32s_n32")?];
         if major >= 8 {
-            for (i, func) in conv_pipelined.iter().enumerate() {
-                let (_, shared_bytes) = pipe_tile(16 << i);
+            // over 48 KiB of dynamic shared memory must be allowed per function
+            let pipelined_bytes = (0..3).map(|i| pipe_tile(16 << i).1);
+            let spatial_bytes = (0..2).map(|i| 2 * spatial_tile(16 << i).1);
+            for (func, bytes) in conv_pipelined.iter().zip(pipelined_bytes).chain(conv_spatial.iter().zip(spatial_bytes)) {
                 func.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    shared_bytes as i32,
+                    bytes as i32,
                 )
                 .map_err(cuda_err("allowing the pipelined kernels their shared memory"))?;
             }
         }
         Ok(CudaGenerator {
             conv_pipelined,
+            conv_spatial,
             pipelined: false,
             compute_capability: (major, minor),
             dense: load("dense_f32")?,
@@ -312,8 +364,9 @@ impl CudaGenerator {
         self.precision
     }
 
-    /// Runs the TF32 convolutions on the pipelined kernels (conv3x3_tf32p_*, asynchronous copies) where a layer's
-    /// channel counts allow; layers that do not, and the float32 path, keep the other kernels. Needs sm_80.
+    /// Runs the TF32 convolutions on the pipelined kernels (conv3x3_tf32p_* and, for the narrow layers from 32 px
+    /// up, conv3x3_tf32s_*; both stage their inputs with asynchronous copies) where a layer's channel counts allow;
+    /// layers that do not, and the float32 path, keep the other kernels. Needs sm_80.
     pub fn use_pipelined_kernels(&mut self, on: bool) -> Result<(), GenerateError> {
         if on && self.precision != Precision::Tf32 {
             return Err(GenerateError::Cuda("the pipelined kernels are TF32 kernels: use --precision tf32".into()));
@@ -332,8 +385,8 @@ impl CudaGenerator {
         self.pipelined
     }
 
-    fn plan(&self, m_total: usize, cin: usize, cout: usize) -> ConvPlan {
-        ConvPlan::new(self.sm_count, m_total, cin, cout, self.pipelined && self.precision == Precision::Tf32)
+    fn plan(&self, batch: usize, side: usize, cin: usize, cout: usize) -> ConvPlan {
+        ConvPlan::new(self.sm_count, batch, side, cin, cout, self.pipelined && self.precision == Precision::Tf32)
     }
 
     pub fn device_name(&self) -> &str {
@@ -359,7 +412,7 @@ impl CudaGenerator {
             }
             let pixels = batch * side * side;
             largest_act = largest_act.max(pixels * c.cout);
-            let plan = self.plan(pixels, c.cin, c.cout);
+            let plan = self.plan(batch, side, c.cin, c.cout);
             if !plan.fused {
                 largest_partial = largest_partial.max(plan.splits * pixels * c.cout);
             }
@@ -415,8 +468,8 @@ impl CudaGenerator {
             }
             let m_total = batch * side * side;
             let k_total = 9 * conv.cin;
-            let plan = ConvPlan::new(self.sm_count, m_total, conv.cin, conv.cout, pipelined);
-            let ConvPlan { bm, bn, splits, k_per_split, fused, .. } = plan;
+            let plan = ConvPlan::new(self.sm_count, batch, side, conv.cin, conv.cout, pipelined);
+            let ConvPlan { bn, splits, k_per_split, fused, grid, .. } = plan;
             let shape = ConvShape {
                 n_images: batch as i32,
                 side_in: side_in as i32,
@@ -430,14 +483,15 @@ impl CudaGenerator {
                 k_per_split: k_per_split as i32,
                 fused: i32::from(fused),
             };
-            let grid = (m_total.div_ceil(bm) as u32, conv.cout.div_ceil(bn) as u32, splits as u32);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
             let width = bn.trailing_zeros() as usize - 4;
-            let func = if plan.pipelined {
-                &self.conv_pipelined[width]
-            } else {
-                let vectorised = usize::from(conv.cin % BK == 0);
-                &self.conv[vectorised][usize::from(self.precision == Precision::Tf32)][width]
+            let func = match plan.kind {
+                ConvKind::Spatial => &self.conv_spatial[width],
+                ConvKind::Pipelined => &self.conv_pipelined[width],
+                ConvKind::Gather => {
+                    let vectorised = usize::from(conv.cin % BK == 0);
+                    &self.conv[vectorised][usize::from(self.precision == Precision::Tf32)][width]
+                }
             };
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
             let mut b = self.stream.launch_builder(func);
@@ -582,25 +636,61 @@ mod tests {
         assert_eq!(seen, 3);
     }
 
+    /// The spatial kernels the host plans with are those kernels/conv.cu instantiates.
+    #[test]
+    fn spatial_tiles_match_the_kernel_source() {
+        let entries: Vec<(usize, usize)> = kernel_source()
+            .lines()
+            .filter_map(|l| l.strip_prefix("SPATIAL_ENTRY(conv3x3_tf32s_n"))
+            .map(|rest| {
+                let fields: Vec<usize> = rest.trim_end_matches(')').split(',').map(|f| f.trim().parse().expect("a number")).collect();
+                assert_eq!(fields[0], fields[1], "the entry's name is its BN");
+                (fields[1], fields[2])
+            })
+            .collect();
+        assert_eq!(entries, SPATIAL_TILES);
+        for needle in [format!("#define SPATIAL_TW {SPATIAL_TW} "), format!("#define SPATIAL_CC {SPATIAL_CC} ")] {
+            assert!(kernel_source().contains(&needle), "kernels/conv.cu lacks `{needle}`");
+        }
+    }
+
     #[test]
     fn plans_cover_k_once_and_fit_two_blocks_per_multiprocessor() {
-        // every PGGAN 1024 layer (Cin, Cout, side) at batch 1 and 8, and channel counts the pipelined kernel refuses
+        // every PGGAN 1024 layer (Cin, Cout, side) at batch 1 and 8, and channel counts the new kernels refuse
         let layers = [(512, 512, 4), (512, 512, 8), (512, 512, 32), (512, 256, 64), (256, 128, 128), (128, 64, 256),
-            (64, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16)];
+            (64, 32, 512), (32, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16), (16, 16, 16)];
         for (cin, cout, side) in layers {
             for batch in [1, 8] {
                 for pipelined in [false, true] {
-                    let p = ConvPlan::new(132, batch * side * side, cin, cout, pipelined);
-                    let k_total = 9 * cin;
-                    let bk = if p.pipelined { PIPE_BK } else { BK };
-                    assert_eq!(p.pipelined, pipelined && cin % 4 == 0 && cout % 4 == 0, "{cin}->{cout}");
+                    let p = ConvPlan::new(132, batch, side, cin, cout, pipelined);
+                    let (m_total, k_total) = (batch * side * side, 9 * cin);
+                    let spatial = pipelined && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
+                    let expected = match (spatial, pipelined && cin % 4 == 0 && cout % 4 == 0) {
+                        (true, _) => ConvKind::Spatial,
+                        (false, true) => ConvKind::Pipelined,
+                        (false, false) => ConvKind::Gather,
+                    };
+                    assert_eq!(p.kind, expected, "{cin}->{cout} at {side} px");
+                    let bk = match p.kind {
+                        ConvKind::Gather => BK,
+                        ConvKind::Pipelined => PIPE_BK,
+                        ConvKind::Spatial => k_total,
+                    };
                     assert_eq!(p.k_per_split % bk, 0);
                     assert!(p.splits * p.k_per_split >= k_total && (p.splits - 1) * p.k_per_split < k_total);
                     assert_eq!(p.fused, p.splits == 1 && cout <= p.bn);
-                    assert!(p.bn >= cout.min(64) && p.bm * p.bn >= TILE_OUTPUTS);
+                    assert!(p.bn >= cout.min(64));
+                    // the grid's blocks cover every output pixel and channel exactly once per split
+                    let (gx, gy, gz) = p.grid;
+                    assert_eq!(gz as usize, p.splits);
+                    let blocks_per_split = gx as usize * gy as usize;
+                    match p.kind {
+                        ConvKind::Spatial => assert_eq!(blocks_per_split * p.bm, m_total),
+                        _ => assert_eq!(blocks_per_split, m_total.div_ceil(p.bm) * cout.div_ceil(p.bn)),
+                    }
                     // sm_80 and sm_90 give a block up to 227 KiB; two blocks per multiprocessor need under half
                     assert!(p.shared_bytes <= 113 * 1024, "{} bytes", p.shared_bytes);
-                    assert_eq!(p.shared_bytes > 0, p.pipelined);
+                    assert_eq!(p.shared_bytes > 0, p.kind != ConvKind::Gather);
                 }
             }
         }

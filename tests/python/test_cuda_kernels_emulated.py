@@ -93,17 +93,41 @@ def conv_kernels():
     return kernels
 
 
+def spatial_kernels():
+    """name: (BN, output rows per block TH, bytes of one pipeline stage), from kernels/conv.cu's SPATIAL_ENTRY lines:
+    8 warps as TH rows x BN / WN slices; a stage is the (TH + 2) x 34 x (16 + 4) input patch and the chunk's
+    9 x 16 x (BN + 8) weights."""
+    source = (ROOT / "kernels" / "conv.cu").read_text()
+    kernels = {}
+    for name, bn, wn in re.findall(r"^SPATIAL_ENTRY\(conv3x3_(\w+), (\d+), (\d+)\)", source, re.M):
+        bn, wn = int(bn), int(wn)
+        th = 8 // (bn // wn)
+        kernels[name] = (bn, th, 4 * ((th + 2) * 34 * 20 + 9 * 16 * (bn + 8)))
+    assert {"tf32s_n16", "tf32s_n32"} <= kernels.keys()
+    return kernels
+
+
 CONV_KERNELS = conv_kernels()
+SPATIAL_KERNELS = spatial_kernels()
 
 
 def run_conv(run_kernel, kernel, x, w, b, up, splits):
     """Launches conv3x3_<kernel> (+ conv_finish_f32 when not fused) as src/generate/cuda.rs does, with `splits`
     K splits; returns the layer output [N, S', S', Cout]."""
-    bm, bn, bk, shared = CONV_KERNELS[kernel.removesuffix("_v")]
     n, side_in, _, cin = x.shape
     cout = w.shape[1]
     side = side_in * (2 if up else 1)
     m_total, k_total = n * side * side, 9 * cin
+    if kernel in SPATIAL_KERNELS:
+        bn, th, stage_bytes = SPATIAL_KERNELS[kernel]
+        assert cout == bn and cin % 16 == 0 and side % 32 == 0 and splits == 1
+        shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_total, 1]
+        out = np.full((m_total, cout), np.nan, np.float32)
+        args = [x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), out]
+        grid = (side // 32 * (side // th), n, 1)
+        result = run_kernel(f"conv3x3_{kernel}", grid, shape, args, shared=min(2, cin // 16) * stage_bytes)[3]
+        return result.reshape(n, side, side, cout)
+    bm, bn, bk, shared = CONV_KERNELS[kernel.removesuffix("_v")]
     k_per_split = ceil_div(ceil_div(k_total, bk), splits) * bk
     splits = ceil_div(k_total, k_per_split)
     fused = splits == 1 and cout <= bn
@@ -136,6 +160,10 @@ CASES = [
     ("tf32p_n32", 3, 4, 12, 20, True, 2),     # Cin 12: slices span taps; partial N tile; M not a multiple of BM
     ("tf32p_n16", 1, 16, 32, 16, True, 1),    # the 1024 px layer's shape, smaller
     ("tf32p_n16", 2, 8, 16, 16, False, 3),
+    ("tf32s_n16", 1, 16, 32, 16, True, 1),    # the 1024 px Conv0 shape, smaller: two channel chunks, upsample
+    ("tf32s_n16", 2, 32, 16, 16, False, 1),   # Conv1: one chunk, two images
+    ("tf32s_n32", 1, 32, 64, 32, True, 1),    # the 512 px Conv0 shape, smaller: four chunks, 2 x 8 tiles
+    ("tf32s_n32", 1, 32, 32, 32, False, 1),
 ]
 
 
