@@ -60,10 +60,16 @@ for kernels in default pipelined; do
     timeout 120 "$GPU_DIR/hyper-rt" bench-generator --device cuda --precision tf32 --weights "$weights" --batch 1 \
         --repeats 3 --layers $flag > "$OUT/layers-$kernels.log" 2>&1
 done
-paste "$OUT/layers-default.log" "$OUT/layers-pipelined.log" | awk -F'\t' '{printf "%-48s | %s\n", $1, $2}'
+# join the two per-layer tables on the layer name (rows "NAME MS")
+awk 'NF == 2 && $2 ~ /^[0-9.]+$/ { if (NR == FNR) { d[$1] = $2; order[++n] = $1 } else { p[$1] = $2 } }
+     END { printf "%-22s %10s %10s\n", "layer (batch 1, ms)", "default", "pipelined"
+           for (i = 1; i <= n; ++i) { printf "%-22s %10s %10s\n", order[i], d[order[i]], p[order[i]]; a += d[order[i]]; b += p[order[i]] }
+           printf "%-22s %10.4f %10.4f\n", "sum", a, b }' \
+    "$OUT/layers-default.log" "$OUT/layers-pipelined.log" | tee "$OUT/layers.txt"
 
 log "summary"
 grep -E "^(checkpoint|[0-9]+px)" "$OUT/parity.log" || true
 grep -E "^test result" "$OUT/parity.log" || echo "parity tests did not finish (exit $parity)"
 grep -E "^(variant|pytorch|hyper-rt|batch)" "$OUT/bench.log" || echo "benchmark did not finish (exit $bench)"
+cat "$OUT/layers.txt" 2>/dev/null || true
 [ "$parity" -eq 0 ] && [ "$bench" -eq 0 ]
