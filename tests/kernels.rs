@@ -1,4 +1,5 @@
-//! The CUDA kernels compile with NVRTC for sm_80 and sm_90, and `ptxas -v` reports no register spills.
+//! The CUDA kernels compile with NVRTC for sm_80 and sm_90, `ptxas -v` reports no register spills, and the kernel
+//! cache keeps what NVRTC compiled.
 //!
 //! Needs NVRTC (`libnvrtc.so.13`, from the PyPI wheel `nvidia-cuda-nvrtc`) on the library path and `ptxas` (wheel
 //! `nvidia-cuda-nvcc`) named by `PTXAS` or on `PATH`; `scripts/test.sh` installs both and sets
@@ -7,6 +8,7 @@
 use std::process::Command;
 
 use hyper_rt::generate::cuda::{compile_ptx, KERNELS};
+use hyper_rt::generate::ptx_cache::{cache_file, ptx_via_disk, PtxSource};
 
 fn required() -> bool {
     std::env::var("HYPER_RT_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
@@ -53,5 +55,46 @@ fn kernels_compile_with_nvrtc_and_do_not_spill() {
         assert_eq!(functions, KERNELS.len(), "{sm}: ptxas compiled {functions} entry points:\n{report}");
         eprintln!("{sm}:\n{report}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The kernel cache: a miss compiles and stores, a hit reads the same PTX back, a damaged file is recompiled and
+/// replaced (with a warning), and a folder that cannot be written still gives the kernels.
+#[test]
+fn compiled_kernels_are_cached_on_disk_and_damage_is_recompiled() {
+    // SAFETY: only tries to load the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        assert!(!required(), "HYPER_RT_REQUIRE_NVRTC=1 but libnvrtc was not found (LD_LIBRARY_PATH?)");
+        eprintln!("skipped: libnvrtc not found");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hyper-rt-ptx-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let arch = "compute_80";
+    let (compiled, source, warning) = ptx_via_disk(arch, &dir).unwrap();
+    assert_eq!((source, warning), (PtxSource::Compiled, None));
+    assert!(compiled.contains(".entry conv3x3_tf32s_n16"));
+    let file = cache_file(&dir, arch);
+    assert!(file.exists(), "{} was not written", file.display());
+
+    let (read, source, warning) = ptx_via_disk(arch, &dir).unwrap();
+    assert_eq!((source, warning), (PtxSource::Disk, None));
+    assert_eq!(read, compiled);
+
+    // a file cut short (a crash while copying a home folder, a full disk) is noticed and replaced
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let (again, source, warning) = ptx_via_disk(arch, &dir).unwrap();
+    assert_eq!(source, PtxSource::Compiled);
+    assert!(warning.as_deref().is_some_and(|w| w.contains("checksum")), "{warning:?}");
+    assert_eq!(again, compiled);
+    assert_eq!(ptx_via_disk(arch, &dir).unwrap().1, PtxSource::Disk);
+
+    // a cache "folder" that is a file: the kernels still come, with a warning naming the problem
+    let blocked = dir.join("not-a-folder");
+    std::fs::write(&blocked, b"x").unwrap();
+    let (ptx, source, warning) = ptx_via_disk(arch, &blocked).unwrap();
+    assert_eq!((ptx.len(), source), (compiled.len(), PtxSource::Compiled));
+    assert!(warning.is_some());
     std::fs::remove_dir_all(&dir).ok();
 }

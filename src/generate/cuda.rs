@@ -74,11 +74,14 @@ pub fn arch_name(major: i32, minor: i32) -> Result<&'static str, GenerateError> 
     })
 }
 
-/// Compiles the kernels to PTX for `arch` (e.g. `"compute_90"`).
+/// NVRTC options besides the architecture (part of the kernel cache's key).
+pub const NVRTC_OPTIONS: [&str; 1] = ["--std=c++17"];
+
+/// Compiles the kernels to PTX for `arch` (e.g. `"compute_90"`); [`super::ptx_cache::kernels_ptx`] caches the result.
 pub fn compile_ptx(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, GenerateError> {
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
-        options: vec!["--std=c++17".into()],
+        options: NVRTC_OPTIONS.iter().map(|o| o.to_string()).collect(),
         name: Some("pggan_kernels.cu".into()),
         ..Default::default()
     };
@@ -294,13 +297,15 @@ fn cuda_err(context: &str) -> impl Fn(cudarc::driver::DriverError) -> GenerateEr
 }
 
 impl CudaGenerator {
-    /// Probes the libraries, creates a context on device 0, compiles the kernels and uploads the weights.
+    /// Probes the libraries, creates a context on device 0, compiles the kernels (or takes them from the kernel
+    /// cache, see [`super::ptx_cache`]) and uploads the weights.
     pub fn new(model: Arc<PgganModel>, precision: Precision) -> Result<CudaGenerator, GenerateError> {
         probe().map_err(GenerateError::Cuda)?;
         let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
-        let ptx = compile_ptx(arch_name(major, minor)?)?;
-        let module = ctx.load_module(ptx).map_err(cuda_err("loading the kernels"))?;
+        let (ptx, origin) = super::ptx_cache::kernels_ptx(arch_name(major, minor)?, super::ptx_cache::default_cache_dir().as_deref())?;
+        tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(cuda_err("loading the kernels"))?;
         let load = |name: &str| module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")));
         let stream = ctx.default_stream();
         let up = |data: &[f32]| stream.clone_htod(data).map_err(cuda_err("uploading weights"));
