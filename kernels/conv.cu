@@ -281,6 +281,45 @@ CONV_ENTRY(conv3x3_tf32_n16_v, 256, 16, true, true)
 // Shared memory is dynamic (over 48 KiB: the host raises the function's limit) and is reused for the epilogue tile.
 #define PIPE_BK 32
 
+// Warp-tile helpers of the pipelined and spatial kernels: MI x NI m16n8 accumulator fragments per warp.
+template <int MI, int NI>
+__device__ __forceinline__ void zero_fragments(float (&acc)[MI][NI][4]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+}
+
+template <int MI, int NI>
+__device__ __forceinline__ void mma_fragments(float (&acc)[MI][NI][4], const unsigned int (&a)[MI][4],
+                                              const unsigned int (&b)[NI][2]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) mma_tf32_16x8x8(acc[mi][ni], a[mi], b[ni]);
+}
+
+// Writes the warp's accumulators to the tile cs (row stride cs_stride): fragment (mi, ni) covers rows
+// row0 + mi * 16 .. + 15 and columns col0 + ni * 8 .. + 7 (the m16n8 C layout: lane 4g + t holds rows g and g + 8,
+// columns 2t and 2t + 1).
+template <int MI, int NI>
+__device__ __forceinline__ void store_fragments(float* cs, int cs_stride, int row0, int col0,
+                                                const float (&acc)[MI][NI][4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int row = row0 + mi * 16 + g + ((r >> 1) << 3);
+                const int col = col0 + ni * 8 + tig * 2 + (r & 1);
+                cs[row * cs_stride + col] = acc[mi][ni][r];
+            }
+}
+
 template <int BM, int BN, int WM, int WN, int STAGES>
 struct PipeTile {
     static constexpr int A_STRIDE = PIPE_BK + 4, B_STRIDE = BN + 8;
@@ -356,12 +395,7 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
     };
 
     float acc[MI][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+    zero_fragments(acc);
     const int lane = t & 31, warp = t >> 5;
     const int g = lane >> 2, tig = lane & 3;
     const int warp_m = (warp / WARPS_N) * WM, warp_n = (warp % WARPS_N) * WN;
@@ -401,26 +435,14 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
                 b[ni][0] = to_tf32(c0[0]);
                 b[ni][1] = to_tf32(c0[4 * B_STRIDE]);
             }
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < NI; ++ni) mma_tf32_16x8x8(acc[mi][ni], a[mi], b[ni]);
+            mma_fragments(acc, a, b);
         }
     }
     cp_async_wait<0>();
     __syncthreads();  // every warp is done with the pipeline's slots before the tile overwrites them
 
     float* const Cs = smem;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int row = warp_m + mi * 16 + g + ((r >> 1) << 3);
-                const int col = warp_n + ni * 8 + tig * 2 + (r & 1);
-                Cs[row * (BN + 1) + col] = acc[mi][ni][r];
-            }
+    store_fragments(Cs, BN + 1, warp_m, warp_n, acc);
     __syncthreads();
     conv_epilogue<BM, BN>(Cs, BN + 1, bias, out, s);
 }
@@ -508,12 +530,7 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
     const int g = lane >> 2, tig = lane & 3;
     const int ty = warp / Tile::WARPS_N, warp_n = (warp % Tile::WARPS_N) * WN;
     float acc[MI][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+    zero_fragments(acc);
 
     // Chunk ch is in slot ch & 1. Waiting for every committed copy, then the barrier, makes chunk ch visible to all
     // threads and tells them the other slot (computed in the previous iteration) may be refilled.
@@ -555,10 +572,7 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
                         b[ni][0] = to_tf32(w_tap[(kc + tig) * WS + ni * 8]);
                         b[ni][1] = to_tf32(w_tap[(kc + tig + 4) * WS + ni * 8]);
                     }
-#pragma unroll
-                    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                        for (int ni = 0; ni < NI; ++ni) mma_tf32_16x8x8(acc[mi][ni], a[mi], b[ni]);
+                    mma_fragments(acc, a, b);
                 }
             }
         }
@@ -568,15 +582,7 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
 
     // tile [TH * TW pixels][BN + 1] -> fused epilogue, one warp per pixel
     float* const Cs = smem;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int col = mi * 16 + g + ((r >> 1) << 3);
-                Cs[(ty * TW + col) * (BN + 1) + warp_n + ni * 8 + tig * 2 + (r & 1)] = acc[mi][ni][r];
-            }
+    store_fragments(Cs, BN + 1, ty * TW, warp_n, acc);
     __syncthreads();
     for (int r = warp; r < TH * TW; r += THREADS / 32) {
         const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
