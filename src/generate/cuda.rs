@@ -278,6 +278,8 @@ pub struct CudaGenerator {
     conv_spatial: [CudaFunction; 2],
     /// Use `conv_pipelined` and `conv_spatial` where a layer allows it (TF32 only).
     pipelined: bool,
+    /// Why this GPU cannot run them, if it cannot.
+    pipelined_unavailable: Option<String>,
     finish: CudaFunction,
     torgb: CudaFunction,
     dense_weight: CudaSlice<f32>,
@@ -286,7 +288,6 @@ pub struct CudaGenerator {
     rgb_weight: CudaSlice<f32>,
     rgb_bias: CudaSlice<f32>,
     sm_count: usize,
-    compute_capability: (i32, i32),
     precision: Precision,
     buffers: Option<Buffers>,
     device_name: String,
@@ -320,23 +321,12 @@ impl CudaGenerator {
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let conv_pipelined = [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?];
         let conv_spatial = [load("conv3x3_tf32s_n16")?, load("conv3x3_tf32s_n32")?];
-        if major >= 8 {
-            // over 48 KiB of dynamic shared memory must be allowed per function
-            let pipelined_bytes = (0..3).map(|i| pipe_tile(16 << i).1);
-            let spatial_bytes = (0..2).map(|i| 2 * spatial_tile(16 << i).1);
-            for (func, bytes) in conv_pipelined.iter().zip(pipelined_bytes).chain(conv_spatial.iter().zip(spatial_bytes)) {
-                func.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-                .map_err(cuda_err("allowing the pipelined kernels their shared memory"))?;
-            }
-        }
+        let pipelined_unavailable = Self::enable_pipelined(&ctx, (major, minor), &conv_pipelined, &conv_spatial).err();
         Ok(CudaGenerator {
+            pipelined_unavailable,
             conv_pipelined,
             conv_spatial,
             pipelined: false,
-            compute_capability: (major, minor),
             dense: load("dense_f32")?,
             conv: [
                 [
@@ -365,6 +355,36 @@ impl CudaGenerator {
         })
     }
 
+    /// Checks that the GPU can run the pipelined and spatial kernels (sm_80, enough shared memory per block) and
+    /// allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence is not an
+    /// error of the generator: the other kernels run everything.
+    fn enable_pipelined(
+        ctx: &CudaContext,
+        (major, minor): (i32, i32),
+        pipelined: &[CudaFunction; 3],
+        spatial: &[CudaFunction; 2],
+    ) -> Result<(), String> {
+        if major < 8 {
+            return Err(format!("they need compute capability 8.0, this GPU has {major}.{minor}"));
+        }
+        let opt_in = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
+        let pipelined_bytes = (0..3).map(|i| pipe_tile(16 << i).1);
+        let spatial_bytes = (0..2).map(|i| 2 * spatial_tile(16 << i).1);
+        for (func, bytes) in pipelined.iter().zip(pipelined_bytes).chain(spatial.iter().zip(spatial_bytes)) {
+            if bytes > opt_in {
+                return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
+            }
+            func.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(|e| format!("allowing {bytes} bytes of shared memory: {e}"))?;
+        }
+        Ok(())
+    }
+
     pub fn precision(&self) -> Precision {
         self.precision
     }
@@ -376,9 +396,8 @@ impl CudaGenerator {
         if on && self.precision != Precision::Tf32 {
             return Err(GenerateError::Cuda("the pipelined kernels are TF32 kernels: use --precision tf32".into()));
         }
-        if on && self.compute_capability.0 < 8 {
-            let (major, minor) = self.compute_capability;
-            return Err(GenerateError::Cuda(format!("the pipelined kernels need compute capability 8.0, this GPU has {major}.{minor}")));
+        if let (true, Some(why)) = (on, &self.pipelined_unavailable) {
+            return Err(GenerateError::Cuda(format!("the pipelined kernels cannot run on this GPU: {why}")));
         }
         self.pipelined = on;
         self.buffers = None; // the split-K buffer's size depends on the tiles
