@@ -580,13 +580,26 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
     cp_async_wait<0>();
     __syncthreads();  // every warp is done with the slots before the tile overwrites them
 
-    // tile [TH * TW pixels][BN + 1] -> fused epilogue, one warp per pixel
+    // tile [TH * TW pixels][BN + 1] -> fused epilogue: one warp per pixel, or with 16 channels two pixels per warp
+    // (a half warp each, so that no lane idles; the two pixels are neighbours, one 128-byte store)
     float* const Cs = smem;
     store_fragments(Cs, BN + 1, ty * TW, warp_n, acc);
     __syncthreads();
-    for (int r = warp; r < TH * TW; r += THREADS / 32) {
-        const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
-        finish_pixel(Cs + r * (BN + 1), bias, out + p * s.cout, s.cout, lane);
+    if constexpr (BN == 16) {
+        const int half = lane >> 4, c = lane & 15;
+        for (int r = 2 * warp + half; r < TH * TW; r += 2 * (THREADS / 32)) {
+            const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
+            const float v = lrelu(Cs[r * (BN + 1) + c] + bias[c]);
+            float sq = v * v;
+#pragma unroll
+            for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
+            out[p * 16 + c] = v / sqrtf(sq / 16.0f + PIXEL_NORM_EPS);
+        }
+    } else {
+        for (int r = warp; r < TH * TW; r += THREADS / 32) {
+            const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
+            finish_pixel(Cs + r * (BN + 1), bias, out + p * s.cout, s.cout, lane);
+        }
     }
 }
 
