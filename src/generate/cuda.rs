@@ -404,13 +404,19 @@ impl CudaGenerator {
         Ok(())
     }
 
-    /// Whether the TF32 convolutions run on the pipelined kernels.
-    pub fn pipelined_kernels(&self) -> bool {
-        self.pipelined
-    }
-
-    fn plan(&self, batch: usize, side: usize, cin: usize, cout: usize) -> ConvPlan {
-        ConvPlan::new(self.sm_count, batch, side, cin, cout, self.pipelined && self.precision == Precision::Tf32)
+    /// Each convolution layer's output side and launch plan for `batch` images.
+    fn plans(&self, batch: usize) -> Vec<(usize, ConvPlan)> {
+        let pipelined = self.pipelined && self.precision == Precision::Tf32;
+        let mut side = 4usize;
+        self.convs
+            .iter()
+            .map(|c| {
+                if c.upsample {
+                    side *= 2;
+                }
+                (side, ConvPlan::new(self.sm_count, batch, side, c.cin, c.cout, pipelined))
+            })
+            .collect()
     }
 
     pub fn device_name(&self) -> &str {
@@ -429,14 +435,9 @@ impl CudaGenerator {
         let m = &*self.model;
         let mut largest_act = batch * 16 * m.c4;
         let mut largest_partial = batch * 16 * m.c4; // the dense layer's output goes through the finish kernel
-        let mut side = 4usize;
-        for c in &m.convs {
-            if c.upsample {
-                side *= 2;
-            }
+        for (c, (side, plan)) in m.convs.iter().zip(self.plans(batch)) {
             let pixels = batch * side * side;
             largest_act = largest_act.max(pixels * c.cout);
-            let plan = self.plan(batch, side, c.cin, c.cout);
             if !plan.fused {
                 largest_partial = largest_partial.max(plan.splits * pixels * c.cout);
             }
@@ -460,7 +461,7 @@ impl CudaGenerator {
     fn enqueue(&mut self, batch: usize, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
         let launch_err = cuda_err("launching a kernel");
         let m = self.model.clone();
-        let pipelined = self.pipelined && self.precision == Precision::Tf32;
+        let plans = self.plans(batch);
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
         let cfg = LaunchConfig {
@@ -485,14 +486,11 @@ impl CudaGenerator {
 
         let mut side = 4usize;
         let mut in_ping = true;
-        for conv in &self.convs {
+        for (conv, &(layer_side, plan)) in self.convs.iter().zip(&plans) {
             let side_in = side;
-            if conv.upsample {
-                side *= 2;
-            }
+            side = layer_side;
             let m_total = batch * side * side;
             let k_total = 9 * conv.cin;
-            let plan = ConvPlan::new(self.sm_count, batch, side, conv.cin, conv.cout, pipelined);
             let ConvPlan { bn, splits, k_per_split, fused, grid, .. } = plan;
             let shape = ConvShape {
                 n_images: batch as i32,
