@@ -134,8 +134,21 @@ inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
     return r;
 }
 
+namespace emu {
+// Lets another thread run now and then, at random, inside the phases between barriers: threads then drift apart
+// as warps do on a GPU, so that a missing barrier shows up as wrong results rather than passing by luck.
+inline void perturb_schedule() {
+    thread_local unsigned int state = 0x9e3779b9u ^ (threadIdx.x * 2654435761u) ^ (blockIdx.x * 40503u);
+    state ^= state << 13;
+    state ^= state >> 17;
+    state ^= state << 5;
+    if ((state & 15u) == 0) std::this_thread::yield();
+}
+}  // namespace emu
+
 // cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero.
 inline unsigned int to_tf32(float x) {
+    emu::perturb_schedule();
     const unsigned int u = __float_as_uint(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, nan
     return (u + 0x1000u) & 0xffffe000u;
