@@ -229,8 +229,8 @@ struct ConvPlan {
 impl ConvPlan {
     /// The plan for a layer of `batch` images of `side` x `side` output pixels. With `pipelined` (TF32 on sm_80+),
     /// the narrow layers from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the others
-    /// with 16-byte rows (Cin and Cout multiples of 4) the pipelined one. Split-K: enough blocks to fill the GPU
-    /// twice, at least four K slices per split.
+    /// with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined one. Split-K:
+    /// enough blocks to fill the GPU twice, at least four K slices per split.
     fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, pipelined: bool) -> ConvPlan {
         let (m_total, k_total) = (batch * side * side, 9 * cin);
         if pipelined && (cout == 16 || cout == 32) && cin % SPATIAL_CC == 0 && side >= SPATIAL_TW {
@@ -247,7 +247,10 @@ impl ConvPlan {
             };
         }
         let bn = tile_n(cout);
-        let kind = if pipelined && cin % 4 == 0 && cout % 4 == 0 { ConvKind::Pipelined } else { ConvKind::Gather };
+        // the pipelined tiles are twice as tall: layers with fewer pixels than one tile (4 and 8 px at batch 1) keep
+        // the gather kernel rather than computing mostly padding
+        let fits = m_total >= pipe_tile(bn).0;
+        let kind = if pipelined && cin % 4 == 0 && cout % 4 == 0 && fits { ConvKind::Pipelined } else { ConvKind::Gather };
         let (bm, bk, shared_bytes) = if kind == ConvKind::Pipelined {
             let (bm, shared_bytes) = pipe_tile(bn);
             (bm, PIPE_BK, shared_bytes)
@@ -687,7 +690,8 @@ mod tests {
                     let p = ConvPlan::new(132, batch, side, cin, cout, pipelined);
                     let (m_total, k_total) = (batch * side * side, 9 * cin);
                     let spatial = pipelined && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
-                    let expected = match (spatial, pipelined && cin % 4 == 0 && cout % 4 == 0) {
+                    let fits = m_total >= pipe_tile(tile_n(cout)).0;
+                    let expected = match (spatial, pipelined && cin % 4 == 0 && cout % 4 == 0 && fits) {
                         (true, _) => ConvKind::Spatial,
                         (false, true) => ConvKind::Pipelined,
                         (false, false) => ConvKind::Gather,
