@@ -69,6 +69,8 @@ awk 'NF == 2 && $2 ~ /^[0-9.]+$/ { if (NR == FNR) { d[$1] = $2; order[++n] = $1 
 
 log "summary"
 grep -E "^(checkpoint|[0-9]+px)" "$OUT/parity.log" || true
+# per-layer parity (the whole table is in parity.log): only the layers out of bounds
+grep -E "relative L2 .* > " "$OUT/parity.log" | sort -u || echo "per-layer parity: every layer within bounds (or not run)"
 grep -E "^test result" "$OUT/parity.log" || echo "parity tests did not finish (exit $parity)"
 grep -E "^(variant|pytorch|hyper-rt|batch)" "$OUT/bench.log" || echo "benchmark did not finish (exit $bench)"
 cat "$OUT/layers.txt" 2>/dev/null || true

@@ -81,3 +81,47 @@ fn bad_latents_are_an_error_on_the_gpu_too() {
     let err = g.generate(&[0.0; 500]).unwrap_err().to_string();
     assert!(err.contains("512") && err.contains("500"), "{err}");
 }
+
+/// Each layer of the exact CelebA-HQ 1024 network alone, on the same random input, against the CPU's direct path,
+/// for every kernel family: localises a mismatch to one kernel and one shape (the whole-network test above only
+/// says that an image differs).
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
+fn each_layer_matches_the_cpu_on_every_kernel_family() {
+    let ck = model::random_checkpoint(1024, 8192, 512, 512, 1024);
+    let m = Arc::new(model::PgganModel::from_checkpoint(&ck).unwrap());
+    let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct);
+    let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32).unwrap();
+    let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+    let mut pipelined_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+    pipelined_gen.use_pipelined_kernels(true).unwrap();
+    println!("{:<20} {:>5} {:>12} {:>12} {:>12}  pipelined family", "layer", "batch", "f32 rel L2", "tf32 rel L2", "tf32p rel L2");
+    let mut failures = Vec::new();
+    let mut rng = Rng::new(5);
+    let mut side = 4;
+    for (index, layer) in m.convs.iter().enumerate() {
+        let side_in = side;
+        if layer.upsample {
+            side *= 2;
+        }
+        for batch in [1, 2] {
+            let input: Vec<f32> = (0..batch * side_in * side_in * layer.cin).map(|_| rng.normal() as f32).collect();
+            let want = cpu.run_layer(index, &input, batch).unwrap();
+            let mut errors = Vec::new();
+            let mut family = String::new();
+            for (label, generator, bound) in
+                [("f32", &mut f32_gen, 1e-5), ("tf32", &mut tf32_gen, 1e-2), ("tf32 pipelined", &mut pipelined_gen, 1e-2)]
+            {
+                let (got, kind) = generator.run_layer(index, &input, batch).unwrap();
+                let e = rel_l2(&got, &want);
+                if !(e <= bound) {
+                    failures.push(format!("{} batch {batch}, {label} ({kind} kernel): relative L2 {e:.3e} > {bound:e}", layer.name));
+                }
+                errors.push(e);
+                family = kind;
+            }
+            println!("{:<20} {batch:>5} {:>12.3e} {:>12.3e} {:>12.3e}  {family}", layer.name, errors[0], errors[1], errors[2]);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

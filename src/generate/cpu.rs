@@ -107,6 +107,30 @@ impl CpuGenerator {
         Ok(times)
     }
 
+    /// Convolution layer `index` alone on `input` (`[batch, side_in, side_in, Cin]` channels last), on the direct
+    /// path: the reference of the GPU's per-layer parity test. Returns `[batch, side, side, Cout]`.
+    pub fn run_layer(&self, index: usize, input: &[f32], batch: usize) -> Result<Vec<f32>, GenerateError> {
+        let layer = self.model.convs.get(index).ok_or_else(|| GenerateError::Architecture {
+            source_name: self.model.label.clone(),
+            message: format!("no convolution layer {index}"),
+        })?;
+        let per_image = input.len() / batch.max(1);
+        let side_in = ((per_image / layer.cin) as f64).sqrt() as usize;
+        if batch == 0 || side_in * side_in * layer.cin * batch != input.len() {
+            return Err(GenerateError::Architecture {
+                source_name: self.model.label.clone(),
+                message: format!("layer {}: {} values are not {batch} square images of {} channels", layer.name, input.len(), layer.cin),
+            });
+        }
+        let mut out = Vec::new();
+        let mut one = Vec::new();
+        for image in input.chunks_exact(per_image) {
+            conv3x3(image, side_in, layer, &mut one);
+            out.extend_from_slice(&one);
+        }
+        Ok(out)
+    }
+
     fn forward_one(&self, z: &[f32]) -> Vec<f32> {
         self.forward(z, &mut |_, _| {})
     }

@@ -267,24 +267,96 @@ impl ConvPlan {
     }
 }
 
+/// The loaded kernels.
+struct Kernels {
+    dense: CudaFunction,
+    /// Indexed by [vectorised gather][precision][tile width 16, 32, 64].
+    conv: [[[CudaFunction; 3]; 2]; 2],
+    /// The pipelined TF32 kernels by tile width 16, 32, 64 (sm_80 and later).
+    pipelined: [CudaFunction; 3],
+    /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
+    spatial: [CudaFunction; 2],
+    finish: CudaFunction,
+    torgb: CudaFunction,
+}
+
+/// One convolution layer to launch: the layer, its plan, the batch, its input and output sides.
+struct LayerLaunch<'a> {
+    conv: &'a DeviceConv,
+    plan: ConvPlan,
+    precision: Precision,
+    batch: usize,
+    side_in: usize,
+    side: usize,
+}
+
+impl Kernels {
+    /// Queues one convolution layer from `src` into `dst` (through `partial` and conv_finish_f32 when the plan is
+    /// not fused).
+    fn launch_conv(
+        &self,
+        stream: &Arc<CudaStream>,
+        layer: &LayerLaunch,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<f32>,
+        partial: &mut CudaSlice<f32>,
+    ) -> Result<(), GenerateError> {
+        let launch_err = cuda_err("launching a kernel");
+        let LayerLaunch { conv, plan, precision, batch, side_in, side } = *layer;
+        let m_total = batch * side * side;
+        let shape = ConvShape {
+            n_images: batch as i32,
+            side_in: side_in as i32,
+            cin: conv.cin as i32,
+            cout: conv.cout as i32,
+            up: i32::from(conv.upsample),
+            side: side as i32,
+            log2_side: side.trailing_zeros() as i32,
+            m_total: m_total as i32,
+            k_total: (9 * conv.cin) as i32,
+            k_per_split: plan.k_per_split as i32,
+            fused: i32::from(plan.fused),
+        };
+        let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
+        let width = plan.bn.trailing_zeros() as usize - 4;
+        let func = match plan.kind {
+            ConvKind::Spatial => &self.spatial[width],
+            ConvKind::Pipelined => &self.pipelined[width],
+            ConvKind::Gather => &self.conv[usize::from(conv.cin % BK == 0)][usize::from(precision == Precision::Tf32)][width],
+        };
+        let mut b = stream.launch_builder(func);
+        b.arg(src).arg(&conv.weight).arg(&conv.bias);
+        if plan.fused {
+            b.arg(&mut *dst);
+        } else {
+            b.arg(&mut *partial);
+        }
+        b.arg(&shape);
+        // SAFETY: arguments match conv3x3_*'s signature; the buffers were sized for this batch.
+        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        if !plan.fused {
+            let (mt, co, sp) = (m_total as i32, conv.cout as i32, plan.splits as i32);
+            let warps_per_block = (THREADS / 32) as usize;
+            let cfg = LaunchConfig { grid_dim: (m_total.div_ceil(warps_per_block) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            let mut b = stream.launch_builder(&self.finish);
+            b.arg(&*partial).arg(&conv.bias).arg(dst).arg(&mt).arg(&co).arg(&sp);
+            // SAFETY: arguments match conv_finish_f32's signature.
+            unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs a [`PgganModel`] on the GPU.
 pub struct CudaGenerator {
     model: Arc<PgganModel>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    dense: CudaFunction,
-    /// Indexed by [vectorised gather][precision][tile width 16, 32, 64].
-    conv: [[[CudaFunction; 3]; 2]; 2],
-    /// The pipelined TF32 kernels by tile width 16, 32, 64 (sm_80 and later).
-    conv_pipelined: [CudaFunction; 3],
-    /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
-    conv_spatial: [CudaFunction; 2],
-    /// Use `conv_pipelined` and `conv_spatial` where a layer allows it (TF32 only).
+    kernels: Kernels,
+    /// Use the pipelined and spatial kernels where a layer allows it (TF32 only).
     pipelined: bool,
     /// Why this GPU cannot run them, if it cannot.
     pipelined_unavailable: Option<String>,
-    finish: CudaFunction,
-    torgb: CudaFunction,
     dense_weight: CudaSlice<f32>,
     dense_bias: CudaSlice<f32>,
     convs: Vec<DeviceConv>,
@@ -322,14 +394,7 @@ impl CudaGenerator {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        let conv_pipelined = [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?];
-        let conv_spatial = [load("conv3x3_tf32s_n16")?, load("conv3x3_tf32s_n32")?];
-        let pipelined_unavailable = Self::enable_pipelined(&ctx, (major, minor), &conv_pipelined, &conv_spatial).err();
-        Ok(CudaGenerator {
-            pipelined_unavailable,
-            conv_pipelined,
-            conv_spatial,
-            pipelined: false,
+        let kernels = Kernels {
             dense: load("dense_f32")?,
             conv: [
                 [
@@ -341,8 +406,16 @@ impl CudaGenerator {
                     [load("conv3x3_tf32_n16_v")?, load("conv3x3_tf32_n32_v")?, load("conv3x3_tf32_n64_v")?],
                 ],
             ],
+            pipelined: [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?],
+            spatial: [load("conv3x3_tf32s_n16")?, load("conv3x3_tf32s_n32")?],
             finish: load("conv_finish_f32")?,
             torgb: load("torgb_f32")?,
+        };
+        let pipelined_unavailable = Self::enable_pipelined(&ctx, (major, minor), &kernels).err();
+        Ok(CudaGenerator {
+            kernels,
+            pipelined_unavailable,
+            pipelined: false,
             dense_weight: up(&model.dense_weight)?,
             dense_bias: up(&model.dense_bias)?,
             rgb_weight: up(&model.to_rgb_weight)?,
@@ -361,12 +434,7 @@ impl CudaGenerator {
     /// Checks that the GPU can run the pipelined and spatial kernels (sm_80, enough shared memory per block) and
     /// allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence is not an
     /// error of the generator: the other kernels run everything.
-    fn enable_pipelined(
-        ctx: &CudaContext,
-        (major, minor): (i32, i32),
-        pipelined: &[CudaFunction; 3],
-        spatial: &[CudaFunction; 2],
-    ) -> Result<(), String> {
+    fn enable_pipelined(ctx: &CudaContext, (major, minor): (i32, i32), kernels: &Kernels) -> Result<(), String> {
         if major < 8 {
             return Err(format!("they need compute capability 8.0, this GPU has {major}.{minor}"));
         }
@@ -375,7 +443,7 @@ impl CudaGenerator {
             .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
         let pipelined_bytes = (0..3).map(|i| pipe_tile(16 << i).1);
         let spatial_bytes = (0..2).map(|i| 2 * spatial_tile(16 << i).1);
-        for (func, bytes) in pipelined.iter().zip(pipelined_bytes).chain(spatial.iter().zip(spatial_bytes)) {
+        for (func, bytes) in kernels.pipelined.iter().zip(pipelined_bytes).chain(kernels.spatial.iter().zip(spatial_bytes)) {
             if bytes > opt_in {
                 return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
             }
@@ -472,13 +540,13 @@ impl CudaGenerator {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: (m.latent_size * 4) as u32,
         };
-        let mut b = self.stream.launch_builder(&self.dense);
+        let mut b = self.stream.launch_builder(&self.kernels.dense);
         b.arg(&bufs.z).arg(&self.dense_weight).arg(&mut bufs.partial).arg(&latent).arg(&c4);
         // SAFETY: arguments match dense_f32's signature; partial holds at least batch * 16 * c4 floats.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
         let (mt, sp) = ((batch * 16) as i32, 1i32);
         let cfg = LaunchConfig { grid_dim: ((batch * 16).div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream.launch_builder(&self.finish);
+        let mut b = self.stream.launch_builder(&self.kernels.finish);
         b.arg(&bufs.partial).arg(&self.dense_bias).arg(&mut bufs.ping).arg(&mt).arg(&c4).arg(&sp);
         // SAFETY: arguments match conv_finish_f32's signature.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
@@ -490,58 +558,10 @@ impl CudaGenerator {
         let mut side = 4usize;
         let mut in_ping = true;
         for (conv, &(layer_side, plan)) in self.convs.iter().zip(&plans) {
-            let side_in = side;
+            let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in: side, side: layer_side };
             side = layer_side;
-            let m_total = batch * side * side;
-            let k_total = 9 * conv.cin;
-            let ConvPlan { bn, splits, k_per_split, fused, grid, .. } = plan;
-            let shape = ConvShape {
-                n_images: batch as i32,
-                side_in: side_in as i32,
-                cin: conv.cin as i32,
-                cout: conv.cout as i32,
-                up: i32::from(conv.upsample),
-                side: side as i32,
-                log2_side: side.trailing_zeros() as i32,
-                m_total: m_total as i32,
-                k_total: k_total as i32,
-                k_per_split: k_per_split as i32,
-                fused: i32::from(fused),
-            };
-            let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
-            let width = bn.trailing_zeros() as usize - 4;
-            let func = match plan.kind {
-                ConvKind::Spatial => &self.conv_spatial[width],
-                ConvKind::Pipelined => &self.conv_pipelined[width],
-                ConvKind::Gather => {
-                    let vectorised = usize::from(conv.cin % BK == 0);
-                    &self.conv[vectorised][usize::from(self.precision == Precision::Tf32)][width]
-                }
-            };
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
-            let mut b = self.stream.launch_builder(func);
-            b.arg(src).arg(&conv.weight).arg(&conv.bias);
-            if fused {
-                b.arg(&mut *dst);
-            } else {
-                b.arg(&mut bufs.partial);
-            }
-            b.arg(&shape);
-            // SAFETY: arguments match conv3x3_*'s signature; the buffers were sized for this batch.
-            unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-            if !fused {
-                let (mt, co, sp) = (m_total as i32, conv.cout as i32, splits as i32);
-                let warps_per_block = (THREADS / 32) as usize;
-                let cfg = LaunchConfig {
-                    grid_dim: (m_total.div_ceil(warps_per_block) as u32, 1, 1),
-                    block_dim: (THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut b = self.stream.launch_builder(&self.finish);
-                b.arg(&bufs.partial).arg(&conv.bias).arg(dst).arg(&mt).arg(&co).arg(&sp);
-                // SAFETY: arguments match conv_finish_f32's signature.
-                unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-            }
+            self.kernels.launch_conv(&self.stream, &layer, src, dst, &mut bufs.partial)?;
             in_ping = !in_ping;
             if let Some(marks) = marks.as_deref_mut() {
                 marks.push((conv.name.clone(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
@@ -552,7 +572,7 @@ impl CudaGenerator {
         let (n, s, c) = (batch as i32, side as i32, m.final_channels() as i32);
         let pixels = batch * side * side;
         let cfg = LaunchConfig { grid_dim: (pixels.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream.launch_builder(&self.torgb);
+        let mut b = self.stream.launch_builder(&self.kernels.torgb);
         b.arg(act).arg(&self.rgb_weight).arg(&self.rgb_bias).arg(&mut bufs.image).arg(&mut bufs.packed).arg(&n).arg(&s).arg(&c);
         // SAFETY: arguments match torgb_f32's signature.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
@@ -561,6 +581,36 @@ impl CudaGenerator {
             marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
         }
         Ok(())
+    }
+
+    /// Runs convolution layer `index` alone on `input` (`[batch, side_in, side_in, Cin]` channels last) with the
+    /// kernel this generator's settings choose for it; returns `[batch, side, side, Cout]` and the kernel family's
+    /// name. For the per-layer parity test, which localises a mismatch to one kernel and one shape.
+    pub fn run_layer(&mut self, index: usize, input: &[f32], batch: usize) -> Result<(Vec<f32>, String), GenerateError> {
+        let conv = self.convs.get(index).ok_or_else(|| GenerateError::Cuda(format!("no convolution layer {index}")))?;
+        if batch == 0 || batch > MAX_BATCH {
+            return Err(GenerateError::Cuda(format!("batch must be 1 to {MAX_BATCH}, got {batch}")));
+        }
+        let plans = self.plans(batch);
+        let (side, plan) = plans[index];
+        let side_in = if conv.upsample { side / 2 } else { side };
+        let expected = batch * side_in * side_in * conv.cin;
+        if input.len() != expected {
+            return Err(GenerateError::Cuda(format!("layer {}: input of {} values, expected {expected}", conv.name, input.len())));
+        }
+        self.ensure_buffers(batch)?;
+        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let conv = &self.convs[index];
+        {
+            let mut head = bufs.ping.try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
+            self.stream.memcpy_htod(input, &mut head).map_err(cuda_err("uploading the layer input"))?;
+        }
+        let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in, side };
+        self.kernels.launch_conv(&self.stream, &layer, &bufs.ping, &mut bufs.pong, &mut bufs.partial)?;
+        let outputs = batch * side * side * conv.cout;
+        let view = bufs.pong.try_slice(..outputs).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
+        let out = self.stream.clone_dtoh(&view).map_err(cuda_err("downloading the layer output"))?;
+        Ok((out, format!("{:?}", plan.kind)))
     }
 
     fn upload_latents(&mut self, latents: &[f32]) -> Result<usize, GenerateError> {
