@@ -348,3 +348,30 @@ fn to_rgb(act: &[f32], side: usize, m: &PgganModel) -> Vec<f32> {
         });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::model::random_checkpoint;
+
+    /// One layer run alone: a batch equals its images run one by one, the layer's output has the next layer's
+    /// input shape, and inputs of the wrong size are refused with the layer's name.
+    #[test]
+    fn a_layer_runs_alone_on_a_batch() {
+        let model = std::sync::Arc::new(PgganModel::from_checkpoint(&random_checkpoint(16, 256, 32, 32, 3)).expect("a valid checkpoint"));
+        let g = CpuGenerator::new(model.clone(), CpuAlgorithm::Direct);
+        let layer = model.convs.iter().position(|c| c.upsample).expect("an upsampling layer");
+        let (cin, cout) = (model.convs[layer].cin, model.convs[layer].cout);
+        let side_in = 4 << model.convs[..layer].iter().filter(|c| c.upsample).count();
+        let per_image = side_in * side_in * cin;
+        let input: Vec<f32> = (0..2 * per_image).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let both = g.run_layer(layer, &input, 2).expect("runs");
+        assert_eq!(both.len(), 2 * 4 * side_in * side_in * cout);
+        let first = g.run_layer(layer, &input[..per_image], 1).expect("runs");
+        let second = g.run_layer(layer, &input[per_image..], 1).expect("runs");
+        assert_eq!(both, [first, second].concat());
+        let err = g.run_layer(layer, &input[..per_image - 1], 1).expect_err("a short input").to_string();
+        assert!(err.contains(&model.convs[layer].name), "{err}");
+        assert!(g.run_layer(model.convs.len(), &input, 2).is_err());
+    }
+}
