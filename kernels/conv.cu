@@ -1,5 +1,6 @@
 // Kernels (2) and (3): the 3x3 convolution as an implicit GEMM, with the nearest-neighbour x2 upsample folded
-// into its input indexing, and the pixel-norm epilogue.
+// into its input indexing, and the pixel-norm epilogue. Three families: conv3x3_body (below, the measured default),
+// conv3x3_pipe_body (2b) and conv3x3_spatial_body (2c); src/generate/cuda.rs (ConvPlan) picks one per layer.
 //
 // GEMM view: rows m = output pixels (n, y, x) of all images, columns = output channels, K = 9 * Cin with
 // k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order). A block computes a BM x BN tile over a
@@ -19,10 +20,6 @@ struct ConvShape {
     int n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused;
 };
 
-// Epilogue of both convolution kernels, after the block's BM x BN tile is in shared memory (cs, row stride
-// cs_stride): one warp per pixel row of the tile, lanes over channels (coalesced stores). Fused: bias, leaky ReLU
-// and pixel norm over the pixel's channels (BN holds them all), written as activations [M, Cout]. Otherwise raw
-// partial sums into [splits, M, Cout] for conv_finish_f32.
 // One pixel's fused epilogue, by one warp: bias, leaky ReLU and pixel norm over its Cout <= 64 channels (`row`),
 // written to `o`.
 __device__ __forceinline__ void finish_pixel(const float* row, const float* __restrict__ bias, float* __restrict__ o,
@@ -36,6 +33,10 @@ __device__ __forceinline__ void finish_pixel(const float* row, const float* __re
     if (c1 < cout) o[c1] = v1 * inv;
 }
 
+// Epilogue of the GEMM-tiled kernels (conv3x3_body, conv3x3_pipe_body), after the block's BM x BN tile is in
+// shared memory (cs, row stride cs_stride): one warp per pixel row of the tile, lanes over channels (coalesced
+// stores). Fused: bias, leaky ReLU and pixel norm over the pixel's channels (BN holds them all), written as
+// activations [M, Cout]. Otherwise raw partial sums into [splits, M, Cout] for conv_finish_f32.
 template <int BM, int BN>
 __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, const float* __restrict__ bias,
                                               float* __restrict__ out, const ConvShape& s) {
