@@ -486,10 +486,21 @@ struct SpatialTile {
     static_assert(TH * SPATIAL_TW * (BN + 1) <= STAGE_FLOATS, "the epilogue tile fits in one stage");
 };
 
-template <int BN, int WN>
+// The ToRGB layer fused into the last convolution's epilogue (16 channels): w [16, 3] and b [3] (wscale applied),
+// the float image [N, 3, side, side] and the packed 0x00RRGGBB display buffer [N, side, side], as torgb_f32 writes
+// them; the last activations are never stored.
+struct RgbOutput {
+    const float* __restrict__ w;
+    const float* __restrict__ b;
+    float* __restrict__ img;
+    unsigned int* __restrict__ packed;
+};
+
+template <int BN, int WN, bool TO_RGB = false>
 __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ in, const float* __restrict__ w,
                                                      const float* __restrict__ bias, float* __restrict__ out,
-                                                     const ConvShape s) {
+                                                     const ConvShape s, const RgbOutput rgb = RgbOutput{}) {
+    static_assert(!TO_RGB || BN == 16, "ToRGB is fused into the 16-channel variant only");
     using Tile = SpatialTile<BN, WN>;
     constexpr int TH = Tile::TH, TW = SPATIAL_TW, CC = SPATIAL_CC, CS = Tile::CS, WS = Tile::WS;
     constexpr int PATCH_COLS = Tile::PATCH_COLS;
@@ -594,7 +605,24 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
             float sq = v * v;
 #pragma unroll
             for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
-            out[p * 16 + c] = v / sqrtf(sq / 16.0f + PIXEL_NORM_EPS);
+            const float normed = v / sqrtf(sq / 16.0f + PIXEL_NORM_EPS);
+            if constexpr (TO_RGB) {
+                // 1x1 convolution to RGB over the half warp's 16 channels; lanes 0, 1, 2 of the half write R, G, B
+                float sums[3];
+#pragma unroll
+                for (int j = 0; j < 3; ++j) {
+                    float t = normed * rgb.w[c * 3 + j];
+#pragma unroll
+                    for (int offset = 8; offset > 0; offset >>= 1) t += __shfl_xor_sync(0xffffffffu, t, offset);
+                    sums[j] = t + rgb.b[j];
+                }
+                const size_t plane = (size_t)s.side * s.side, q = p - (size_t)img * plane;
+                const float mine = c == 0 ? sums[0] : (c == 1 ? sums[1] : sums[2]);  // no dynamic register index
+                if (c < 3) rgb.img[((size_t)img * 3 + c) * plane + q] = mine;
+                if (c == 0) rgb.packed[p] = (to_u8(sums[0]) << 16) | (to_u8(sums[1]) << 8) | to_u8(sums[2]);
+            } else {
+                out[p * 16 + c] = normed;
+            }
         }
     } else {
         for (int r = warp; r < TH * TW; r += THREADS / 32) {
@@ -616,6 +644,15 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
 // N); one or two stages of 41 KB (BN 16) or 50 KB (BN 32). Host side: src/generate/cuda.rs (ConvPlan).
 SPATIAL_ENTRY(conv3x3_tf32s_n16, 16, 16)
 SPATIAL_ENTRY(conv3x3_tf32s_n32, 32, 32)
+
+// The last layer with ToRGB fused (RgbOutput): the 16-channel spatial kernel writing the image and the display
+// buffer instead of the activations.
+extern "C" __global__ void __launch_bounds__(THREADS, 2)
+    conv3x3_tf32s_n16_rgb(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,
+                          const float* __restrict__ rgb_w, const float* __restrict__ rgb_b, float* __restrict__ img,
+                          unsigned int* __restrict__ packed, ConvShape s) {
+    conv3x3_spatial_body<16, 16, true>(in, w, bias, nullptr, s, RgbOutput{rgb_w, rgb_b, img, packed});
+}
 
 // Kernel (3): sums the split-K partials [splits, M, Cout], adds the bias, applies leaky ReLU and pixel norm.
 // One warp per pixel; out: [M, Cout].

@@ -42,7 +42,7 @@ fn cuda_matches_the_cpu() {
         let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
         let tf32 = tf32_gen.generate(&z).unwrap();
         tf32_gen.use_pipelined_kernels(true).unwrap();
-        let tf32p = tf32_gen.generate(&z).unwrap();
+        let (tf32p, packed_p) = tf32_gen.generate_with_display(&z).unwrap();
         let (e32, a32, etf, atf) = (rel_l2(&gpu, &cpu), max_abs(&gpu, &cpu), rel_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
         let etp = rel_l2(&tf32p, &cpu);
         let name = format!("{res}px base {base} max {max} x{batch}");
@@ -61,6 +61,10 @@ fn cuda_matches_the_cpu() {
             let expected = image_0rgb(&gpu, i, side);
             if packed[i * side * side..(i + 1) * side * side] != expected[..] {
                 failures.push(format!("{name}: packed display buffer of image {i} differs from the float image's 8-bit conversion"));
+            }
+            // the pipelined family fuses ToRGB into a 16-channel last layer: its display buffer is its own
+            if packed_p[i * side * side..(i + 1) * side * side] != image_0rgb(&tf32p, i, side)[..] {
+                failures.push(format!("{name}: pipelined kernels: packed display buffer of image {i} differs from their float image"));
             }
         }
         // a batch equals its items run one by one (up to summation order: split-K depends on the batch)

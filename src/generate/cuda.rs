@@ -33,7 +33,7 @@ pub fn kernel_source() -> String {
 }
 
 /// Entry points the module must export.
-pub const KERNELS: [&str; 20] = [
+pub const KERNELS: [&str; 21] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -52,6 +52,7 @@ pub const KERNELS: [&str; 20] = [
     "conv3x3_tf32p_n64",
     "conv3x3_tf32s_n16",
     "conv3x3_tf32s_n32",
+    "conv3x3_tf32s_n16_rgb",
     "conv_finish_f32",
     "torgb_f32",
 ];
@@ -276,6 +277,8 @@ struct Kernels {
     pipelined: [CudaFunction; 3],
     /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
     spatial: [CudaFunction; 2],
+    /// The 16-channel spatial kernel with ToRGB fused into its epilogue (the last layer).
+    spatial_rgb: CudaFunction,
     finish: CudaFunction,
     torgb: CudaFunction,
 }
@@ -290,7 +293,51 @@ struct LayerLaunch<'a> {
     side: usize,
 }
 
+impl LayerLaunch<'_> {
+    /// The kernels' view of the layer (kernels/conv.cu `ConvShape`).
+    fn shape(&self) -> ConvShape {
+        let m_total = self.batch * self.side * self.side;
+        ConvShape {
+            n_images: self.batch as i32,
+            side_in: self.side_in as i32,
+            cin: self.conv.cin as i32,
+            cout: self.conv.cout as i32,
+            up: i32::from(self.conv.upsample),
+            side: self.side as i32,
+            log2_side: self.side.trailing_zeros() as i32,
+            m_total: m_total as i32,
+            k_total: (9 * self.conv.cin) as i32,
+            k_per_split: self.plan.k_per_split as i32,
+            fused: i32::from(self.plan.fused),
+        }
+    }
+}
+
 impl Kernels {
+    /// Queues the last layer with ToRGB fused (a 16-channel spatial plan): writes the float image and the packed
+    /// display buffer, not the activations.
+    fn launch_conv_to_rgb(
+        &self,
+        stream: &Arc<CudaStream>,
+        layer: &LayerLaunch,
+        src: &CudaSlice<f32>,
+        (rgb_weight, rgb_bias): (&CudaSlice<f32>, &CudaSlice<f32>),
+        image: &mut CudaSlice<f32>,
+        packed: &mut CudaSlice<u32>,
+    ) -> Result<(), GenerateError> {
+        let plan = layer.plan;
+        if plan.kind != ConvKind::Spatial || plan.bn != 16 {
+            return Err(GenerateError::Cuda(format!("ToRGB is fused only into a 16-channel spatial layer, not {plan:?}")));
+        }
+        let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
+        let shape = layer.shape();
+        let mut b = stream.launch_builder(&self.spatial_rgb);
+        b.arg(src).arg(&layer.conv.weight).arg(&layer.conv.bias).arg(rgb_weight).arg(rgb_bias).arg(image).arg(packed).arg(&shape);
+        // SAFETY: arguments match conv3x3_tf32s_n16_rgb's signature; image and packed hold the batch's pixels.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launching a kernel"))?;
+        Ok(())
+    }
+
     /// Queues one convolution layer from `src` into `dst` (through `partial` and conv_finish_f32 when the plan is
     /// not fused).
     fn launch_conv(
@@ -302,21 +349,9 @@ impl Kernels {
         partial: &mut CudaSlice<f32>,
     ) -> Result<(), GenerateError> {
         let launch_err = cuda_err("launching a kernel");
-        let LayerLaunch { conv, plan, precision, batch, side_in, side } = *layer;
+        let LayerLaunch { conv, plan, precision, batch, side, .. } = *layer;
         let m_total = batch * side * side;
-        let shape = ConvShape {
-            n_images: batch as i32,
-            side_in: side_in as i32,
-            cin: conv.cin as i32,
-            cout: conv.cout as i32,
-            up: i32::from(conv.upsample),
-            side: side as i32,
-            log2_side: side.trailing_zeros() as i32,
-            m_total: m_total as i32,
-            k_total: (9 * conv.cin) as i32,
-            k_per_split: plan.k_per_split as i32,
-            fused: i32::from(plan.fused),
-        };
+        let shape = layer.shape();
         let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
         let width = plan.bn.trailing_zeros() as usize - 4;
         let func = match plan.kind {
@@ -368,6 +403,21 @@ pub struct CudaGenerator {
     device_name: String,
 }
 
+/// With `marks` (a profile being taken), records an event named `name` on the stream now.
+fn record_mark(
+    ctx: &Arc<CudaContext>,
+    stream: &Arc<CudaStream>,
+    marks: &mut Option<&mut Vec<(String, CudaEvent)>>,
+    name: &str,
+) -> Result<(), GenerateError> {
+    if let Some(marks) = marks.as_deref_mut() {
+        let event = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"))?;
+        event.record(stream).map_err(cuda_err("recording an event"))?;
+        marks.push((name.to_string(), event));
+    }
+    Ok(())
+}
+
 fn cuda_err(context: &str) -> impl Fn(cudarc::driver::DriverError) -> GenerateError + '_ {
     move |e| GenerateError::Cuda(format!("{context}: {e}"))
 }
@@ -408,6 +458,7 @@ impl CudaGenerator {
             ],
             pipelined: [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?],
             spatial: [load("conv3x3_tf32s_n16")?, load("conv3x3_tf32s_n32")?],
+            spatial_rgb: load("conv3x3_tf32s_n16_rgb")?,
             finish: load("conv_finish_f32")?,
             torgb: load("torgb_f32")?,
         };
@@ -443,7 +494,8 @@ impl CudaGenerator {
             .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
         let pipelined_bytes = (0..3).map(|i| pipe_tile(16 << i).1);
         let spatial_bytes = (0..2).map(|i| 2 * spatial_tile(16 << i).1);
-        for (func, bytes) in kernels.pipelined.iter().zip(pipelined_bytes).chain(kernels.spatial.iter().zip(spatial_bytes)) {
+        let spatial_rgb = std::iter::once((&kernels.spatial_rgb, 2 * spatial_tile(16).1));
+        for (func, bytes) in kernels.pipelined.iter().zip(pipelined_bytes).chain(kernels.spatial.iter().zip(spatial_bytes)).chain(spatial_rgb) {
             if bytes > opt_in {
                 return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
             }
@@ -550,23 +602,30 @@ impl CudaGenerator {
         b.arg(&bufs.partial).arg(&self.dense_bias).arg(&mut bufs.ping).arg(&mt).arg(&c4).arg(&sp);
         // SAFETY: arguments match conv_finish_f32's signature.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        if let Some(marks) = marks.as_deref_mut() {
-            marks.push(("4x4/Dense".into(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
-            marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
-        }
+        record_mark(&self.ctx, &self.stream, &mut marks, "4x4/Dense")?;
 
+        // with the pipelined kernels, a 16-channel last layer on the spatial kernel also does ToRGB (its
+        // activations are never stored)
+        let fuse_rgb = plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16) && m.final_channels() == 16;
         let mut side = 4usize;
         let mut in_ping = true;
-        for (conv, &(layer_side, plan)) in self.convs.iter().zip(&plans) {
+        for (index, (conv, &(layer_side, plan))) in self.convs.iter().zip(&plans).enumerate() {
             let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in: side, side: layer_side };
             side = layer_side;
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
-            self.kernels.launch_conv(&self.stream, &layer, src, dst, &mut bufs.partial)?;
-            in_ping = !in_ping;
-            if let Some(marks) = marks.as_deref_mut() {
-                marks.push((conv.name.clone(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
-                marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
+            if fuse_rgb && index + 1 == plans.len() {
+                let rgb = (&self.rgb_weight, &self.rgb_bias);
+                self.kernels.launch_conv_to_rgb(&self.stream, &layer, src, rgb, &mut bufs.image, &mut bufs.packed)?;
+            } else {
+                self.kernels.launch_conv(&self.stream, &layer, src, dst, &mut bufs.partial)?;
             }
+            in_ping = !in_ping;
+            record_mark(&self.ctx, &self.stream, &mut marks, &conv.name)?;
+        }
+        if fuse_rgb {
+            // ToRGB ran inside the last layer: its own row in the profile is (about) zero
+            record_mark(&self.ctx, &self.stream, &mut marks, "ToRGB_lod0")?;
+            return Ok(());
         }
         let act = if in_ping { &bufs.ping } else { &bufs.pong };
         let (n, s, c) = (batch as i32, side as i32, m.final_channels() as i32);
@@ -576,10 +635,7 @@ impl CudaGenerator {
         b.arg(act).arg(&self.rgb_weight).arg(&self.rgb_bias).arg(&mut bufs.image).arg(&mut bufs.packed).arg(&n).arg(&s).arg(&c);
         // SAFETY: arguments match torgb_f32's signature.
         unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        if let Some(marks) = marks.as_deref_mut() {
-            marks.push(("ToRGB_lod0".into(), self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(&launch_err)?));
-            marks.last().map(|(_, e)| e.record(&self.stream)).transpose().map_err(&launch_err)?;
-        }
+        record_mark(&self.ctx, &self.stream, &mut marks, "ToRGB_lod0")?;
         Ok(())
     }
 

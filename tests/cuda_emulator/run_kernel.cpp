@@ -4,7 +4,7 @@
 //   run_kernel DIR
 //
 // DIR/launch.txt, one item per line:
-//   kernel NAME                       conv3x3_* | conv_finish_f32 | dense_f32 | torgb_f32
+//   kernel NAME                       conv3x3_* | conv3x3_tf32s_n16_rgb | conv_finish_f32 | dense_f32 | torgb_f32
 //   grid X Y Z
 //   threads T
 //   shared BYTES                      dynamic shared memory
@@ -96,6 +96,13 @@ int main(int argc, char** argv) {
         using ConvFn = void (*)(const float*, const float*, const float*, float*, ConvShape);
         emu::launch(reinterpret_cast<ConvFn>(it->second), grid, threads, shared, (const float*)f(0),
                     (const float*)f(1), (const float*)f(2), f(3), s);
+    } else if (name == "conv3x3_tf32s_n16_rgb") {
+        need(11, 7);
+        const ConvShape s{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5],
+                          ints[6], ints[7], ints[8], ints[9], ints[10]};
+        emu::launch(conv3x3_tf32s_n16_rgb, grid, threads, shared, (const float*)f(0), (const float*)f(1),
+                    (const float*)f(2), (const float*)f(3), (const float*)f(4), f(5),
+                    reinterpret_cast<unsigned int*>(f(6)), s);
     } else if (name == "conv_finish_f32") {
         need(3, 3);
         emu::launch(conv_finish_f32, grid, threads, shared, (const float*)f(0), (const float*)f(1), f(2), ints[0],

@@ -184,6 +184,35 @@ def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, co
         assert err > 1e-6, f"{kernel}: error {err:.1e} is too small for 10-bit inputs"
 
 
+def official_packed(img):
+    """[N, 3, H, W] float -> [N, H, W] 0x00RRGGBB with the official 8-bit rounding."""
+    u8 = np.clip(np.rint((img + 1) / 2 * 255), 0, 255).astype(np.uint32)
+    return (u8[:, 0] << 16) | (u8[:, 1] << 8) | u8[:, 2]
+
+
+@pytest.mark.parametrize("n,side_in,cin,up", [(1, 16, 32, True), (2, 32, 16, False)])
+def test_last_layer_with_torgb_fused_writes_the_image_and_the_display_buffer(run_kernel, n, side_in, cin, up):
+    rng = np.random.default_rng(side_in + cin)
+    x = rng.standard_normal((n, side_in, side_in, cin)).astype(np.float32)
+    w = (rng.standard_normal((9 * cin, 16)) / np.sqrt(9 * cin)).astype(np.float32)
+    b = (rng.standard_normal(16) * 0.1).astype(np.float32)
+    rgb_w = (rng.standard_normal((16, 3)) / 4).astype(np.float32)
+    rgb_b = np.array([0.1, -0.2, 0.05], np.float32)
+    side = side_in * (2 if up else 1)
+    _, act = conv_reference(x.astype(np.float64), w, b, up)
+    want = (act @ rgb_w + rgb_b).transpose(0, 3, 1, 2)
+    _, th, stage_bytes = SPATIAL_KERNELS["tf32s_n16"]
+    shape = [n, side_in, cin, 16, int(up), side, side.bit_length() - 1, n * side * side, 9 * cin, 9 * cin, 1]
+    img = np.full((n, 3, side, side), np.nan, np.float32)
+    packed = np.zeros((n, side, side), np.uint32)
+    out = run_kernel("conv3x3_tf32s_n16_rgb", (side // 32 * (side // th), n, 1), shape,
+                     [x, w, b, rgb_w, rgb_b, img, packed], shared=min(2, cin // 16) * stage_bytes)
+    img, packed = out[5], out[6]
+    assert np.isfinite(img).all(), "some pixels were never written"
+    assert rel_l2(img, want) <= 1e-2
+    assert np.array_equal(packed, official_packed(img))
+
+
 def test_an_error_in_the_layout_is_caught(run_kernel):
     """The comparison above can fail: weights passed transposed per tap give a different layer."""
     rng = np.random.default_rng(3)
@@ -225,5 +254,4 @@ def test_torgb_kernel_writes_the_image_and_the_display_buffer(run_kernel):
                                       [act, w, b, img, packed])
     want = (act.astype(np.float64) @ w + b).transpose(0, 3, 1, 2)
     assert rel_l2(img, want) <= 1e-6
-    u8 = np.clip(np.rint((img + 1) / 2 * 255), 0, 255).astype(np.uint32)  # the official rounding
-    assert np.array_equal(packed, (u8[:, 0] << 16) | (u8[:, 1] << 8) | u8[:, 2])
+    assert np.array_equal(packed, official_packed(img))
