@@ -1,11 +1,14 @@
 //! The generator on an NVIDIA GPU: our own kernels (`kernels/*.cu`), embedded in the binary, compiled with NVRTC
-//! at start-up for the device's architecture, and launched through `cudarc` (driver loaded at run time, so the
-//! binary runs on machines without CUDA and falls back to the CPU).
+//! at start-up for the device's architecture (kept in the kernel cache, [`super::ptx_cache`]), and launched
+//! through `cudarc` (driver loaded at run time, so the binary runs on machines without CUDA and falls back to the
+//! CPU).
 //!
 //! Activations live on the device in channels-last `[N, H, W, C]` order, the same as the CPU path, and the
 //! weights are the CPU model's effective weights (wscale applied; `[9 * Cin, Cout]`), uploaded once. Buffers are
 //! allocated once per batch size and reused. Two precisions: float32 FMAs (exact path, compared with the CPU in
-//! the parity tests) and TF32 tensor cores for the convolutions.
+//! the parity tests) and TF32 tensor cores for the convolutions. Each convolution layer gets a [`ConvPlan`]: the
+//! kernel family (the measured gather kernels by default; the pipelined and spatial-tile TF32 kernels with
+//! [`CudaGenerator::use_pipelined_kernels`]), its tile, split-K and grid.
 
 use std::sync::Arc;
 
