@@ -6,7 +6,7 @@
 //! Activations live on the device in channels-last `[N, H, W, C]` order, the same as the CPU path, and the
 //! weights are the CPU model's effective weights (wscale applied; `[9 * Cin, Cout]`), uploaded once. Buffers are
 //! allocated once per batch size and reused. Two precisions: float32 FMAs (exact path, compared with the CPU in
-//! the parity tests) and TF32 tensor cores for the convolutions. Each convolution layer gets a [`ConvPlan`]: the
+//! the parity tests) and TF32 tensor cores for the convolutions. Each convolution layer gets a `ConvPlan`: the
 //! kernel family (the measured gather kernels by default; the pipelined and spatial-tile TF32 kernels with
 //! [`CudaGenerator::use_pipelined_kernels`]), its tile, split-K and grid.
 
