@@ -85,17 +85,12 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     if args.layers {
         let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
         println!("{:<22} {:>9} {:>9}", "layer", "ms", "GFLOP/s");
-        let mut side = 4usize;
+        let sides = model.layer_sides();
         let times = generator.layer_times(&z)?;
         for (name, secs) in &times {
-            let layer = model.convs.iter().find(|c| &c.name == name);
+            let layer = model.convs.iter().zip(&sides).find(|(c, _)| &c.name == name);
             let gflop = match layer {
-                Some(c) => {
-                    if c.upsample {
-                        side *= 2;
-                    }
-                    2.0 * (9 * c.cin * c.cout * side * side) as f64 / 1e9
-                }
+                Some((c, &side)) => 2.0 * (9 * c.cin * c.cout * side * side) as f64 / 1e9,
                 None => f64::NAN,
             };
             println!("{name:<22} {:>9.2} {:>9.1}", secs * 1e3, gflop / secs);

@@ -57,14 +57,11 @@ pub struct CpuGenerator {
 impl CpuGenerator {
     /// Prepares the layers (Winograd weight transforms happen here, once).
     pub fn new(model: std::sync::Arc<PgganModel>, algorithm: CpuAlgorithm) -> CpuGenerator {
-        let mut side = 4usize;
         let plans = model
             .convs
             .iter()
-            .map(|layer| {
-                if layer.upsample {
-                    side *= 2;
-                }
+            .zip(model.layer_sides())
+            .map(|(layer, side)| {
                 if algorithm == CpuAlgorithm::Winograd && WINOGRAD_SIDES.contains(&side) {
                     Plan::Winograd(WinogradLayer::new(layer, &winograd::F4))
                 } else {
@@ -114,12 +111,12 @@ impl CpuGenerator {
             source_name: self.model.label.clone(),
             message: format!("no convolution layer {index}"),
         })?;
-        let per_image = input.len() / batch.max(1);
-        let side_in = ((per_image / layer.cin) as f64).sqrt() as usize;
-        if batch == 0 || side_in * side_in * layer.cin * batch != input.len() {
+        let side_in = self.model.layer_sides()[index] >> usize::from(layer.upsample);
+        let per_image = side_in * side_in * layer.cin;
+        if batch == 0 || per_image * batch != input.len() {
             return Err(GenerateError::Architecture {
                 source_name: self.model.label.clone(),
-                message: format!("layer {}: {} values are not {batch} square images of {} channels", layer.name, input.len(), layer.cin),
+                message: format!("layer {}: {} values are not {batch} images of {side_in} x {side_in} x {}", layer.name, input.len(), layer.cin),
             });
         }
         let mut out = Vec::new();

@@ -533,15 +533,10 @@ impl CudaGenerator {
     /// Each convolution layer's output side and launch plan for `batch` images.
     fn plans(&self, batch: usize) -> Vec<(usize, ConvPlan)> {
         let pipelined = self.pipelined && self.precision == Precision::Tf32;
-        let mut side = 4usize;
         self.convs
             .iter()
-            .map(|c| {
-                if c.upsample {
-                    side *= 2;
-                }
-                (side, ConvPlan::new(self.sm_count, batch, side, c.cin, c.cout, pipelined))
-            })
+            .zip(self.model.layer_sides())
+            .map(|(c, side)| (side, ConvPlan::new(self.sm_count, batch, side, c.cin, c.cout, pipelined)))
             .collect()
     }
 

@@ -128,17 +128,28 @@ impl PgganModel {
         model
     }
 
+    /// Each convolution layer's output side, in layer order: 4 x 4 doubled at every upsampling layer (a layer's
+    /// input side is its output side halved when it upsamples).
+    pub fn layer_sides(&self) -> Vec<usize> {
+        let mut side = 4usize;
+        self.convs
+            .iter()
+            .map(|conv| {
+                if conv.upsample {
+                    side *= 2;
+                }
+                side
+            })
+            .collect()
+    }
+
     /// Multiply-adds of one image (convolutions, dense and ToRGB).
     pub fn macs_per_image(&self) -> f64 {
-        let mut macs = (self.latent_size * 16 * self.c4) as f64;
-        let mut res = 4usize;
-        for conv in &self.convs {
-            if conv.upsample {
-                res *= 2;
-            }
-            macs += (9 * conv.cin * conv.cout * res * res) as f64;
-        }
-        macs + (self.to_rgb_weight.len() * res * res) as f64
+        let sides = self.layer_sides();
+        let dense = (self.latent_size * 16 * self.c4) as f64;
+        let convs: f64 = self.convs.iter().zip(&sides).map(|(conv, &s)| (9 * conv.cin * conv.cout * s * s) as f64).sum();
+        let last = sides.last().copied().unwrap_or(4);
+        dense + convs + (self.to_rgb_weight.len() * last * last) as f64
     }
 
     /// Channels of the last convolution.
