@@ -103,17 +103,16 @@ fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], bou
         .collect();
     let attributes = boundaries
         .iter()
-        .map(|(name, n)| {
-            let t: Vec<f64> = truths.iter().map(|z| attribute_score(z, n)).collect();
-            let p: Vec<f64> = preds.iter().map(|z| attribute_score(z, n)).collect();
-            let r = pearson(&t, &p);
+        .zip(&attribute_scores)
+        .map(|((name, n), (_, t, p))| {
+            let r = pearson(t, p);
             // null: for each permutation, a random latent (drawn from the pool) in place of every prediction
             let pool: Vec<f64> = randoms.iter().map(|z| attribute_score(z, n)).collect();
             let mut rng = Rng::new(seed ^ 0xA77);
             let null: Vec<f64> = (0..randoms.len())
                 .map(|_| {
                     let drawn: Vec<f64> = (0..t.len()).map(|_| pool[(rng.uniform() * pool.len() as f64) as usize % pool.len().max(1)]).collect();
-                    pearson(&t, &drawn)
+                    pearson(t, &drawn)
                 })
                 .collect();
             (name.clone(), r, p_value(r, &null))
