@@ -66,60 +66,61 @@ pub fn cv_curve(path: &Path, curve: &[(f64, f64)], chosen: f64) -> std::io::Resu
     ])
 }
 
-/// One scatter panel per attribute: true score (x) against decoded score (y).
-pub fn attribute_scatter(path: &Path, attributes: &[(String, Vec<f64>, Vec<f64>)]) -> std::io::Result<()> {
-    let n = attributes.len().max(1);
-    let (pw, h) = (260usize, 280usize);
-    let w = pw * n;
+/// A row of one panel per item, `panel_w` x `h` pixels each: `draw` fills an item's panel and returns its top and
+/// bottom labels.
+fn panel_row<T>(
+    path: &Path,
+    items: &[T],
+    (panel_w, h): (usize, usize),
+    mut draw: impl FnMut(&T, &Panel<'_>) -> Result<(String, String), std::io::Error>,
+) -> std::io::Result<()> {
+    let n = items.len().max(1);
+    let w = panel_w * n;
     let mut buf = vec![255u8; w * h * 3];
     let mut labels = Vec::new();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w as u32, h as u32)).into_drawing_area();
         let panels = root.split_evenly((1, n));
-        for (i, ((name, truth, decoded), panel)) in attributes.iter().zip(panels.iter()).enumerate() {
-            let mut c = chart(panel, range(truth), range(decoded))?;
-            c.draw_series(truth.iter().zip(decoded).map(|(x, y)| Circle::new((*x, *y), 3, BLUE.mix(0.8).filled()))).map_err(err)?;
-            let r = crate::decode::metrics::pearson(truth, decoded);
-            labels.push((i * pw + 14, 8, format!("{} R={r:.2}", name.to_uppercase())));
-            labels.push((i * pw + 14, h - 14, "TRUE (X) VS DECODED (Y)".to_string()));
+        for (i, (item, panel)) in items.iter().zip(panels.iter()).enumerate() {
+            let (top, bottom) = draw(item, panel)?;
+            labels.push((i * panel_w + 14, 8, top));
+            labels.push((i * panel_w + 14, h - 14, bottom));
         }
         root.present().map_err(err)?;
     }
     save(path, &buf, w, h, &labels)
 }
 
+/// One scatter panel per attribute: true score (x) against decoded score (y).
+pub fn attribute_scatter(path: &Path, attributes: &[(String, Vec<f64>, Vec<f64>)]) -> std::io::Result<()> {
+    panel_row(path, attributes, (260, 280), |(name, truth, decoded), panel| {
+        let mut c = chart(panel, range(truth), range(decoded))?;
+        c.draw_series(truth.iter().zip(decoded).map(|(x, y)| Circle::new((*x, *y), 3, BLUE.mix(0.8).filled()))).map_err(err)?;
+        let r = crate::decode::metrics::pearson(truth, decoded);
+        Ok((format!("{} R={r:.2}", name.to_uppercase()), "TRUE (X) VS DECODED (Y)".to_string()))
+    })
+}
+
 /// Histograms of permutation nulls with the observed value as a red line.
 pub fn null_histograms(path: &Path, measures: &[(String, f64, Vec<f64>)]) -> std::io::Result<()> {
-    let n = measures.len().max(1);
-    let (pw, h) = (260usize, 240usize);
-    let w = pw * n;
-    let mut buf = vec![255u8; w * h * 3];
-    let mut labels = Vec::new();
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w as u32, h as u32)).into_drawing_area();
-        let panels = root.split_evenly((1, n));
-        for (i, ((name, observed, null), panel)) in measures.iter().zip(panels.iter()).enumerate() {
-            let mut all = null.clone();
-            all.push(*observed);
-            let (lo, hi) = range(&all);
-            const BINS: usize = 30;
-            let width = (hi - lo) / BINS as f64;
-            let mut counts = [0usize; BINS];
-            for v in null {
-                counts[(((v - lo) / width) as usize).min(BINS - 1)] += 1;
-            }
-            let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
-            let mut c = chart(panel, (lo, hi), (0.0, top))?;
-            c.draw_series(counts.iter().enumerate().map(|(b, &k)| {
-                let x0 = lo + b as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, k as f64)], BLUE.mix(0.5).filled())
-            }))
-            .map_err(err)?;
-            c.draw_series(LineSeries::new([(*observed, 0.0), (*observed, top)], RED.stroke_width(2))).map_err(err)?;
-            labels.push((i * pw + 14, 8, name.to_uppercase()));
-            labels.push((i * pw + 14, h - 14, format!("OBSERVED {observed:.3}")));
+    panel_row(path, measures, (260, 240), |(name, observed, null), panel| {
+        let mut all = null.clone();
+        all.push(*observed);
+        let (lo, hi) = range(&all);
+        const BINS: usize = 30;
+        let width = (hi - lo) / BINS as f64;
+        let mut counts = [0usize; BINS];
+        for v in null {
+            counts[(((v - lo) / width) as usize).min(BINS - 1)] += 1;
         }
-        root.present().map_err(err)?;
-    }
-    save(path, &buf, w, h, &labels)
+        let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+        let mut c = chart(panel, (lo, hi), (0.0, top))?;
+        c.draw_series(counts.iter().enumerate().map(|(b, &k)| {
+            let x0 = lo + b as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width * 0.9, k as f64)], BLUE.mix(0.5).filled())
+        }))
+        .map_err(err)?;
+        c.draw_series(LineSeries::new([(*observed, 0.0), (*observed, top)], RED.stroke_width(2))).map_err(err)?;
+        Ok((name.to_uppercase(), format!("OBSERVED {observed:.3}")))
+    })
 }
