@@ -377,6 +377,23 @@ fn tile_sources(spec: &WinogradSpec, side_in: usize, side: usize, up: usize, cin
     sources
 }
 
+/// The first half of a tile transform: `tmp[i][c] = sum_r mat[i][r] x(r, c)` for `rows` x `a` coefficients `mat`
+/// (row major) and an `a` x `a` tile `x` of `width`-channel vectors; zero coefficients are skipped.
+fn left_multiply<'x>(tmp: &mut [f32], mat: &[f32], rows: usize, a: usize, width: usize, x: impl Fn(usize, usize) -> &'x [f32]) {
+    tmp.fill(0.0);
+    for i in 0..rows {
+        for r in 0..a {
+            let coef = mat[i * a + r];
+            if coef == 0.0 {
+                continue;
+            }
+            for c in 0..a {
+                axpy(&mut tmp[(i * a + c) * width..(i * a + c + 1) * width], coef, x(r, c));
+            }
+        }
+    }
+}
+
 /// `V = B^T d B` for one tile, any channel count: `v` points at the tile's row of position 0.
 #[allow(clippy::too_many_arguments)]
 fn input_tile_portable(spec: &WinogradSpec, input: &[f32], sources: &[Option<usize>], cin: usize, tmp: &mut [f32], zeros: &[f32], v: &mut [f32], stride: usize) {
@@ -389,18 +406,7 @@ fn input_tile_portable(spec: &WinogradSpec, input: &[f32], sources: &[Option<usi
     };
     // tmp[i][c] = sum_r BT[i][r] d[r][c]
     let tmp = &mut tmp[..a * a * cin];
-    tmp.fill(0.0);
-    for i in 0..a {
-        for r in 0..a {
-            let coef = spec.bt[i * a + r];
-            if coef == 0.0 {
-                continue;
-            }
-            for c in 0..a {
-                axpy(&mut tmp[(i * a + c) * cin..(i * a + c + 1) * cin], coef, pixel(r, c));
-            }
-        }
-    }
+    left_multiply(tmp, &spec.bt, a, a, cin, pixel);
     // V[i][j] = sum_c BT[j][c] tmp[i][c]
     for i in 0..a {
         for j in 0..a {
@@ -423,18 +429,7 @@ fn output_tile_portable(spec: &WinogradSpec, m_t: &[f32], stride: usize, cout: u
     let mrow = |r: usize, c: usize| &m_t[(r * a + c) * stride..(r * a + c) * stride + cout];
     // tmp[i][c] = sum_r AT[i][r] M[r][c]
     let tmp = &mut tmp[..m * a * cout];
-    tmp.fill(0.0);
-    for i in 0..m {
-        for r in 0..a {
-            let coef = spec.at[i * a + r];
-            if coef == 0.0 {
-                continue;
-            }
-            for c in 0..a {
-                axpy(&mut tmp[(i * a + c) * cout..(i * a + c + 1) * cout], coef, mrow(r, c));
-            }
-        }
-    }
+    left_multiply(tmp, &spec.at, m, a, cout, mrow);
     for i in 0..m.min(out_rows.saturating_sub(y0)) {
         for j in 0..m.min(side.saturating_sub(x0)) {
             let (y, x) = (y0 + i, x0 + j);
