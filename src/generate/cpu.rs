@@ -246,7 +246,6 @@ pub(crate) fn reuse_buffer(buffer: &mut Vec<f32>, len: usize) {
         *buffer = vec![0.0; len];
     }
     buffer.resize(len, 0.0);
-    buffer.truncate(len);
 }
 
 /// Adds the bias, then leaky ReLU and pixel norm: the epilogue of every convolution.
