@@ -169,6 +169,8 @@ struct DeviceConv {
 /// Per-batch-size device buffers, reused across calls.
 struct Buffers {
     batch: usize,
+    /// Each convolution layer's output side and launch plan for this batch size.
+    plans: Vec<(usize, ConvPlan)>,
     z: CudaSlice<f32>,
     ping: CudaSlice<f32>,
     pong: CudaSlice<f32>,
@@ -530,7 +532,7 @@ impl CudaGenerator {
         Ok(())
     }
 
-    /// Each convolution layer's output side and launch plan for `batch` images.
+    /// Each convolution layer's output side and launch plan for `batch` images (kept in [`Buffers`]).
     fn plans(&self, batch: usize) -> Vec<(usize, ConvPlan)> {
         let pipelined = self.pipelined && self.precision == Precision::Tf32;
         self.convs
@@ -556,7 +558,8 @@ impl CudaGenerator {
         let m = &*self.model;
         let mut largest_act = batch * 16 * m.c4;
         let mut largest_partial = batch * 16 * m.c4; // the dense layer's output goes through the finish kernel
-        for (c, (side, plan)) in m.convs.iter().zip(self.plans(batch)) {
+        let plans = self.plans(batch);
+        for (c, &(side, plan)) in m.convs.iter().zip(&plans) {
             let pixels = batch * side * side;
             largest_act = largest_act.max(pixels * c.cout);
             if !plan.fused {
@@ -567,6 +570,7 @@ impl CudaGenerator {
         let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err("allocating activations"));
         self.buffers = Some(Buffers {
             batch,
+            plans,
             z: alloc(batch * m.latent_size)?,
             ping: alloc(largest_act)?,
             pong: alloc(largest_act)?,
@@ -582,8 +586,8 @@ impl CudaGenerator {
     fn enqueue(&mut self, batch: usize, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
         let launch_err = cuda_err("launching a kernel");
         let m = self.model.clone();
-        let plans = self.plans(batch);
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let plans = &bufs.plans;
         let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
         let cfg = LaunchConfig {
             grid_dim: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
@@ -607,7 +611,7 @@ impl CudaGenerator {
         let fuse_rgb = plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16) && m.final_channels() == 16;
         let mut side = 4usize;
         let mut in_ping = true;
-        for (index, (conv, &(layer_side, plan))) in self.convs.iter().zip(&plans).enumerate() {
+        for (index, (conv, &(layer_side, plan))) in self.convs.iter().zip(plans).enumerate() {
             let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in: side, side: layer_side };
             side = layer_side;
             let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
@@ -641,20 +645,21 @@ impl CudaGenerator {
     /// kernel this generator's settings choose for it; returns `[batch, side, side, Cout]` and the kernel family's
     /// name. For the per-layer parity test, which localises a mismatch to one kernel and one shape.
     pub fn run_layer(&mut self, index: usize, input: &[f32], batch: usize) -> Result<(Vec<f32>, String), GenerateError> {
-        let conv = self.convs.get(index).ok_or_else(|| GenerateError::Cuda(format!("no convolution layer {index}")))?;
+        if index >= self.convs.len() {
+            return Err(GenerateError::Cuda(format!("no convolution layer {index}")));
+        }
         if batch == 0 || batch > MAX_BATCH {
             return Err(GenerateError::Cuda(format!("batch must be 1 to {MAX_BATCH}, got {batch}")));
         }
-        let plans = self.plans(batch);
-        let (side, plan) = plans[index];
+        self.ensure_buffers(batch)?;
+        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let conv = &self.convs[index];
+        let (side, plan) = bufs.plans[index];
         let side_in = if conv.upsample { side / 2 } else { side };
         let expected = batch * side_in * side_in * conv.cin;
         if input.len() != expected {
             return Err(GenerateError::Cuda(format!("layer {}: input of {} values, expected {expected}", conv.name, input.len())));
         }
-        self.ensure_buffers(batch)?;
-        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        let conv = &self.convs[index];
         {
             let mut head = bufs.ping.try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
             self.stream.memcpy_htod(input, &mut head).map_err(cuda_err("uploading the layer input"))?;
