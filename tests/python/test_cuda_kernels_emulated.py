@@ -10,11 +10,15 @@ those parity tests on an H100 run here too, so an emulation that disagreed with 
 
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from pggan_reference import lrelu, pixel_norm, to_uint8  # noqa: E402
 
 THREADS = 256
 EMULATOR = ROOT / "tests" / "cuda_emulator"
@@ -47,14 +51,6 @@ def run_kernel(tmp_path_factory):
     return run
 
 
-def lrelu(x):
-    return np.where(x > 0, x, 0.2 * x)
-
-
-def pixel_norm(x):
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-8)
-
-
 def conv_reference(x, w, b, up):
     """x: [N, S, S, Cin] float64 channels last; w: [9 * Cin, Cout] with rows (dy * 3 + dx) * Cin + ci; nearest x2
     upsample first when `up`; zero padding 1. Returns the pre-activation [N, S', S', Cout] and the layer output."""
@@ -68,7 +64,7 @@ def conv_reference(x, w, b, up):
             tap = w[(dy * 3 + dx) * cin:(dy * 3 + dx + 1) * cin]
             pre += padded[:, dy:dy + s, dx:dx + s, :] @ tap
     pre += b
-    return pre, pixel_norm(lrelu(pre))
+    return pre, pixel_norm(lrelu(pre), axis=-1)
 
 
 def ceil_div(a, b):
@@ -186,8 +182,8 @@ def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, co
 
 def official_packed(img):
     """[N, 3, H, W] float -> [N, H, W] 0x00RRGGBB with the official 8-bit rounding."""
-    u8 = np.clip(np.rint((img + 1) / 2 * 255), 0, 255).astype(np.uint32)
-    return (u8[:, 0] << 16) | (u8[:, 1] << 8) | u8[:, 2]
+    u8 = to_uint8(img).astype(np.uint32)
+    return (u8[..., 0] << 16) | (u8[..., 1] << 8) | u8[..., 2]
 
 
 @pytest.mark.parametrize("n,side_in,cin,up", [(1, 16, 32, True), (2, 32, 16, False)])
@@ -235,10 +231,10 @@ def test_dense_kernel_and_finish_match_numpy(run_kernel):
     raw = run_kernel("dense_f32", (ceil_div(16 * c4, THREADS), n, 1), [latent, c4], [z, w, raw], shared=latent * 4)[2]
     act = run_kernel("conv_finish_f32", (n * 16 // 8, 1, 1), [n * 16, c4, 1],
                      [raw, b, np.full((n * 16, c4), np.nan, np.float32)])[2]
-    zn = pixel_norm(z.astype(np.float64))
+    zn = pixel_norm(z.astype(np.float64), axis=-1)
     # dense output column j = c * 16 + pixel, stored channels last [N, 4, 4, c4]
     pre = (zn @ w).reshape(n, c4, 16).transpose(0, 2, 1) + b
-    want = pixel_norm(lrelu(pre)).reshape(n * 16, c4)
+    want = pixel_norm(lrelu(pre), axis=-1).reshape(n * 16, c4)
     assert rel_l2(act, want) <= 1e-5
 
 
