@@ -133,7 +133,8 @@ def main():
                 ("cpu direct", ["--device", "cpu", "--algorithm", "direct"])] if a.device == "cpu" else \
             [("cuda f32", ["--device", "cuda", "--precision", "f32"]),
              ("cuda tf32", ["--device", "cuda", "--precision", "tf32"]),
-             ("cuda tf32 pipelined", ["--device", "cuda", "--precision", "tf32", "--pipelined"])]
+             ("cuda tf32 staged", ["--device", "cuda", "--precision", "tf32", "--kernels", "staged"]),
+             ("cuda tf32 tuned", ["--device", "cuda", "--precision", "tf32", "--kernels", "tuned"])]
         for label, flags in ours:
             out = subprocess.run([a.binary, "bench-generator", "--weights", weights, "--batch", str(batch), "--repeats",
                                   str(a.repeats), *flags], capture_output=True, text=True)

@@ -1,12 +1,12 @@
 //! CUDA versus CPU parity, on a machine with an NVIDIA GPU (run by `scripts/gpu_check.sh`, ignored elsewhere):
 //! random checkpoints at several sizes and the exact CelebA-HQ 1024 shapes, the float32 path, the TF32 path on
-//! both kernel families (default and pipelined), the packed display buffer, and batch-versus-single consistency.
+//! each kernel choice (gather, staged, tuned), the packed display buffer, and batch-versus-single consistency.
 
 use std::sync::Arc;
 
 use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
 use hyper_rt::generate::cuda::{CudaGenerator, Precision};
-use hyper_rt::generate::{image_0rgb, model};
+use hyper_rt::generate::{image_0rgb, model, ConvKernels};
 use hyper_rt::rng::Rng;
 
 fn rel_l2(a: &[f32], reference: &[f32]) -> f64 {
@@ -27,8 +27,8 @@ fn max_abs(a: &[f32], b: &[f32]) -> f64 {
 fn cuda_matches_the_cpu() {
     let configs = [(16, 256, 64, 3), (64, 1024, 128, 3), (128, 2048, 64, 2), (256, 4096, 256, 2), (1024, 8192, 512, 2)];
     println!(
-        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>14}",
-        "checkpoint", "f32 rel L2", "f32 max abs", "tf32 rel L2", "tf32 max abs", "tf32p rel L2"
+        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>14} {:>14}  tuned: staged layers",
+        "checkpoint", "f32 rel L2", "f32 max abs", "tf32 rel L2", "tf32 max abs", "staged rel L2", "tuned rel L2"
     );
     let mut failures = Vec::new();
     for (res, base, max, batch) in configs {
@@ -41,20 +41,29 @@ fn cuda_matches_the_cpu() {
         let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
         let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
         let tf32 = tf32_gen.generate(&z).unwrap();
-        tf32_gen.use_pipelined_kernels(true).unwrap();
-        let (tf32p, packed_p) = tf32_gen.generate_with_display(&z).unwrap();
+        tf32_gen.use_conv_kernels(ConvKernels::Staged).unwrap();
+        let (staged, packed_s) = tf32_gen.generate_with_display(&z).unwrap();
+        tf32_gen.use_conv_kernels(ConvKernels::Tuned).unwrap();
+        let (tuned, packed_t) = tf32_gen.generate_with_display(&z).unwrap();
+        let tuning = tf32_gen.tuning(batch).expect("tuned at the first use of the batch size");
+        let chosen: Vec<&str> = tuning.iter().filter(|l| l.chosen != "gather").map(|l| l.layer.as_str()).collect();
         let (e32, a32, etf, atf) = (rel_l2(&gpu, &cpu), max_abs(&gpu, &cpu), rel_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
-        let etp = rel_l2(&tf32p, &cpu);
+        let (ets, ett) = (rel_l2(&staged, &cpu), rel_l2(&tuned, &cpu));
         let name = format!("{res}px base {base} max {max} x{batch}");
-        println!("{name:<28} {e32:>12.3e} {a32:>12.3e} {etf:>12.3e} {atf:>12.3e} {etp:>14.3e}");
+        println!("{name:<28} {e32:>12.3e} {a32:>12.3e} {etf:>12.3e} {atf:>12.3e} {ets:>14.3e} {ett:>14.3e}  {}", chosen.len());
+        if tuning.len() != m.convs.len() {
+            failures.push(format!("{name}: the tuning reports {} layers, the network has {}", tuning.len(), m.convs.len()));
+        }
         if !(e32 <= 1e-5) {
             failures.push(format!("{name}: float32 relative L2 {e32:.3e} > 1e-5"));
         }
         if !(etf <= 1e-2) {
             failures.push(format!("{name}: TF32 relative L2 {etf:.3e} > 1e-2"));
         }
-        if !(etp <= 1e-2) {
-            failures.push(format!("{name}: TF32 (pipelined kernels) relative L2 {etp:.3e} > 1e-2"));
+        for (label, e) in [("staged", ets), ("tuned", ett)] {
+            if !(e <= 1e-2) {
+                failures.push(format!("{name}: TF32 ({label} kernels) relative L2 {e:.3e} > 1e-2"));
+            }
         }
         for i in 0..batch {
             let side = m.resolution;
@@ -62,9 +71,11 @@ fn cuda_matches_the_cpu() {
             if packed[i * side * side..(i + 1) * side * side] != expected[..] {
                 failures.push(format!("{name}: packed display buffer of image {i} differs from the float image's 8-bit conversion"));
             }
-            // the pipelined family fuses ToRGB into a 16-channel last layer: its display buffer is its own
-            if packed_p[i * side * side..(i + 1) * side * side] != image_0rgb(&tf32p, i, side)[..] {
-                failures.push(format!("{name}: pipelined kernels: packed display buffer of image {i} differs from their float image"));
+            // the spatial kernel fuses ToRGB into a 16-channel last layer: its display buffer is its own
+            for (label, image, packed) in [("staged", &staged, &packed_s), ("tuned", &tuned, &packed_t)] {
+                if packed[i * side * side..(i + 1) * side * side] != image_0rgb(image, i, side)[..] {
+                    failures.push(format!("{name}: {label} kernels: packed display buffer of image {i} differs from their float image"));
+                }
             }
         }
         // a batch equals its items run one by one (up to summation order: split-K depends on the batch)
@@ -84,6 +95,9 @@ fn bad_latents_are_an_error_on_the_gpu_too() {
     let mut g = CudaGenerator::new(m, Precision::F32).unwrap();
     let err = g.generate(&[0.0; 500]).unwrap_err().to_string();
     assert!(err.contains("512") && err.contains("500"), "{err}");
+    // the staged kernels are TF32 kernels: asking for them on the float32 path is an error that says so
+    let err = g.use_conv_kernels(ConvKernels::Staged).unwrap_err().to_string();
+    assert!(err.contains("TF32"), "{err}");
 }
 
 /// Each layer of the exact CelebA-HQ 1024 network alone, on the same random input, against the CPU's direct path,
@@ -97,9 +111,9 @@ fn each_layer_matches_the_cpu_on_every_kernel_family() {
     let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct);
     let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32).unwrap();
     let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
-    let mut pipelined_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
-    pipelined_gen.use_pipelined_kernels(true).unwrap();
-    println!("{:<20} {:>5} {:>12} {:>12} {:>12}  pipelined family", "layer", "batch", "f32 rel L2", "tf32 rel L2", "tf32p rel L2");
+    let mut staged_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+    staged_gen.use_conv_kernels(ConvKernels::Staged).unwrap();
+    println!("{:<20} {:>5} {:>12} {:>12} {:>13}  staged kernel", "layer", "batch", "f32 rel L2", "tf32 rel L2", "staged rel L2");
     let mut failures = Vec::new();
     let mut rng = Rng::new(5);
     for (index, (layer, side)) in m.convs.iter().zip(m.layer_sides()).enumerate() {
@@ -110,7 +124,7 @@ fn each_layer_matches_the_cpu_on_every_kernel_family() {
             let mut errors = Vec::new();
             let mut family = String::new();
             for (label, generator, bound) in
-                [("f32", &mut f32_gen, 1e-5), ("tf32", &mut tf32_gen, 1e-2), ("tf32 pipelined", &mut pipelined_gen, 1e-2)]
+                [("f32", &mut f32_gen, 1e-5), ("tf32", &mut tf32_gen, 1e-2), ("tf32 staged", &mut staged_gen, 1e-2)]
             {
                 let (got, kind) = generator.run_layer(index, &input, batch).unwrap();
                 let e = rel_l2(&got, &want);
@@ -120,7 +134,7 @@ fn each_layer_matches_the_cpu_on_every_kernel_family() {
                 errors.push(e);
                 family = kind;
             }
-            println!("{:<20} {batch:>5} {:>12.3e} {:>12.3e} {:>12.3e}  {family}", layer.name, errors[0], errors[1], errors[2]);
+            println!("{:<20} {batch:>5} {:>12.3e} {:>12.3e} {:>13.3e}  {family}", layer.name, errors[0], errors[1], errors[2]);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

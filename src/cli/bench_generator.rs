@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::ensure;
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model, Backend, DeviceChoice, Precision};
+use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model, Backend, ConvKernels, DeviceChoice, Precision};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -19,10 +19,11 @@ pub struct Args {
     /// GPU convolution arithmetic: f32 (exact) or tf32 (tensor cores)
     #[arg(long, value_enum, default_value = "tf32")]
     precision: Precision,
-    /// GPU, TF32: run the convolutions on the pipelined kernels (asynchronous copies, deeper K slices; see
-    /// kernels/conv.cu), for comparison with the default kernels
-    #[arg(long)]
-    pipelined: bool,
+    /// GPU, TF32 convolution kernels: gather (measured), staged (pipelined and spatial-tile wherever a layer's
+    /// shape allows), or tuned (per layer the faster of the two on this GPU; with --layers, prints what the tuning
+    /// measured)
+    #[arg(long, value_enum, default_value = "gather")]
+    kernels: ConvKernels,
     /// GPU: forward passes per timed repetition
     #[arg(long, default_value_t = 20)]
     iterations: usize,
@@ -51,7 +52,10 @@ pub fn peak_rss_mib() -> f64 {
 
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     ensure!(args.repeats > 0 && args.batch.iter().all(|&b| b > 0), "--repeats and --batch must be positive");
-    ensure!(!args.pipelined || args.device != DeviceChoice::Cpu, "--pipelined chooses GPU kernels: use it with --device cuda");
+    ensure!(
+        args.kernels == ConvKernels::Gather || args.device != DeviceChoice::Cpu,
+        "--kernels chooses GPU kernels: use it with --device cuda"
+    );
     let model = match &args.weights {
         Some(path) => generate::load_model(Some(path))?,
         None => model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 1))?,
@@ -107,8 +111,8 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
     let backend = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
     #[cfg(feature = "cuda")]
     if let Backend::Cuda(mut generator) = backend {
-        generator.use_pipelined_kernels(args.pipelined)?;
-        let kernels = if args.pipelined { "pipelined kernels" } else { "default kernels" };
+        generator.use_conv_kernels(args.kernels)?;
+        let kernels = format!("{:?} kernels", args.kernels).to_lowercase();
         println!("generator benchmark: {} ({gflop:.2} GFLOP per image), {}, {kernels}", model.label, generator.device_name());
         let mut rng = Rng::new(7);
         let mut rows = Vec::new();
@@ -124,9 +128,38 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
             for (name, ms) in generator.layer_times(&z)? {
                 println!("{name:<22} {ms:>9.4}");
             }
+            if let Some(tuning) = generator.tuning(1) {
+                print_tuning(1, tuning);
+            }
         }
-        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "pipelined": args.pipelined, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows}));
+        let tuning: std::collections::BTreeMap<_, _> =
+            args.batch.iter().filter_map(|&b| Some((b.to_string(), generator.tuning(b)?))).collect();
+        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.kernels, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
         return Ok(());
     }
     anyhow::bail!("the GPU is not available here ({}); use --device cpu", backend.describe())
+}
+
+/// The kernel tuning's measurements for one batch size, a row per layer.
+#[cfg(feature = "cuda")]
+fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!("kernel tuning (batch {batch}, ms per launch)");
+    println!("{:<22} {:>9} {:>10} {:>9} {:>9}  {:<9} reason", "layer", "gather ms", "staged", "staged ms", "rel diff", "chosen");
+    for l in layers {
+        let diff = l.staged_difference.map_or("-".to_string(), |d| format!("{d:.2e}"));
+        println!(
+            "{:<22} {:>9.4} {:>10} {:>9} {:>9}  {:<9} {}",
+            l.layer,
+            l.gather_ms,
+            l.staged_kernel.unwrap_or("-"),
+            ms(l.staged_ms),
+            diff,
+            l.chosen,
+            l.reason
+        );
+    }
+    let sum = |f: &dyn Fn(&generate::cuda::LayerChoice) -> f64| layers.iter().map(f).sum::<f64>();
+    let tuned = sum(&|l| if l.chosen == "gather" { l.gather_ms } else { l.staged_ms.unwrap_or(l.gather_ms) });
+    println!("{:<22} {:>9.4} {:>10} {:>9.4}  (tuned)", "sum", sum(&|l| l.gather_ms), "", tuned);
 }

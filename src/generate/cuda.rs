@@ -7,16 +7,20 @@
 //! weights are the CPU model's effective weights (wscale applied; `[9 * Cin, Cout]`), uploaded once. Buffers are
 //! allocated once per batch size and reused. Two precisions: float32 FMAs (exact path, compared with the CPU in
 //! the parity tests) and TF32 tensor cores for the convolutions. Each convolution layer gets a `ConvPlan`: the
-//! kernel family (the measured gather kernels by default; the pipelined and spatial-tile TF32 kernels with
-//! [`CudaGenerator::use_pipelined_kernels`]), its tile, split-K and grid.
+//! kernel family, its tile, split-K and grid. Which family runs the TF32 layers is [`ConvKernels`]: the gather
+//! kernels (measured, the default), the staged ones (pipelined and spatial-tile) wherever a shape allows, or, per
+//! layer, whichever is faster on this GPU ([`ConvKernels::Tuned`]: each candidate is timed once per batch size and
+//! checked against the gather kernel's output before it is used).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::model::PgganModel;
-use super::GenerateError;
+use super::{ConvKernels, GenerateError};
+use crate::rng::Rng;
 
 /// Kernel sources, concatenated into one NVRTC program (`common.cuh` first; the `#include` lines, which serve
 /// standalone compilers, are dropped).
@@ -216,6 +220,16 @@ enum ConvKind {
     Spatial,
 }
 
+impl ConvKind {
+    fn label(self) -> &'static str {
+        match self {
+            ConvKind::Gather => "gather",
+            ConvKind::Pipelined => "pipelined",
+            ConvKind::Spatial => "spatial",
+        }
+    }
+}
+
 /// How one convolution layer is launched: which kernel, its tile, its split-K, its grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConvPlan {
@@ -233,13 +247,13 @@ struct ConvPlan {
 }
 
 impl ConvPlan {
-    /// The plan for a layer of `batch` images of `side` x `side` output pixels. With `pipelined` (TF32 on sm_80+),
+    /// The plan for a layer of `batch` images of `side` x `side` output pixels. With `staged` (TF32 on sm_80+),
     /// the narrow layers from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the others
     /// with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined one. Split-K:
     /// enough blocks to fill the GPU twice, at least four K slices per split.
-    fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, pipelined: bool) -> ConvPlan {
+    fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool) -> ConvPlan {
         let (m_total, k_total) = (batch * side * side, 9 * cin);
-        if pipelined && (cout == 16 || cout == 32) && cin % SPATIAL_CC == 0 && side >= SPATIAL_TW {
+        if staged && (cout == 16 || cout == 32) && cin % SPATIAL_CC == 0 && side >= SPATIAL_TW {
             let (rows, stage_bytes) = spatial_tile(cout);
             return ConvPlan {
                 kind: ConvKind::Spatial,
@@ -256,7 +270,7 @@ impl ConvPlan {
         // the pipelined tiles are twice as tall: layers with fewer pixels than one tile (4 and 8 px at batch 1) keep
         // the gather kernel rather than computing mostly padding
         let fits = m_total >= pipe_tile(bn).0;
-        let kind = if pipelined && cin % 4 == 0 && cout % 4 == 0 && fits { ConvKind::Pipelined } else { ConvKind::Gather };
+        let kind = if staged && cin % 4 == 0 && cout % 4 == 0 && fits { ConvKind::Pipelined } else { ConvKind::Gather };
         let (bm, bk, shared_bytes) = if kind == ConvKind::Pipelined {
             let (bm, shared_bytes) = pipe_tile(bn);
             (bm, PIPE_BK, shared_bytes)
@@ -271,6 +285,87 @@ impl ConvPlan {
         let grid = (m_total.div_ceil(bm) as u32, cout.div_ceil(bn) as u32, splits as u32);
         ConvPlan { kind, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn, grid }
     }
+}
+
+/// How closely a staged kernel's output must agree with the gather kernel's (relative L2, both TF32, which differ by
+/// about 1e-3 in summation order) for the tuning to use it: the parity tests' bound for TF32 images.
+const TUNING_AGREEMENT: f64 = 1e-2;
+/// A staged kernel replaces the gather kernel only when it is at least this much faster (the timing's noise is
+/// about 1 %): a tie keeps the measured kernel and the same choice from run to run.
+const TUNING_MIN_GAIN: f64 = 0.02;
+
+/// One batch size's tuned plans and the measurements behind them.
+struct Tuning {
+    plans: Vec<(usize, ConvPlan)>,
+    layers: Vec<LayerChoice>,
+}
+
+/// What the tuning measured on one convolution layer, and the kernel it chose.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerChoice {
+    pub layer: String,
+    /// Milliseconds per launch of the gather kernel (with its split-K finish where it has one).
+    pub gather_ms: f64,
+    /// The staged kernel the layer's shape allows ("pipelined" or "spatial"), if any.
+    pub staged_kernel: Option<&'static str>,
+    pub staged_ms: Option<f64>,
+    /// Relative L2 difference of the staged kernel's output from the gather kernel's (the batch's first image).
+    pub staged_difference: Option<f64>,
+    /// The kernel family used: "gather", "pipelined" or "spatial".
+    pub chosen: &'static str,
+    pub reason: String,
+}
+
+/// Whether a layer's staged kernel replaces its gather kernel, and why. `staged` is the staged kernel's
+/// milliseconds and relative difference from the gather kernel's output, or why they could not be measured.
+fn prefer_staged(gather_ms: f64, staged: &Result<(f64, f64), String>) -> (bool, String) {
+    match staged {
+        Err(why) => (false, format!("the staged kernel failed: {why}")),
+        Ok((_, diff)) if diff.is_nan() || *diff > TUNING_AGREEMENT => {
+            (false, format!("the staged kernel disagrees with the gather kernel: relative L2 {diff:.2e} > {TUNING_AGREEMENT:e}"))
+        }
+        Ok((ms, _)) if *ms < gather_ms * (1.0 - TUNING_MIN_GAIN) => (true, format!("{:.2}x faster", gather_ms / ms)),
+        Ok((ms, _)) => (false, format!("the staged kernel is not faster ({ms:.4} ms against {gather_ms:.4} ms)")),
+    }
+}
+
+/// Relative L2 difference of `a` from `reference` (NaN anywhere makes it NaN).
+fn relative_l2(a: &[f32], reference: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(reference) {
+        num += (f64::from(*x) - f64::from(*y)).powi(2);
+        den += f64::from(*y).powi(2);
+    }
+    (num / den).sqrt()
+}
+
+/// The first `n` values of a device buffer.
+fn download_head(stream: &Arc<CudaStream>, buf: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, GenerateError> {
+    let view = buf.try_slice(..n).ok_or_else(|| GenerateError::Cuda(format!("buffer of {} values, {n} wanted", buf.len())))?;
+    stream.clone_dtoh(&view).map_err(cuda_err("downloading a layer's output"))
+}
+
+/// Milliseconds per call of `launch` (which queues work on `stream`): the best of three rounds of three calls.
+fn time_launches(
+    ctx: &Arc<CudaContext>,
+    stream: &Arc<CudaStream>,
+    mut launch: impl FnMut() -> Result<(), GenerateError>,
+) -> Result<f64, GenerateError> {
+    const ROUNDS: usize = 3;
+    const CALLS: usize = 3;
+    let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"));
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let (start, end) = (event()?, event()?);
+        start.record(stream).map_err(cuda_err("recording an event"))?;
+        for _ in 0..CALLS {
+            launch()?;
+        }
+        end.record(stream).map_err(cuda_err("recording an event"))?;
+        stream.synchronize().map_err(cuda_err("synchronising"))?;
+        best = best.min(f64::from(start.elapsed_ms(&end).map_err(cuda_err("reading an event"))?) / CALLS as f64);
+    }
+    Ok(best)
 }
 
 /// The loaded kernels.
@@ -319,6 +414,39 @@ impl LayerLaunch<'_> {
 }
 
 impl Kernels {
+    /// Queues the 4 x 4 dense layer (latent pixel norm, dense, then bias, leaky ReLU and pixel norm in the finish
+    /// kernel) from the latents `z` into `out`, through `partial`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_dense(
+        &self,
+        stream: &Arc<CudaStream>,
+        m: &PgganModel,
+        batch: usize,
+        z: &CudaSlice<f32>,
+        (weight, bias): (&CudaSlice<f32>, &CudaSlice<f32>),
+        partial: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GenerateError> {
+        let launch_err = cuda_err("launching a kernel");
+        let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: (m.latent_size * 4) as u32,
+        };
+        let mut b = stream.launch_builder(&self.dense);
+        b.arg(z).arg(weight).arg(&mut *partial).arg(&latent).arg(&c4);
+        // SAFETY: arguments match dense_f32's signature; partial holds at least batch * 16 * c4 floats.
+        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        let (mt, sp) = ((batch * 16) as i32, 1i32);
+        let cfg = LaunchConfig { grid_dim: ((batch * 16).div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut b = stream.launch_builder(&self.finish);
+        b.arg(&*partial).arg(bias).arg(out).arg(&mt).arg(&c4).arg(&sp);
+        // SAFETY: arguments match conv_finish_f32's signature.
+        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        Ok(())
+    }
+
     /// Queues the last layer with ToRGB fused (a 16-channel spatial plan): writes the float image and the packed
     /// display buffer, not the activations.
     fn launch_conv_to_rgb(
@@ -393,10 +521,12 @@ pub struct CudaGenerator {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
-    /// Use the pipelined and spatial kernels where a layer allows it (TF32 only).
-    pipelined: bool,
-    /// Why this GPU cannot run them, if it cannot.
-    pipelined_unavailable: Option<String>,
+    /// Which kernels run the TF32 convolutions.
+    conv_kernels: ConvKernels,
+    /// Why this GPU cannot run the staged (pipelined and spatial) kernels, if it cannot.
+    staged_unavailable: Option<String>,
+    /// With [`ConvKernels::Tuned`]: each batch size's tuned plans and the measurements behind them.
+    tuned: HashMap<usize, Tuning>,
     dense_weight: CudaSlice<f32>,
     dense_bias: CudaSlice<f32>,
     convs: Vec<DeviceConv>,
@@ -467,11 +597,12 @@ impl CudaGenerator {
             finish: load("conv_finish_f32")?,
             torgb: load("torgb_f32")?,
         };
-        let pipelined_unavailable = Self::enable_pipelined(&ctx, (major, minor), &kernels).err();
+        let staged_unavailable = Self::enable_staged(&ctx, (major, minor), &kernels).err();
         Ok(CudaGenerator {
             kernels,
-            pipelined_unavailable,
-            pipelined: false,
+            staged_unavailable,
+            conv_kernels: ConvKernels::Gather,
+            tuned: HashMap::new(),
             dense_weight: up(&model.dense_weight)?,
             dense_bias: up(&model.dense_bias)?,
             rgb_weight: up(&model.to_rgb_weight)?,
@@ -487,10 +618,10 @@ impl CudaGenerator {
         })
     }
 
-    /// Checks that the GPU can run the pipelined and spatial kernels (sm_80, enough shared memory per block) and
-    /// allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence is not an
-    /// error of the generator: the other kernels run everything.
-    fn enable_pipelined(ctx: &CudaContext, (major, minor): (i32, i32), kernels: &Kernels) -> Result<(), String> {
+    /// Checks that the GPU can run the staged (pipelined and spatial) kernels (sm_80, enough shared memory per
+    /// block) and allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence
+    /// is not an error of the generator: the gather kernels run everything.
+    fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kernels: &Kernels) -> Result<(), String> {
         if major < 8 {
             return Err(format!("they need compute capability 8.0, this GPU has {major}.{minor}"));
         }
@@ -517,29 +648,44 @@ impl CudaGenerator {
         self.precision
     }
 
-    /// Runs the TF32 convolutions on the pipelined kernels (conv3x3_tf32p_* and, for the narrow layers from 32 px
-    /// up, conv3x3_tf32s_*; both stage their inputs with asynchronous copies) where a layer's channel counts allow;
-    /// layers that do not, and the float32 path, keep the other kernels. Needs sm_80.
-    pub fn use_pipelined_kernels(&mut self, on: bool) -> Result<(), GenerateError> {
-        if on && self.precision != Precision::Tf32 {
-            return Err(GenerateError::Cuda("the pipelined kernels are TF32 kernels: use --precision tf32".into()));
+    /// Chooses the kernels of the TF32 convolutions (see [`ConvKernels`]). `Staged` is an error on the float32 path
+    /// and on a GPU that cannot run the staged kernels (before sm_80); `Tuned` then has one candidate per layer, the
+    /// gather kernel, and says so once in the log.
+    pub fn use_conv_kernels(&mut self, kernels: ConvKernels) -> Result<(), GenerateError> {
+        let staged_unavailable = match (&self.staged_unavailable, self.precision) {
+            (_, Precision::F32) => Some("the staged kernels are TF32 kernels (use --precision tf32)".to_string()),
+            (Some(why), _) => Some(format!("the staged kernels cannot run on this GPU: {why}")),
+            (None, Precision::Tf32) => None,
+        };
+        match (kernels, staged_unavailable) {
+            (ConvKernels::Staged, Some(why)) => return Err(GenerateError::Cuda(why)),
+            (ConvKernels::Tuned, Some(why)) => tracing::info!("kernel tuning: every layer keeps the gather kernel: {why}"),
+            _ => {}
         }
-        if let (true, Some(why)) = (on, &self.pipelined_unavailable) {
-            return Err(GenerateError::Cuda(format!("the pipelined kernels cannot run on this GPU: {why}")));
-        }
-        self.pipelined = on;
+        self.conv_kernels = kernels;
         self.buffers = None; // the split-K buffer's size depends on the tiles
         Ok(())
     }
 
-    /// Each convolution layer's output side and launch plan for `batch` images (kept in [`Buffers`]).
-    fn plans(&self, batch: usize) -> Vec<(usize, ConvPlan)> {
-        let pipelined = self.pipelined && self.precision == Precision::Tf32;
+    /// Whether the staged kernels may run here: TF32, and a GPU that has what they need.
+    fn staged_available(&self) -> bool {
+        self.precision == Precision::Tf32 && self.staged_unavailable.is_none()
+    }
+
+    /// Each convolution layer's output side and launch plan for `batch` images, on the staged kernels where a
+    /// layer's shape allows (`staged`) or on the gather kernels.
+    fn plans(&self, batch: usize, staged: bool) -> Vec<(usize, ConvPlan)> {
         self.convs
             .iter()
             .zip(self.model.layer_sides())
-            .map(|(c, side)| (side, ConvPlan::new(self.sm_count, batch, side, c.cin, c.cout, pipelined)))
+            .map(|(c, side)| (side, ConvPlan::new(self.sm_count, batch, side, c.cin, c.cout, staged)))
             .collect()
+    }
+
+    /// With [`ConvKernels::Tuned`], the measurements behind the kernel chosen for each layer at `batch` (after the
+    /// first use of that batch size).
+    pub fn tuning(&self, batch: usize) -> Option<&[LayerChoice]> {
+        self.tuned.get(&batch).map(|t| t.layers.as_slice())
     }
 
     pub fn device_name(&self) -> &str {
@@ -555,22 +701,30 @@ impl CudaGenerator {
             return Ok(());
         }
         self.buffers = None; // free the old ones first
+        // the plans the buffers must serve: one set, or both families while this batch size is being tuned
+        let staged = self.staged_available();
+        let candidates = match (self.conv_kernels, self.tuned.get(&batch)) {
+            (ConvKernels::Tuned, Some(tuning)) => vec![tuning.plans.clone()],
+            (ConvKernels::Tuned, None) if staged => vec![self.plans(batch, false), self.plans(batch, true)],
+            (kernels, _) => vec![self.plans(batch, kernels == ConvKernels::Staged && staged)],
+        };
         let m = &*self.model;
         let mut largest_act = batch * 16 * m.c4;
         let mut largest_partial = batch * 16 * m.c4; // the dense layer's output goes through the finish kernel
-        let plans = self.plans(batch);
-        for (c, &(side, plan)) in m.convs.iter().zip(&plans) {
-            let pixels = batch * side * side;
-            largest_act = largest_act.max(pixels * c.cout);
-            if !plan.fused {
-                largest_partial = largest_partial.max(plan.splits * pixels * c.cout);
+        for plans in &candidates {
+            for (c, &(side, plan)) in m.convs.iter().zip(plans) {
+                let pixels = batch * side * side;
+                largest_act = largest_act.max(pixels * c.cout);
+                if !plan.fused {
+                    largest_partial = largest_partial.max(plan.splits * pixels * c.cout);
+                }
             }
         }
         let plane = m.resolution * m.resolution;
         let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err("allocating activations"));
         self.buffers = Some(Buffers {
             batch,
-            plans,
+            plans: candidates[0].clone(),
             z: alloc(batch * m.latent_size)?,
             ping: alloc(largest_act)?,
             pong: alloc(largest_act)?,
@@ -578,7 +732,91 @@ impl CudaGenerator {
             image: alloc(batch * 3 * plane)?,
             packed: self.stream.alloc_zeros::<u32>(batch * plane).map_err(cuda_err("allocating the display buffer"))?,
         });
+        if let [gather, staged] = &candidates[..] {
+            match self.tune(batch, gather, staged) {
+                Ok(tuning) => {
+                    if let Some(bufs) = self.buffers.as_mut() {
+                        bufs.plans = tuning.plans.clone();
+                    }
+                    self.tuned.insert(batch, tuning);
+                }
+                Err(e) => {
+                    self.buffers = None;
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Tunes the TF32 convolutions for `batch` images: a forward pass of random latents in which every layer with
+    /// a staged kernel (`staged` differs from `gather` there) runs both, each layer's input being the previous
+    /// layer's real output. Each kernel is launched once, its output for the first image kept, then timed; the
+    /// staged kernel is used where its output agrees with the gather kernel's and it is faster ([`prefer_staged`]).
+    /// The buffers must have been sized for both sets of plans.
+    fn tune(&mut self, batch: usize, gather: &[(usize, ConvPlan)], staged: &[(usize, ConvPlan)]) -> Result<Tuning, GenerateError> {
+        let m = self.model.clone();
+        let mut rng = Rng::new(0x7475_6e65);
+        let z: Vec<f32> = (0..batch * m.latent_size).map(|_| rng.normal() as f32).collect();
+        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let (ctx, stream, kernels) = (&self.ctx, &self.stream, &self.kernels);
+        stream.memcpy_htod(&z, &mut bufs.z).map_err(cuda_err("uploading latents"))?;
+        kernels.launch_dense(stream, &m, batch, &bufs.z, (&self.dense_weight, &self.dense_bias), &mut bufs.partial, &mut bufs.ping)?;
+        let mut tuning = Tuning { plans: Vec::new(), layers: Vec::new() };
+        let (mut side_in, mut in_ping) = (4usize, true);
+        for (conv, (&(side, gather_plan), &(_, staged_plan))) in self.convs.iter().zip(gather.iter().zip(staged)) {
+            let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
+            let partial = &mut bufs.partial;
+            let first_image = side * side * conv.cout;
+            let gather_layer = LayerLaunch { conv, plan: gather_plan, precision: self.precision, batch, side_in, side };
+            let staged_layer = LayerLaunch { plan: staged_plan, ..gather_layer };
+            // one launch (also the warm-up) for the output, then the timed ones
+            let mut measure = |layer: &LayerLaunch| -> Result<(Vec<f32>, f64), GenerateError> {
+                kernels.launch_conv(stream, layer, src, dst, partial)?;
+                let output = download_head(stream, dst, first_image)?;
+                Ok((output, time_launches(ctx, stream, || kernels.launch_conv(stream, layer, src, dst, partial))?))
+            };
+            let (reference, gather_ms) = measure(&gather_layer)?;
+            let mut choice = LayerChoice {
+                layer: conv.name.clone(),
+                gather_ms,
+                staged_kernel: None,
+                staged_ms: None,
+                staged_difference: None,
+                chosen: ConvKind::Gather.label(),
+                reason: "the only kernel for this shape".into(),
+            };
+            let mut plan = gather_plan;
+            if staged_plan != gather_plan {
+                let staged = measure(&staged_layer).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string());
+                let (use_staged, reason) = prefer_staged(gather_ms, &staged);
+                choice.staged_kernel = Some(staged_plan.kind.label());
+                choice.staged_ms = staged.as_ref().ok().map(|s| s.0);
+                choice.staged_difference = staged.as_ref().ok().map(|s| s.1);
+                choice.reason = reason;
+                if use_staged {
+                    plan = staged_plan;
+                    choice.chosen = staged_plan.kind.label();
+                } else {
+                    // the next layer's input is the chosen kernel's output
+                    kernels.launch_conv(stream, &gather_layer, src, dst, partial)?;
+                }
+            }
+            tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, choice.chosen, choice.reason);
+            tuning.plans.push((side, plan));
+            tuning.layers.push(choice);
+            (side_in, in_ping) = (side, !in_ping);
+        }
+        stream.synchronize().map_err(cuda_err("synchronising"))?;
+        let staged_layers = tuning.layers.iter().filter(|l| l.chosen != ConvKind::Gather.label()).count();
+        let before: f64 = tuning.layers.iter().map(|l| l.gather_ms).sum();
+        let after: f64 = tuning.layers.iter().map(|l| if l.chosen == ConvKind::Gather.label() { l.gather_ms } else { l.staged_ms.unwrap_or(l.gather_ms) }).sum();
+        tracing::info!(
+            "kernel tuning for batch {batch} on {}: {staged_layers} of {} layers on the staged kernels, convolutions {before:.3} -> {after:.3} ms",
+            self.device_name,
+            tuning.layers.len()
+        );
+        Ok(tuning)
     }
 
     /// Queues the whole forward pass for the latents already in the `z` buffer.
@@ -588,25 +826,11 @@ impl CudaGenerator {
         let m = self.model.clone();
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let plans = &bufs.plans;
-        let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: (m.latent_size * 4) as u32,
-        };
-        let mut b = self.stream.launch_builder(&self.kernels.dense);
-        b.arg(&bufs.z).arg(&self.dense_weight).arg(&mut bufs.partial).arg(&latent).arg(&c4);
-        // SAFETY: arguments match dense_f32's signature; partial holds at least batch * 16 * c4 floats.
-        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        let (mt, sp) = ((batch * 16) as i32, 1i32);
-        let cfg = LaunchConfig { grid_dim: ((batch * 16).div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream.launch_builder(&self.kernels.finish);
-        b.arg(&bufs.partial).arg(&self.dense_bias).arg(&mut bufs.ping).arg(&mt).arg(&c4).arg(&sp);
-        // SAFETY: arguments match conv_finish_f32's signature.
-        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
+        let dense = (&self.dense_weight, &self.dense_bias);
+        self.kernels.launch_dense(&self.stream, &m, batch, &bufs.z, dense, &mut bufs.partial, &mut bufs.ping)?;
         record_mark(&self.ctx, &self.stream, &mut marks, "4x4/Dense")?;
 
-        // with the pipelined kernels, a 16-channel last layer on the spatial kernel also does ToRGB (its
+        // a 16-channel last layer on the spatial kernel (staged or tuned) also does ToRGB (its
         // activations are never stored)
         let fuse_rgb = plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16) && m.final_channels() == 16;
         let mut side = 4usize;
@@ -666,10 +890,8 @@ impl CudaGenerator {
         }
         let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in, side };
         self.kernels.launch_conv(&self.stream, &layer, &bufs.ping, &mut bufs.pong, &mut bufs.partial)?;
-        let outputs = batch * side * side * conv.cout;
-        let view = bufs.pong.try_slice(..outputs).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
-        let out = self.stream.clone_dtoh(&view).map_err(cuda_err("downloading the layer output"))?;
-        Ok((out, format!("{:?}", plan.kind)))
+        let out = download_head(&self.stream, &bufs.pong, batch * side * side * conv.cout)?;
+        Ok((out, plan.kind.label().to_string()))
     }
 
     fn upload_latents(&mut self, latents: &[f32]) -> Result<usize, GenerateError> {
@@ -789,18 +1011,41 @@ mod tests {
     }
 
     #[test]
+    fn tuning_uses_a_staged_kernel_only_when_it_agrees_and_is_faster() {
+        let decide = |ms: Result<(f64, f64), &str>| prefer_staged(0.50, &ms.map_err(str::to_string));
+        assert_eq!(decide(Ok((0.25, 1.4e-3))), (true, "2.00x faster".to_string()));
+        // within the timing noise: the measured kernel stays
+        let (staged, why) = decide(Ok((0.495, 1e-3)));
+        assert!(!staged && why.contains("not faster"), "{why}");
+        // faster but wrong, or NaN: never used
+        for diff in [0.3, f64::NAN, f64::INFINITY] {
+            let (staged, why) = decide(Ok((0.1, diff)));
+            assert!(!staged && why.contains("disagrees"), "{diff}: {why}");
+        }
+        let (staged, why) = decide(Err("launching a kernel: CUDA_ERROR_INVALID_VALUE"));
+        assert!(!staged && why.contains("failed") && why.contains("INVALID_VALUE"), "{why}");
+    }
+
+    #[test]
+    fn relative_l2_is_nan_when_an_output_is() {
+        assert_eq!(relative_l2(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
+        assert!((relative_l2(&[3.0, 4.5], &[3.0, 4.0]) - 0.1).abs() < 1e-12);
+        assert!(relative_l2(&[f32::NAN, 4.0], &[3.0, 4.0]).is_nan());
+    }
+
+    #[test]
     fn plans_cover_k_once_and_fit_two_blocks_per_multiprocessor() {
         // every PGGAN 1024 layer (Cin, Cout, side) at batch 1 and 8, and channel counts the new kernels refuse
         let layers = [(512, 512, 4), (512, 512, 8), (512, 512, 32), (512, 256, 64), (256, 128, 128), (128, 64, 256),
             (64, 32, 512), (32, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16), (16, 16, 16)];
         for (cin, cout, side) in layers {
             for batch in [1, 8] {
-                for pipelined in [false, true] {
-                    let p = ConvPlan::new(132, batch, side, cin, cout, pipelined);
+                for staged in [false, true] {
+                    let p = ConvPlan::new(132, batch, side, cin, cout, staged);
                     let (m_total, k_total) = (batch * side * side, 9 * cin);
-                    let spatial = pipelined && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
+                    let spatial = staged && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
                     let fits = m_total >= pipe_tile(tile_n(cout)).0;
-                    let expected = match (spatial, pipelined && cin % 4 == 0 && cout % 4 == 0 && fits) {
+                    let expected = match (spatial, staged && cin % 4 == 0 && cout % 4 == 0 && fits) {
                         (true, _) => ConvKind::Spatial,
                         (false, true) => ConvKind::Pipelined,
                         (false, false) => ConvKind::Gather,

@@ -60,6 +60,21 @@ pub enum Precision {
     Tf32,
 }
 
+/// Which kernels run the GPU's TF32 convolutions (the float32 path always uses the gather kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvKernels {
+    /// The gather kernels: every layer, the kernels measured on an H100 (parity and speed in docs/benchmarks.md).
+    #[default]
+    Gather,
+    /// The staged kernels (`conv3x3_tf32p_*`, `conv3x3_tf32s_*`: inputs staged in shared memory by asynchronous
+    /// copies) wherever a layer's shape allows them; needs sm_80.
+    Staged,
+    /// Per layer, whichever of the two is faster on this GPU, timed once per batch size on the first use; a staged
+    /// kernel whose output disagrees with the gather kernel's is not used.
+    Tuned,
+}
+
 /// A generator on the CPU or the GPU.
 pub enum Backend {
     Cpu(cpu::CpuGenerator),
@@ -96,6 +111,18 @@ impl Backend {
             }
         }
         Ok(Backend::Cpu(cpu::CpuGenerator::new(model, algorithm)))
+    }
+
+    /// Chooses the GPU's convolution kernels (see [`ConvKernels`]); the CPU has its own algorithms and ignores it.
+    pub fn use_conv_kernels(&mut self, kernels: ConvKernels) -> Result<(), GenerateError> {
+        match self {
+            Backend::Cpu(_) => {
+                let _ = kernels;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => g.use_conv_kernels(kernels),
+        }
     }
 
     /// Generates float32 NCHW images.
