@@ -107,7 +107,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     let sender_thread = super::live::stream_run_in_background(img, receiver.endpoint().to_string(), "hello from pynealScanner_sim", args.speed, true);
     let (stats, session) = hyper_rt::live::run(receiver, inputs, super::interrupt_flag())?;
     sender_thread.join().map_err(|_| anyhow::anyhow!("the scanner simulator panicked"))??;
-    super::live::print_stats(&stats, &session);
+    super::live::report(&stats, &session)?;
 
     println!("4/4 evaluation of the live decoding (test faces, repetitions averaged)");
     let trials = read_events(&test_run.events, None)?;

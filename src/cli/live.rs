@@ -171,13 +171,26 @@ pub fn stream_run_in_background(img: NiftiImage, endpoint: String, handshake: &'
     })
 }
 
-pub fn print_stats(stats: &LiveStats, dir: &Path) {
+/// Prints the run's summary; a stage that stopped early makes it an error (after the summary: the session is
+/// complete and recorded either way).
+pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
     println!("session          {}", dir.display());
     println!("end              {}", stats.end_reason);
     println!("volumes          {} processed, {} rejected by preprocessing", stats.volumes_processed, stats.volumes_rejected_by_preprocessing);
     println!("decoded          {} patterns", stats.patterns_decoded);
-    println!("frames           {} drawn, {} shown, {} latents skipped by the generator", stats.frames_drawn, stats.frames_shown, stats.latents_skipped_by_generator);
+    println!(
+        "frames           {} drawn, {} shown, {} latents skipped by the generator, {} failed",
+        stats.frames_drawn, stats.frames_shown, stats.latents_skipped_by_generator, stats.generator_errors
+    );
     print!("{}", stats.latency_table());
+    if !stats.stage_failures.is_empty() {
+        bail!(
+            "the session in {} is recorded, but these stages stopped early:\n  {}",
+            dir.display(),
+            stats.stage_failures.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
@@ -194,8 +207,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     println!("listening on {}", receiver.endpoint());
     let stop = super::interrupt_flag();
     let (stats, dir) = live::run(receiver, inputs, stop)?;
-    print_stats(&stats, &dir);
-    Ok(())
+    report(&stats, &dir)
 }
 
 pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
@@ -223,6 +235,5 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
     let sender_thread = stream_run_in_background(img, receiver.endpoint().to_string(), "hello from hyper-rt replay", args.speed, false);
     let (stats, dir) = live::run(receiver, inputs, super::interrupt_flag())?;
     sender_thread.join().map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
-    print_stats(&stats, &dir);
-    Ok(())
+    report(&stats, &dir)
 }

@@ -46,8 +46,6 @@ pub enum EndReason {
     IdleTimeout,
     /// Ctrl-C, a closed window, or the pipeline asked to stop.
     Interrupted,
-    /// The downstream pipeline went away.
-    DownstreamClosed,
 }
 
 impl EndReason {
@@ -56,7 +54,6 @@ impl EndReason {
             EndReason::Complete => "complete",
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::Interrupted => "interrupted",
-            EndReason::DownstreamClosed => "downstream_closed",
         }
     }
 }
@@ -113,8 +110,11 @@ impl Receiver {
         self.recorder.dir()
     }
 
-    /// Receives until the run is complete, the idle timeout passes, `stop` is set, or downstream closes.
+    /// Receives until the run is complete, the idle timeout passes, or `stop` is set, passing each accepted volume
+    /// `downstream`. If downstream goes away (the analysis failed), the intake goes on receiving and recording:
+    /// the scanner is never left waiting and no volume is lost, whatever happens after the intake.
     pub fn run(&mut self, downstream: Option<&Sender<Volume>>, stop: &AtomicBool) -> Result<EndReason, IngestError> {
+        let mut downstream = downstream;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(EndReason::Interrupted);
@@ -136,7 +136,8 @@ impl Receiver {
             if let Some(volume) = self.handle(frames, received_at)? {
                 if let Some(tx) = downstream {
                     if tx.send(volume).is_err() {
-                        return Ok(EndReason::DownstreamClosed);
+                        tracing::error!("the analysis has stopped: volumes are still received and recorded, no longer analysed");
+                        downstream = None;
                     }
                 }
             }

@@ -2,7 +2,9 @@
 //! bounded channels (DESIGN.md). Ingest, preprocess, decode and the recorder never drop anything (they block);
 //! the generator draws the newest latent when it falls behind and counts what it skipped; the display shows the
 //! newest frame. The run ends when the receiver ends (run complete, idle timeout), on Ctrl-C, or when the window
-//! is closed: each stage sees its input channel close, finishes, and the session is finalised.
+//! is closed: each stage sees its input channel close, finishes, and the session is finalised. A stage that fails
+//! takes only the stages after it down: the intake keeps receiving and recording, decoding goes on without the
+//! generator (which first tolerates a few failed frames), and the failures are in the summary.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +20,7 @@ use crate::decode::metrics::attribute_score;
 use crate::display::{Frame, Overlay, Sink, View};
 use crate::feedback::{Publisher, ResultsServer, ResultsStore};
 use crate::generate::{image_0rgb, image_rgb8, Backend};
-use crate::ingest::receiver::{EndReason, Receiver};
+use crate::ingest::receiver::Receiver;
 use crate::preprocess::trials::{ScheduledTrial, TrialAverager};
 use crate::preprocess::Preprocessor;
 use crate::spatial::Rigid;
@@ -46,6 +48,10 @@ pub struct LiveStats {
     pub frames_drawn: usize,
     pub latents_skipped_by_generator: usize,
     pub frames_shown: usize,
+    /// Frames the generator failed to draw (each logged with its volume).
+    pub generator_errors: usize,
+    /// Stages that stopped before the end of the run, with the error that stopped them.
+    pub stage_failures: Vec<String>,
     pub preprocess_ms: Vec<f64>,
     pub decode_ms: Vec<f64>,
     pub generate_ms: Vec<f64>,
@@ -69,6 +75,9 @@ impl LiveStats {
         s
     }
 }
+
+/// The generator stops (decoding and recording go on) after this many frames in a row failed.
+pub const GENERATOR_FAILURES_IN_A_ROW: usize = 3;
 
 struct Analysed {
     index: usize,
@@ -107,13 +116,17 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
 
     // ingest
     let ingest_stop = stop.clone();
+    let intake_over = Arc::new(AtomicBool::new(false));
+    let ingest_over = intake_over.clone();
     let compress = true;
-    let ingest = std::thread::Builder::new().name("ingest".into()).spawn(move || -> anyhow::Result<EndReason> {
-        let reason = receiver.run(Some(&vol_tx), &ingest_stop)?;
+    let ingest = std::thread::Builder::new().name("ingest".into()).spawn(move || -> anyhow::Result<&'static str> {
+        let received = receiver.run(Some(&vol_tx), &ingest_stop);
         drop(vol_tx);
+        ingest_over.store(true, Ordering::SeqCst);
+        let reason = received?;
         let summary = receiver.finish(reason, compress)?;
         tracing::info!("intake: {} received, {} rejected, {} missing", summary.received, summary.rejected, summary.missing);
-        Ok(reason)
+        Ok(reason.as_str())
     })?;
 
     // preprocess
@@ -195,6 +208,7 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
         let mut results = std::io::BufWriter::new(std::fs::File::create(dec_dir.join("results.jsonl"))?);
         let mut latents: Vec<f32> = Vec::new();
         let mut fd_history = Vec::new();
+        let mut generator_running = true;
         for a in ana_rx.iter() {
             if a.index != usize::MAX {
                 fd_history.push(a.fd_mm);
@@ -229,8 +243,9 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                     s.decode_ms.push(decode_ms);
                 }
                 let msg = Decoded { volume_index: a.index, arrived_at: a.arrived_at, trial, latent, attributes, feedback, fd_history: fd_history.clone() };
-                if dec_tx.send(msg).is_err() {
-                    break;
+                if generator_running && dec_tx.send(msg).is_err() {
+                    tracing::error!("the generator has stopped: decoded latents are still recorded, served and published");
+                    generator_running = false;
                 }
             }
             if a.index != usize::MAX {
@@ -255,6 +270,7 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
     let tr_secs = bundle.tr_secs;
     let generate = std::thread::Builder::new().name("generate".into()).spawn(move || -> anyhow::Result<()> {
         let side = generator.model().resolution;
+        let mut failures_in_a_row = 0;
         while let Ok(mut d) = dec_rx.recv() {
             let mut skipped = 0;
             while let Ok(newer) = dec_rx.try_recv() {
@@ -262,12 +278,34 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 skipped += 1;
             }
             let started = Instant::now();
-            let img = generator.generate(&d.latent)?;
-            let reconstruction = image_0rgb(&img, 0, side);
-            crate::generate::write_png(&frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999))), &image_rgb8(&img, 0, side), side)?;
-            let stimulus = match (&stimuli, d.trial.as_ref().and_then(|t| t.stim_id)) {
-                (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => Some(image_0rgb(&generator.generate(&z[s * latent_size..(s + 1) * latent_size])?, 0, side)),
-                _ => None,
+            let mut draw = || -> anyhow::Result<(Vec<u32>, Option<Vec<u32>>)> {
+                let img = generator.generate(&d.latent)?;
+                let png = frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999)));
+                crate::generate::write_png(&png, &image_rgb8(&img, 0, side), side)?;
+                let stimulus = match (&stimuli, d.trial.as_ref().and_then(|t| t.stim_id)) {
+                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => {
+                        Some(image_0rgb(&generator.generate(&z[s * latent_size..(s + 1) * latent_size])?, 0, side))
+                    }
+                    _ => None,
+                };
+                Ok((image_0rgb(&img, 0, side), stimulus))
+            };
+            let (reconstruction, stimulus) = match draw() {
+                Ok(images) => {
+                    failures_in_a_row = 0;
+                    images
+                }
+                Err(e) => {
+                    failures_in_a_row += 1;
+                    tracing::error!("generator, volume {}: {e:#}", d.volume_index);
+                    if let Ok(mut s) = gen_stats.lock() {
+                        s.generator_errors += 1;
+                    }
+                    if failures_in_a_row >= GENERATOR_FAILURES_IN_A_ROW {
+                        return Err(e.context(format!("{failures_in_a_row} frames in a row failed, the last at volume {}", d.volume_index)));
+                    }
+                    continue;
+                }
             };
             let generate_ms = started.elapsed().as_secs_f64() * 1e3;
             let latency = vec![("ARRIVAL-GEN".to_string(), d.arrived_at.elapsed().as_secs_f64() * 1e3), ("GEN".to_string(), generate_ms)];
@@ -312,18 +350,29 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
         DisplayMode::Headless => Some(headless_sink(&session_dir)?),
         DisplayMode::None => None,
     };
-    display_loop(&mut sink, &frame_rx, config.view, &stats, &stop);
+    display_loop(&mut sink, &frame_rx, config.view, &stats, &stop, &intake_over);
 
-    // shutdown: the stages end as their inputs close
-    let reason = ingest.join().map_err(|_| anyhow::anyhow!("the ingest thread panicked"))??;
-    for (name, handle) in [("preprocess", preprocess), ("decode", decode), ("generate", generate)] {
-        handle.join().map_err(|_| anyhow::anyhow!("the {name} thread panicked"))??;
-    }
+    // shutdown: the stages end as their inputs close; a failed stage is recorded, and the others still finish
+    let mut failures = Vec::new();
+    let mut joined = |name: &str, result: std::thread::Result<anyhow::Result<()>>| match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!("{name} stopped: {e:#}");
+            failures.push(format!("{name}: {e:#}"));
+        }
+        Err(_) => failures.push(format!("{name}: the thread panicked")),
+    };
+    let mut reason = "failed";
+    joined("ingest", ingest.join().map(|r| r.map(|end| reason = end)));
+    joined("preprocess", preprocess.join());
+    joined("decode", decode.join());
+    joined("generate", generate.join());
     // frames still queued when the generator finished
-    display_loop(&mut sink, &frame_rx, config.view, &stats, &AtomicBool::new(true));
+    display_loop(&mut sink, &frame_rx, config.view, &stats, &AtomicBool::new(true), &AtomicBool::new(true));
     server.stop();
     let mut s = stats.lock().map(|s| s.clone()).unwrap_or_default();
-    s.end_reason = reason.as_str().to_string();
+    s.end_reason = reason.to_string();
+    s.stage_failures = failures;
     std::fs::write(session_dir.join("live_summary.json"), serde_json::to_string_pretty(&s).unwrap_or_default())?;
     Ok((s, session_dir))
 }
@@ -382,8 +431,16 @@ fn headless_sink(session_dir: &Path) -> std::io::Result<Sink> {
     Ok(Sink::Headless(dir))
 }
 
-/// Shows frames (newest first) until the frame channel closes, or `stop`; a closed window sets `stop`.
-fn display_loop(sink: &mut Option<Sink>, frames: &Rx<(Frame, Instant)>, view: View, stats: &Arc<Mutex<LiveStats>>, stop: &AtomicBool) {
+/// Shows frames (newest first) until `stop`, or the frame channel closes once the intake is over (a window whose
+/// generator stopped early stays open and responsive while the run goes on); a closed window sets `stop`.
+fn display_loop(
+    sink: &mut Option<Sink>,
+    frames: &Rx<(Frame, Instant)>,
+    view: View,
+    stats: &Arc<Mutex<LiveStats>>,
+    stop: &AtomicBool,
+    intake_over: &AtomicBool,
+) {
     loop {
         let first = match frames.recv_timeout(std::time::Duration::from_millis(30)) {
             Ok(f) => f,
@@ -399,7 +456,19 @@ fn display_loop(sink: &mut Option<Sink>, frames: &Rx<(Frame, Instant)>, view: Vi
                 }
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                if stop.load(Ordering::SeqCst) || intake_over.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Some(s) = sink.as_mut() {
+                    if !s.idle() {
+                        tracing::info!("window closed: ending the run");
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                continue;
+            }
         };
         let mut newest = first;
         while let Ok(f) = frames.try_recv() {

@@ -122,6 +122,45 @@ def test_live_run_end_to_end(subject):
     assert "arrival -> shown" in out
 
 
+def test_a_failing_generator_takes_nothing_else_down(subject):
+    """The generator failing mid-run (its frames folder replaced by a file, so that every PNG write fails) is logged
+    and counted frame by frame and stops after three failures in a row; the run goes on: every volume recorded and
+    processed, every trial decoded, recorded and served. The summary names the failure; the exit status is not 0."""
+    tmp, data, dec, run, events = subject
+    import nibabel as nib
+    n_vols = nib.load(str(run)).shape[3]
+    n_trials = len(events.read_text().splitlines()) - 1
+    proc, ports, root = start_live(tmp, dec, events, n_vols)
+    sender = None
+    try:
+        wait_for(lambda: any((d / "frames").is_dir() for d in root.iterdir()), timeout=30, what="the frames folder")
+        frames = next(d for d in root.iterdir() if (d / "frames").is_dir()) / "frames"
+        shutil.rmtree(frames)
+        frames.write_text("not a folder\n")
+        sender = subprocess.Popen([binary(), "send", str(run), "--connect", f"tcp://127.0.0.1:{ports['bind']}",
+                                   "--tr-secs", "0.05", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: query(ports["results"], n_vols - 1)["foundResults"], timeout=60, what="the last volume's results")
+        out, err = proc.communicate(timeout=60)
+        sender.communicate(timeout=60)
+    finally:
+        proc.kill()
+        if sender:
+            sender.kill()
+    assert proc.returncode != 0
+    assert "stopped early" in err and "generate: 3 frames in a row failed" in err, err[-2000:]
+    session = frames.parent
+    summary = json.loads((session / "summary.json").read_text())
+    assert summary["received"] == n_vols and summary["missing"] == 0
+    results = [json.loads(l) for l in (session / "results.jsonl").read_text().splitlines()]
+    assert {r["trial"] for r in results} == set(range(n_trials))
+    live = json.loads((session / "live_summary.json").read_text())
+    assert live["end_reason"] == "complete" and live["volumes_processed"] == n_vols
+    assert live["patterns_decoded"] == n_trials
+    assert live["generator_errors"] == 3 and live["frames_drawn"] == 0
+    assert len(live["stage_failures"]) == 1 and live["stage_failures"][0].startswith("generate: ")
+    assert "failed 3" in out or "3 failed" in out
+
+
 def test_ctrl_c_finalises_the_session(subject):
     tmp, data, dec, run, events = subject
     import nibabel as nib
