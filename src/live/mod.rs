@@ -444,29 +444,22 @@ fn display_loop(
     loop {
         let first = match frames.recv_timeout(std::time::Duration::from_millis(30)) {
             Ok(f) => f,
-            Err(RecvTimeoutError::Timeout) => {
+            Err(no_frame) => {
+                // keep the window responsive; end once nothing more can come
                 if let Some(s) = sink.as_mut() {
                     if !s.idle() {
                         tracing::info!("window closed: ending the run");
                         stop.store(true, Ordering::SeqCst);
                     }
                 }
-                if stop.load(Ordering::SeqCst) && frames.is_empty() {
-                    return;
+                let stopping = stop.load(Ordering::SeqCst);
+                match no_frame {
+                    RecvTimeoutError::Timeout if stopping && frames.is_empty() => return,
+                    RecvTimeoutError::Disconnected if stopping || intake_over.load(Ordering::SeqCst) => return,
+                    // the generator stopped early: the run goes on
+                    RecvTimeoutError::Disconnected => std::thread::sleep(std::time::Duration::from_millis(30)),
+                    RecvTimeoutError::Timeout => {}
                 }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                if stop.load(Ordering::SeqCst) || intake_over.load(Ordering::SeqCst) {
-                    return;
-                }
-                if let Some(s) = sink.as_mut() {
-                    if !s.idle() {
-                        tracing::info!("window closed: ending the run");
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(30));
                 continue;
             }
         };
