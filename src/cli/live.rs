@@ -184,11 +184,12 @@ pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
     );
     print!("{}", stats.latency_table());
     if !stats.stage_failures.is_empty() {
-        bail!(
-            "the session in {} is recorded, but these stages stopped early:\n  {}",
-            dir.display(),
-            stats.stage_failures.join("\n  ")
-        );
+        let recording = if stats.stage_failures.iter().any(|f| f.starts_with("ingest:")) {
+            format!("the volumes acknowledged so far are in its spool: finalise them with `hyper-rt recover {}`", dir.display())
+        } else {
+            format!("the session in {} is complete", dir.display())
+        };
+        bail!("{recording}, but these stages stopped early:\n  {}", stats.stage_failures.join("\n  "));
     }
     Ok(())
 }

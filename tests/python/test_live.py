@@ -147,7 +147,7 @@ def test_a_failing_generator_takes_nothing_else_down(subject):
         if sender:
             sender.kill()
     assert proc.returncode != 0
-    assert "stopped early" in err and "generate: 3 frames in a row failed" in err, err[-2000:]
+    assert "is complete, but these stages stopped early" in err and "generate: 3 frames in a row failed" in err, err[-2000:]
     session = frames.parent
     summary = json.loads((session / "summary.json").read_text())
     assert summary["received"] == n_vols and summary["missing"] == 0
