@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
@@ -152,8 +153,13 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
         bail!("the decoder gives {}-d latents but the generator takes {}", bundle.latent_size(), model.latent_size);
     }
     tracing::info!("generator: {}", model.label);
-    let generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, Precision::F32)?;
-    tracing::info!("generating on {}", generator.describe());
+    let mut generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, Precision::F32)?;
+    // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
+    let warm_up = Instant::now();
+    let mut rng = hyper_rt::rng::Rng::new(1);
+    let latent: Vec<f32> = (0..generator.model().latent_size).map(|_| rng.normal() as f32).collect();
+    generator.generate(&latent)?;
+    tracing::info!("generating on {} (first frame {:.0} ms)", generator.describe(), warm_up.elapsed().as_secs_f64() * 1e3);
     let boundaries = live::load_boundaries(&l.boundaries, bundle.latent_size());
     Ok(LiveInputs { config: l.clone(), bundle, schedule, stimuli, generator, boundaries })
 }
