@@ -137,6 +137,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
         println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.kernels, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
         return Ok(());
     }
+    let _ = gflop; // reported only from the GPU
     anyhow::bail!("the GPU is not available here ({}); use --device cpu", backend.describe())
 }
 

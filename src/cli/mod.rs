@@ -7,6 +7,7 @@ mod bench_train;
 mod demo;
 mod eval;
 mod generate;
+mod launch_plan;
 mod live;
 mod receive;
 mod realign;
@@ -75,6 +76,9 @@ enum Command {
     BenchTrain(bench_train::Args),
     /// Benchmark the generator: seconds per image, GFLOP/s, peak memory.
     BenchGenerator(bench_generator::Args),
+    /// The GPU forward pass as kernel launches (kernels, grids, arguments, buffer sizes), worked out without a
+    /// GPU and written with the weights, for replaying them in the CPU emulation of the kernels.
+    LaunchPlan(launch_plan::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -107,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchGenerator(args) => bench_generator::run(args, config),
         Command::BenchPreprocess(args) => bench_preprocess::run(args, config),
         Command::BenchTrain(args) => bench_train::run(args, config),
+        Command::LaunchPlan(args) => launch_plan::run(args, config),
     }
 }
 

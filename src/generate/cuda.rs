@@ -18,6 +18,9 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::launch::{
+    buffer_sizes, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvKind, ConvPlan, ConvShape, Launch, LayerLaunch,
+};
 use super::model::PgganModel;
 use super::{ConvKernels, GenerateError};
 use crate::rng::Rng;
@@ -39,30 +42,7 @@ pub fn kernel_source() -> String {
         .join("\n")
 }
 
-/// Entry points the module must export.
-pub const KERNELS: [&str; 21] = [
-    "dense_f32",
-    "conv3x3_f32_n64",
-    "conv3x3_f32_n32",
-    "conv3x3_f32_n16",
-    "conv3x3_tf32_n64",
-    "conv3x3_tf32_n32",
-    "conv3x3_tf32_n16",
-    "conv3x3_f32_n64_v",
-    "conv3x3_f32_n32_v",
-    "conv3x3_f32_n16_v",
-    "conv3x3_tf32_n64_v",
-    "conv3x3_tf32_n32_v",
-    "conv3x3_tf32_n16_v",
-    "conv3x3_tf32p_n16",
-    "conv3x3_tf32p_n32",
-    "conv3x3_tf32p_n64",
-    "conv3x3_tf32s_n16",
-    "conv3x3_tf32s_n32",
-    "conv3x3_tf32s_n16_rgb",
-    "conv_finish_f32",
-    "torgb_f32",
-];
+pub use super::launch::KERNELS;
 
 /// NVRTC's name for a compute capability, e.g. `(9, 0)` -> `"compute_90"`.
 pub fn arch_name(major: i32, minor: i32) -> Result<&'static str, GenerateError> {
@@ -122,52 +102,20 @@ pub enum Precision {
     Tf32,
 }
 
-/// Must match `struct ConvShape` in kernels/conv.cu field for field.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct ConvShape {
-    n_images: i32,
-    side_in: i32,
-    cin: i32,
-    cout: i32,
-    up: i32,
-    side: i32,
-    log2_side: i32,
-    m_total: i32,
-    k_total: i32,
-    k_per_split: i32,
-    fused: i32,
-}
-
-// SAFETY: plain old data with the C layout the kernel expects.
+// SAFETY: plain old data with the C layout (`#[repr(C)]`, eleven i32) of kernels/conv.cu's `struct ConvShape`.
 unsafe impl DeviceRepr for ConvShape {}
 
-/// K slice depth of the conv3x3_{f32,tf32}_* kernels (kernels/conv.cu `BK`).
-const BK: usize = 16;
-/// K slice depth of the pipelined conv3x3_tf32p_* kernels (kernels/conv.cu `PIPE_BK`).
-const PIPE_BK: usize = 32;
 /// Largest batch one launch sequence takes (bounds the activation buffers); larger batches are split.
 pub const MAX_BATCH: usize = 64;
-const THREADS: u32 = 256;
-/// Every convolution tile holds BM x BN = 4096 outputs (see kernels/conv.cu).
-const TILE_OUTPUTS: usize = 4096;
 
-/// The tile width for a layer: the smallest of 16, 32, 64 that holds all its output channels (64 when none does).
-fn tile_n(cout: usize) -> usize {
-    match cout {
-        0..=16 => 16,
-        17..=32 => 32,
-        _ => 64,
-    }
-}
-
-struct DeviceConv {
-    name: String,
-    weight: CudaSlice<f32>,
-    bias: CudaSlice<f32>,
-    cin: usize,
-    cout: usize,
-    upsample: bool,
+/// The model's weights on the device (the CPU model's effective weights).
+struct DeviceWeights {
+    dense_weight: CudaSlice<f32>,
+    dense_bias: CudaSlice<f32>,
+    /// Each convolution layer's weights `[9 * Cin, Cout]` and bias.
+    convs: Vec<(CudaSlice<f32>, CudaSlice<f32>)>,
+    rgb_weight: CudaSlice<f32>,
+    rgb_bias: CudaSlice<f32>,
 }
 
 /// Per-batch-size device buffers, reused across calls.
@@ -176,115 +124,73 @@ struct Buffers {
     /// Each convolution layer's output side and launch plan for this batch size.
     plans: Vec<(usize, ConvPlan)>,
     z: CudaSlice<f32>,
-    ping: CudaSlice<f32>,
-    pong: CudaSlice<f32>,
-    partial: CudaSlice<f32>,
+    /// [`Buf::Act`] 0, 1 (a layer's input and output in turn) and 2 (split-K partial sums).
+    act: [CudaSlice<f32>; 3],
     image: CudaSlice<f32>,
     packed: CudaSlice<u32>,
 }
 
-/// The pipelined kernels' tiles by tile width 16, 32, 64: (BM, pipeline stages), as in kernels/conv.cu's
-/// `PIPE_ENTRY` lines.
-const PIPE_TILES: [(usize, usize); 3] = [(256, 2), (256, 2), (128, 3)];
+/// The loaded kernels by name ([`KERNELS`]).
+struct Kernels(HashMap<&'static str, CudaFunction>);
 
-/// The pipelined kernel of tile width `bn`: its BM and its dynamic shared memory in bytes (kernels/conv.cu
-/// `PipeTile::SHARED_FLOATS`: per stage a [BM][PIPE_BK + 4] input slice and a [PIPE_BK][BN + 8] weight slice).
-fn pipe_tile(bn: usize) -> (usize, usize) {
-    let (bm, stages) = PIPE_TILES[bn.trailing_zeros() as usize - 4];
-    (bm, 4 * stages * (bm * (PIPE_BK + 4) + PIPE_BK * (bn + 8)))
-}
-
-/// The spatial-tile kernels (kernels/conv.cu `SPATIAL_ENTRY`) by tile width 16, 32: (BN, WN).
-const SPATIAL_TILES: [(usize, usize); 2] = [(16, 16), (32, 32)];
-/// Output columns per spatial tile and input channels per chunk (kernels/conv.cu `SPATIAL_TW`, `SPATIAL_CC`).
-const SPATIAL_TW: usize = 32;
-const SPATIAL_CC: usize = 16;
-
-/// The spatial-tile kernel of width `bn`: output rows per block and the bytes of one pipeline stage (kernels/conv.cu
-/// `SpatialTile`: the (TH + 2) x (TW + 2) input patch with 16 + 4 floats per pixel, and the chunk's nine taps of
-/// 16 weight rows of BN + 8 floats).
-fn spatial_tile(bn: usize) -> (usize, usize) {
-    let (bn, wn) = SPATIAL_TILES[bn.trailing_zeros() as usize - 4];
-    let rows = (THREADS as usize / 32) / (bn / wn);
-    (rows, 4 * ((rows + 2) * (SPATIAL_TW + 2) * (SPATIAL_CC + 4) + 9 * SPATIAL_CC * (bn + 8)))
-}
-
-/// Which kernel family runs a convolution layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConvKind {
-    /// conv3x3_{f32,tf32}_*: the input gathered through registers, 16-deep K slices.
-    Gather,
-    /// conv3x3_tf32p_*: gathered with asynchronous copies, 32-deep K slices, several in flight.
-    Pipelined,
-    /// conv3x3_tf32s_*: a spatial tile's input patch staged once per channel chunk (narrow, high-resolution layers).
-    Spatial,
-}
-
-impl ConvKind {
-    fn label(self) -> &'static str {
-        match self {
-            ConvKind::Gather => "gather",
-            ConvKind::Pipelined => "pipelined",
-            ConvKind::Spatial => "spatial",
-        }
+impl Kernels {
+    fn get(&self, name: &str) -> Result<&CudaFunction, GenerateError> {
+        self.0.get(name).ok_or_else(|| GenerateError::Cuda(format!("kernel {name} is not loaded")))
     }
 }
 
-/// How one convolution layer is launched: which kernel, its tile, its split-K, its grid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ConvPlan {
-    kind: ConvKind,
-    /// Output pixels and channels per block.
-    bm: usize,
-    bn: usize,
-    /// Dynamic shared memory per block (the pipelined and spatial kernels; the others use static shared memory).
-    shared_bytes: usize,
-    splits: usize,
-    k_per_split: usize,
-    /// One split and one N tile: the kernel's epilogue finishes the layer (no conv_finish_f32).
-    fused: bool,
-    grid: (u32, u32, u32),
-}
-
-impl ConvPlan {
-    /// The plan for a layer of `batch` images of `side` x `side` output pixels. With `staged` (TF32 on sm_80+),
-    /// the narrow layers from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the others
-    /// with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined one. Split-K:
-    /// enough blocks to fill the GPU twice, at least four K slices per split.
-    fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool) -> ConvPlan {
-        let (m_total, k_total) = (batch * side * side, 9 * cin);
-        if staged && (cout == 16 || cout == 32) && cin % SPATIAL_CC == 0 && side >= SPATIAL_TW {
-            let (rows, stage_bytes) = spatial_tile(cout);
-            return ConvPlan {
-                kind: ConvKind::Spatial,
-                bm: rows * SPATIAL_TW,
-                bn: cout,
-                shared_bytes: (cin / SPATIAL_CC).min(2) * stage_bytes,
-                splits: 1,
-                k_per_split: k_total,
-                fused: true,
-                grid: ((side / SPATIAL_TW * (side / rows)) as u32, batch as u32, 1),
-            };
-        }
-        let bn = tile_n(cout);
-        // the pipelined tiles are twice as tall: layers with fewer pixels than one tile (4 and 8 px at batch 1) keep
-        // the gather kernel rather than computing mostly padding
-        let fits = m_total >= pipe_tile(bn).0;
-        let kind = if staged && cin % 4 == 0 && cout % 4 == 0 && fits { ConvKind::Pipelined } else { ConvKind::Gather };
-        let (bm, bk, shared_bytes) = if kind == ConvKind::Pipelined {
-            let (bm, shared_bytes) = pipe_tile(bn);
-            (bm, PIPE_BK, shared_bytes)
-        } else {
-            (TILE_OUTPUTS / bn, BK, 0)
+/// Queues one [`Launch`]: its buffers and integers pushed in the launch's order (the order the emulated kernel
+/// tests replay and check), a convolution's integers as one `ConvShape`.
+fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights, bufs: &mut Buffers, launch: &Launch) -> Result<(), GenerateError> {
+    let func = kernels.get(launch.kernel)?;
+    let shape = match launch.ints_are_conv_shape {
+        true => Some(ConvShape::from_ints(&launch.ints).ok_or_else(|| GenerateError::Cuda(format!("{}: not a ConvShape", launch.kernel)))?),
+        false => None,
+    };
+    let conv = |i: usize| weights.convs.get(i).ok_or_else(|| GenerateError::Cuda(format!("no convolution layer {i}")));
+    let Buffers { z, act, image, packed, .. } = bufs;
+    // each mutable buffer can be handed out once per launch
+    let mut acts: Vec<Option<&mut CudaSlice<f32>>> = act.iter_mut().map(Some).collect();
+    let (mut image, mut packed) = (Some(image), Some(packed));
+    let twice = |buf: Buf| GenerateError::Cuda(format!("{}: buffer {} passed twice", launch.kernel, buf.name()));
+    let mut b = stream.launch_builder(func);
+    for &(buf, writes) in &launch.buffers {
+        match buf {
+            Buf::Z => b.arg(&*z),
+            Buf::DenseWeight => b.arg(&weights.dense_weight),
+            Buf::DenseBias => b.arg(&weights.dense_bias),
+            Buf::ConvWeight(i) => b.arg(&conv(i)?.0),
+            Buf::ConvBias(i) => b.arg(&conv(i)?.1),
+            Buf::RgbWeight => b.arg(&weights.rgb_weight),
+            Buf::RgbBias => b.arg(&weights.rgb_bias),
+            Buf::Act(i) => {
+                let slice = acts.get_mut(i).and_then(Option::take).ok_or_else(|| twice(buf))?;
+                if writes {
+                    b.arg(slice)
+                } else {
+                    let read: &CudaSlice<f32> = slice;
+                    b.arg(read)
+                }
+            }
+            Buf::Image => b.arg(image.take().ok_or_else(|| twice(buf))?),
+            Buf::Packed => b.arg(packed.take().ok_or_else(|| twice(buf))?),
         };
-        let tiles = m_total.div_ceil(bm) * cout.div_ceil(bn);
-        let k_slices = k_total.div_ceil(bk);
-        let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
-        let k_per_split = k_slices.div_ceil(wanted) * bk;
-        let splits = k_total.div_ceil(k_per_split);
-        let grid = (m_total.div_ceil(bm) as u32, cout.div_ceil(bn) as u32, splits as u32);
-        ConvPlan { kind, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn, grid }
     }
+    match &shape {
+        Some(shape) => {
+            b.arg(shape);
+        }
+        None => {
+            for v in &launch.ints {
+                b.arg(v);
+            }
+        }
+    }
+    let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.threads, 1, 1), shared_mem_bytes: launch.shared_bytes };
+    // SAFETY: the arguments are the kernel's parameters in order (checked by replaying the same launches in the
+    // CPU emulation of the kernels); the buffers were sized by `buffer_sizes` for these plans.
+    unsafe { b.launch(cfg) }.map_err(cuda_err(launch.kernel))?;
+    Ok(())
 }
 
 /// How closely a staged kernel's output must agree with the gather kernel's (relative L2, both TF32, which differ by
@@ -368,153 +274,6 @@ fn time_launches(
     Ok(best)
 }
 
-/// The loaded kernels.
-struct Kernels {
-    dense: CudaFunction,
-    /// Indexed by [vectorised gather][precision][tile width 16, 32, 64].
-    conv: [[[CudaFunction; 3]; 2]; 2],
-    /// The pipelined TF32 kernels by tile width 16, 32, 64 (sm_80 and later).
-    pipelined: [CudaFunction; 3],
-    /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
-    spatial: [CudaFunction; 2],
-    /// The 16-channel spatial kernel with ToRGB fused into its epilogue (the last layer).
-    spatial_rgb: CudaFunction,
-    finish: CudaFunction,
-    torgb: CudaFunction,
-}
-
-/// One convolution layer to launch: the layer, its plan, the batch, its input and output sides.
-struct LayerLaunch<'a> {
-    conv: &'a DeviceConv,
-    plan: ConvPlan,
-    precision: Precision,
-    batch: usize,
-    side_in: usize,
-    side: usize,
-}
-
-impl LayerLaunch<'_> {
-    /// The kernels' view of the layer (kernels/conv.cu `ConvShape`).
-    fn shape(&self) -> ConvShape {
-        let m_total = self.batch * self.side * self.side;
-        ConvShape {
-            n_images: self.batch as i32,
-            side_in: self.side_in as i32,
-            cin: self.conv.cin as i32,
-            cout: self.conv.cout as i32,
-            up: i32::from(self.conv.upsample),
-            side: self.side as i32,
-            log2_side: self.side.trailing_zeros() as i32,
-            m_total: m_total as i32,
-            k_total: (9 * self.conv.cin) as i32,
-            k_per_split: self.plan.k_per_split as i32,
-            fused: i32::from(self.plan.fused),
-        }
-    }
-}
-
-impl Kernels {
-    /// Queues the 4 x 4 dense layer (latent pixel norm, dense, then bias, leaky ReLU and pixel norm in the finish
-    /// kernel) from the latents `z` into `out`, through `partial`.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_dense(
-        &self,
-        stream: &Arc<CudaStream>,
-        m: &PgganModel,
-        batch: usize,
-        z: &CudaSlice<f32>,
-        (weight, bias): (&CudaSlice<f32>, &CudaSlice<f32>),
-        partial: &mut CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<(), GenerateError> {
-        let launch_err = cuda_err("launching a kernel");
-        let (latent, c4) = (m.latent_size as i32, m.c4 as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: (m.latent_size * 4) as u32,
-        };
-        let mut b = stream.launch_builder(&self.dense);
-        b.arg(z).arg(weight).arg(&mut *partial).arg(&latent).arg(&c4);
-        // SAFETY: arguments match dense_f32's signature; partial holds at least batch * 16 * c4 floats.
-        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        let (mt, sp) = ((batch * 16) as i32, 1i32);
-        let cfg = LaunchConfig { grid_dim: ((batch * 16).div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut b = stream.launch_builder(&self.finish);
-        b.arg(&*partial).arg(bias).arg(out).arg(&mt).arg(&c4).arg(&sp);
-        // SAFETY: arguments match conv_finish_f32's signature.
-        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        Ok(())
-    }
-
-    /// Queues the last layer with ToRGB fused (a 16-channel spatial plan): writes the float image and the packed
-    /// display buffer, not the activations.
-    fn launch_conv_to_rgb(
-        &self,
-        stream: &Arc<CudaStream>,
-        layer: &LayerLaunch,
-        src: &CudaSlice<f32>,
-        (rgb_weight, rgb_bias): (&CudaSlice<f32>, &CudaSlice<f32>),
-        image: &mut CudaSlice<f32>,
-        packed: &mut CudaSlice<u32>,
-    ) -> Result<(), GenerateError> {
-        let plan = layer.plan;
-        if plan.kind != ConvKind::Spatial || plan.bn != 16 {
-            return Err(GenerateError::Cuda(format!("ToRGB is fused only into a 16-channel spatial layer, not {plan:?}")));
-        }
-        let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
-        let shape = layer.shape();
-        let mut b = stream.launch_builder(&self.spatial_rgb);
-        b.arg(src).arg(&layer.conv.weight).arg(&layer.conv.bias).arg(rgb_weight).arg(rgb_bias).arg(image).arg(packed).arg(&shape);
-        // SAFETY: arguments match conv3x3_tf32s_n16_rgb's signature; image and packed hold the batch's pixels.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching a kernel"))?;
-        Ok(())
-    }
-
-    /// Queues one convolution layer from `src` into `dst` (through `partial` and conv_finish_f32 when the plan is
-    /// not fused).
-    fn launch_conv(
-        &self,
-        stream: &Arc<CudaStream>,
-        layer: &LayerLaunch,
-        src: &CudaSlice<f32>,
-        dst: &mut CudaSlice<f32>,
-        partial: &mut CudaSlice<f32>,
-    ) -> Result<(), GenerateError> {
-        let launch_err = cuda_err("launching a kernel");
-        let LayerLaunch { conv, plan, precision, batch, side, .. } = *layer;
-        let m_total = batch * side * side;
-        let shape = layer.shape();
-        let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: plan.shared_bytes as u32 };
-        let width = plan.bn.trailing_zeros() as usize - 4;
-        let func = match plan.kind {
-            ConvKind::Spatial => &self.spatial[width],
-            ConvKind::Pipelined => &self.pipelined[width],
-            ConvKind::Gather => &self.conv[usize::from(conv.cin % BK == 0)][usize::from(precision == Precision::Tf32)][width],
-        };
-        let mut b = stream.launch_builder(func);
-        b.arg(src).arg(&conv.weight).arg(&conv.bias);
-        if plan.fused {
-            b.arg(&mut *dst);
-        } else {
-            b.arg(&mut *partial);
-        }
-        b.arg(&shape);
-        // SAFETY: arguments match conv3x3_*'s signature; the buffers were sized for this batch.
-        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        if !plan.fused {
-            let (mt, co, sp) = (m_total as i32, conv.cout as i32, plan.splits as i32);
-            let warps_per_block = (THREADS / 32) as usize;
-            let cfg = LaunchConfig { grid_dim: (m_total.div_ceil(warps_per_block) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-            let mut b = stream.launch_builder(&self.finish);
-            b.arg(&*partial).arg(&conv.bias).arg(dst).arg(&mt).arg(&co).arg(&sp);
-            // SAFETY: arguments match conv_finish_f32's signature.
-            unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        }
-        Ok(())
-    }
-}
-
 /// Runs a [`PgganModel`] on the GPU.
 pub struct CudaGenerator {
     model: Arc<PgganModel>,
@@ -527,11 +286,7 @@ pub struct CudaGenerator {
     staged_unavailable: Option<String>,
     /// With [`ConvKernels::Tuned`]: each batch size's tuned plans and the measurements behind them.
     tuned: HashMap<usize, Tuning>,
-    dense_weight: CudaSlice<f32>,
-    dense_bias: CudaSlice<f32>,
-    convs: Vec<DeviceConv>,
-    rgb_weight: CudaSlice<f32>,
-    rgb_bias: CudaSlice<f32>,
+    weights: DeviceWeights,
     sm_count: usize,
     precision: Precision,
     buffers: Option<Buffers>,
@@ -567,47 +322,31 @@ impl CudaGenerator {
         let (ptx, origin) = super::ptx_cache::kernels_ptx(arch_name(major, minor)?, super::ptx_cache::default_cache_dir().as_deref())?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(cuda_err("loading the kernels"))?;
-        let load = |name: &str| module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")));
+        let load = |name: &'static str| {
+            let func = module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
+            Ok((name, func))
+        };
+        let kernels = Kernels(KERNELS.iter().map(|&name| load(name)).collect::<Result<_, GenerateError>>()?);
         let stream = ctx.default_stream();
         let up = |data: &[f32]| stream.clone_htod(data).map_err(cuda_err("uploading weights"));
-        let convs = model
-            .convs
-            .iter()
-            .map(|c| Ok(DeviceConv { name: c.name.clone(), weight: up(&c.weight)?, bias: up(&c.bias)?, cin: c.cin, cout: c.cout, upsample: c.upsample }))
-            .collect::<Result<Vec<_>, GenerateError>>()?;
+        let weights = DeviceWeights {
+            dense_weight: up(&model.dense_weight)?,
+            dense_bias: up(&model.dense_bias)?,
+            convs: model.convs.iter().map(|c| Ok((up(&c.weight)?, up(&c.bias)?))).collect::<Result<_, GenerateError>>()?,
+            rgb_weight: up(&model.to_rgb_weight)?,
+            rgb_bias: up(&model.to_rgb_bias)?,
+        };
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        let kernels = Kernels {
-            dense: load("dense_f32")?,
-            conv: [
-                [
-                    [load("conv3x3_f32_n16")?, load("conv3x3_f32_n32")?, load("conv3x3_f32_n64")?],
-                    [load("conv3x3_tf32_n16")?, load("conv3x3_tf32_n32")?, load("conv3x3_tf32_n64")?],
-                ],
-                [
-                    [load("conv3x3_f32_n16_v")?, load("conv3x3_f32_n32_v")?, load("conv3x3_f32_n64_v")?],
-                    [load("conv3x3_tf32_n16_v")?, load("conv3x3_tf32_n32_v")?, load("conv3x3_tf32_n64_v")?],
-                ],
-            ],
-            pipelined: [load("conv3x3_tf32p_n16")?, load("conv3x3_tf32p_n32")?, load("conv3x3_tf32p_n64")?],
-            spatial: [load("conv3x3_tf32s_n16")?, load("conv3x3_tf32s_n32")?],
-            spatial_rgb: load("conv3x3_tf32s_n16_rgb")?,
-            finish: load("conv_finish_f32")?,
-            torgb: load("torgb_f32")?,
-        };
         let staged_unavailable = Self::enable_staged(&ctx, (major, minor), &kernels).err();
         Ok(CudaGenerator {
             kernels,
             staged_unavailable,
             conv_kernels: ConvKernels::Gather,
             tuned: HashMap::new(),
-            dense_weight: up(&model.dense_weight)?,
-            dense_bias: up(&model.dense_bias)?,
-            rgb_weight: up(&model.to_rgb_weight)?,
-            rgb_bias: up(&model.to_rgb_bias)?,
-            convs,
+            weights,
             sm_count,
             precision,
             buffers: None,
@@ -628,10 +367,8 @@ impl CudaGenerator {
         let opt_in = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
-        let pipelined_bytes = (0..3).map(|i| pipe_tile(16 << i).1);
-        let spatial_bytes = (0..2).map(|i| 2 * spatial_tile(16 << i).1);
-        let spatial_rgb = std::iter::once((&kernels.spatial_rgb, 2 * spatial_tile(16).1));
-        for (func, bytes) in kernels.pipelined.iter().zip(pipelined_bytes).chain(kernels.spatial.iter().zip(spatial_bytes)).chain(spatial_rgb) {
+        for (name, bytes) in staged_kernels_shared_bytes() {
+            let func = kernels.get(name).map_err(|e| e.to_string())?;
             if bytes > opt_in {
                 return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
             }
@@ -675,11 +412,7 @@ impl CudaGenerator {
     /// Each convolution layer's output side and launch plan for `batch` images, on the staged kernels where a
     /// layer's shape allows (`staged`) or on the gather kernels.
     fn plans(&self, batch: usize, staged: bool) -> Vec<(usize, ConvPlan)> {
-        self.convs
-            .iter()
-            .zip(self.model.layer_sides())
-            .map(|(c, side)| (side, ConvPlan::new(self.sm_count, batch, side, c.cin, c.cout, staged)))
-            .collect()
+        layer_plans(&self.model, self.sm_count, batch, staged)
     }
 
     /// With [`ConvKernels::Tuned`], the measurements behind the kernel chosen for each layer at `batch` (after the
@@ -708,29 +441,15 @@ impl CudaGenerator {
             (ConvKernels::Tuned, None) if staged => vec![self.plans(batch, false), self.plans(batch, true)],
             (kernels, _) => vec![self.plans(batch, kernels == ConvKernels::Staged && staged)],
         };
-        let m = &*self.model;
-        let mut largest_act = batch * 16 * m.c4;
-        let mut largest_partial = batch * 16 * m.c4; // the dense layer's output goes through the finish kernel
-        for plans in &candidates {
-            for (c, &(side, plan)) in m.convs.iter().zip(plans) {
-                let pixels = batch * side * side;
-                largest_act = largest_act.max(pixels * c.cout);
-                if !plan.fused {
-                    largest_partial = largest_partial.max(plan.splits * pixels * c.cout);
-                }
-            }
-        }
-        let plane = m.resolution * m.resolution;
+        let sizes = buffer_sizes(&self.model, &candidates, batch);
         let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err("allocating activations"));
         self.buffers = Some(Buffers {
             batch,
             plans: candidates[0].clone(),
-            z: alloc(batch * m.latent_size)?,
-            ping: alloc(largest_act)?,
-            pong: alloc(largest_act)?,
-            partial: alloc(largest_partial)?,
-            image: alloc(batch * 3 * plane)?,
-            packed: self.stream.alloc_zeros::<u32>(batch * plane).map_err(cuda_err("allocating the display buffer"))?,
+            z: alloc(sizes.z)?,
+            act: [alloc(sizes.activations)?, alloc(sizes.activations)?, alloc(sizes.partial)?],
+            image: alloc(sizes.image)?,
+            packed: self.stream.alloc_zeros::<u32>(sizes.packed.max(1)).map_err(cuda_err("allocating the display buffer"))?,
         });
         if let [gather, staged] = &candidates[..] {
             match self.tune(batch, gather, staged) {
@@ -759,26 +478,30 @@ impl CudaGenerator {
         let mut rng = Rng::new(0x7475_6e65);
         let z: Vec<f32> = (0..batch * m.latent_size).map(|_| rng.normal() as f32).collect();
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        let (ctx, stream, kernels) = (&self.ctx, &self.stream, &self.kernels);
+        let (ctx, stream, kernels, weights) = (&self.ctx, &self.stream, &self.kernels, &self.weights);
         stream.memcpy_htod(&z, &mut bufs.z).map_err(cuda_err("uploading latents"))?;
-        kernels.launch_dense(stream, &m, batch, &bufs.z, (&self.dense_weight, &self.dense_bias), &mut bufs.partial, &mut bufs.ping)?;
+        let forward = forward_launches(&m, gather, self.precision, batch);
+        for launch in &forward[0].launches {
+            execute(kernels, stream, weights, bufs, launch)?; // the dense layer, into activation buffer 0
+        }
         let mut tuning = Tuning { plans: Vec::new(), layers: Vec::new() };
-        let (mut side_in, mut in_ping) = (4usize, true);
-        for (conv, (&(side, gather_plan), &(_, staged_plan))) in self.convs.iter().zip(gather.iter().zip(staged)) {
-            let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
-            let partial = &mut bufs.partial;
-            let first_image = side * side * conv.cout;
-            let gather_layer = LayerLaunch { conv, plan: gather_plan, precision: self.precision, batch, side_in, side };
-            let staged_layer = LayerLaunch { plan: staged_plan, ..gather_layer };
-            // one launch (also the warm-up) for the output, then the timed ones
-            let mut measure = |layer: &LayerLaunch| -> Result<(Vec<f32>, f64), GenerateError> {
-                kernels.launch_conv(stream, layer, src, dst, partial)?;
-                let output = download_head(stream, dst, first_image)?;
-                Ok((output, time_launches(ctx, stream, || kernels.launch_conv(stream, layer, src, dst, partial))?))
+        let mut input = 0;
+        for (index, (&gather_plan, &(_, staged_plan))) in gather.iter().zip(staged).enumerate() {
+            let (src, dst) = (Buf::Act(input), Buf::Act(1 - input));
+            let side = gather_plan.0;
+            let first_image = side * side * m.convs[index].cout;
+            let gather_launches = LayerLaunch::new(&m, index, gather_plan, self.precision, batch).launches(src, dst);
+            let staged_launches = LayerLaunch::new(&m, index, (side, staged_plan), self.precision, batch).launches(src, dst);
+            // one run (also the warm-up) for the output, then the timed ones
+            let mut measure = |launches: &[Launch]| -> Result<(Vec<f32>, f64), GenerateError> {
+                launches.iter().try_for_each(|l| execute(kernels, stream, weights, bufs, l))?;
+                let output = download_head(stream, &bufs.act[1 - input], first_image)?;
+                let ms = time_launches(ctx, stream, || launches.iter().try_for_each(|l| execute(kernels, stream, weights, bufs, l)))?;
+                Ok((output, ms))
             };
-            let (reference, gather_ms) = measure(&gather_layer)?;
+            let (reference, gather_ms) = measure(&gather_launches)?;
             let mut choice = LayerChoice {
-                layer: conv.name.clone(),
+                layer: m.convs[index].name.clone(),
                 gather_ms,
                 staged_kernel: None,
                 staged_ms: None,
@@ -786,9 +509,9 @@ impl CudaGenerator {
                 chosen: ConvKind::Gather.label(),
                 reason: "the only kernel for this shape".into(),
             };
-            let mut plan = gather_plan;
-            if staged_plan != gather_plan {
-                let staged = measure(&staged_layer).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string());
+            let mut plan = gather_plan.1;
+            if staged_plan != gather_plan.1 {
+                let staged = measure(&staged_launches).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string());
                 let (use_staged, reason) = prefer_staged(gather_ms, &staged);
                 choice.staged_kernel = Some(staged_plan.kind.label());
                 choice.staged_ms = staged.as_ref().ok().map(|s| s.0);
@@ -799,13 +522,13 @@ impl CudaGenerator {
                     choice.chosen = staged_plan.kind.label();
                 } else {
                     // the next layer's input is the chosen kernel's output
-                    kernels.launch_conv(stream, &gather_layer, src, dst, partial)?;
+                    gather_launches.iter().try_for_each(|l| execute(kernels, stream, weights, bufs, l))?;
                 }
             }
             tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, choice.chosen, choice.reason);
             tuning.plans.push((side, plan));
             tuning.layers.push(choice);
-            (side_in, in_ping) = (side, !in_ping);
+            input = 1 - input;
         }
         stream.synchronize().map_err(cuda_err("synchronising"))?;
         let staged_layers = tuning.layers.iter().filter(|l| l.chosen != ConvKind::Gather.label()).count();
@@ -819,49 +542,16 @@ impl CudaGenerator {
         Ok(tuning)
     }
 
-    /// Queues the whole forward pass for the latents already in the `z` buffer.
+    /// Queues the whole forward pass for the latents already in the `z` buffer ([`forward_launches`]).
     /// With `marks`, an event is recorded after each layer (for [`CudaGenerator::layer_times`]).
     fn enqueue(&mut self, batch: usize, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
-        let launch_err = cuda_err("launching a kernel");
-        let m = self.model.clone();
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        let plans = &bufs.plans;
-        let dense = (&self.dense_weight, &self.dense_bias);
-        self.kernels.launch_dense(&self.stream, &m, batch, &bufs.z, dense, &mut bufs.partial, &mut bufs.ping)?;
-        record_mark(&self.ctx, &self.stream, &mut marks, "4x4/Dense")?;
-
-        // a 16-channel last layer on the spatial kernel (staged or tuned) also does ToRGB (its
-        // activations are never stored)
-        let fuse_rgb = plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16) && m.final_channels() == 16;
-        let mut side = 4usize;
-        let mut in_ping = true;
-        for (index, (conv, &(layer_side, plan))) in self.convs.iter().zip(plans).enumerate() {
-            let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in: side, side: layer_side };
-            side = layer_side;
-            let (src, dst) = if in_ping { (&bufs.ping, &mut bufs.pong) } else { (&bufs.pong, &mut bufs.ping) };
-            if fuse_rgb && index + 1 == plans.len() {
-                let rgb = (&self.rgb_weight, &self.rgb_bias);
-                self.kernels.launch_conv_to_rgb(&self.stream, &layer, src, rgb, &mut bufs.image, &mut bufs.packed)?;
-            } else {
-                self.kernels.launch_conv(&self.stream, &layer, src, dst, &mut bufs.partial)?;
+        for layer in forward_launches(&self.model, &bufs.plans, self.precision, batch) {
+            for launch in &layer.launches {
+                execute(&self.kernels, &self.stream, &self.weights, bufs, launch)?;
             }
-            in_ping = !in_ping;
-            record_mark(&self.ctx, &self.stream, &mut marks, &conv.name)?;
+            record_mark(&self.ctx, &self.stream, &mut marks, &layer.name)?;
         }
-        if fuse_rgb {
-            // ToRGB ran inside the last layer: its own row in the profile is (about) zero
-            record_mark(&self.ctx, &self.stream, &mut marks, "ToRGB_lod0")?;
-            return Ok(());
-        }
-        let act = if in_ping { &bufs.ping } else { &bufs.pong };
-        let (n, s, c) = (batch as i32, side as i32, m.final_channels() as i32);
-        let pixels = batch * side * side;
-        let cfg = LaunchConfig { grid_dim: (pixels.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream.launch_builder(&self.kernels.torgb);
-        b.arg(act).arg(&self.rgb_weight).arg(&self.rgb_bias).arg(&mut bufs.image).arg(&mut bufs.packed).arg(&n).arg(&s).arg(&c);
-        // SAFETY: arguments match torgb_f32's signature.
-        unsafe { b.launch(cfg) }.map_err(&launch_err)?;
-        record_mark(&self.ctx, &self.stream, &mut marks, "ToRGB_lod0")?;
         Ok(())
     }
 
@@ -869,7 +559,7 @@ impl CudaGenerator {
     /// kernel this generator's settings choose for it; returns `[batch, side, side, Cout]` and the kernel family's
     /// name. For the per-layer parity test, which localises a mismatch to one kernel and one shape.
     pub fn run_layer(&mut self, index: usize, input: &[f32], batch: usize) -> Result<(Vec<f32>, String), GenerateError> {
-        if index >= self.convs.len() {
+        if index >= self.model.convs.len() {
             return Err(GenerateError::Cuda(format!("no convolution layer {index}")));
         }
         if batch == 0 || batch > MAX_BATCH {
@@ -877,21 +567,22 @@ impl CudaGenerator {
         }
         self.ensure_buffers(batch)?;
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        let conv = &self.convs[index];
-        let (side, plan) = bufs.plans[index];
-        let side_in = if conv.upsample { side / 2 } else { side };
-        let expected = batch * side_in * side_in * conv.cin;
+        let layer = LayerLaunch::new(&self.model, index, bufs.plans[index], self.precision, batch);
+        let side_in = layer.side >> usize::from(layer.upsample);
+        let expected = batch * side_in * side_in * layer.cin;
         if input.len() != expected {
-            return Err(GenerateError::Cuda(format!("layer {}: input of {} values, expected {expected}", conv.name, input.len())));
+            let name = &self.model.convs[index].name;
+            return Err(GenerateError::Cuda(format!("layer {name}: input of {} values, expected {expected}", input.len())));
         }
         {
-            let mut head = bufs.ping.try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
+            let mut head = bufs.act[0].try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
             self.stream.memcpy_htod(input, &mut head).map_err(cuda_err("uploading the layer input"))?;
         }
-        let layer = LayerLaunch { conv, plan, precision: self.precision, batch, side_in, side };
-        self.kernels.launch_conv(&self.stream, &layer, &bufs.ping, &mut bufs.pong, &mut bufs.partial)?;
-        let out = download_head(&self.stream, &bufs.pong, batch * side * side * conv.cout)?;
-        Ok((out, plan.kind.label().to_string()))
+        for launch in layer.launches(Buf::Act(0), Buf::Act(1)) {
+            execute(&self.kernels, &self.stream, &self.weights, bufs, &launch)?;
+        }
+        let out = download_head(&self.stream, &bufs.act[1], batch * layer.side * layer.side * layer.cout)?;
+        Ok((out, layer.plan.kind.label().to_string()))
     }
 
     fn upload_latents(&mut self, latents: &[f32]) -> Result<usize, GenerateError> {
@@ -977,39 +668,6 @@ impl CudaGenerator {
 mod tests {
     use super::*;
 
-    /// The tiles the host plans with are those kernels/conv.cu instantiates.
-    #[test]
-    fn pipelined_tiles_match_the_kernel_source() {
-        let mut seen = 0;
-        for line in kernel_source().lines().filter(|l| l.starts_with("PIPE_ENTRY(conv3x3_tf32p_n")) {
-            let inner = line.trim_start_matches("PIPE_ENTRY(").trim_end_matches(')');
-            let fields: Vec<usize> = inner.split(',').skip(1).map(|f| f.trim().parse().expect("a number")).collect();
-            let [bm, bn, _wm, _wn, stages] = fields[..] else { panic!("unexpected PIPE_ENTRY line: {line}") };
-            assert!(inner.starts_with(&format!("conv3x3_tf32p_n{bn},")), "{line}");
-            assert_eq!(PIPE_TILES[bn.trailing_zeros() as usize - 4], (bm, stages), "{line}");
-            seen += 1;
-        }
-        assert_eq!(seen, 3);
-    }
-
-    /// The spatial kernels the host plans with are those kernels/conv.cu instantiates.
-    #[test]
-    fn spatial_tiles_match_the_kernel_source() {
-        let entries: Vec<(usize, usize)> = kernel_source()
-            .lines()
-            .filter_map(|l| l.strip_prefix("SPATIAL_ENTRY(conv3x3_tf32s_n"))
-            .map(|rest| {
-                let fields: Vec<usize> = rest.trim_end_matches(')').split(',').map(|f| f.trim().parse().expect("a number")).collect();
-                assert_eq!(fields[0], fields[1], "the entry's name is its BN");
-                (fields[1], fields[2])
-            })
-            .collect();
-        assert_eq!(entries, SPATIAL_TILES);
-        for needle in [format!("#define SPATIAL_TW {SPATIAL_TW} "), format!("#define SPATIAL_CC {SPATIAL_CC} ")] {
-            assert!(kernel_source().contains(&needle), "kernels/conv.cu lacks `{needle}`");
-        }
-    }
-
     #[test]
     fn tuning_uses_a_staged_kernel_only_when_it_agrees_and_is_faster() {
         let decide = |ms: Result<(f64, f64), &str>| prefer_staged(0.50, &ms.map_err(str::to_string));
@@ -1031,48 +689,5 @@ mod tests {
         assert_eq!(relative_l2(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
         assert!((relative_l2(&[3.0, 4.5], &[3.0, 4.0]) - 0.1).abs() < 1e-12);
         assert!(relative_l2(&[f32::NAN, 4.0], &[3.0, 4.0]).is_nan());
-    }
-
-    #[test]
-    fn plans_cover_k_once_and_fit_two_blocks_per_multiprocessor() {
-        // every PGGAN 1024 layer (Cin, Cout, side) at batch 1 and 8, and channel counts the new kernels refuse
-        let layers = [(512, 512, 4), (512, 512, 8), (512, 512, 32), (512, 256, 64), (256, 128, 128), (128, 64, 256),
-            (64, 32, 512), (32, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16), (16, 16, 16)];
-        for (cin, cout, side) in layers {
-            for batch in [1, 8] {
-                for staged in [false, true] {
-                    let p = ConvPlan::new(132, batch, side, cin, cout, staged);
-                    let (m_total, k_total) = (batch * side * side, 9 * cin);
-                    let spatial = staged && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
-                    let fits = m_total >= pipe_tile(tile_n(cout)).0;
-                    let expected = match (spatial, staged && cin % 4 == 0 && cout % 4 == 0 && fits) {
-                        (true, _) => ConvKind::Spatial,
-                        (false, true) => ConvKind::Pipelined,
-                        (false, false) => ConvKind::Gather,
-                    };
-                    assert_eq!(p.kind, expected, "{cin}->{cout} at {side} px");
-                    let bk = match p.kind {
-                        ConvKind::Gather => BK,
-                        ConvKind::Pipelined => PIPE_BK,
-                        ConvKind::Spatial => k_total,
-                    };
-                    assert_eq!(p.k_per_split % bk, 0);
-                    assert!(p.splits * p.k_per_split >= k_total && (p.splits - 1) * p.k_per_split < k_total);
-                    assert_eq!(p.fused, p.splits == 1 && cout <= p.bn);
-                    assert!(p.bn >= cout.min(64));
-                    // the grid's blocks cover every output pixel and channel exactly once per split
-                    let (gx, gy, gz) = p.grid;
-                    assert_eq!(gz as usize, p.splits);
-                    let blocks_per_split = gx as usize * gy as usize;
-                    match p.kind {
-                        ConvKind::Spatial => assert_eq!(blocks_per_split * p.bm, m_total),
-                        _ => assert_eq!(blocks_per_split, m_total.div_ceil(p.bm) * cout.div_ceil(p.bn)),
-                    }
-                    // sm_80 and sm_90 give a block up to 227 KiB; two blocks per multiprocessor need under half
-                    assert!(p.shared_bytes <= 113 * 1024, "{} bytes", p.shared_bytes);
-                    assert_eq!(p.shared_bytes > 0, p.kind != ConvKind::Gather);
-                }
-            }
-        }
     }
 }

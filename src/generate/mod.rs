@@ -8,6 +8,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod launch;
 pub mod model;
 #[cfg(feature = "cuda")]
 pub mod ptx_cache;

@@ -3,11 +3,14 @@ the CUDA features they use (tests/cuda_emulator), run on small layers, and compa
 layouts in kernels/*.cu and ../shared/PGGAN.md.
 
 This covers indexing, tiling, split-K, the upsample folded into the gather, the mma fragment layouts, the
-pipelined kernel's shared-memory slots and zero-filled padding, and every epilogue. It does not cover timing or
+pipelined kernel's shared-memory slots and zero-filled padding, and every epilogue; and, by replaying the launch
+sequence the host plans (`hyper-rt launch-plan`), the host's side of every launch: kernel choice, grids, shared
+memory, argument order, split-K, buffer chaining, the fused last layer and the buffer sizes. It does not cover timing or
 the hardware's memory ordering; scripts/gpu_check.sh runs the parity tests on a real GPU. The kernels that passed
 those parity tests on an H100 run here too, so an emulation that disagreed with the hardware would fail them.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -15,10 +18,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, binary
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from pggan_reference import lrelu, pixel_norm, to_uint8  # noqa: E402
+from pggan_reference import forward, load_safetensors, lrelu, pixel_norm, to_uint8  # noqa: E402
 
 THREADS = 256
 EMULATOR = ROOT / "tests" / "cuda_emulator"
@@ -251,3 +254,53 @@ def test_torgb_kernel_writes_the_image_and_the_display_buffer(run_kernel):
     want = (act.astype(np.float64) @ w + b).transpose(0, 3, 1, 2)
     assert rel_l2(img, want) <= 1e-6
     assert np.array_equal(packed, official_packed(img))
+
+
+# (TF32 kernels, batch, multiprocessors): the more multiprocessors, the more split-K; on 4 the gather tiles are
+# fused. The float32 path's plans are the TF32 gather plans with other kernel names (the kernels themselves are
+# checked above), so it is left out: its replay takes minutes in the emulation.
+@pytest.mark.parametrize("kernels,batch,sm_count", [("gather", 2, 4), ("staged", 1, 132)])
+def test_the_host_launch_sequence_draws_the_reference_image(run_kernel, tmp_path, kernels, batch, sm_count):
+    """The GPU forward pass exactly as the host plans it (`hyper-rt launch-plan`: every kernel, grid, shared memory
+    size, argument, split-K, the buffer each layer reads and writes, the fused last layer), replayed launch by launch
+    in the emulation with buffers of exactly the planned sizes (AddressSanitizer fails an overrun), draws the image
+    of the float64 reference (scripts/pggan_reference.py) for a random 64 px checkpoint whose layers take every
+    kernel family: 128, 128, 64, 32, 16 channels from 4 to 64 px."""
+    ck = tmp_path / "checkpoint.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_pggan.py"), "--random", "--resolution", "64",
+                    "--fmap-base", "512", "--fmap-max", "128", "--seed", "5", "-o", str(ck)], check=True, capture_output=True)
+    out = tmp_path / "plan"
+    subprocess.run([binary(), "launch-plan", "--weights", str(ck), "--batch", str(batch), "--precision", "tf32",
+                    "--kernels", kernels, "--sm-count", str(sm_count), "--out", str(out)], check=True, capture_output=True)
+    plan = json.loads((out / "launches.json").read_text())
+    z = np.random.default_rng(batch).standard_normal((batch, plan["latent_size"])).astype(np.float32)
+    buffers = {}
+    for name, size in plan["buffer_sizes"].items():
+        if (out / f"{name}.bin").exists():
+            buffers[name] = np.fromfile(out / f"{name}.bin", dtype="<f4")
+        elif name == "z":
+            buffers[name] = z.ravel().copy()
+        elif name == "packed":
+            buffers[name] = np.zeros(size, np.uint32)
+        else:  # activations and the image start as NaN: a value never written shows
+            buffers[name] = np.full(size, np.nan, np.float32)
+        assert buffers[name].size == size, name
+    used = []
+    for layer in plan["layers"]:
+        for launch in layer["launches"]:
+            results = run_kernel(launch["kernel"], launch["grid"], launch["ints"], [buffers[b] for b in launch["buffers"]],
+                                 shared=launch["shared_bytes"], threads=launch["threads"])
+            for name, result in zip(launch["buffers"], results):
+                if name in launch["writes"]:
+                    buffers[name] = result
+            used.append(launch["kernel"])
+    side = plan["resolution"]
+    image = buffers["image"].reshape(batch, 3, side, side)
+    assert np.isfinite(image).all(), "some pixels were never written"
+    want = forward(load_safetensors(ck)[0], z)
+    err = rel_l2(image, want)
+    assert err <= 1e-2, f"{kernels}: relative L2 error {err:.2e} > 1e-2 after {used}"
+    assert np.array_equal(buffers["packed"].reshape(batch, side, side), official_packed(image))
+    expected = {"gather": {"conv3x3_tf32_n64_v", "conv3x3_tf32_n32_v", "conv3x3_tf32_n16_v", "torgb_f32"},
+                "staged": {"conv3x3_tf32p_n64", "conv3x3_tf32s_n32", "conv3x3_tf32s_n16_rgb", "conv_finish_f32"}}[kernels]
+    assert expected <= set(used), f"{expected - set(used)} not used: {used}"
