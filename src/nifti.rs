@@ -38,14 +38,14 @@ pub enum NiftiError {
 pub struct NiftiImage {
     /// Spatial dimensions `[nx, ny, nz]` (missing ones are 1).
     pub dims: [usize; 3],
-    /// Number of volumes (dim[4], at least 1).
+    /// Number of volumes (`dim[4]`, at least 1).
     pub volumes: usize,
     pub dtype: Dtype,
     /// Voxel -> mm affine chosen as nibabel chooses it.
     pub mm_from_voxel: Affine,
     /// Voxel sizes in mm (pixdim[1..4]).
     pub voxel_size_mm: [f64; 3],
-    /// TR in seconds, `None` when pixdim[4] is zero or absent.
+    /// TR in seconds, `None` when `pixdim[4]` is zero or absent.
     pub tr_secs: Option<f64>,
     /// Set when the header's time unit said seconds but the value looked like milliseconds (> 100).
     pub tr_unit_was_suspicious: bool,
@@ -271,7 +271,7 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
     })
 }
 
-/// Interprets pixdim[4] with the time bits of `xyzt_units` (8 s, 16 ms, 24 us). A value over 100 said to be in
+/// Interprets `pixdim[4]` with the time bits of `xyzt_units` (8 s, 16 ms, 24 us). A value over 100 said to be in
 /// seconds (or with no unit) is taken as milliseconds, as real files do; the flag tells the caller to warn.
 pub fn tr_from_pixdim(value: f64, time_unit: u8) -> (Option<f64>, bool) {
     if !(value.is_finite() && value > 0.0) {

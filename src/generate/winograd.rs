@@ -10,8 +10,8 @@
 //!    band is in cache.
 //!
 //! Bands of tile rows run in parallel. On x86-64 CPUs with AVX2 and FMA, layers whose channel counts are multiples
-//! of 8 run the F(4, 3) kernels of `winograd_avx2.rs`; layers with at most [`NARROW_COUT`] output channels (the
-//! 256 to 1024 px layers) then go through blocks of [`NARROW_BLOCK_TILES`] tiles that stay in L2, with a
+//! of 8 run the F(4, 3) kernels of `winograd_avx2.rs`; layers with at most `NARROW_COUT` output channels (the
+//! 256 to 1024 px layers) then go through blocks of `NARROW_BLOCK_TILES` tiles that stay in L2, with a
 //! register-blocked micro-kernel for step 3 instead of the packed GEMM. The last layer can write the image
 //! directly through the 1 x 1 ToRGB layer ([`conv3x3_to_rgb`]). Other CPUs and channel counts run portable code.
 //!
