@@ -161,6 +161,6 @@ fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
         );
     }
     let sum = |f: &dyn Fn(&generate::cuda::LayerChoice) -> f64| layers.iter().map(f).sum::<f64>();
-    let tuned = sum(&|l| if l.chosen == "gather" { l.gather_ms } else { l.staged_ms.unwrap_or(l.gather_ms) });
+    let tuned = sum(&generate::cuda::LayerChoice::chosen_ms);
     println!("{:<22} {:>9.4} {:>10} {:>9.4}  (tuned)", "sum", sum(&|l| l.gather_ms), "", tuned);
 }

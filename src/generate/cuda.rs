@@ -19,7 +19,8 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::launch::{
-    buffer_sizes, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvKind, ConvPlan, ConvShape, Launch, LayerLaunch,
+    buffer_sizes, dense_launches, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvKind, ConvPlan, ConvShape, Launch,
+    LayerLaunch, LayerLaunches,
 };
 use super::model::PgganModel;
 use super::{ConvKernels, GenerateError};
@@ -118,11 +119,18 @@ struct DeviceWeights {
     rgb_bias: CudaSlice<f32>,
 }
 
-/// Per-batch-size device buffers, reused across calls.
+/// Per-batch-size plans and device buffers, reused across calls.
 struct Buffers {
     batch: usize,
     /// Each convolution layer's output side and launch plan for this batch size.
     plans: Vec<(usize, ConvPlan)>,
+    /// The forward pass for these plans ([`forward_launches`]), computed once.
+    launches: Vec<LayerLaunches>,
+    mem: DeviceBuffers,
+}
+
+/// The device memory a forward pass works in.
+struct DeviceBuffers {
     z: CudaSlice<f32>,
     /// [`Buf::Act`] 0, 1 (a layer's input and output in turn) and 2 (split-K partial sums).
     act: [CudaSlice<f32>; 3],
@@ -141,14 +149,14 @@ impl Kernels {
 
 /// Queues one [`Launch`]: its buffers and integers pushed in the launch's order (the order the emulated kernel
 /// tests replay and check), a convolution's integers as one `ConvShape`.
-fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights, bufs: &mut Buffers, launch: &Launch) -> Result<(), GenerateError> {
+fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights, mem: &mut DeviceBuffers, launch: &Launch) -> Result<(), GenerateError> {
     let func = kernels.get(launch.kernel)?;
     let shape = match launch.ints_are_conv_shape {
         true => Some(ConvShape::from_ints(&launch.ints).ok_or_else(|| GenerateError::Cuda(format!("{}: not a ConvShape", launch.kernel)))?),
         false => None,
     };
     let conv = |i: usize| weights.convs.get(i).ok_or_else(|| GenerateError::Cuda(format!("no convolution layer {i}")));
-    let Buffers { z, act, image, packed, .. } = bufs;
+    let DeviceBuffers { z, act, image, packed } = mem;
     // each mutable buffer can be handed out once per launch
     let mut acts: Vec<Option<&mut CudaSlice<f32>>> = act.iter_mut().map(Some).collect();
     let (mut image, mut packed) = (Some(image), Some(packed));
@@ -220,6 +228,16 @@ pub struct LayerChoice {
     /// The kernel family used: "gather", "pipelined" or "spatial".
     pub chosen: &'static str,
     pub reason: String,
+}
+
+impl LayerChoice {
+    /// Milliseconds per launch of the kernel chosen.
+    pub fn chosen_ms(&self) -> f64 {
+        match self.staged_ms {
+            Some(ms) if self.chosen != ConvKind::Gather.label() => ms,
+            _ => self.gather_ms,
+        }
+    }
 }
 
 /// Whether a layer's staged kernel replaces its gather kernel, and why. `staged` is the staged kernel's
@@ -389,12 +407,7 @@ impl CudaGenerator {
     /// and on a GPU that cannot run the staged kernels (before sm_80); `Tuned` then has one candidate per layer, the
     /// gather kernel, and says so once in the log.
     pub fn use_conv_kernels(&mut self, kernels: ConvKernels) -> Result<(), GenerateError> {
-        let staged_unavailable = match (&self.staged_unavailable, self.precision) {
-            (_, Precision::F32) => Some("the staged kernels are TF32 kernels (use --precision tf32)".to_string()),
-            (Some(why), _) => Some(format!("the staged kernels cannot run on this GPU: {why}")),
-            (None, Precision::Tf32) => None,
-        };
-        match (kernels, staged_unavailable) {
+        match (kernels, self.why_no_staged()) {
             (ConvKernels::Staged, Some(why)) => return Err(GenerateError::Cuda(why)),
             (ConvKernels::Tuned, Some(why)) => tracing::info!("kernel tuning: every layer keeps the gather kernel: {why}"),
             _ => {}
@@ -404,9 +417,13 @@ impl CudaGenerator {
         Ok(())
     }
 
-    /// Whether the staged kernels may run here: TF32, and a GPU that has what they need.
-    fn staged_available(&self) -> bool {
-        self.precision == Precision::Tf32 && self.staged_unavailable.is_none()
+    /// Why the staged kernels may not run here (they need TF32 and a GPU that has what they need), if they may not.
+    fn why_no_staged(&self) -> Option<String> {
+        match (&self.staged_unavailable, self.precision) {
+            (_, Precision::F32) => Some("the staged kernels are TF32 kernels (use --precision tf32)".to_string()),
+            (Some(why), _) => Some(format!("the staged kernels cannot run on this GPU: {why}")),
+            (None, Precision::Tf32) => None,
+        }
     }
 
     /// Each convolution layer's output side and launch plan for `batch` images, on the staged kernels where a
@@ -435,7 +452,7 @@ impl CudaGenerator {
         }
         self.buffers = None; // free the old ones first
         // the plans the buffers must serve: one set, or both families while this batch size is being tuned
-        let staged = self.staged_available();
+        let staged = self.why_no_staged().is_none();
         let candidates = match (self.conv_kernels, self.tuned.get(&batch)) {
             (ConvKernels::Tuned, Some(tuning)) => vec![tuning.plans.clone()],
             (ConvKernels::Tuned, None) if staged => vec![self.plans(batch, false), self.plans(batch, true)],
@@ -443,28 +460,20 @@ impl CudaGenerator {
         };
         let sizes = buffer_sizes(&self.model, &candidates, batch);
         let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err("allocating activations"));
-        self.buffers = Some(Buffers {
-            batch,
-            plans: candidates[0].clone(),
+        let mut mem = DeviceBuffers {
             z: alloc(sizes.z)?,
             act: [alloc(sizes.activations)?, alloc(sizes.activations)?, alloc(sizes.partial)?],
             image: alloc(sizes.image)?,
             packed: self.stream.alloc_zeros::<u32>(sizes.packed.max(1)).map_err(cuda_err("allocating the display buffer"))?,
-        });
+        };
+        let mut plans = candidates[0].clone();
         if let [gather, staged] = &candidates[..] {
-            match self.tune(batch, gather, staged) {
-                Ok(tuning) => {
-                    if let Some(bufs) = self.buffers.as_mut() {
-                        bufs.plans = tuning.plans.clone();
-                    }
-                    self.tuned.insert(batch, tuning);
-                }
-                Err(e) => {
-                    self.buffers = None;
-                    return Err(e);
-                }
-            }
+            let tuning = self.tune(&mut mem, batch, gather, staged)?;
+            plans = tuning.plans.clone();
+            self.tuned.insert(batch, tuning);
         }
+        let launches = forward_launches(&self.model, &plans, self.precision, batch);
+        self.buffers = Some(Buffers { batch, plans, launches, mem });
         Ok(())
     }
 
@@ -472,17 +481,15 @@ impl CudaGenerator {
     /// a staged kernel (`staged` differs from `gather` there) runs both, each layer's input being the previous
     /// layer's real output. Each kernel is launched once, its output for the first image kept, then timed; the
     /// staged kernel is used where its output agrees with the gather kernel's and it is faster ([`prefer_staged`]).
-    /// The buffers must have been sized for both sets of plans.
-    fn tune(&mut self, batch: usize, gather: &[(usize, ConvPlan)], staged: &[(usize, ConvPlan)]) -> Result<Tuning, GenerateError> {
-        let m = self.model.clone();
+    /// `mem` must have been sized for both sets of plans.
+    fn tune(&self, mem: &mut DeviceBuffers, batch: usize, gather: &[(usize, ConvPlan)], staged: &[(usize, ConvPlan)]) -> Result<Tuning, GenerateError> {
+        let m = &*self.model;
         let mut rng = Rng::new(0x7475_6e65);
         let z: Vec<f32> = (0..batch * m.latent_size).map(|_| rng.normal() as f32).collect();
-        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let (ctx, stream, kernels, weights) = (&self.ctx, &self.stream, &self.kernels, &self.weights);
-        stream.memcpy_htod(&z, &mut bufs.z).map_err(cuda_err("uploading latents"))?;
-        let forward = forward_launches(&m, gather, self.precision, batch);
-        for launch in &forward[0].launches {
-            execute(kernels, stream, weights, bufs, launch)?; // the dense layer, into activation buffer 0
+        stream.memcpy_htod(&z, &mut mem.z).map_err(cuda_err("uploading latents"))?;
+        for launch in &dense_launches(m, batch) {
+            execute(kernels, stream, weights, mem, launch)?; // into activation buffer 0
         }
         let mut tuning = Tuning { plans: Vec::new(), layers: Vec::new() };
         let mut input = 0;
@@ -490,13 +497,13 @@ impl CudaGenerator {
             let (src, dst) = (Buf::Act(input), Buf::Act(1 - input));
             let side = gather_plan.0;
             let first_image = side * side * m.convs[index].cout;
-            let gather_launches = LayerLaunch::new(&m, index, gather_plan, self.precision, batch).launches(src, dst);
-            let staged_launches = LayerLaunch::new(&m, index, (side, staged_plan), self.precision, batch).launches(src, dst);
+            let gather_launches = LayerLaunch::new(m, index, gather_plan, self.precision, batch).launches(src, dst);
+            let staged_launches = LayerLaunch::new(m, index, (side, staged_plan), self.precision, batch).launches(src, dst);
             // one run (also the warm-up) for the output, then the timed ones
             let mut measure = |launches: &[Launch]| -> Result<(Vec<f32>, f64), GenerateError> {
-                launches.iter().try_for_each(|l| execute(kernels, stream, weights, bufs, l))?;
-                let output = download_head(stream, &bufs.act[1 - input], first_image)?;
-                let ms = time_launches(ctx, stream, || launches.iter().try_for_each(|l| execute(kernels, stream, weights, bufs, l)))?;
+                launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l))?;
+                let output = download_head(stream, &mem.act[1 - input], first_image)?;
+                let ms = time_launches(ctx, stream, || launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l)))?;
                 Ok((output, ms))
             };
             let (reference, gather_ms) = measure(&gather_launches)?;
@@ -522,7 +529,7 @@ impl CudaGenerator {
                     choice.chosen = staged_plan.kind.label();
                 } else {
                     // the next layer's input is the chosen kernel's output
-                    gather_launches.iter().try_for_each(|l| execute(kernels, stream, weights, bufs, l))?;
+                    gather_launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l))?;
                 }
             }
             tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, choice.chosen, choice.reason);
@@ -533,7 +540,7 @@ impl CudaGenerator {
         stream.synchronize().map_err(cuda_err("synchronising"))?;
         let staged_layers = tuning.layers.iter().filter(|l| l.chosen != ConvKind::Gather.label()).count();
         let before: f64 = tuning.layers.iter().map(|l| l.gather_ms).sum();
-        let after: f64 = tuning.layers.iter().map(|l| if l.chosen == ConvKind::Gather.label() { l.gather_ms } else { l.staged_ms.unwrap_or(l.gather_ms) }).sum();
+        let after: f64 = tuning.layers.iter().map(LayerChoice::chosen_ms).sum();
         tracing::info!(
             "kernel tuning for batch {batch} on {}: {staged_layers} of {} layers on the staged kernels, convolutions {before:.3} -> {after:.3} ms",
             self.device_name,
@@ -544,11 +551,11 @@ impl CudaGenerator {
 
     /// Queues the whole forward pass for the latents already in the `z` buffer ([`forward_launches`]).
     /// With `marks`, an event is recorded after each layer (for [`CudaGenerator::layer_times`]).
-    fn enqueue(&mut self, batch: usize, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
-        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        for layer in forward_launches(&self.model, &bufs.plans, self.precision, batch) {
+    fn enqueue(&mut self, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
+        let Buffers { launches, mem, .. } = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        for layer in launches.iter() {
             for launch in &layer.launches {
-                execute(&self.kernels, &self.stream, &self.weights, bufs, launch)?;
+                execute(&self.kernels, &self.stream, &self.weights, mem, launch)?;
             }
             record_mark(&self.ctx, &self.stream, &mut marks, &layer.name)?;
         }
@@ -568,20 +575,19 @@ impl CudaGenerator {
         self.ensure_buffers(batch)?;
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let layer = LayerLaunch::new(&self.model, index, bufs.plans[index], self.precision, batch);
-        let side_in = layer.side >> usize::from(layer.upsample);
-        let expected = batch * side_in * side_in * layer.cin;
+        let expected = batch * layer.side_in() * layer.side_in() * layer.cin;
         if input.len() != expected {
             let name = &self.model.convs[index].name;
             return Err(GenerateError::Cuda(format!("layer {name}: input of {} values, expected {expected}", input.len())));
         }
         {
-            let mut head = bufs.act[0].try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
+            let mut head = bufs.mem.act[0].try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
             self.stream.memcpy_htod(input, &mut head).map_err(cuda_err("uploading the layer input"))?;
         }
         for launch in layer.launches(Buf::Act(0), Buf::Act(1)) {
-            execute(&self.kernels, &self.stream, &self.weights, bufs, &launch)?;
+            execute(&self.kernels, &self.stream, &self.weights, &mut bufs.mem, &launch)?;
         }
-        let out = download_head(&self.stream, &bufs.act[1], batch * layer.side * layer.side * layer.cout)?;
+        let out = download_head(&self.stream, &bufs.mem.act[1], batch * layer.side * layer.side * layer.cout)?;
         Ok((out, layer.plan.kind.label().to_string()))
     }
 
@@ -596,7 +602,7 @@ impl CudaGenerator {
         }
         self.ensure_buffers(batch)?;
         let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        self.stream.memcpy_htod(latents, &mut bufs.z).map_err(cuda_err("uploading latents"))?;
+        self.stream.memcpy_htod(latents, &mut bufs.mem.z).map_err(cuda_err("uploading latents"))?;
         Ok(batch)
     }
 
@@ -609,11 +615,11 @@ impl CudaGenerator {
         }
         let (mut image, mut packed) = (Vec::new(), Vec::new());
         for chunk in latents.chunks(MAX_BATCH * latent) {
-            let batch = self.upload_latents(chunk)?;
-            self.enqueue(batch, None)?;
+            self.upload_latents(chunk)?;
+            self.enqueue(None)?;
             let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-            image.extend(self.stream.clone_dtoh(&bufs.image).map_err(cuda_err("downloading the image"))?);
-            packed.extend(self.stream.clone_dtoh(&bufs.packed).map_err(cuda_err("downloading the display buffer"))?);
+            image.extend(self.stream.clone_dtoh(&bufs.mem.image).map_err(cuda_err("downloading the image"))?);
+            packed.extend(self.stream.clone_dtoh(&bufs.mem.packed).map_err(cuda_err("downloading the display buffer"))?);
         }
         Ok((image, packed))
     }
@@ -627,13 +633,13 @@ impl CudaGenerator {
     /// `iterations` back-to-back passes each.
     pub fn time_forward(&mut self, latents: &[f32], iterations: usize, repeats: usize) -> Result<f64, GenerateError> {
         let batch = self.upload_latents(latents)?;
-        self.enqueue(batch, None)?;
+        self.enqueue(None)?;
         self.stream.synchronize().map_err(cuda_err("synchronising"))?;
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
             let t = std::time::Instant::now();
             for _ in 0..iterations.max(1) {
-                self.enqueue(batch, None)?;
+                self.enqueue(None)?;
             }
             self.stream.synchronize().map_err(cuda_err("synchronising"))?;
             best = best.min(t.elapsed().as_secs_f64() / (iterations.max(1) * batch) as f64);
@@ -643,12 +649,12 @@ impl CudaGenerator {
 
     /// Milliseconds of each layer for one forward pass of `latents` (after a warm-up), from CUDA events.
     pub fn layer_times(&mut self, latents: &[f32]) -> Result<Vec<(String, f64)>, GenerateError> {
-        let batch = self.upload_latents(latents)?;
-        self.enqueue(batch, None)?;
+        self.upload_latents(latents)?;
+        self.enqueue(None)?;
         let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"))?;
         start.record(&self.stream).map_err(cuda_err("recording an event"))?;
         let mut marks = Vec::new();
-        self.enqueue(batch, Some(&mut marks))?;
+        self.enqueue(Some(&mut marks))?;
         self.stream.synchronize().map_err(cuda_err("synchronising"))?;
         let mut previous = &start;
         let mut times = Vec::new();

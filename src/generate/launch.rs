@@ -324,12 +324,17 @@ impl LayerLaunch {
         LayerLaunch { index, cin: c.cin, cout: c.cout, upsample: c.upsample, plan, precision, batch, side }
     }
 
+    /// The input's side: half the output's after an upsample.
+    pub fn side_in(&self) -> usize {
+        self.side >> usize::from(self.upsample)
+    }
+
     /// The kernels' view of the layer.
     pub fn shape(&self) -> ConvShape {
         let m_total = self.batch * self.side * self.side;
         ConvShape {
             n_images: self.batch as i32,
-            side_in: (self.side >> usize::from(self.upsample)) as i32,
+            side_in: self.side_in() as i32,
             cin: self.cin as i32,
             cout: self.cout as i32,
             up: i32::from(self.upsample),
@@ -407,21 +412,26 @@ fn finish(bias: Buf, dst: Buf, m_total: usize, channels: usize, splits: usize) -
     }
 }
 
+/// The 4 x 4 dense layer for `batch` latents in [`Buf::Z`]: latent pixel norm and the dense product into the partial
+/// buffer, then bias, leaky ReLU and pixel norm by conv_finish_f32 into activation buffer 0.
+pub fn dense_launches(m: &PgganModel, batch: usize) -> Vec<Launch> {
+    let dense = Launch {
+        kernel: "dense_f32",
+        grid: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
+        threads: THREADS,
+        shared_bytes: (m.latent_size * 4) as u32,
+        buffers: vec![(Buf::Z, false), (Buf::DenseWeight, false), (PARTIAL, true)],
+        ints: vec![m.latent_size as i32, m.c4 as i32],
+        ints_are_conv_shape: false,
+    };
+    vec![dense, finish(Buf::DenseBias, Buf::Act(0), batch * 16, m.c4, 1)]
+}
+
 /// The whole forward pass for `batch` latents in [`Buf::Z`] with the layers' `plans`: the 4 x 4 dense layer into
 /// activation buffer 0, each convolution from one activation buffer into the other, then ToRGB (or the last layer
 /// with ToRGB fused), grouped by layer.
 pub fn forward_launches(m: &PgganModel, plans: &[(usize, ConvPlan)], precision: Precision, batch: usize) -> Vec<LayerLaunches> {
-    let c4 = m.c4;
-    let dense = Launch {
-        kernel: "dense_f32",
-        grid: ((16 * c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
-        threads: THREADS,
-        shared_bytes: (m.latent_size * 4) as u32,
-        buffers: vec![(Buf::Z, false), (Buf::DenseWeight, false), (PARTIAL, true)],
-        ints: vec![m.latent_size as i32, c4 as i32],
-        ints_are_conv_shape: false,
-    };
-    let mut layers = vec![LayerLaunches { name: "4x4/Dense".into(), launches: vec![dense, finish(Buf::DenseBias, Buf::Act(0), batch * 16, c4, 1)] }];
+    let mut layers = vec![LayerLaunches { name: "4x4/Dense".into(), launches: dense_launches(m, batch) }];
     let fuse_rgb = fuses_to_rgb(m, plans);
     let mut input = 0;
     for (index, (conv, &plan)) in m.convs.iter().zip(plans).enumerate() {
