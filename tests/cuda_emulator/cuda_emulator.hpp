@@ -3,7 +3,8 @@
 // tensor-core fragment layouts, the shared-memory pipeline's slots and waits, the epilogues. It cannot check
 // timing, or anything the hardware does differently from the PTX ISA's description.
 //
-// Each thread of a block is an OS thread; blocks run one after another. __syncthreads is a barrier over the block;
+// Each thread of a block is an OS thread; blocks run one after another (built with ThreadSanitizer, the tests
+// check that every shared-memory access is ordered by the barriers below). __syncthreads is a barrier over the block;
 // warp shuffles and mma.sync are warp-wide exchanges through per-warp slots between two warp barriers. Threads
 // that return early drop out of both barriers, as exited threads do on the GPU. Asynchronous copies land when
 // waited for (see cp_async_16). `__shared__` becomes `static`: one copy per kernel instantiation, shared by the

@@ -3,15 +3,18 @@ the CUDA features they use (tests/cuda_emulator), run on small layers, and compa
 layouts in kernels/*.cu and ../shared/PGGAN.md.
 
 This covers indexing, tiling, split-K, the upsample folded into the gather, the mma fragment layouts, the
-pipelined kernel's shared-memory slots and zero-filled padding, and every epilogue; and, by replaying the launch
+pipelined kernel's shared-memory slots and zero-filled padding, and every epilogue; under ThreadSanitizer, that no
+two threads of a block touch the same shared-memory word without a barrier between them; and, by replaying the launch
 sequence the host plans (`hyper-rt launch-plan`), the host's side of every launch: kernel choice, grids, shared
-memory, argument order, split-K, buffer chaining, the fused last layer and the buffer sizes. It does not cover timing or
-the hardware's memory ordering; scripts/gpu_check.sh runs the parity tests on a real GPU. The kernels that passed
+memory, argument order, split-K, buffer chaining, the fused last layer and the buffer sizes. It does not cover timing,
+or the hardware's memory ordering beyond what barriers order; scripts/gpu_check.sh runs the parity tests on a real GPU. The kernels that passed
 those parity tests on an H100 run here too, so an emulation that disagreed with the hardware would fail them.
 """
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -27,19 +30,30 @@ THREADS = 256
 EMULATOR = ROOT / "tests" / "cuda_emulator"
 
 
-@pytest.fixture(scope="module")
-def run_kernel(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("emulator") / "run_kernel"
+# ThreadSanitizer reports a data race in the emulation (exit status 66 at the first one): two threads of a block
+# touching the same shared-memory word, one of them writing, with no barrier between them; deterministic, unlike
+# a race that only shows when the schedule happens to expose it.
+TSAN_OPTIONS = "halt_on_error=1:exitcode=66"
+
+
+def build_runner(tmp_path_factory, sanitizer, source_root=ROOT):
+    """Builds tests/cuda_emulator/run_kernel.cpp of `source_root` with `sanitizer` ("address" adds
+    UndefinedBehaviorSanitizer; "thread"), returns run(kernel, grid, ints, buffers, shared=0, threads=THREADS,
+    check=True), which launches `kernel` over `grid` with the integer arguments `ints` and the pointer arguments
+    `buffers` (NumPy arrays of 4-byte words) and returns the buffers as they are after the run (with check=False,
+    the finished process instead)."""
+    exe = tmp_path_factory.mktemp(f"emulator_{sanitizer}") / "run_kernel"
     # AddressSanitizer: a read or write outside a buffer, the shared memory or a static array fails the run
-    build = subprocess.run(["c++", "-O1", "-g", "-std=c++20", "-pthread", "-fsanitize=address,undefined",
-                            "-fno-sanitize-recover=all", "-Wall", "-Wno-unknown-pragmas", "-Werror", "-o", str(exe),
-                            str(EMULATOR / "run_kernel.cpp")], capture_output=True, text=True)
+    flags = {"address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+             "thread": ["-fsanitize=thread"]}[sanitizer]
+    build = subprocess.run(["c++", "-O1", "-g", "-std=c++20", "-pthread", *flags, "-Wall", "-Wno-unknown-pragmas",
+                            "-Werror", "-o", str(exe), str(source_root / "tests" / "cuda_emulator" / "run_kernel.cpp")],
+                           capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
+    env = dict(os.environ, TSAN_OPTIONS=TSAN_OPTIONS)
     count = iter(range(1_000_000))
 
-    def run(kernel, grid, ints, buffers, shared=0, threads=THREADS):
-        """Runs `kernel` over `grid` with the integer arguments `ints` and the pointer arguments `buffers` (NumPy
-        arrays of 4-byte words); returns the buffers as they are after the run."""
+    def run(kernel, grid, ints, buffers, shared=0, threads=THREADS, check=True):
         d = tmp_path_factory.mktemp(f"launch{next(count)}")
         lines = [f"kernel {kernel}", "grid {} {} {}".format(*grid), f"threads {threads}", f"shared {shared}",
                  "ints " + " ".join(str(int(i)) for i in ints), f"buffers {len(buffers)}"]
@@ -47,11 +61,23 @@ def run_kernel(tmp_path_factory):
         for i, b in enumerate(buffers):
             assert b.dtype.itemsize == 4
             np.ascontiguousarray(b).tofile(d / f"arg{i}.bin")
-        r = subprocess.run([str(exe), str(d)], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
+        r = subprocess.run([str(exe), str(d)], capture_output=True, text=True, timeout=300, env=env)
+        if not check:
+            return r
+        assert r.returncode == 0, f"{kernel} (exit status {r.returncode}):\n{r.stderr[:6000]}"
         return [np.fromfile(d / f"arg{i}.out", dtype=b.dtype).reshape(b.shape) for i, b in enumerate(buffers)]
 
     return run
+
+
+@pytest.fixture(scope="module")
+def run_kernel(tmp_path_factory):
+    return build_runner(tmp_path_factory, "address")
+
+
+@pytest.fixture(scope="module")
+def run_kernel_racecheck(tmp_path_factory):
+    return build_runner(tmp_path_factory, "thread")
 
 
 def conv_reference(x, w, b, up):
@@ -166,8 +192,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits", CASES)
-def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, cout, up, splits):
+def check_convolution(run_kernel, kernel, n, side_in, cin, cout, up, splits):
+    """Runs one layer of random data through conv3x3_<kernel> and compares it with the float64 reference."""
     rng = np.random.default_rng(n * 1000 + side_in * 100 + cin * 10 + cout)
     x = rng.standard_normal((n, side_in, side_in, cin))
     w = rng.standard_normal((9 * cin, cout)) / np.sqrt(9 * cin)
@@ -183,14 +209,60 @@ def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, co
         assert err > 1e-6, f"{kernel}: error {err:.1e} is too small for 10-bit inputs"
 
 
+@pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits", CASES)
+def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, cout, up, splits):
+    check_convolution(run_kernel, kernel, n, side_in, cin, cout, up, splits)
+
+
+# Every kernel family once, in shapes that exercise its shared-memory reuse: split-K and the finish kernel, several
+# K slices through the pipeline's slots, several channel chunks through the spatial kernel's two slots.
+RACE_CASES = [
+    ("f32_n32", 1, 8, 20, 24, True, 2),
+    ("tf32_n64_v", 2, 4, 32, 128, True, 2),
+    ("tf32p_n64", 2, 8, 32, 128, False, 2),
+    ("tf32p_n16", 2, 8, 16, 16, False, 3),
+    ("tf32s_n16", 1, 16, 32, 16, True, 1),
+    ("tf32s_n32", 1, 32, 32, 32, False, 1),
+]
+
+
+@pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits", RACE_CASES)
+def test_convolution_kernels_have_no_data_races(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits):
+    """Under ThreadSanitizer: no two threads touch the same shared-memory word (or output element) without a barrier
+    between them, one of them writing (a missing __syncthreads, a pipeline slot refilled while another warp still
+    reads it, the epilogue tile written over slots in use)."""
+    check_convolution(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits)
+
+
+def test_a_missing_barrier_is_caught(tmp_path_factory):
+    """The race check can fail: with the barrier before the pipelined kernel's epilogue tile taken out (warps would
+    overwrite pipeline slots other warps still read), ThreadSanitizer reports a data race."""
+    mutant = tmp_path_factory.mktemp("mutant")
+    shutil.copytree(ROOT / "kernels", mutant / "kernels")
+    shutil.copytree(ROOT / "tests" / "cuda_emulator", mutant / "tests" / "cuda_emulator")
+    source = (mutant / "kernels" / "conv.cu").read_text()
+    barrier = "    __syncthreads();  // every warp is done with the pipeline's slots before the tile overwrites them\n"
+    assert source.count(barrier) == 1
+    (mutant / "kernels" / "conv.cu").write_text(source.replace(barrier, ""))
+    run = build_runner(tmp_path_factory, "thread", source_root=mutant)
+    with pytest.raises(AssertionError, match="ThreadSanitizer: data race"):
+        check_convolution(run, "tf32p_n16", 2, 8, 16, 16, False, 3)
+
+
 def official_packed(img):
     """[N, 3, H, W] float -> [N, H, W] 0x00RRGGBB with the official 8-bit rounding."""
     u8 = to_uint8(img).astype(np.uint32)
     return (u8[..., 0] << 16) | (u8[..., 1] << 8) | u8[..., 2]
 
 
-@pytest.mark.parametrize("n,side_in,cin,up", [(1, 16, 32, True), (2, 32, 16, False)])
-def test_last_layer_with_torgb_fused_writes_the_image_and_the_display_buffer(run_kernel, n, side_in, cin, up):
+def runner(request, sanitizer):
+    return request.getfixturevalue({"address": "run_kernel", "thread": "run_kernel_racecheck"}[sanitizer])
+
+
+@pytest.mark.parametrize("n,side_in,cin,up,sanitizer",
+                         [(1, 16, 32, True, "address"), (2, 32, 16, False, "address"), (1, 16, 32, True, "thread")])
+def test_last_layer_with_torgb_fused_writes_the_image_and_the_display_buffer(request, n, side_in, cin, up, sanitizer):
+    run_kernel = runner(request, sanitizer)
     rng = np.random.default_rng(side_in + cin)
     x = rng.standard_normal((n, side_in, side_in, cin)).astype(np.float32)
     w = (rng.standard_normal((9 * cin, 16)) / np.sqrt(9 * cin)).astype(np.float32)
@@ -224,7 +296,9 @@ def test_an_error_in_the_layout_is_caught(run_kernel):
     assert rel_l2(got, want) > 0.1
 
 
-def test_dense_kernel_and_finish_match_numpy(run_kernel):
+@pytest.mark.parametrize("sanitizer", ["address", "thread"])
+def test_dense_kernel_and_finish_match_numpy(request, sanitizer):
+    run_kernel = runner(request, sanitizer)
     rng = np.random.default_rng(5)
     n, latent, c4 = 2, 64, 32
     z = rng.standard_normal((n, latent)).astype(np.float32)
@@ -241,7 +315,9 @@ def test_dense_kernel_and_finish_match_numpy(run_kernel):
     assert rel_l2(act, want) <= 1e-5
 
 
-def test_torgb_kernel_writes_the_image_and_the_display_buffer(run_kernel):
+@pytest.mark.parametrize("sanitizer", ["address", "thread"])
+def test_torgb_kernel_writes_the_image_and_the_display_buffer(request, sanitizer):
+    run_kernel = runner(request, sanitizer)
     rng = np.random.default_rng(7)
     n, side, c = 2, 8, 16
     act = rng.standard_normal((n, side, side, c)).astype(np.float32)
