@@ -19,6 +19,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -185,7 +186,18 @@ inline void mma_tf32_16x8x8(float* d, const unsigned int* a, const unsigned int*
 // cp.async.cg.shared.global with zero fill, modelled as asynchronous: the destination reads as NaN from the
 // moment the copy is issued until a cp.async.wait_group covering its group, which is when the data lands. A
 // kernel that reads a slot before waiting for it, or refills a slot another warp still reads, sees NaN.
+// Both addresses must be 16-byte aligned, as the hardware requires (a misaligned cp.async is a fatal launch error
+// there); the emulation stops with a message instead.
 inline void cp_async_16(void* shared_dst, const void* global_src, int src_bytes) {
+    if (reinterpret_cast<std::uintptr_t>(shared_dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(global_src) % 16 != 0) {
+        std::fprintf(stderr, "cp.async with a misaligned address: shared %p, global %p (thread %u of block %u)\n",
+                     shared_dst, global_src, threadIdx.x, blockIdx.x);
+        std::abort();
+    }
+    if (src_bytes < 0 || src_bytes > 16) {
+        std::fprintf(stderr, "cp.async with src-size %d (0 to 16)\n", src_bytes);
+        std::abort();
+    }
     float* d = static_cast<float*>(shared_dst);
     for (int i = 0; i < 4; ++i) d[i] = std::nanf("");
     emu::open_group.push_back(emu::PendingCopy{shared_dst, global_src, src_bytes});

@@ -234,18 +234,32 @@ def test_convolution_kernels_have_no_data_races(run_kernel_racecheck, kernel, n,
     check_convolution(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits)
 
 
-def test_a_missing_barrier_is_caught(tmp_path_factory):
-    """The race check can fail: with the barrier before the pipelined kernel's epilogue tile taken out (warps would
-    overwrite pipeline slots other warps still read), ThreadSanitizer reports a data race."""
+def mutant_runner(tmp_path_factory, sanitizer, original, replacement):
+    """A runner built from a copy of the sources in which kernels/conv.cu's `original` (found exactly once) is
+    replaced by `replacement`: for the tests that show a check can fail."""
     mutant = tmp_path_factory.mktemp("mutant")
     shutil.copytree(ROOT / "kernels", mutant / "kernels")
     shutil.copytree(ROOT / "tests" / "cuda_emulator", mutant / "tests" / "cuda_emulator")
     source = (mutant / "kernels" / "conv.cu").read_text()
+    assert source.count(original) == 1, original
+    (mutant / "kernels" / "conv.cu").write_text(source.replace(original, replacement))
+    return build_runner(tmp_path_factory, sanitizer, source_root=mutant)
+
+
+def test_a_missing_barrier_is_caught(tmp_path_factory):
+    """The race check can fail: with the barrier before the pipelined kernel's epilogue tile taken out (warps would
+    overwrite pipeline slots other warps still read), ThreadSanitizer reports a data race."""
     barrier = "    __syncthreads();  // every warp is done with the pipeline's slots before the tile overwrites them\n"
-    assert source.count(barrier) == 1
-    (mutant / "kernels" / "conv.cu").write_text(source.replace(barrier, ""))
-    run = build_runner(tmp_path_factory, "thread", source_root=mutant)
+    run = mutant_runner(tmp_path_factory, "thread", barrier, "")
     with pytest.raises(AssertionError, match="ThreadSanitizer: data race"):
+        check_convolution(run, "tf32p_n16", 2, 8, 16, 16, False, 3)
+
+
+def test_a_misaligned_asynchronous_copy_is_caught(tmp_path_factory):
+    """cp.async needs 16-byte aligned addresses (the GPU stops the kernel otherwise): a pipelined tile whose input
+    rows are padded by 5 floats instead of 4 is stopped in the emulation, although its values would be right."""
+    run = mutant_runner(tmp_path_factory, "address", "A_STRIDE = PIPE_BK + 4,", "A_STRIDE = PIPE_BK + 5,")
+    with pytest.raises(AssertionError, match="cp.async with a misaligned address"):
         check_convolution(run, "tf32p_n16", 2, 8, 16, 16, False, 3)
 
 
