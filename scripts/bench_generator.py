@@ -99,57 +99,106 @@ def run_variant(variant, weights, batch, repeats, device="cpu"):
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch": torch.__version__}
 
 
+TORCH_VARIANTS = {"cpu": ("eager", "channels_last", "compile"), "cuda": ("eager", "compile", "eager-tf32", "compile-tf32")}
+
+
+def gflop_per_image(weights_path):
+    """Multiply-adds x 2 of one image as the direct convolution counts them (85.35 for the CelebA-HQ 1024 shapes):
+    the dense layer, every 3 x 3 convolution at its output side, ToRGB."""
+    from pggan_reference import load_safetensors
+
+    t, _ = load_safetensors(weights_path)
+    flop = 2 * t["4x4/Dense/weight"].size + 2 * 16 * t["4x4/Conv/weight"].size
+    res = 8
+    while f"{res}x{res}/Conv1/weight" in t:
+        flop += 2 * res * res * (t[f"{res}x{res}/Conv0/weight"].size + t[f"{res}x{res}/Conv1/weight"].size)
+        res *= 2
+    return (flop + 2 * (res // 2) ** 2 * t["ToRGB_lod0/weight"].size) / 1e9
+
+
+HEADER = f"{'variant':<28} {'batch':>5} {'best ms/img':>12} {'median':>9} {'GFLOP/s':>9} {'peak MiB':>9}"
+
+
+def row_line(r, gflop):
+    return (f"{r['variant']:<28} {r['batch']:>5} {r['best_s_per_image'] * 1e3:>12.3f} {r['median_s_per_image'] * 1e3:>9.3f} "
+            f"{gflop / r['best_s_per_image']:>9.1f} {r['peak_rss_mib']:>9.0f}")
+
+
+def hyper_rt_variants(device):
+    if device == "cpu":
+        return [("cpu winograd", ["--device", "cpu", "--algorithm", "winograd"]),
+                ("cpu direct", ["--device", "cpu", "--algorithm", "direct"])]
+    return [("cuda f32", ["--device", "cuda", "--precision", "f32"]),
+            ("cuda tf32", ["--device", "cuda", "--precision", "tf32"]),
+            ("cuda tf32 staged", ["--device", "cuda", "--precision", "tf32", "--kernels", "staged"]),
+            ("cuda tf32 tuned", ["--device", "cuda", "--precision", "tf32", "--kernels", "tuned"])]
+
+
+def run_measured(label, cmd, timeout_s):
+    """Runs one variant's process; its last stdout line is its JSON result. None (and a line on stderr) when it
+    fails or runs past `timeout_s`."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"{label}: no result within {timeout_s:.0f} s", file=sys.stderr, flush=True)
+        return None
+    if out.returncode != 0:
+        print(f"{label} failed: {out.stderr[-2000:]}", file=sys.stderr, flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", help="safetensors checkpoint (default: random with the CelebA-HQ 1024 shapes)")
     ap.add_argument("--batch", default="1,4")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", help="default: eager,channels_last,compile (cpu); eager,compile,eager-tf32,compile-tf32 (cuda)")
+    ap.add_argument("--variants", help="PyTorch variants, comma-separated; default (and the known ones): "
+                    "eager,channels_last,compile (cpu); eager,compile,eager-tf32,compile-tf32 (cuda)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "hyper-rt"))
+    ap.add_argument("--variant-timeout", type=float, default=600.0,
+                    help="seconds one variant (one process) may take, compilation included, before it is skipped")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args()
     batches = [int(b) for b in a.batch.split(",")]
     if a.variant:
         print(json.dumps(run_variant(a.variant, a.weights, batches[0], a.repeats, a.device)))
         return
-    variants = a.variants or ("eager,channels_last,compile" if a.device == "cpu" else "eager,compile,eager-tf32,compile-tf32")
+    variants = a.variants.split(",") if a.variants else list(TORCH_VARIANTS[a.device])
+    unknown = [v for v in variants if v not in TORCH_VARIANTS[a.device]]
+    if unknown:
+        ap.error(f"unknown PyTorch variant(s) {', '.join(unknown)} for --device {a.device}; "
+                 f"known: {', '.join(TORCH_VARIANTS[a.device])}")
     weights = a.weights
     if weights is None:
         weights = str(ROOT / "target" / "bench-pggan-1024.safetensors")
         if not os.path.exists(weights):
             import convert_pggan
             convert_pggan.main(["--random", "--resolution", "1024", "--seed", "1", "-o", weights])
+    # Rows are printed as they are measured, hyper-rt's first (seconds each; torch.compile takes minutes), so that
+    # a run cut short still shows what it measured.
+    gflop = gflop_per_image(weights)
+    print(HEADER, flush=True)
     rows = []
     for batch in batches:
-        for variant in variants.split(","):
-            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--weights", weights, "--batch", str(batch),
-                                  "--repeats", str(a.repeats), "--device", a.device], capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"pytorch {variant} failed: {out.stderr[-2000:]}", file=sys.stderr)
+        for label, flags in hyper_rt_variants(a.device):
+            res = run_measured(f"hyper-rt {label}", [a.binary, "bench-generator", "--weights", weights, "--batch",
+                                                     str(batch), "--repeats", str(a.repeats), *flags], a.variant_timeout)
+            if res is None:
                 continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        ours = [("cpu winograd", ["--device", "cpu", "--algorithm", "winograd"]),
-                ("cpu direct", ["--device", "cpu", "--algorithm", "direct"])] if a.device == "cpu" else \
-            [("cuda f32", ["--device", "cuda", "--precision", "f32"]),
-             ("cuda tf32", ["--device", "cuda", "--precision", "tf32"]),
-             ("cuda tf32 staged", ["--device", "cuda", "--precision", "tf32", "--kernels", "staged"]),
-             ("cuda tf32 tuned", ["--device", "cuda", "--precision", "tf32", "--kernels", "tuned"])]
-        for label, flags in ours:
-            out = subprocess.run([a.binary, "bench-generator", "--weights", weights, "--batch", str(batch), "--repeats",
-                                  str(a.repeats), *flags], capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"hyper-rt {label} failed: {out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            res = json.loads(out.stdout.strip().splitlines()[-1])
             r = res["results"][0]
             rows.append({"variant": f"hyper-rt {label}", "batch": batch, "best_s_per_image": r["best_s_per_image"],
                          "median_s_per_image": r["median_s_per_image"], "peak_rss_mib": res["peak_rss_mib"]})
-    gflop = 85.345697792
-    print(f"{'variant':<28} {'batch':>5} {'best ms/img':>12} {'median':>9} {'GFLOP/s':>9} {'peak MiB':>9}")
-    for r in rows:
-        print(f"{r['variant']:<28} {r['batch']:>5} {r['best_s_per_image'] * 1e3:>12.3f} {r['median_s_per_image'] * 1e3:>9.3f} "
-              f"{gflop / r['best_s_per_image']:>9.1f} {r['peak_rss_mib']:>9.0f}")
+            print(row_line(rows[-1], gflop), flush=True)
+    for batch in batches:
+        for variant in variants:
+            res = run_measured(f"pytorch {variant}", [sys.executable, __file__, "--variant", variant, "--weights", weights,
+                                                      "--batch", str(batch), "--repeats", str(a.repeats), "--device",
+                                                      a.device], a.variant_timeout)
+            if res is not None:
+                rows.append(res)
+                print(row_line(res, gflop), flush=True)
     for batch in batches:
         torch_best = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("pytorch")), default=None)
         ours = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("hyper-rt")), default=None)
