@@ -3,12 +3,13 @@ the CUDA features they use (tests/cuda_emulator), run on small layers, and compa
 layouts in kernels/*.cu and ../shared/PGGAN.md.
 
 This covers indexing, tiling, split-K, the upsample folded into the gather, the mma fragment layouts, the
-pipelined kernel's shared-memory slots and zero-filled padding, and every epilogue; under ThreadSanitizer, that no
-two threads of a block touch the same shared-memory word without a barrier between them; and, by replaying the launch
-sequence the host plans (`hyper-rt launch-plan`), the host's side of every launch: kernel choice, grids, shared
-memory, argument order, split-K, buffer chaining, the fused last layer and the buffer sizes. It does not cover timing,
-or the hardware's memory ordering beyond what barriers order; scripts/gpu_check.sh runs the parity tests on a real GPU. The kernels that passed
-those parity tests on an H100 run here too, so an emulation that disagreed with the hardware would fail them.
+pipelined kernel's shared-memory slots and zero-filled padding, the alignment of every asynchronous copy, and every
+epilogue; under ThreadSanitizer, that no two threads of a block touch the same shared-memory word without a barrier
+between them; and, by replaying the launch sequence the host plans (`hyper-rt launch-plan`), the host's side of
+every launch: kernel choice, grids, shared memory, argument order, split-K, buffer chaining, the fused last layer
+and the buffer sizes. It does not cover timing, or the hardware's memory ordering beyond what barriers order;
+scripts/gpu_check.sh runs the parity tests on a real GPU. The kernels that passed those parity tests on an H100 run
+here too, so an emulation that disagreed with the hardware would fail them.
 """
 
 import json
@@ -27,7 +28,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from pggan_reference import forward, load_safetensors, lrelu, pixel_norm, to_uint8  # noqa: E402
 
 THREADS = 256
-EMULATOR = ROOT / "tests" / "cuda_emulator"
 
 
 # ThreadSanitizer reports a data race in the emulation (exit status 66 at the first one): two threads of a block
@@ -38,10 +38,9 @@ TSAN_OPTIONS = "halt_on_error=1:exitcode=66"
 
 def build_runner(tmp_path_factory, sanitizer, source_root=ROOT):
     """Builds tests/cuda_emulator/run_kernel.cpp of `source_root` with `sanitizer` ("address" adds
-    UndefinedBehaviorSanitizer; "thread"), returns run(kernel, grid, ints, buffers, shared=0, threads=THREADS,
-    check=True), which launches `kernel` over `grid` with the integer arguments `ints` and the pointer arguments
-    `buffers` (NumPy arrays of 4-byte words) and returns the buffers as they are after the run (with check=False,
-    the finished process instead)."""
+    UndefinedBehaviorSanitizer; "thread"), returns run(kernel, grid, ints, buffers, shared=0, threads=THREADS),
+    which launches `kernel` over `grid` with the integer arguments `ints` and the pointer arguments `buffers` (NumPy
+    arrays of 4-byte words) and returns the buffers as they are after the run."""
     exe = tmp_path_factory.mktemp(f"emulator_{sanitizer}") / "run_kernel"
     # AddressSanitizer: a read or write outside a buffer, the shared memory or a static array fails the run
     flags = {"address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
@@ -53,7 +52,7 @@ def build_runner(tmp_path_factory, sanitizer, source_root=ROOT):
     env = dict(os.environ, TSAN_OPTIONS=TSAN_OPTIONS)
     count = iter(range(1_000_000))
 
-    def run(kernel, grid, ints, buffers, shared=0, threads=THREADS, check=True):
+    def run(kernel, grid, ints, buffers, shared=0, threads=THREADS):
         d = tmp_path_factory.mktemp(f"launch{next(count)}")
         lines = [f"kernel {kernel}", "grid {} {} {}".format(*grid), f"threads {threads}", f"shared {shared}",
                  "ints " + " ".join(str(int(i)) for i in ints), f"buffers {len(buffers)}"]
@@ -62,8 +61,6 @@ def build_runner(tmp_path_factory, sanitizer, source_root=ROOT):
             assert b.dtype.itemsize == 4
             np.ascontiguousarray(b).tofile(d / f"arg{i}.bin")
         r = subprocess.run([str(exe), str(d)], capture_output=True, text=True, timeout=300, env=env)
-        if not check:
-            return r
         assert r.returncode == 0, f"{kernel} (exit status {r.returncode}):\n{r.stderr[:6000]}"
         return [np.fromfile(d / f"arg{i}.out", dtype=b.dtype).reshape(b.shape) for i, b in enumerate(buffers)]
 
