@@ -330,6 +330,28 @@ fn cuda_err(context: &str) -> impl Fn(cudarc::driver::DriverError) -> GenerateEr
     move |e| GenerateError::Cuda(format!("{context}: {e}"))
 }
 
+/// The CUDA version the driver supports, e.g. "12.2" (cuDriverGetVersion's 12020), if it says.
+fn driver_cuda_version() -> Option<String> {
+    let mut version = 0;
+    // SAFETY: one out-pointer to a live integer; the driver library was found by the probe.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then(|| format!("{}.{}", version / 1000, version % 1000 / 10))
+}
+
+/// The failure to load the kernels' PTX, with its usual cause spelled out: a driver older than the NVRTC that
+/// compiled the kernels (the PyPI wheel or a newer toolkit beside an older driver) cannot load its PTX.
+fn kernel_load_error(e: cudarc::driver::DriverError, driver: Option<&str>, nvrtc: &str) -> GenerateError {
+    if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
+        let driver = driver.map_or_else(|| "this NVIDIA driver".to_string(), |v| format!("the NVIDIA driver (CUDA {v})"));
+        return GenerateError::Cuda(format!(
+            "loading the kernels: {driver} is older than NVRTC {nvrtc}, which compiled them ({:?}): update the driver, \
+             or put an NVRTC no newer than the driver first in LD_LIBRARY_PATH",
+            e.0
+        ));
+    }
+    cuda_err("loading the kernels")(e)
+}
+
 impl CudaGenerator {
     /// Probes the libraries, creates a context on device 0, compiles the kernels (or takes them from the kernel
     /// cache, see [`super::ptx_cache`]) and uploads the weights.
@@ -339,7 +361,9 @@ impl CudaGenerator {
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
         let (ptx, origin) = super::ptx_cache::kernels_ptx(arch_name(major, minor)?, super::ptx_cache::default_cache_dir().as_deref())?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(cuda_err("loading the kernels"))?;
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
+            kernel_load_error(e, driver_cuda_version().as_deref(), &super::ptx_cache::nvrtc_version())
+        })?;
         let load = |name: &'static str| {
             let func = module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
             Ok((name, func))
@@ -673,6 +697,17 @@ impl CudaGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_older_than_nvrtc_is_named_as_the_cause() {
+        use cudarc::driver::{sys::CUresult, DriverError};
+        let old = kernel_load_error(DriverError(CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION), Some("12.2"), "13.0");
+        let text = old.to_string();
+        assert!(text.contains("CUDA 12.2") && text.contains("NVRTC 13.0") && text.contains("update the driver"), "{text}");
+        assert!(text.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION"), "{text}");
+        let unknown = kernel_load_error(DriverError(CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION), None, "13.0");
+        assert!(unknown.to_string().contains("this NVIDIA driver is older than NVRTC 13.0"), "{unknown}");
+    }
 
     #[test]
     fn tuning_uses_a_staged_kernel_only_when_it_agrees_and_is_faster() {

@@ -51,7 +51,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// NVRTC's version, e.g. "13.0" (the library must be present: callers probe first).
-fn nvrtc_version() -> String {
+pub(super) fn nvrtc_version() -> String {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: two out-pointers to live integers; the library was found by the caller's probe.
     let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
