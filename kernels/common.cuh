@@ -36,18 +36,28 @@ __device__ __forceinline__ unsigned int to_u8(float x) {
 
 // float -> tf32 (round to nearest, ties away), as the tensor cores take it.
 __device__ __forceinline__ unsigned int to_tf32(float x) {
+#if __CUDA_ARCH__ >= 800
     unsigned int r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+#else
+    return __float_as_uint(x);  // never used before sm_80 (see mma_tf32_16x8x8)
+#endif
 }
 
 // D = A * B + D for one m16n8k8 TF32 tile (A row major 16x8, B column major 8x8, D 16x8 float).
+// TF32 tensor cores need sm_80: on older GPUs the host never launches the TF32 kernels (it refuses
+// --precision tf32 there), and this stands in only so that the module, with its float32 kernels, still builds.
 __device__ __forceinline__ void mma_tf32_16x8x8(float* d, const unsigned int* a, const unsigned int* b) {
+#if __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
 }
 
 // Asynchronous 16-byte copy global -> shared (sm_80+), bypassing L1; the bytes past src_bytes are zero-filled

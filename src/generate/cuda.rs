@@ -45,10 +45,12 @@ pub fn kernel_source() -> String {
 
 pub use super::launch::KERNELS;
 
-/// NVRTC's name for a compute capability, e.g. `(9, 0)` -> `"compute_90"`.
-pub fn arch_name(major: i32, minor: i32) -> Result<&'static str, GenerateError> {
-    Ok(match (major, minor) {
+/// The NVRTC architecture to compile the kernels for on a GPU of compute capability `major.minor`, after checking
+/// that the GPU can run `precision` and that NVRTC (version `nvrtc`, e.g. "13.0") still compiles for it.
+pub fn kernel_arch(major: i32, minor: i32, precision: Precision, nvrtc: &str) -> Result<&'static str, GenerateError> {
+    let arch = match (major, minor) {
         (7, 0) => "compute_70",
+        (7, 2) => "compute_72",
         (7, 5) => "compute_75",
         (8, 0) => "compute_80",
         (8, 6) => "compute_86",
@@ -60,7 +62,20 @@ pub fn arch_name(major: i32, minor: i32) -> Result<&'static str, GenerateError> 
         (12, 0) => "compute_120",
         (12, 1) => "compute_121",
         _ => return Err(GenerateError::Cuda(format!("compute capability {major}.{minor} is not supported"))),
-    })
+    };
+    if precision == Precision::Tf32 && major < 8 {
+        return Err(GenerateError::Cuda(format!(
+            "TF32 tensor cores need compute capability 8.0 or newer, this GPU has {major}.{minor}: use --precision f32"
+        )));
+    }
+    let nvrtc_major: i32 = nvrtc.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if nvrtc_major >= 13 && (major, minor) < (7, 5) {
+        return Err(GenerateError::Cuda(format!(
+            "NVRTC {nvrtc} no longer compiles for compute capability {major}.{minor} (CUDA 13 starts at 7.5): put the \
+             libnvrtc of CUDA 12 first in LD_LIBRARY_PATH"
+        )));
+    }
+    Ok(arch)
 }
 
 /// NVRTC options besides the architecture (part of the kernel cache's key).
@@ -359,7 +374,8 @@ impl CudaGenerator {
         probe().map_err(GenerateError::Cuda)?;
         let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
-        let (ptx, origin) = super::ptx_cache::kernels_ptx(arch_name(major, minor)?, super::ptx_cache::default_cache_dir().as_deref())?;
+        let arch = kernel_arch(major, minor, precision, &super::ptx_cache::nvrtc_version())?;
+        let (ptx, origin) = super::ptx_cache::kernels_ptx(arch, super::ptx_cache::default_cache_dir().as_deref())?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
             kernel_load_error(e, driver_cuda_version().as_deref(), &super::ptx_cache::nvrtc_version())
@@ -697,6 +713,20 @@ impl CudaGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_architecture_is_checked_against_the_precision_and_nvrtc() {
+        assert_eq!(kernel_arch(9, 0, Precision::Tf32, "13.0").unwrap(), "compute_90");
+        // Turing runs the float32 path; its TF32 is refused with the way out
+        assert_eq!(kernel_arch(7, 5, Precision::F32, "13.0").unwrap(), "compute_75");
+        let tf32 = kernel_arch(7, 5, Precision::Tf32, "13.0").unwrap_err().to_string();
+        assert!(tf32.contains("8.0") && tf32.contains("--precision f32"), "{tf32}");
+        // Volta: NVRTC 12 compiles for it, NVRTC 13 does not
+        assert_eq!(kernel_arch(7, 0, Precision::F32, "12.8").unwrap(), "compute_70");
+        let volta = kernel_arch(7, 0, Precision::F32, "13.0").unwrap_err().to_string();
+        assert!(volta.contains("NVRTC 13.0") && volta.contains("CUDA 12"), "{volta}");
+        assert!(kernel_arch(6, 1, Precision::F32, "12.8").is_err());
+    }
 
     #[test]
     fn a_driver_older_than_nvrtc_is_named_as_the_cause() {
