@@ -7,8 +7,8 @@
 
 use std::process::Command;
 
-use hyper_rt::generate::cuda::{compile_ptx, KERNELS};
-use hyper_rt::generate::ptx_cache::{cache_file, ptx_via_disk, PtxSource};
+use hyper_rt::generate::cuda::{compile_ptx, known_compute_capabilities, KERNELS};
+use hyper_rt::generate::ptx_cache::{cache_file, nvrtc_supported_archs, nvrtc_version, ptx_via_disk, PtxSource};
 
 fn required() -> bool {
     std::env::var("HYPER_RT_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
@@ -66,6 +66,21 @@ fn kernels_compile_with_nvrtc_and_do_not_spill() {
         eprintln!("{sm}:\n{report}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every GPU generation the NVRTC used in CI compiles for has a name in hyper-rt's table (a GPU missing there is
+/// refused as "not supported"), and the table's list holds the architectures the kernels are built for.
+#[test]
+fn every_architecture_nvrtc_compiles_for_is_known() {
+    if !nvrtc_present() {
+        return;
+    }
+    let archs = nvrtc_supported_archs();
+    assert!([75, 80, 90].iter().all(|cc| archs.contains(cc)), "NVRTC {} lists {archs:?}", nvrtc_version());
+    let known: Vec<i32> = known_compute_capabilities().collect();
+    for cc in archs {
+        assert!(known.contains(&cc), "NVRTC {} compiles for compute capability {cc}, which hyper-rt does not know", nvrtc_version());
+    }
 }
 
 /// The kernel cache: a miss compiles and stores, a hit reads the same PTX back, a damaged file is recompiled and

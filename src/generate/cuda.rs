@@ -23,6 +23,7 @@ use super::launch::{
     LayerLaunch, LayerLaunches,
 };
 use super::model::PgganModel;
+use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version};
 use super::{ConvKernels, GenerateError};
 use crate::rng::Rng;
 
@@ -45,34 +46,53 @@ pub fn kernel_source() -> String {
 
 pub use super::launch::KERNELS;
 
+/// The compute capabilities the kernels are compiled for (major * 10 + minor), with NVRTC's names for them.
+const ARCHITECTURES: [(i32, &str); 15] = [
+    (70, "compute_70"),
+    (72, "compute_72"),
+    (75, "compute_75"),
+    (80, "compute_80"),
+    (86, "compute_86"),
+    (87, "compute_87"),
+    (88, "compute_88"),
+    (89, "compute_89"),
+    (90, "compute_90"),
+    (100, "compute_100"),
+    (103, "compute_103"),
+    (107, "compute_107"),
+    (110, "compute_110"),
+    (120, "compute_120"),
+    (121, "compute_121"),
+];
+
+/// The compute capabilities hyper-rt compiles the kernels for (major * 10 + minor).
+pub fn known_compute_capabilities() -> impl Iterator<Item = i32> {
+    ARCHITECTURES.iter().map(|(cc, _)| *cc)
+}
+
 /// The NVRTC architecture to compile the kernels for on a GPU of compute capability `major.minor`, after checking
-/// that the GPU can run `precision` and that NVRTC (version `nvrtc`, e.g. "13.0") still compiles for it.
-pub fn kernel_arch(major: i32, minor: i32, precision: Precision, nvrtc: &str) -> Result<&'static str, GenerateError> {
-    let arch = match (major, minor) {
-        (7, 0) => "compute_70",
-        (7, 2) => "compute_72",
-        (7, 5) => "compute_75",
-        (8, 0) => "compute_80",
-        (8, 6) => "compute_86",
-        (8, 7) => "compute_87",
-        (8, 9) => "compute_89",
-        (9, 0) => "compute_90",
-        (10, 0) => "compute_100",
-        (10, 3) => "compute_103",
-        (12, 0) => "compute_120",
-        (12, 1) => "compute_121",
-        _ => return Err(GenerateError::Cuda(format!("compute capability {major}.{minor} is not supported"))),
+/// that the GPU can run `precision` and that NVRTC (version `nvrtc`, e.g. "13.0", which compiles for the
+/// capabilities `nvrtc_archs`, e.g. 75 for 7.5; empty when unknown) compiles for it.
+pub fn kernel_arch(major: i32, minor: i32, precision: Precision, nvrtc: &str, nvrtc_archs: &[i32]) -> Result<&'static str, GenerateError> {
+    let cc = major * 10 + minor;
+    let Some(&(_, arch)) = ARCHITECTURES.iter().find(|(c, _)| *c == cc) else {
+        return Err(GenerateError::Cuda(format!("compute capability {major}.{minor} is not supported")));
     };
     if precision == Precision::Tf32 && major < 8 {
         return Err(GenerateError::Cuda(format!(
             "TF32 tensor cores need compute capability 8.0 or newer, this GPU has {major}.{minor}: use --precision f32"
         )));
     }
-    let nvrtc_major: i32 = nvrtc.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    if nvrtc_major >= 13 && (major, minor) < (7, 5) {
+    if !nvrtc_archs.is_empty() && !nvrtc_archs.contains(&cc) {
+        let listed: Vec<String> = nvrtc_archs.iter().map(|c| format!("{}.{}", c / 10, c % 10)).collect();
+        let way_out = if nvrtc_archs.iter().all(|c| *c > cc) {
+            "put the libnvrtc of an older CUDA (12 for Volta) first in LD_LIBRARY_PATH"
+        } else {
+            "put the libnvrtc of a newer CUDA first in LD_LIBRARY_PATH"
+        };
         return Err(GenerateError::Cuda(format!(
-            "NVRTC {nvrtc} no longer compiles for compute capability {major}.{minor} (CUDA 13 starts at 7.5): put the \
-             libnvrtc of CUDA 12 first in LD_LIBRARY_PATH"
+            "NVRTC {nvrtc} does not compile for compute capability {major}.{minor} (it does for {}): {way_out}",
+            listed.join(", ")
         )));
     }
     Ok(arch)
@@ -374,11 +394,11 @@ impl CudaGenerator {
         probe().map_err(GenerateError::Cuda)?;
         let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
-        let arch = kernel_arch(major, minor, precision, &super::ptx_cache::nvrtc_version())?;
+        let arch = kernel_arch(major, minor, precision, &nvrtc_version(), &nvrtc_supported_archs())?;
         let (ptx, origin) = super::ptx_cache::kernels_ptx(arch, super::ptx_cache::default_cache_dir().as_deref())?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
-            kernel_load_error(e, driver_cuda_version().as_deref(), &super::ptx_cache::nvrtc_version())
+            kernel_load_error(e, driver_cuda_version().as_deref(), &nvrtc_version())
         })?;
         let load = |name: &'static str| {
             let func = module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
@@ -716,16 +736,22 @@ mod tests {
 
     #[test]
     fn the_architecture_is_checked_against_the_precision_and_nvrtc() {
-        assert_eq!(kernel_arch(9, 0, Precision::Tf32, "13.0").unwrap(), "compute_90");
+        let nvrtc13 = [75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121]; // as NVRTC 13.0 lists them
+        assert_eq!(kernel_arch(9, 0, Precision::Tf32, "13.0", &nvrtc13).unwrap(), "compute_90");
         // Turing runs the float32 path; its TF32 is refused with the way out
-        assert_eq!(kernel_arch(7, 5, Precision::F32, "13.0").unwrap(), "compute_75");
-        let tf32 = kernel_arch(7, 5, Precision::Tf32, "13.0").unwrap_err().to_string();
+        assert_eq!(kernel_arch(7, 5, Precision::F32, "13.0", &nvrtc13).unwrap(), "compute_75");
+        let tf32 = kernel_arch(7, 5, Precision::Tf32, "13.0", &nvrtc13).unwrap_err().to_string();
         assert!(tf32.contains("8.0") && tf32.contains("--precision f32"), "{tf32}");
         // Volta: NVRTC 12 compiles for it, NVRTC 13 does not
-        assert_eq!(kernel_arch(7, 0, Precision::F32, "12.8").unwrap(), "compute_70");
-        let volta = kernel_arch(7, 0, Precision::F32, "13.0").unwrap_err().to_string();
-        assert!(volta.contains("NVRTC 13.0") && volta.contains("CUDA 12"), "{volta}");
-        assert!(kernel_arch(6, 1, Precision::F32, "12.8").is_err());
+        assert_eq!(kernel_arch(7, 0, Precision::F32, "12.8", &[50, 60, 70, 75, 80, 90]).unwrap(), "compute_70");
+        let volta = kernel_arch(7, 0, Precision::F32, "13.0", &nvrtc13).unwrap_err().to_string();
+        assert!(volta.contains("NVRTC 13.0 does not compile for compute capability 7.0") && volta.contains("older CUDA"), "{volta}");
+        // a GPU newer than the NVRTC at hand
+        let newer = kernel_arch(12, 1, Precision::F32, "12.8", &[70, 75, 80, 90, 100, 120]).unwrap_err().to_string();
+        assert!(newer.contains("newer CUDA"), "{newer}");
+        // NVRTC's list unknown: the compile itself will say
+        assert_eq!(kernel_arch(8, 6, Precision::Tf32, "unknown", &[]).unwrap(), "compute_86");
+        assert!(kernel_arch(6, 1, Precision::F32, "12.8", &[61]).is_err());
     }
 
     #[test]

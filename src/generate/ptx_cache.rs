@@ -51,7 +51,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// NVRTC's version, e.g. "13.0" (the library must be present: callers probe first).
-pub(super) fn nvrtc_version() -> String {
+pub fn nvrtc_version() -> String {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: two out-pointers to live integers; the library was found by the caller's probe.
     let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
@@ -59,6 +59,24 @@ pub(super) fn nvrtc_version() -> String {
         format!("{major}.{minor}")
     } else {
         "unknown".into()
+    }
+}
+
+/// The compute capabilities NVRTC compiles for (major * 10 + minor, e.g. 75); empty if it does not say.
+pub fn nvrtc_supported_archs() -> Vec<i32> {
+    let mut count = 0;
+    // SAFETY: an out-pointer to a live integer, then a buffer of the size NVRTC gave; the library was probed.
+    unsafe {
+        if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count) != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+            return Vec::new();
+        }
+        let mut archs = vec![0; usize::try_from(count).unwrap_or(0)];
+        if archs.is_empty()
+            || cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
+        {
+            return Vec::new();
+        }
+        archs
     }
 }
 
