@@ -1,4 +1,4 @@
-//! The CUDA kernels compile with NVRTC for sm_75, sm_80 and sm_90, `ptxas -v` reports no register spills, and the kernel
+//! The CUDA kernels compile with NVRTC for sm_75 to sm_120, `ptxas -v` reports no register spills, and the kernel
 //! cache keeps what NVRTC compiled.
 //!
 //! Needs NVRTC (`libnvrtc.so.13`, from the PyPI wheel `nvidia-cuda-nvrtc`) on the library path and `ptxas` (wheel
@@ -34,8 +34,17 @@ fn kernels_compile_with_nvrtc_and_do_not_spill() {
     let dir = std::env::temp_dir().join(format!("hyper-rt-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // sm_75 (Turing: T4, RTX 20xx) runs the float32 kernels only, but the module holds them all, so every kernel
-    // must still assemble for it (the TF32 and cp.async instructions are kept to sm_80 and newer)
-    for (arch, sm) in [("compute_75", "sm_75"), ("compute_80", "sm_80"), ("compute_90", "sm_90")] {
+    // must still assemble for it (the TF32 and cp.async instructions are kept to sm_80 and newer); sm_86, sm_89 and
+    // sm_120 are the workstation cards (RTX 30xx / A6000, RTX 40xx / L40, RTX 50xx), with less shared memory
+    let targets = [
+        ("compute_75", "sm_75"),
+        ("compute_80", "sm_80"),
+        ("compute_86", "sm_86"),
+        ("compute_89", "sm_89"),
+        ("compute_90", "sm_90"),
+        ("compute_120", "sm_120"),
+    ];
+    for (arch, sm) in targets {
         let ptx = compile_ptx(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let text = ptx.to_src();
         for name in KERNELS {
