@@ -42,6 +42,8 @@ log "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 date -u +"%Y-%m-%d %H:%M UTC" | tee -a "$OUT/device.txt"
+# driver, NVRTC, what each GPU runs (compiles the kernels once: the later steps read them from the kernel cache)
+timeout 120 "$GPU_DIR/hyper-rt" gpu-info | tee -a "$OUT/device.txt"
 
 # One deadline for the whole check (a lent GPU machine runs one command for at most 10 minutes): each step gets
 # what is left, keeping enough for the steps after it; the benchmark prints its rows as they are measured, so a
@@ -72,6 +74,7 @@ timeout "$(left_s 10)" python3 scripts/bench_generator.py --device cuda --weight
 bench=${PIPESTATUS[0]}
 
 log "summary"
+cat "$OUT/device.txt"
 grep -E "^(checkpoint|[0-9]+px)" "$OUT/parity.log" || true
 # per-layer parity (the whole table is in parity.log): only the layers out of bounds
 grep -E "relative L2 .* > |failed: " "$OUT/parity.log" | sort -u || echo "parity: every figure within bounds (or not run)"

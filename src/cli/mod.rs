@@ -7,6 +7,7 @@ mod bench_train;
 mod demo;
 mod eval;
 mod generate;
+mod gpu_info;
 mod launch_plan;
 mod live;
 mod receive;
@@ -79,6 +80,9 @@ enum Command {
     /// The GPU forward pass as kernel launches (kernels, grids, arguments, buffer sizes), worked out without a
     /// GPU and written with the weights, for replaying them in the CPU emulation of the kernels.
     LaunchPlan(launch_plan::Args),
+    /// What the GPU path can use here: the driver, NVRTC, each GPU and which kernels run on it, and what
+    /// `--device auto` will choose (and why, when it is the CPU).
+    GpuInfo(gpu_info::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -112,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchPreprocess(args) => bench_preprocess::run(args, config),
         Command::BenchTrain(args) => bench_train::run(args, config),
         Command::LaunchPlan(args) => launch_plan::run(args, config),
+        Command::GpuInfo(args) => gpu_info::run(args, config),
     }
 }
 

@@ -174,7 +174,7 @@ struct DeviceBuffers {
 }
 
 /// The loaded kernels by name ([`KERNELS`]).
-struct Kernels(HashMap<&'static str, CudaFunction>);
+pub(super) struct Kernels(HashMap<&'static str, CudaFunction>);
 
 impl Kernels {
     fn get(&self, name: &str) -> Result<&CudaFunction, GenerateError> {
@@ -366,7 +366,7 @@ fn cuda_err(context: &str) -> impl Fn(cudarc::driver::DriverError) -> GenerateEr
 }
 
 /// The CUDA version the driver supports, e.g. "12.2" (cuDriverGetVersion's 12020), if it says.
-fn driver_cuda_version() -> Option<String> {
+pub(super) fn driver_cuda_version() -> Option<String> {
     let mut version = 0;
     // SAFETY: one out-pointer to a live integer; the driver library was found by the probe.
     let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
@@ -387,6 +387,45 @@ fn kernel_load_error(e: cudarc::driver::DriverError, driver: Option<&str>, nvrtc
     cuda_err("loading the kernels")(e)
 }
 
+/// Compiles the kernels for `arch` (or takes them from the kernel cache, see [`super::ptx_cache`]) and loads every
+/// entry point into `ctx`; also says where the PTX came from.
+pub(super) fn load_kernels(ctx: &Arc<CudaContext>, arch: &'static str) -> Result<(Kernels, super::ptx_cache::PtxSource), GenerateError> {
+    let (ptx, origin) = super::ptx_cache::kernels_ptx(arch, super::ptx_cache::default_cache_dir().as_deref())?;
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .map_err(|e| kernel_load_error(e, driver_cuda_version().as_deref(), &nvrtc_version()))?;
+    let load = |name: &'static str| {
+        let func = module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
+        Ok((name, func))
+    };
+    Ok((Kernels(KERNELS.iter().map(|&name| load(name)).collect::<Result<_, GenerateError>>()?), origin))
+}
+
+/// Checks that the GPU can run the staged (pipelined and spatial) kernels (sm_80, enough shared memory per
+/// block) and allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence
+/// is not an error of the generator: the gather kernels run everything.
+pub(super) fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kernels: &Kernels) -> Result<(), String> {
+    if major < 8 {
+        return Err(format!("they need compute capability 8.0, this GPU has {major}.{minor}"));
+    }
+    let opt_in = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
+    for (name, bytes) in staged_kernels_shared_bytes() {
+        let func = kernels.get(name).map_err(|e| e.to_string())?;
+        if bytes > opt_in {
+            return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
+        }
+        func.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| format!("allowing {bytes} bytes of shared memory: {e}"))?;
+    }
+    Ok(())
+}
+
+
 impl CudaGenerator {
     /// Probes the libraries, creates a context on device 0, compiles the kernels (or takes them from the kernel
     /// cache, see [`super::ptx_cache`]) and uploads the weights.
@@ -395,16 +434,8 @@ impl CudaGenerator {
         let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
         let arch = kernel_arch(major, minor, precision, &nvrtc_version(), &nvrtc_supported_archs())?;
-        let (ptx, origin) = super::ptx_cache::kernels_ptx(arch, super::ptx_cache::default_cache_dir().as_deref())?;
+        let (kernels, origin) = load_kernels(&ctx, arch)?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
-            kernel_load_error(e, driver_cuda_version().as_deref(), &nvrtc_version())
-        })?;
-        let load = |name: &'static str| {
-            let func = module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
-            Ok((name, func))
-        };
-        let kernels = Kernels(KERNELS.iter().map(|&name| load(name)).collect::<Result<_, GenerateError>>()?);
         let stream = ctx.default_stream();
         let up = |data: &[f32]| stream.clone_htod(data).map_err(cuda_err("uploading weights"));
         let weights = DeviceWeights {
@@ -418,7 +449,7 @@ impl CudaGenerator {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        let staged_unavailable = Self::enable_staged(&ctx, (major, minor), &kernels).err();
+        let staged_unavailable = enable_staged(&ctx, (major, minor), &kernels).err();
         Ok(CudaGenerator {
             kernels,
             staged_unavailable,
@@ -433,30 +464,6 @@ impl CudaGenerator {
             stream,
             ctx,
         })
-    }
-
-    /// Checks that the GPU can run the staged (pipelined and spatial) kernels (sm_80, enough shared memory per
-    /// block) and allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence
-    /// is not an error of the generator: the gather kernels run everything.
-    fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kernels: &Kernels) -> Result<(), String> {
-        if major < 8 {
-            return Err(format!("they need compute capability 8.0, this GPU has {major}.{minor}"));
-        }
-        let opt_in = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
-        for (name, bytes) in staged_kernels_shared_bytes() {
-            let func = kernels.get(name).map_err(|e| e.to_string())?;
-            if bytes > opt_in {
-                return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
-            }
-            func.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
-            )
-            .map_err(|e| format!("allowing {bytes} bytes of shared memory: {e}"))?;
-        }
-        Ok(())
     }
 
     pub fn precision(&self) -> Precision {

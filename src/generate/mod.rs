@@ -1,6 +1,6 @@
 //! The PGGAN generator: converted checkpoints ([`weights`]), the architecture derived from them ([`model`]),
-//! the CPU forward pass ([`cpu`]), the GPU one (`cuda`, with its kernel cache `ptx_cache`), and the conversion
-//! of the float output to 8-bit images.
+//! the CPU forward pass ([`cpu`]), the GPU one (`cuda`, with its kernel cache `ptx_cache` and the machine check
+//! `cuda_report`), and the conversion of the float output to 8-bit images.
 //!
 //! Output convention: float32 NCHW `[N, 3, H, W]`, RGB, nominally in [-1, 1] and not clipped; 8-bit pixels are
 //! `clip(rint((x + 1) / 2 * 255), 0, 255)` computed in float32 with ties to even, exactly as the official code.
@@ -8,6 +8,8 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_report;
 pub mod launch;
 pub mod model;
 #[cfg(feature = "cuda")]

@@ -1,6 +1,8 @@
 """The PGGAN generator against the float64 NumPy reference written from PGGAN.md, and the converter against a
 pickle with the official structure."""
 
+import json
+import os
 import pickle
 import subprocess
 import sys
@@ -155,3 +157,54 @@ def test_builtin_network_runs_without_files(tmp_path):
     assert "abstract textures, not faces" in r.stdout
     img = np.asarray(Image.open(tmp_path / "image_0001.png"))
     assert img.shape == (256, 256, 3) and img.std() > 5  # a real picture, not a flat fill
+
+
+NVRTC_PROBE = """
+import ctypes, json, sys
+try:
+    lib = ctypes.CDLL("libnvrtc.so.13")
+except OSError:
+    print(json.dumps(None)); sys.exit()
+major, minor, n = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+lib.nvrtcGetNumSupportedArchs(ctypes.byref(n))
+archs = (ctypes.c_int * n.value)()
+lib.nvrtcGetSupportedArchs(archs)
+print(json.dumps({"version": f"{major.value}.{minor.value}", "archs": list(archs)}))
+"""
+
+
+def library_loads(name, env):
+    probe = f"import ctypes\ntry:\n    ctypes.CDLL({name!r})\nexcept OSError:\n    raise SystemExit(1)"
+    return subprocess.run([sys.executable, "-c", probe], env=env).returncode == 0
+
+
+@pytest.mark.parametrize("library_path", ["as set", "without NVRTC"])
+def test_gpu_info_reports_what_this_machine_has(library_path):
+    """`hyper-rt gpu-info` against the libraries as Python's ctypes finds them with the same environment: NVRTC's
+    version and architectures (asked of NVRTC directly), the driver, and what --device auto does without one."""
+    env = dict(os.environ)
+    if library_path == "without NVRTC":
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in env.get("LD_LIBRARY_PATH", "").split(":") if "nvidia" not in p)
+    out = subprocess.run([binary(), "gpu-info", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    nvrtc = json.loads(subprocess.run([sys.executable, "-c", NVRTC_PROBE], env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    if library_path == "as set" and os.environ.get("HYPER_RT_REQUIRE_NVRTC") == "1":
+        assert nvrtc is not None, "scripts/test.sh puts NVRTC on LD_LIBRARY_PATH"
+    assert report["nvrtc"]["ok"] == (nvrtc is not None), report["nvrtc"]
+    if nvrtc is not None:
+        listed = ", ".join(f"{a // 10}.{a % 10}" for a in nvrtc["archs"])
+        assert report["nvrtc"]["detail"] == f"{nvrtc['version']}, compiles for compute capability {listed}"
+    else:
+        assert "libnvrtc" in report["nvrtc"]["detail"] and "LD_LIBRARY_PATH" in report["nvrtc"]["detail"]
+    driver = library_loads("libcuda.so.1", env)
+    assert report["driver"]["ok"] == driver, report["driver"]
+    if not driver:
+        assert report["devices"] == []
+        assert report["auto_choice"] == "the CPU: the NVIDIA driver library (libcuda) was not found"
+    # the table says the same
+    table = subprocess.run([binary(), "gpu-info"], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert f"--device auto    uses {report['auto_choice']}" in table
+    assert ("NVRTC            yes" in table) == report["nvrtc"]["ok"], table
