@@ -99,7 +99,7 @@ impl Backend {
                 match cuda::CudaGenerator::new(model.clone(), precision) {
                     Ok(g) => return Ok(Backend::Cuda(Box::new(g))),
                     Err(e) if device == DeviceChoice::Cuda => return Err(e),
-                    Err(e) => tracing::warn!("GPU not used, generating on the CPU: {e}"),
+                    Err(e) => tracing::warn!("GPU not used, generating on the CPU: {e} (`hyper-rt gpu-info` checks the set-up)"),
                 }
             }
         }
