@@ -425,7 +425,6 @@ pub(super) fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kerne
     Ok(())
 }
 
-
 impl CudaGenerator {
     /// Probes the libraries, creates a context on device 0, compiles the kernels (or takes them from the kernel
     /// cache, see [`super::ptx_cache`]) and uploads the weights.
