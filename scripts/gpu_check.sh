@@ -30,6 +30,14 @@ fi
 OUT=${OUT:-$(mktemp -d)}
 log() { printf '\n== %s\n' "$*"; }
 
+# One deadline for the whole check (a lent GPU machine runs one command for at most 10 minutes): each step gets
+# what is left, keeping enough for the steps after it; the benchmark prints its rows as they are measured, so a
+# step cut short still shows what it measured.
+budget_s=${GPU_CHECK_BUDGET_S:-520}
+started_s=$SECONDS
+left_s() { echo $(( budget_s - (SECONDS - started_s) - ${1:-0} )); }
+cap() { local left; left=$(left_s "$2"); [ "$left" -lt "$1" ] && echo $(( left > 10 ? left : 10 )) || echo "$1"; }
+
 # NVRTC: the toolkit's, else a wheel's
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
          $(python3 -c 'import nvidia, os; [print(os.path.join(p, "cu13", "lib")) for p in nvidia.__path__]' 2>/dev/null); do
@@ -43,15 +51,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 date -u +"%Y-%m-%d %H:%M UTC" | tee -a "$OUT/device.txt"
 # driver, NVRTC, what each GPU runs (compiles the kernels once: the later steps read them from the kernel cache)
-timeout 120 "$GPU_DIR/hyper-rt" gpu-info | tee -a "$OUT/device.txt"
-
-# One deadline for the whole check (a lent GPU machine runs one command for at most 10 minutes): each step gets
-# what is left, keeping enough for the steps after it; the benchmark prints its rows as they are measured, so a
-# step cut short still shows what it measured.
-budget_s=${GPU_CHECK_BUDGET_S:-520}
-started_s=$SECONDS
-left_s() { echo $(( budget_s - (SECONDS - started_s) - ${1:-0} )); }
-cap() { local left; left=$(left_s "$2"); [ "$left" -lt "$1" ] && echo $(( left > 10 ? left : 10 )) || echo "$1"; }
+timeout 60 "$GPU_DIR/hyper-rt" gpu-info | tee -a "$OUT/device.txt"
 
 log "parity tests (CUDA vs CPU), at most $(cap 240 200) s"
 timeout "$(cap 240 200)" "$GPU_DIR/tests" --ignored --test-threads 1 --nocapture cuda_parity 2>&1 | tee "$OUT/parity.log"
