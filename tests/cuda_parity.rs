@@ -5,18 +5,9 @@
 use std::sync::Arc;
 
 use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
-use hyper_rt::generate::cuda::{CudaGenerator, Precision};
+use hyper_rt::generate::cuda::{relative_l2, CudaGenerator, Precision};
 use hyper_rt::generate::{image_0rgb, model, ConvKernels};
 use hyper_rt::rng::Rng;
-
-fn rel_l2(a: &[f32], reference: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(reference) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den).sqrt()
-}
 
 fn max_abs(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
@@ -41,7 +32,7 @@ fn cuda_matches_the_cpu() {
         let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
         let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
         let tf32 = tf32_gen.generate(&z).unwrap();
-        let (e32, a32, etf, atf) = (rel_l2(&gpu, &cpu), max_abs(&gpu, &cpu), rel_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
+        let (e32, a32, etf, atf) = (relative_l2(&gpu, &cpu), max_abs(&gpu, &cpu), relative_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
         let name = format!("{res}px base {base} max {max} x{batch}");
         if !(e32 <= 1e-5) {
             failures.push(format!("{name}: float32 relative L2 {e32:.3e} > 1e-5"));
@@ -68,7 +59,7 @@ fn cuda_matches_the_cpu() {
                     continue;
                 }
             };
-            let e = rel_l2(&image, &cpu);
+            let e = relative_l2(&image, &cpu);
             if !(e <= 1e-2) {
                 failures.push(format!("{name}: TF32 ({label} kernels) relative L2 {e:.3e} > 1e-2"));
             }
@@ -99,7 +90,7 @@ fn cuda_matches_the_cpu() {
         );
         // a batch equals its items run one by one (up to summation order: split-K depends on the batch)
         let single = f32_gen.generate(&z[..512]).unwrap();
-        let e = rel_l2(&single, &gpu[..single.len()]);
+        let e = relative_l2(&single, &gpu[..single.len()]);
         if !(e <= 1e-5) {
             failures.push(format!("{name}: first image alone differs from it in the batch by {e:.3e}"));
         }
@@ -153,7 +144,7 @@ fn each_layer_matches_the_cpu_on_every_kernel_family() {
                         continue;
                     }
                 };
-                let e = rel_l2(&got, &want);
+                let e = relative_l2(&got, &want);
                 if !(e <= bound) {
                     failures.push(format!("{} batch {batch}, {label} ({kind} kernel): relative L2 {e:.3e} > {bound:e}", layer.name));
                 }

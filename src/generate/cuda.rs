@@ -288,8 +288,9 @@ fn prefer_staged(gather_ms: f64, staged: &Result<(f64, f64), String>) -> (bool, 
     }
 }
 
-/// Relative L2 difference of `a` from `reference` (NaN anywhere makes it NaN).
-fn relative_l2(a: &[f32], reference: &[f32]) -> f64 {
+/// Relative L2 difference of `a` from `reference` (NaN anywhere makes it NaN): the measure of the GPU's agreement
+/// with the CPU in the tuning and the parity tests.
+pub fn relative_l2(a: &[f32], reference: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(reference) {
         num += (f64::from(*x) - f64::from(*y)).powi(2);
@@ -564,7 +565,6 @@ impl CudaGenerator {
             let side = gather_plan.0;
             let first_image = side * side * m.convs[index].cout;
             let gather_launches = LayerLaunch::new(m, index, gather_plan, self.precision, batch).launches(src, dst);
-            let staged_launches = LayerLaunch::new(m, index, (side, staged_plan), self.precision, batch).launches(src, dst);
             // one run (also the warm-up) for the output, then the timed ones
             let mut measure = |launches: &[Launch]| -> Result<(Vec<f32>, f64), GenerateError> {
                 launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l))?;
@@ -584,6 +584,7 @@ impl CudaGenerator {
             };
             let mut plan = gather_plan.1;
             if staged_plan != gather_plan.1 {
+                let staged_launches = LayerLaunch::new(m, index, (side, staged_plan), self.precision, batch).launches(src, dst);
                 let staged = measure(&staged_launches).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string());
                 let (use_staged, reason) = prefer_staged(gather_ms, &staged);
                 choice.staged_kernel = Some(staged_plan.kind.label());
