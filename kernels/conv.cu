@@ -3,7 +3,15 @@
 // conv3x3_pipe_body (2b) and conv3x3_spatial_body (2c); src/generate/cuda.rs (ConvPlan) picks one per layer.
 //
 // GEMM view: rows m = output pixels (n, y, x) of all images, columns = output channels, K = 9 * Cin with
-// k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order). A block computes a BM x BN tile over a
+// k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order).
+//
+// Phased layers (ConvShape::phased, the gather and pipelined kernels): an upsample followed by a 3x3 convolution is
+// four 2x2 convolutions over the input grid, one per output phase (a, b) = (y % 2, x % 2): the three taps of a
+// kernel row land on two input rows, so output (2i + a, 2j + b) reads input rows i + a - 1 + t and columns
+// j + b - 1 + u (t, u in 0, 1), with the taps that land on the same input pixel summed into one weight (the host's
+// phase weights, [4 phases][4 * Cin][Cout], k = (t * 2 + u) * Cin + ci). That is 4 multiply-adds per output and
+// input channel instead of 9. Rows m are then input pixels, K = 4 * Cin, blockIdx.z = split * 4 + phase, and the
+// epilogue writes each row to its output pixel; zero padding at the input grid's edge is the upsampled image's. A block computes a BM x BN tile over a
 // range of K (split-K when the layer has too few tiles to fill the GPU), staging BK-deep slices of the gathered
 // input and of the weights in shared memory; the next slice is fetched into registers while the current one is
 // multiplied. Two inner products: float32 FMAs (the exact path) or TF32 tensor cores (mma.sync m16n8k8).
@@ -16,9 +24,36 @@
 #define BK 16
 #define THREADS 256
 
+// A layer as the kernels see it. For a phased layer side, log2_side and m_total describe the input grid (the GEMM's
+// rows), up is 0 and k_total is 4 * Cin; the output is 2 side x 2 side.
 struct ConvShape {
-    int n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused;
+    int n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused, phased;
 };
+
+// The block's output phase (0 unless phased) and K split, from blockIdx.z = split * 4 + phase when phased.
+__device__ __forceinline__ int block_phase(const ConvShape& s) { return s.phased ? blockIdx.z & 3 : 0; }
+__device__ __forceinline__ int block_split(const ConvShape& s) { return s.phased ? blockIdx.z >> 2 : blockIdx.z; }
+
+// The input offset (oy, ox) that tap `tap` reads, relative to the GEMM row's pixel: dy - 1, dx - 1 of the 3x3 kernel
+// (before the upsample's halving), or, phased, the 2x2 kernel of output phase (a, b) = (phase >> 1, phase & 1).
+__device__ __forceinline__ void tap_offset(const ConvShape& s, int phase, int tap, int& oy, int& ox) {
+    if (s.phased) {
+        oy = (phase >> 1) - 1 + (tap >> 1);
+        ox = (phase & 1) - 1 + (tap & 1);
+    } else {
+        oy = tap / 3 - 1;
+        ox = tap - (tap / 3) * 3 - 1;
+    }
+}
+
+// The output pixel of GEMM row p: p itself, or, phased, input pixel p's pixel of the block's phase in the upsampled
+// output.
+__device__ __forceinline__ size_t output_pixel(const ConvShape& s, int p, int phase) {
+    if (!s.phased) return (size_t)p;
+    const int img = p >> (2 * s.log2_side), y = (p >> s.log2_side) & (s.side - 1), x = p & (s.side - 1);
+    const size_t side_out = 2 * (size_t)s.side;
+    return ((size_t)img * side_out + 2 * y + (phase >> 1)) * side_out + 2 * x + (phase & 1);
+}
 
 // One pixel's fused epilogue, by one warp: bias, leaky ReLU and pixel norm over its Cout <= 64 channels (`row`),
 // written to `o`.
@@ -42,14 +77,17 @@ __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, co
                                               float* __restrict__ out, const ConvShape& s) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int phase = block_phase(s);
+    const size_t out_pixels = (size_t)s.m_total * (s.phased ? 4 : 1);
     for (int r = warp; r < BM; r += THREADS / 32) {
         const int p = m0 + r;
         if (p >= s.m_total) continue;
+        const size_t q = output_pixel(s, p, phase);
         const float* row = cs + r * cs_stride;
         if (s.fused) {
-            finish_pixel(row, bias, out + (size_t)p * s.cout, s.cout, lane);
+            finish_pixel(row, bias, out + q * s.cout, s.cout, lane);
         } else {
-            float* o = out + ((size_t)blockIdx.z * s.m_total + p) * s.cout;
+            float* o = out + ((size_t)block_split(s) * out_pixels + q) * s.cout;
             for (int c = lane; c < BN; c += 32)
                 if (n0 + c < s.cout) o[n0 + c] = row[c];
         }
@@ -75,8 +113,10 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     __shared__ float Cs[BM][BN + 1];
     const int t = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int k_begin = blockIdx.z * s.k_per_split;
+    const int phase = block_phase(s);
+    const int k_begin = block_split(s) * s.k_per_split;
     const int k_end = min(s.k_total, k_begin + s.k_per_split);
+    const float* __restrict__ const w_phase = w + (size_t)phase * s.k_total * s.cout;  // phased: this phase's weights
 
     // this thread's A rows (pixels) are m = t / BK + i * (THREADS / BK); its A column is kk = t % BK. Sides are
     // powers of two, so a pixel's image, row and column are shifts and masks, recomputed rather than kept in
@@ -93,12 +133,13 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
 
     auto fetch_vec = [&](int k0) {
         const int tap = k0 / s.cin, ci = k0 - tap * s.cin + (t % QUADS) * 4;
-        const int dy = tap / 3, dx = tap - (tap / 3) * 3;
+        int oy, ox;
+        tap_offset(s, phase, tap, oy, ox);
 #pragma unroll
         for (int i = 0; i < V_LOADS; ++i) {
             const int p = m0 + t / QUADS + i * V_ROWS;
             const int img = p >> (2 * s.log2_side);
-            const int sy = ((p >> s.log2_side) & side_mask) + dy - 1, sx = (p & side_mask) + dx - 1;
+            const int sy = ((p >> s.log2_side) & side_mask) + oy, sx = (p & side_mask) + ox;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (p < s.m_total && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side) {
                 v = *reinterpret_cast<const float4*>(
@@ -110,20 +151,16 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
 
     auto fetch_scalar = [&](int k0) {
         const int k = k0 + a_kk;
-        int tap = 0, ci = 0, dy = 0, dx = 0;
         const bool k_ok = k < k_end;
-        if (k_ok) {
-            tap = k / s.cin;
-            ci = k - tap * s.cin;
-            dy = tap / 3;
-            dx = tap - dy * 3;
-        }
+        const int tap = k_ok ? k / s.cin : 0, ci = k_ok ? k - tap * s.cin : 0;
+        int oy, ox;
+        tap_offset(s, phase, tap, oy, ox);
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) {
             float v = 0.0f;
             const int p = m0 + t / BK + i * (THREADS / BK);
             const int img = p >> (2 * s.log2_side);
-            const int sy = ((p >> s.log2_side) & side_mask) + dy - 1, sx = (p & side_mask) + dx - 1;
+            const int sy = ((p >> s.log2_side) & side_mask) + oy, sx = (p & side_mask) + ox;
             if (k_ok && p < s.m_total && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side) {
                 v = in[(((size_t)img * s.side_in + (sy >> s.up)) * s.side_in + (sx >> s.up)) * s.cin + ci];
             }
@@ -140,7 +177,7 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
         for (int i = 0; i < B_LOADS; ++i) {
             const int kk = t / BN + i * (THREADS / BN);
             const int kb = k0 + kk, n = n0 + b_n;
-            b_next[i] = (kb < k_end && n < s.cout) ? w[(size_t)kb * s.cout + n] : 0.0f;
+            b_next[i] = (kb < k_end && n < s.cout) ? w_phase[(size_t)kb * s.cout + n] : 0.0f;
         }
     };
     // tensor-core inputs are rounded to TF32 once, when staged
@@ -351,9 +388,11 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
 
     const int t = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int k_begin = blockIdx.z * s.k_per_split;
+    const int phase = block_phase(s);
+    const int k_begin = block_split(s) * s.k_per_split;
     const int k_end = min(s.k_total, k_begin + s.k_per_split);
     const int side_mask = s.side - 1;
+    const float* __restrict__ const w_phase = w + (size_t)phase * s.k_total * s.cout;  // phased: this phase's weights
 
     // This thread copies chunk a_chunk (channels 4 * a_chunk.. of the slice) of A rows t / CHUNKS_K + i * 32: the
     // same pixels for every slice, so their input row base and output coordinates are computed once. Rows past
@@ -374,10 +413,12 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
         const int k = k0 + a_chunk * 4;
         const bool k_ok = k < k_end;
         const int tap = k_ok ? k / s.cin : 0;
-        const int ci = k - tap * s.cin, dy = tap / 3, dx = tap - (tap / 3) * 3;
+        const int ci = k - tap * s.cin;
+        int oy, ox;
+        tap_offset(s, phase, tap, oy, ox);
 #pragma unroll
         for (int i = 0; i < A_PASSES; ++i) {
-            const int sy = a_y[i] + dy - 1, sx = a_x[i] + dx - 1;
+            const int sy = a_y[i] + oy, sx = a_x[i] + ox;
             const bool ok = k_ok && sy >= 0 && sx >= 0 && sy < s.side && sx < s.side;
             const float* src =
                 ok ? in + ((size_t)(a_row_base[i] + (sy >> s.up)) * s.side_in + (sx >> s.up)) * s.cin + ci : in;
@@ -389,7 +430,7 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
             if (B_CHUNKS % THREADS == 0 || c < B_CHUNKS) {
                 const int kk = c / B_CHUNKS_N, nc = (c % B_CHUNKS_N) * 4;
                 const bool ok = k0 + kk < k_end && n0 + nc < s.cout;
-                const float* src = ok ? w + (size_t)(k0 + kk) * s.cout + n0 + nc : w;
+                const float* src = ok ? w_phase + (size_t)(k0 + kk) * s.cout + n0 + nc : w;
                 cp_async_16(bs + kk * B_STRIDE + nc, src, ok ? 16 : 0);
             }
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, launch, ConvKernels, Precision};
+use hyper_rt::generate::{self, launch, ConvKernels, UpsampleConv, Precision};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,6 +21,10 @@ pub struct Args {
     /// gather or staged (tuned chooses on a GPU, by timing, so it has no plan without one)
     #[arg(long, value_enum, default_value = "gather")]
     kernels: ConvKernels,
+    /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the
+    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
+    #[arg(long, value_enum, default_value = "phased")]
+    upsample: UpsampleConv,
     /// Streaming multiprocessors of the GPU planned for (split-K depends on it): 132 on an H100 SXM
     #[arg(long, default_value_t = 132)]
     sm_count: usize,
@@ -39,7 +43,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         (kernels, _) => kernels == ConvKernels::Staged,
     };
     let model = generate::load_model(args.weights.as_deref())?;
-    let plans = launch::layer_plans(&model, args.sm_count, args.batch, staged);
+    let plans = launch::layer_plans(&model, args.sm_count, args.batch, staged, args.upsample == UpsampleConv::Phased);
     let plan = launch::describe(&model, &plans, args.precision, args.batch);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: String, data: &[f32]| -> anyhow::Result<()> {
@@ -53,6 +57,9 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     for (i, c) in model.convs.iter().enumerate() {
         write(Buf::ConvWeight(i).name(), &c.weight)?;
         write(Buf::ConvBias(i).name(), &c.bias)?;
+        if c.upsample {
+            write(Buf::PhaseWeight(i).name(), &c.phase_weights())?;
+        }
     }
     write(Buf::RgbWeight.name(), &model.to_rgb_weight)?;
     write(Buf::RgbBias.name(), &model.to_rgb_bias)?;

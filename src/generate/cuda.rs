@@ -24,7 +24,7 @@ use super::launch::{
 };
 use super::model::PgganModel;
 use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version};
-use super::{ConvKernels, GenerateError};
+use super::{ConvKernels, GenerateError, UpsampleConv};
 use crate::rng::Rng;
 
 /// Kernel sources, concatenated into one NVRTC program (`common.cuh` first; the `#include` lines, which serve
@@ -150,6 +150,8 @@ struct DeviceWeights {
     dense_bias: CudaSlice<f32>,
     /// Each convolution layer's weights `[9 * Cin, Cout]` and bias.
     convs: Vec<(CudaSlice<f32>, CudaSlice<f32>)>,
+    /// Each upsampling layer's phase weights (for phased plans), `None` for the others.
+    phase_weights: Vec<Option<CudaSlice<f32>>>,
     rgb_weight: CudaSlice<f32>,
     rgb_bias: CudaSlice<f32>,
 }
@@ -204,6 +206,9 @@ fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights,
             Buf::DenseBias => b.arg(&weights.dense_bias),
             Buf::ConvWeight(i) => b.arg(&conv(i)?.0),
             Buf::ConvBias(i) => b.arg(&conv(i)?.1),
+            Buf::PhaseWeight(i) => b.arg(
+                weights.phase_weights.get(i).and_then(Option::as_ref).ok_or_else(|| GenerateError::Cuda(format!("layer {i} has no phase weights")))?,
+            ),
             Buf::RgbWeight => b.arg(&weights.rgb_weight),
             Buf::RgbBias => b.arg(&weights.rgb_bias),
             Buf::Act(i) => {
@@ -336,6 +341,8 @@ pub struct CudaGenerator {
     kernels: Kernels,
     /// Which kernels run the TF32 convolutions.
     conv_kernels: ConvKernels,
+    /// How the upsampling layers run.
+    upsample: UpsampleConv,
     /// Why this GPU cannot run the staged (pipelined and spatial) kernels, if it cannot.
     staged_unavailable: Option<String>,
     /// With [`ConvKernels::Tuned`]: each batch size's tuned plans and the measurements behind them.
@@ -442,6 +449,7 @@ impl CudaGenerator {
             dense_weight: up(&model.dense_weight)?,
             dense_bias: up(&model.dense_bias)?,
             convs: model.convs.iter().map(|c| Ok((up(&c.weight)?, up(&c.bias)?))).collect::<Result<_, GenerateError>>()?,
+            phase_weights: model.convs.iter().map(|c| c.upsample.then(|| up(&c.phase_weights())).transpose()).collect::<Result<_, GenerateError>>()?,
             rgb_weight: up(&model.to_rgb_weight)?,
             rgb_bias: up(&model.to_rgb_bias)?,
         };
@@ -454,6 +462,7 @@ impl CudaGenerator {
             kernels,
             staged_unavailable,
             conv_kernels: ConvKernels::Gather,
+            upsample: UpsampleConv::default(),
             tuned: HashMap::new(),
             weights,
             sm_count,
@@ -484,6 +493,15 @@ impl CudaGenerator {
         Ok(())
     }
 
+    /// Chooses how the upsampling layers run (see [`UpsampleConv`]).
+    pub fn use_upsample(&mut self, upsample: UpsampleConv) {
+        if upsample != self.upsample {
+            self.upsample = upsample;
+            self.buffers = None; // other plans, other split-K buffer
+            self.tuned.clear();
+        }
+    }
+
     /// Why the staged kernels may not run here (they need TF32 and a GPU that has what they need), if they may not.
     fn why_no_staged(&self) -> Option<String> {
         match (&self.staged_unavailable, self.precision) {
@@ -494,9 +512,9 @@ impl CudaGenerator {
     }
 
     /// Each convolution layer's output side and launch plan for `batch` images, on the staged kernels where a
-    /// layer's shape allows (`staged`) or on the gather kernels.
+    /// layer's shape allows (`staged`) or on the gather kernels, the upsampling layers as [`Self::use_upsample`] chose.
     fn plans(&self, batch: usize, staged: bool) -> Vec<(usize, ConvPlan)> {
-        layer_plans(&self.model, self.sm_count, batch, staged)
+        layer_plans(&self.model, self.sm_count, batch, staged, self.upsample == UpsampleConv::Phased)
     }
 
     /// With [`ConvKernels::Tuned`], the measurements behind the kernel chosen for each layer at `batch` (after the

@@ -5,7 +5,9 @@
 //! (grids, shapes, split-K, buffer chaining, the fused last layer, buffer sizes) is checked in CI, not only on a
 //! lent GPU.
 //!
-//! Activations are channels-last `[N, H, W, C]`; weights are the model's effective weights (`[9 * Cin, Cout]`).
+//! Activations are channels-last `[N, H, W, C]`; weights are the model's effective weights (`[9 * Cin, Cout]`), and
+//! for phased layers (an upsampling layer run as four 2 x 2 convolutions, see kernels/conv.cu) their phase weights
+//! ([`super::model::ConvLayer::phase_weights`]).
 
 use super::model::PgganModel;
 use super::Precision;
@@ -139,17 +141,22 @@ pub struct ConvPlan {
     pub k_per_split: usize,
     /// One split and one N tile: the kernel's epilogue finishes the layer (no conv_finish_f32).
     pub fused: bool,
+    /// An upsampling layer run as four 2 x 2 convolutions over its input grid, one per output phase (the gather
+    /// and pipelined kernels): the GEMM's rows are input pixels, K is 4 * Cin, and the grid's z is splits x 4.
+    pub phased: bool,
     pub grid: (u32, u32, u32),
 }
 
 impl ConvPlan {
-    /// The plan for a layer of `batch` images of `side` x `side` output pixels. With `staged` (TF32 on sm_80+),
-    /// the narrow layers from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the others
-    /// with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined one. Split-K:
-    /// enough blocks to fill the GPU twice, at least four K slices per split.
-    pub fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool) -> ConvPlan {
-        let (m_total, k_total) = (batch * side * side, 9 * cin);
-        if staged && (cout == 16 || cout == 32) && cin.is_multiple_of(SPATIAL_CC) && side >= SPATIAL_TW {
+    /// The plan for a layer of `batch` images of `side` x `side` output pixels; `phased`: the layer upsamples and
+    /// runs as four 2 x 2 convolutions ([`ConvPlan::phased`]). With `staged` (TF32 on sm_80+), the narrow layers
+    /// from 32 px up that are not phased (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the
+    /// others with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined one.
+    /// Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
+    pub fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool, phased: bool) -> ConvPlan {
+        let (phases, grid_side, taps) = if phased { (4, side / 2, 4) } else { (1, side, 9) };
+        let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
+        if staged && !phased && (cout == 16 || cout == 32) && cin.is_multiple_of(SPATIAL_CC) && side >= SPATIAL_TW {
             let (rows, stage_bytes) = spatial_tile(cout);
             return ConvPlan {
                 kind: ConvKind::Spatial,
@@ -159,6 +166,7 @@ impl ConvPlan {
                 splits: 1,
                 k_per_split: k_total,
                 fused: true,
+                phased: false,
                 grid: ((side / SPATIAL_TW * (side / rows)) as u32, batch as u32, 1),
             };
         }
@@ -173,23 +181,23 @@ impl ConvPlan {
         } else {
             (TILE_OUTPUTS / bn, BK, 0)
         };
-        let tiles = m_total.div_ceil(bm) * cout.div_ceil(bn);
+        let tiles = phases * m_total.div_ceil(bm) * cout.div_ceil(bn);
         let k_slices = k_total.div_ceil(bk);
         let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
         let k_per_split = k_slices.div_ceil(wanted) * bk;
         let splits = k_total.div_ceil(k_per_split);
-        let grid = (m_total.div_ceil(bm) as u32, cout.div_ceil(bn) as u32, splits as u32);
-        ConvPlan { kind, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn, grid }
+        let grid = (m_total.div_ceil(bm) as u32, cout.div_ceil(bn) as u32, (phases * splits) as u32);
+        ConvPlan { kind, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn, phased, grid }
     }
 }
 
 /// Each convolution layer's output side and plan for `batch` images, on the staged kernels where a layer's shape
-/// allows (`staged`) or on the gather kernels.
-pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool) -> Vec<(usize, ConvPlan)> {
+/// allows (`staged`) or on the gather kernels, with the upsampling layers phased (`phased`) or not.
+pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool, phased: bool) -> Vec<(usize, ConvPlan)> {
     m.convs
         .iter()
         .zip(m.layer_sides())
-        .map(|(c, side)| (side, ConvPlan::new(sm_count, batch, side, c.cin, c.cout, staged)))
+        .map(|(c, side)| (side, ConvPlan::new(sm_count, batch, side, c.cin, c.cout, staged, phased && c.upsample)))
         .collect()
 }
 
@@ -209,6 +217,8 @@ pub enum Buf {
     /// Convolution layer `i`'s weights `[9 * Cin, Cout]` and bias.
     ConvWeight(usize),
     ConvBias(usize),
+    /// Upsampling convolution layer `i`'s phase weights `[4][4 * Cin][Cout]` (phased plans).
+    PhaseWeight(usize),
     RgbWeight,
     RgbBias,
     /// Activation buffers: 0 and 1 take turns as a layer's input and output, 2 holds split-K partial sums.
@@ -230,6 +240,7 @@ impl Buf {
             Buf::DenseBias => "dense_bias".into(),
             Buf::ConvWeight(i) => format!("conv{i}_weight"),
             Buf::ConvBias(i) => format!("conv{i}_bias"),
+            Buf::PhaseWeight(i) => format!("conv{i}_phase_weight"),
             Buf::RgbWeight => "rgb_weight".into(),
             Buf::RgbBias => "rgb_bias".into(),
             Buf::Act(i) => format!("act{i}"),
@@ -277,6 +288,7 @@ pub struct ConvShape {
     pub k_total: i32,
     pub k_per_split: i32,
     pub fused: i32,
+    pub phased: i32,
 }
 
 impl ConvShape {
@@ -293,14 +305,15 @@ impl ConvShape {
             self.k_total,
             self.k_per_split,
             self.fused,
+            self.phased,
         ]
     }
 
     pub fn from_ints(ints: &[i32]) -> Option<ConvShape> {
-        let [n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused] = *ints else {
+        let [n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused, phased] = *ints else {
             return None;
         };
-        Some(ConvShape { n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused })
+        Some(ConvShape { n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused, phased })
     }
 }
 
@@ -329,21 +342,24 @@ impl LayerLaunch {
         self.side >> usize::from(self.upsample)
     }
 
-    /// The kernels' view of the layer.
+    /// The kernels' view of the layer: a phased layer's GEMM rows are its input pixels, with 4 taps and no
+    /// upsample in the indexing.
     pub fn shape(&self) -> ConvShape {
-        let m_total = self.batch * self.side * self.side;
+        let phased = self.plan.phased;
+        let (grid_side, up, taps) = if phased { (self.side_in(), false, 4) } else { (self.side, self.upsample, 9) };
         ConvShape {
             n_images: self.batch as i32,
             side_in: self.side_in() as i32,
             cin: self.cin as i32,
             cout: self.cout as i32,
-            up: i32::from(self.upsample),
-            side: self.side as i32,
-            log2_side: self.side.trailing_zeros() as i32,
-            m_total: m_total as i32,
-            k_total: (9 * self.cin) as i32,
+            up: i32::from(up),
+            side: grid_side as i32,
+            log2_side: grid_side.trailing_zeros() as i32,
+            m_total: (self.batch * grid_side * grid_side) as i32,
+            k_total: (taps * self.cin) as i32,
             k_per_split: self.plan.k_per_split as i32,
             fused: i32::from(self.plan.fused),
+            phased: i32::from(phased),
         }
     }
 
@@ -359,12 +375,13 @@ impl LayerLaunch {
         };
         let out = if plan.fused { dst } else { PARTIAL };
         let i = self.index;
+        let weights = if plan.phased { Buf::PhaseWeight(i) } else { Buf::ConvWeight(i) };
         let mut launches = vec![Launch {
             kernel,
             grid: plan.grid,
             threads: THREADS,
             shared_bytes: plan.shared_bytes as u32,
-            buffers: vec![(src, false), (Buf::ConvWeight(i), false), (Buf::ConvBias(i), false), (out, true)],
+            buffers: vec![(src, false), (weights, false), (Buf::ConvBias(i), false), (out, true)],
             ints: self.shape().to_ints(),
             ints_are_conv_shape: true,
         }];
@@ -496,6 +513,7 @@ impl BufferSizes {
             Buf::DenseBias => m.dense_bias.len(),
             Buf::ConvWeight(i) => m.convs.get(i).map_or(0, |c| c.weight.len()),
             Buf::ConvBias(i) => m.convs.get(i).map_or(0, |c| c.bias.len()),
+            Buf::PhaseWeight(i) => m.convs.get(i).map_or(0, |c| 16 * c.cin * c.cout),
             Buf::RgbWeight => m.to_rgb_weight.len(),
             Buf::RgbBias => m.to_rgb_bias.len(),
             Buf::Act(2) => self.partial,
@@ -595,10 +613,10 @@ mod tests {
             .flat_map(|names| names.split(',').map(str::trim))
             .collect();
         let expected =
-            ["n_images", "side_in", "cin", "cout", "up", "side", "log2_side", "m_total", "k_total", "k_per_split", "fused"];
+            ["n_images", "side_in", "cin", "cout", "up", "side", "log2_side", "m_total", "k_total", "k_per_split", "fused", "phased"];
         assert_eq!(fields, expected);
-        let shape = ConvShape::from_ints(&(1..=11).collect::<Vec<_>>()).expect("11 ints");
-        assert_eq!(shape.to_ints(), (1..=11).collect::<Vec<_>>());
+        let shape = ConvShape::from_ints(&(1..=12).collect::<Vec<_>>()).expect("12 ints");
+        assert_eq!(shape.to_ints(), (1..=12).collect::<Vec<_>>());
         assert_eq!(ConvShape::from_ints(&[1, 2]), None);
     }
 
@@ -608,8 +626,8 @@ mod tests {
         let ck = model::random_checkpoint(64, 512, 128, 512, 3);
         let m = model::PgganModel::from_checkpoint(&ck).expect("a valid checkpoint");
         for (precision, staged) in [(Precision::F32, false), (Precision::Tf32, false), (Precision::Tf32, true)] {
-            for batch in [1, 3] {
-                for layer in forward_launches(&m, &layer_plans(&m, 132, batch, staged), precision, batch) {
+            for (batch, phased) in [(1, false), (3, false), (1, true), (3, true)] {
+                for layer in forward_launches(&m, &layer_plans(&m, 132, batch, staged, phased), precision, batch) {
                     for l in &layer.launches {
                         assert!(KERNELS.contains(&l.kernel), "{}", l.kernel);
                     }
@@ -623,7 +641,7 @@ mod tests {
         // 4..64 px with 128, 128, 64, 32, 16 channels: gather, pipelined and both spatial kernels
         let ck = model::random_checkpoint(64, 512, 128, 512, 3);
         let m = model::PgganModel::from_checkpoint(&ck).expect("a valid checkpoint");
-        let plans = layer_plans(&m, 132, 1, true);
+        let plans = layer_plans(&m, 132, 1, true, false);
         assert!(fuses_to_rgb(&m, &plans));
         let layers = forward_launches(&m, &plans, Precision::Tf32, 1);
         let kernels: Vec<&str> = layers.iter().flat_map(|l| l.launches.iter().map(|x| x.kernel)).collect();
@@ -641,8 +659,39 @@ mod tests {
             }
         }
         // the gather network keeps ToRGB as its own kernel
-        let gather = forward_launches(&m, &layer_plans(&m, 132, 1, false), Precision::Tf32, 1);
+        let gather = forward_launches(&m, &layer_plans(&m, 132, 1, false, false), Precision::Tf32, 1);
         assert_eq!(gather.last().map(|l| l.launches.len()), Some(1));
+    }
+
+    /// Phased plans run exactly the upsampling layers on their phase weights, as four 2 x 2 convolutions over the
+    /// input grid, with the finish kernel (when split) over the output's pixels.
+    #[test]
+    fn phased_plans_run_the_upsampling_layers_on_their_phase_weights() {
+        let ck = model::random_checkpoint(64, 512, 128, 512, 3);
+        let m = model::PgganModel::from_checkpoint(&ck).expect("a valid checkpoint");
+        for staged in [false, true] {
+            let plans = layer_plans(&m, 132, 2, staged, true);
+            let layers = forward_launches(&m, &plans, Precision::Tf32, 2);
+            for (i, ((conv, &(side, plan)), layer)) in m.convs.iter().zip(&plans).zip(&layers[1..]).enumerate() {
+                assert_eq!(plan.phased, conv.upsample, "{}", conv.name);
+                let first = &layer.launches[0];
+                let weights = if conv.upsample { Buf::PhaseWeight(i) } else { Buf::ConvWeight(i) };
+                assert_eq!(first.buffers[1], (weights, false), "{}", conv.name);
+                let shape = ConvShape::from_ints(&first.ints).expect("a ConvShape");
+                if conv.upsample {
+                    assert_ne!(plan.kind, ConvKind::Spatial, "{}", conv.name);
+                    let grid_side = (side / 2) as i32;
+                    assert_eq!((shape.side, shape.up, shape.phased), (grid_side, 0, 1), "{}", conv.name);
+                    assert_eq!((shape.m_total, shape.k_total), (2 * grid_side * grid_side, 4 * conv.cin as i32));
+                    assert_eq!(plan.grid.2 as usize, 4 * plan.splits);
+                }
+                if let Some(finish) = layer.launches.get(1) {
+                    assert_eq!(finish.ints, vec![(2 * side * side) as i32, conv.cout as i32, plan.splits as i32]);
+                }
+            }
+            let sizes = buffer_sizes(&m, &[plans], 2);
+            assert_eq!(sizes.of(&m, Buf::PhaseWeight(1)), m.convs[1].phase_weights().len());
+        }
     }
 
     #[test]
@@ -652,10 +701,12 @@ mod tests {
             (64, 32, 512), (32, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16), (16, 16, 16)];
         for (cin, cout, side) in layers {
             for batch in [1, 8] {
-                for staged in [false, true] {
-                    let p = ConvPlan::new(132, batch, side, cin, cout, staged);
-                    let (m_total, k_total) = (batch * side * side, 9 * cin);
-                    let spatial = staged && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
+                for (staged, phased) in [(false, false), (true, false), (false, side >= 8), (true, side >= 8)] {
+                    let p = ConvPlan::new(132, batch, side, cin, cout, staged, phased);
+                    let (phases, grid_side, taps) = if phased { (4, side / 2, 4) } else { (1, side, 9) };
+                    let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
+                    assert_eq!(p.phased, phased);
+                    let spatial = staged && !phased && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
                     let fits = m_total >= pipe_tile(tile_n(cout)).0;
                     let expected = match (spatial, staged && cin.is_multiple_of(4) && cout.is_multiple_of(4) && fits) {
                         (true, _) => ConvKind::Spatial,
@@ -674,7 +725,7 @@ mod tests {
                     assert!(p.bn >= cout.min(64));
                     // the grid's blocks cover every output pixel and channel exactly once per split
                     let (gx, gy, gz) = p.grid;
-                    assert_eq!(gz as usize, p.splits);
+                    assert_eq!(gz as usize, phases * p.splits);
                     let blocks_per_split = gx as usize * gy as usize;
                     match p.kind {
                         ConvKind::Spatial => assert_eq!(blocks_per_split * p.bm, m_total),

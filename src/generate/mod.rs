@@ -78,6 +78,21 @@ pub enum ConvKernels {
     Tuned,
 }
 
+/// How the GPU runs the layers that upsample (nearest x2) before their 3 x 3 convolution (`Conv0_up` of every
+/// stage from 8 x 8 up, about two thirds of the network's multiply-adds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpsampleConv {
+    /// As four 2 x 2 convolutions over the input grid, one per output phase, with the taps that read the same input
+    /// pixel summed into one weight: 4 multiply-adds per output and input channel instead of 9, the same result
+    /// (checked in the CPU emulation of the kernels; speed not yet measured on a GPU).
+    #[default]
+    Phased,
+    /// The upsample folded into the 3 x 3 convolution's input indexing (the configuration timed on an H100 in
+    /// docs/benchmarks.md).
+    Folded,
+}
+
 /// A generator on the CPU or the GPU.
 pub enum Backend {
     Cpu(cpu::CpuGenerator),
@@ -125,6 +140,17 @@ impl Backend {
             }
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.use_conv_kernels(kernels),
+        }
+    }
+
+    /// Chooses how the GPU runs the upsampling layers (see [`UpsampleConv`]); the CPU ignores it.
+    pub fn use_upsample(&mut self, upsample: UpsampleConv) {
+        match self {
+            Backend::Cpu(_) => {
+                let _ = upsample;
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => g.use_upsample(upsample),
         }
     }
 

@@ -23,6 +23,34 @@ pub struct ConvLayer {
     pub bias: Vec<f32>,
 }
 
+impl ConvLayer {
+    /// For an upsampling layer, its weights as four 2 x 2 convolutions over the input grid, one per output phase
+    /// `(a, b) = (y % 2, x % 2)` (the GPU's phased kernels, kernels/conv.cu): `[4][4 * cin][cout]`, phase
+    /// `a * 2 + b`, row `(t * 2 + u) * cin + ci`. Output pixel `(2i + a, 2j + b)` of the upsampled layer reads input
+    /// row `i + a - 1 + t` and column `j + b - 1 + u`; the 3 x 3 taps `(dy, dx)` that land there are summed, those
+    /// with `(a + dy - 1).div_euclid(2) = a - 1 + t` and the same for columns.
+    pub fn phase_weights(&self) -> Vec<f32> {
+        let (cin, cout) = (self.cin, self.cout);
+        let two_by_two = 4 * cin * cout;
+        let mut phased = vec![0.0f32; 4 * two_by_two];
+        for phase in 0..4 {
+            let (a, b) = ((phase >> 1) as isize, (phase & 1) as isize);
+            for dy in 0..3isize {
+                let t = (a + dy - 1).div_euclid(2) - (a - 1);
+                for dx in 0..3isize {
+                    let u = (b + dx - 1).div_euclid(2) - (b - 1);
+                    let src = &self.weight[(dy * 3 + dx) as usize * cin * cout..][..cin * cout];
+                    let dst = &mut phased[phase * two_by_two + (t * 2 + u) as usize * cin * cout..][..cin * cout];
+                    for (d, &w) in dst.iter_mut().zip(src) {
+                        *d += w;
+                    }
+                }
+            }
+        }
+        phased
+    }
+}
+
 /// The whole generator at lod 0.
 #[derive(Debug, Clone)]
 pub struct PgganModel {
@@ -234,6 +262,59 @@ pub fn random_checkpoint(resolution: usize, fmap_base: usize, fmap_max: usize, l
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upsample + 3 x 3 convolution (zero padding) computed directly and as the four phases' 2 x 2 convolutions
+    /// with [`ConvLayer::phase_weights`] give the same pre-activations.
+    #[test]
+    fn phase_weights_turn_the_upsampling_convolution_into_four_small_ones() {
+        let (side_in, cin, cout) = (3usize, 2usize, 3usize);
+        let mut rng = Rng::new(11);
+        let layer = ConvLayer {
+            name: "test".into(),
+            cin,
+            cout,
+            upsample: true,
+            weight: (0..9 * cin * cout).map(|_| rng.normal() as f32).collect(),
+            bias: vec![0.0; cout],
+        };
+        let input: Vec<f32> = (0..side_in * side_in * cin).map(|_| rng.normal() as f32).collect();
+        let at = |y: isize, x: isize, ci: usize| -> f64 {
+            let inside = (0..side_in as isize).contains(&y) && (0..side_in as isize).contains(&x);
+            if inside { f64::from(input[(y as usize * side_in + x as usize) * cin + ci]) } else { 0.0 }
+        };
+        let side = 2 * side_in as isize;
+        let phased = layer.phase_weights();
+        assert_eq!(phased.len(), 16 * cin * cout);
+        for y in 0..side {
+            for x in 0..side {
+                for co in 0..cout {
+                    let mut direct = 0.0;
+                    for dy in 0..3isize {
+                        for dx in 0..3isize {
+                            let (uy, ux) = (y + dy - 1, x + dx - 1); // in the upsampled image
+                            if (0..side).contains(&uy) && (0..side).contains(&ux) {
+                                for ci in 0..cin {
+                                    let w = layer.weight[(((dy * 3 + dx) as usize) * cin + ci) * cout + co];
+                                    direct += at(uy / 2, ux / 2, ci) * f64::from(w);
+                                }
+                            }
+                        }
+                    }
+                    let (i, j, a, b) = (y / 2, x / 2, y % 2, x % 2);
+                    let mut small = 0.0;
+                    for t in 0..2isize {
+                        for u in 0..2isize {
+                            for ci in 0..cin {
+                                let row = (a * 2 + b) as usize * 4 * cin + ((t * 2 + u) as usize) * cin + ci;
+                                small += at(i + a - 1 + t, j + b - 1 + u, ci) * f64::from(phased[row * cout + co]);
+                            }
+                        }
+                    }
+                    assert!((direct - small).abs() < 1e-5, "({y}, {x}, {co}): {direct} against {small}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_official_1024_shapes_give_the_published_cost() {

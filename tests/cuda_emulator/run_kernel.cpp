@@ -47,6 +47,11 @@ static std::vector<unsigned int> read_words(const std::string& path) {
     return words;
 }
 
+// The ConvShape fields in order (the caller checked there are 12).
+static ConvShape conv_shape(const std::vector<int>& v) {
+    return ConvShape{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11]};
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) {
         std::cerr << "usage: run_kernel DIR\n";
@@ -90,16 +95,14 @@ int main(int argc, char** argv) {
     };
 
     if (auto it = emu::conv_entries().find(name); it != emu::conv_entries().end()) {
-        need(11, 4);
-        const ConvShape s{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5],
-                          ints[6], ints[7], ints[8], ints[9], ints[10]};
+        need(12, 4);
+        const ConvShape s = conv_shape(ints);
         using ConvFn = void (*)(const float*, const float*, const float*, float*, ConvShape);
         emu::launch(reinterpret_cast<ConvFn>(it->second), grid, threads, shared, (const float*)f(0),
                     (const float*)f(1), (const float*)f(2), f(3), s);
     } else if (name == "conv3x3_tf32s_n16_rgb") {
-        need(11, 7);
-        const ConvShape s{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5],
-                          ints[6], ints[7], ints[8], ints[9], ints[10]};
+        need(12, 7);
+        const ConvShape s = conv_shape(ints);
         emu::launch(conv3x3_tf32s_n16_rgb, grid, threads, shared, (const float*)f(0), (const float*)f(1),
                     (const float*)f(2), (const float*)f(3), (const float*)f(4), f(5),
                     reinterpret_cast<unsigned int*>(f(6)), s);

@@ -2,7 +2,8 @@
 the CUDA features they use (tests/cuda_emulator), run on small layers, and compared with NumPy written from the
 layouts in kernels/*.cu and ../shared/PGGAN.md.
 
-This covers indexing, tiling, split-K, the upsample folded into the gather, the mma fragment layouts, the
+This covers indexing, tiling, split-K, the upsample folded into the gather or run as four phased 2 x 2
+convolutions, the mma fragment layouts, the
 pipelined kernel's shared-memory slots and zero-filled padding, the alignment of every asynchronous copy, and every
 epilogue; under ThreadSanitizer, that no two threads of a block touch the same shared-memory word without a barrier
 between them; and, by replaying the launch sequence the host plans (`hyper-rt launch-plan`), the host's side of
@@ -93,6 +94,23 @@ def conv_reference(x, w, b, up):
     return pre, pixel_norm(lrelu(pre), axis=-1)
 
 
+def phase_weights(w, cin):
+    """The phased kernels' weights, from the layer's [9 * Cin, Cout]: output pixel (2i + a, 2j + b) of the upsampled
+    convolution reads upsampled rows 2i + a + dy - 1, which are input rows floor((a + dy - 1) / 2) + i, i.e. input row
+    i + a - 1 + t for t = floor((a + dy - 1) / 2) - a + 1 in {0, 1} (columns alike); the taps landing on the same input
+    pixel are summed. Returns [4 phases a * 2 + b][4 taps t * 2 + u][Cin] x Cout as [16 * Cin, Cout]."""
+    cout = w.shape[1]
+    w9 = w.reshape(3, 3, cin, cout)
+    out = np.zeros((2, 2, 2, 2, cin, cout), w.dtype)
+    for a in range(2):
+        for b in range(2):
+            for dy in range(3):
+                for dx in range(3):
+                    t, u = (a + dy - 1) // 2 - a + 1, (b + dx - 1) // 2 - b + 1
+                    out[a, b, t, u] += w9[dy, dx]
+    return out.reshape(16 * cin, cout)
+
+
 def ceil_div(a, b):
     return -(-a // b)
 
@@ -133,30 +151,37 @@ CONV_KERNELS = conv_kernels()
 SPATIAL_KERNELS = spatial_kernels()
 
 
-def run_conv(run_kernel, kernel, x, w, b, up, splits):
+def run_conv(run_kernel, kernel, x, w, b, up, splits, phased=False):
     """Launches conv3x3_<kernel> (+ conv_finish_f32 when not fused) as src/generate/cuda.rs does, with `splits`
-    K splits; returns the layer output [N, S', S', Cout]."""
+    K splits, an upsampling layer as four phased 2 x 2 convolutions with `phased`; returns the layer output
+    [N, S', S', Cout]."""
     n, side_in, _, cin = x.shape
     cout = w.shape[1]
     side = side_in * (2 if up else 1)
     m_total, k_total = n * side * side, 9 * cin
+    assert up or not phased
     if kernel in SPATIAL_KERNELS:
         bn, th, stage_bytes = SPATIAL_KERNELS[kernel]
         assert cout == bn and cin % 16 == 0 and side % 32 == 0 and splits == 1
-        shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_total, 1]
+        shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_total, 1, 0]
         out = np.full((m_total, cout), np.nan, np.float32)
         args = [x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), out]
         grid = (side // 32 * (side // th), n, 1)
         result = run_kernel(f"conv3x3_{kernel}", grid, shape, args, shared=min(2, cin // 16) * stage_bytes)[3]
         return result.reshape(n, side, side, cout)
     bm, bn, bk, shared = CONV_KERNELS[kernel.removesuffix("_v")]
-    k_per_split = ceil_div(ceil_div(k_total, bk), splits) * bk
-    splits = ceil_div(k_total, k_per_split)
+    # the GEMM's rows: output pixels, or, phased, input pixels (each block one of the four phases)
+    rows, taps, phases, grid_side = (n * side_in * side_in, 4, 4, side_in) if phased else (m_total, 9, 1, side)
+    k_gemm = taps * cin
+    k_per_split = ceil_div(ceil_div(k_gemm, bk), splits) * bk
+    splits = ceil_div(k_gemm, k_per_split)
     fused = splits == 1 and cout <= bn
-    shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_per_split, int(fused)]
+    shape = [n, side_in, cin, cout, int(up and not phased), grid_side, grid_side.bit_length() - 1, rows, k_gemm,
+             k_per_split, int(fused), int(phased)]
     out = np.full((splits if not fused else 1, m_total, cout), np.nan, np.float32)
-    grid = (ceil_div(m_total, bm), ceil_div(cout, bn), splits)
-    args = [x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), out]
+    grid = (ceil_div(rows, bm), ceil_div(cout, bn), phases * splits)
+    weights = phase_weights(w.astype(np.float32), cin) if phased else w.astype(np.float32)
+    args = [x.astype(np.float32), weights, b.astype(np.float32), out]
     result = run_kernel(f"conv3x3_{kernel}", grid, shape, args, shared=shared)[3]
     if fused:
         return result.reshape(n, side, side, cout)
@@ -189,14 +214,15 @@ CASES = [
 ]
 
 
-def check_convolution(run_kernel, kernel, n, side_in, cin, cout, up, splits):
-    """Runs one layer of random data through conv3x3_<kernel> and compares it with the float64 reference."""
+def check_convolution(run_kernel, kernel, n, side_in, cin, cout, up, splits, phased=False):
+    """Runs one layer of random data through conv3x3_<kernel> (an upsampling layer phased with `phased`) and compares
+    it with the float64 reference."""
     rng = np.random.default_rng(n * 1000 + side_in * 100 + cin * 10 + cout)
     x = rng.standard_normal((n, side_in, side_in, cin))
     w = rng.standard_normal((9 * cin, cout)) / np.sqrt(9 * cin)
     b = rng.standard_normal(cout) * 0.1
     _, want = conv_reference(x.astype(np.float32).astype(np.float64), w.astype(np.float32), b.astype(np.float32), up)
-    got = run_conv(run_kernel, kernel, x, w, b, up, splits)
+    got = run_conv(run_kernel, kernel, x, w, b, up, splits, phased)
     assert np.isfinite(got).all(), "some outputs were never written"
     err = rel_l2(got, want)
     bound = 1e-5 if kernel.startswith("f32") else 1e-2
@@ -211,6 +237,30 @@ def test_convolution_kernels_match_numpy(run_kernel, kernel, n, side_in, cin, co
     check_convolution(run_kernel, kernel, n, side_in, cin, cout, up, splits)
 
 
+# (kernel, n, side_in, cin, cout, splits) of upsampling layers run phased: every gather and pipelined tile width,
+# scalar and vector gathers, split-K (the finish kernel then reads the output's pixels), partial tiles, K slices
+# that span taps (Cin 12: 4 * Cin = 48)
+PHASED_CASES = [
+    ("f32_n64", 2, 4, 3, 64, 1),
+    ("f32_n32", 1, 8, 20, 24, 2),
+    ("f32_n16_v", 1, 8, 16, 16, 1),
+    ("tf32_n64_v", 2, 4, 32, 128, 2),
+    ("tf32_n16", 3, 4, 8, 12, 1),
+    ("tf32_n32_v", 1, 16, 64, 32, 1),      # the 512 px Conv0 shape, smaller
+    ("tf32p_n64", 1, 4, 64, 64, 1),
+    ("tf32p_n32", 3, 4, 12, 20, 2),
+    ("tf32p_n16", 1, 16, 32, 16, 1),       # the 1024 px Conv0 shape, smaller
+    ("tf32p_n16", 2, 8, 16, 16, 3),
+]
+
+
+@pytest.mark.parametrize("kernel,n,side_in,cin,cout,splits", PHASED_CASES)
+def test_phased_upsampling_convolutions_match_numpy(run_kernel, kernel, n, side_in, cin, cout, splits):
+    """The upsample + 3 x 3 convolution as four 2 x 2 convolutions (one per output phase, on the summed phase
+    weights) gives the upsampled layer of the reference, every output pixel written."""
+    check_convolution(run_kernel, kernel, n, side_in, cin, cout, True, splits, phased=True)
+
+
 # Every kernel family once, in shapes that exercise its shared-memory reuse: split-K and the finish kernel, several
 # K slices through the pipeline's slots, several channel chunks through the spatial kernel's two slots.
 RACE_CASES = [
@@ -221,14 +271,16 @@ RACE_CASES = [
     ("tf32s_n16", 1, 16, 32, 16, True, 1),
     ("tf32s_n32", 1, 32, 32, 32, False, 1),
 ]
+PHASED_RACE_CASES = [("tf32_n64_v", 2, 4, 32, 128, True, 2), ("tf32p_n16", 2, 8, 16, 16, True, 3)]
 
 
-@pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits", RACE_CASES)
-def test_convolution_kernels_have_no_data_races(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits):
+@pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits,phased",
+                         [(*c, False) for c in RACE_CASES] + [(*c, True) for c in PHASED_RACE_CASES])
+def test_convolution_kernels_have_no_data_races(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits, phased):
     """Under ThreadSanitizer: no two threads touch the same shared-memory word (or output element) without a barrier
     between them, one of them writing (a missing __syncthreads, a pipeline slot refilled while another warp still
     reads it, the epilogue tile written over slots in use)."""
-    check_convolution(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits)
+    check_convolution(run_kernel_racecheck, kernel, n, side_in, cin, cout, up, splits, phased)
 
 
 def mutant_runner(tmp_path_factory, sanitizer, original, replacement):
@@ -250,6 +302,14 @@ def test_a_missing_barrier_is_caught(tmp_path_factory):
     run = mutant_runner(tmp_path_factory, "thread", barrier, "")
     with pytest.raises(AssertionError, match="ThreadSanitizer: data race"):
         check_convolution(run, "tf32p_n16", 2, 8, 16, 16, False, 3)
+
+
+def test_a_wrong_phase_offset_is_caught(tmp_path_factory):
+    """The phased comparison can fail: a kernel that takes the row offset of a phase from its column bit (phases
+    (0, 1) and (1, 0) read the wrong input rows) draws a different layer."""
+    run = mutant_runner(tmp_path_factory, "address", "oy = (phase >> 1) - 1 + (tap >> 1);", "oy = (phase & 1) - 1 + (tap >> 1);")
+    with pytest.raises(AssertionError, match="relative L2 error"):
+        check_convolution(run, "f32_n16_v", 1, 8, 16, 16, True, 1, phased=True)
 
 
 def test_a_misaligned_asynchronous_copy_is_caught(tmp_path_factory):
@@ -284,7 +344,7 @@ def test_last_layer_with_torgb_fused_writes_the_image_and_the_display_buffer(req
     _, act = conv_reference(x.astype(np.float64), w, b, up)
     want = (act @ rgb_w + rgb_b).transpose(0, 3, 1, 2)
     _, th, stage_bytes = SPATIAL_KERNELS["tf32s_n16"]
-    shape = [n, side_in, cin, 16, int(up), side, side.bit_length() - 1, n * side * side, 9 * cin, 9 * cin, 1]
+    shape = [n, side_in, cin, 16, int(up), side, side.bit_length() - 1, n * side * side, 9 * cin, 9 * cin, 1, 0]
     img = np.full((n, 3, side, side), np.nan, np.float32)
     packed = np.zeros((n, side, side), np.uint32)
     out = run_kernel("conv3x3_tf32s_n16_rgb", (side // 32 * (side // th), n, 1), shape,
@@ -346,19 +406,21 @@ def test_torgb_kernel_writes_the_image_and_the_display_buffer(request, sanitizer
 # (TF32 kernels, batch, multiprocessors): the more multiprocessors, the more split-K; on 4 the gather tiles are
 # fused. The float32 path's plans are the TF32 gather plans with other kernel names (the kernels themselves are
 # checked above), so it is left out: its replay takes minutes in the emulation.
-@pytest.mark.parametrize("kernels,batch,sm_count", [("gather", 2, 4), ("staged", 1, 132)])
-def test_the_host_launch_sequence_draws_the_reference_image(run_kernel, tmp_path, kernels, batch, sm_count):
+@pytest.mark.parametrize("kernels,batch,sm_count,upsample",
+                         [("gather", 2, 4, "phased"), ("gather", 2, 4, "folded"), ("staged", 1, 132, "phased"),
+                          ("staged", 1, 132, "folded")])
+def test_the_host_launch_sequence_draws_the_reference_image(run_kernel, tmp_path, kernels, batch, sm_count, upsample):
     """The GPU forward pass exactly as the host plans it (`hyper-rt launch-plan`: every kernel, grid, shared memory
     size, argument, split-K, the buffer each layer reads and writes, the fused last layer), replayed launch by launch
     in the emulation with buffers of exactly the planned sizes (AddressSanitizer fails an overrun), draws the image
     of the float64 reference (scripts/pggan_reference.py) for a random 64 px checkpoint whose layers take every
-    kernel family: 128, 128, 64, 32, 16 channels from 4 to 64 px."""
+    kernel family: 128, 128, 64, 32, 16 channels from 4 to 64 px, its upsampling layers phased or folded."""
     ck = tmp_path / "checkpoint.safetensors"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_pggan.py"), "--random", "--resolution", "64",
                     "--fmap-base", "512", "--fmap-max", "128", "--seed", "5", "-o", str(ck)], check=True, capture_output=True)
     out = tmp_path / "plan"
     subprocess.run([binary(), "launch-plan", "--weights", str(ck), "--batch", str(batch), "--precision", "tf32",
-                    "--kernels", kernels, "--sm-count", str(sm_count), "--out", str(out)], check=True, capture_output=True)
+                    "--kernels", kernels, "--upsample", upsample, "--sm-count", str(sm_count), "--out", str(out)], check=True, capture_output=True)
     plan = json.loads((out / "launches.json").read_text())
     z = np.random.default_rng(batch).standard_normal((batch, plan["latent_size"])).astype(np.float32)
     buffers = {}
@@ -372,9 +434,10 @@ def test_the_host_launch_sequence_draws_the_reference_image(run_kernel, tmp_path
         else:  # activations and the image start as NaN: a value never written shows
             buffers[name] = np.full(size, np.nan, np.float32)
         assert buffers[name].size == size, name
-    used = []
+    used, phased_layers = [], 0
     for layer in plan["layers"]:
         for launch in layer["launches"]:
+            phased_layers += launch["kernel"].startswith("conv3x3") and launch["ints"][11] == 1
             results = run_kernel(launch["kernel"], launch["grid"], launch["ints"], [buffers[b] for b in launch["buffers"]],
                                  shared=launch["shared_bytes"], threads=launch["threads"])
             for name, result in zip(launch["buffers"], results):
@@ -391,3 +454,5 @@ def test_the_host_launch_sequence_draws_the_reference_image(run_kernel, tmp_path
     expected = {"gather": {"conv3x3_tf32_n64_v", "conv3x3_tf32_n32_v", "conv3x3_tf32_n16_v", "torgb_f32"},
                 "staged": {"conv3x3_tf32p_n64", "conv3x3_tf32s_n32", "conv3x3_tf32s_n16_rgb", "conv_finish_f32"}}[kernels]
     assert expected <= set(used), f"{expected - set(used)} not used: {used}"
+    # the 8 to 64 px stages each have one upsampling layer
+    assert phased_layers == (4 if upsample == "phased" else 0)
