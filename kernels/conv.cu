@@ -1,17 +1,9 @@
 // Kernels (2) and (3): the 3x3 convolution as an implicit GEMM, with the nearest-neighbour x2 upsample folded
-// into its input indexing, and the pixel-norm epilogue. Three families: conv3x3_body (below, the measured default),
+// into its input indexing (or phased, below), and the pixel-norm epilogue. Three families: conv3x3_body (below, the measured default),
 // conv3x3_pipe_body (2b) and conv3x3_spatial_body (2c); src/generate/cuda.rs (ConvPlan) picks one per layer.
 //
 // GEMM view: rows m = output pixels (n, y, x) of all images, columns = output channels, K = 9 * Cin with
-// k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order).
-//
-// Phased layers (ConvShape::phased, the gather and pipelined kernels): an upsample followed by a 3x3 convolution is
-// four 2x2 convolutions over the input grid, one per output phase (a, b) = (y % 2, x % 2): the three taps of a
-// kernel row land on two input rows, so output (2i + a, 2j + b) reads input rows i + a - 1 + t and columns
-// j + b - 1 + u (t, u in 0, 1), with the taps that land on the same input pixel summed into one weight (the host's
-// phase weights, [4 phases][4 * Cin][Cout], k = (t * 2 + u) * Cin + ci). That is 4 multiply-adds per output and
-// input channel instead of 9. Rows m are then input pixels, K = 4 * Cin, blockIdx.z = split * 4 + phase, and the
-// epilogue writes each row to its output pixel; zero padding at the input grid's edge is the upsampled image's. A block computes a BM x BN tile over a
+// k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order). A block computes a BM x BN tile over a
 // range of K (split-K when the layer has too few tiles to fill the GPU), staging BK-deep slices of the gathered
 // input and of the weights in shared memory; the next slice is fetched into registers while the current one is
 // multiplied. Two inner products: float32 FMAs (the exact path) or TF32 tensor cores (mma.sync m16n8k8).
@@ -19,6 +11,14 @@
 // Epilogue: the tile goes through shared memory; if the block holds every output channel of its pixels and all of
 // K (fused), it adds the bias, applies leaky ReLU and pixel norm and writes the activations; otherwise it writes
 // raw partial sums and conv_finish_f32 reduces the splits and applies bias, leaky ReLU and pixel norm.
+//
+// Phased layers (ConvShape::phased, the gather and pipelined kernels): an upsample followed by a 3x3 convolution is
+// four 2x2 convolutions over the input grid, one per output phase (a, b) = (y % 2, x % 2): the three taps of a
+// kernel row land on two input rows, so output (2i + a, 2j + b) reads input rows i + a - 1 + t and columns
+// j + b - 1 + u (t, u in 0, 1), with the taps that land on the same input pixel summed into one weight (the host's
+// phase weights, [4 phases][4 * Cin][Cout], k = (t * 2 + u) * Cin + ci). That is 4 multiply-adds per output and
+// input channel instead of 9. Rows m are then input pixels, K = 4 * Cin, blockIdx.z = split * 4 + phase, and the
+// epilogue writes each row to its output pixel; zero padding at the input grid's edge is the upsampled image's.
 #include "common.cuh"
 
 #define BK 16

@@ -138,7 +138,7 @@ pub enum Precision {
     Tf32,
 }
 
-// SAFETY: plain old data with the C layout (`#[repr(C)]`, eleven i32) of kernels/conv.cu's `struct ConvShape`.
+// SAFETY: plain old data with the C layout (`#[repr(C)]`, twelve i32) of kernels/conv.cu's `struct ConvShape`.
 unsafe impl DeviceRepr for ConvShape {}
 
 /// Largest batch one launch sequence takes (bounds the activation buffers); larger batches are split.
