@@ -118,13 +118,24 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
         generator.use_conv_kernels(args.kernels)?;
         generator.use_upsample(args.upsample);
         let kernels = format!("{:?} kernels, {:?} upsampling", args.kernels, args.upsample).to_lowercase();
-        println!("generator benchmark: {} ({gflop:.2} GFLOP per image), {}, {kernels}", model.label, generator.device_name());
+        let computed_gflop = 2.0 * model.macs_per_image_computed(args.upsample == UpsampleConv::Phased) / 1e9;
+        println!(
+            "generator benchmark: {} ({gflop:.2} GFLOP per image, {computed_gflop:.2} computed), {}, {kernels}",
+            model.label,
+            generator.device_name()
+        );
         let mut rng = Rng::new(7);
         let mut rows = Vec::new();
         for &batch in &args.batch {
             let z: Vec<f32> = (0..batch * model.latent_size).map(|_| rng.normal() as f32).collect();
             let secs = generator.time_forward(&z, args.iterations, args.repeats)?;
-            println!("batch {batch}: {:.3} ms/image, {:.1} TFLOP/s ({:?})", secs * 1e3, gflop / secs / 1e3, args.precision);
+            println!(
+                "batch {batch}: {:.3} ms/image, {:.1} TFLOP/s effective, {:.1} computed ({:?})",
+                secs * 1e3,
+                gflop / secs / 1e3,
+                computed_gflop / secs / 1e3,
+                args.precision
+            );
             rows.push(serde_json::json!({"batch": batch, "best_s_per_image": secs, "median_s_per_image": secs, "gflops": gflop / secs}));
         }
         if args.layers {

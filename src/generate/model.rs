@@ -171,11 +171,19 @@ impl PgganModel {
             .collect()
     }
 
-    /// Multiply-adds of one image (convolutions, dense and ToRGB).
+    /// Multiply-adds of one image (convolutions, dense and ToRGB): the network's cost, against which every
+    /// implementation's speed is stated.
     pub fn macs_per_image(&self) -> f64 {
+        self.macs_per_image_computed(false)
+    }
+
+    /// Multiply-adds one image actually takes, with the upsampling layers phased (`phased`: four 2 x 2
+    /// convolutions over their input grid, [`ConvLayer::phase_weights`]) or as 3 x 3 convolutions.
+    pub fn macs_per_image_computed(&self, phased: bool) -> f64 {
         let sides = self.layer_sides();
         let dense = (self.latent_size * 16 * self.c4) as f64;
-        let convs: f64 = self.convs.iter().zip(&sides).map(|(conv, &s)| (9 * conv.cin * conv.cout * s * s) as f64).sum();
+        let taps = |conv: &ConvLayer| if phased && conv.upsample { 4 } else { 9 };
+        let convs: f64 = self.convs.iter().zip(&sides).map(|(conv, &s)| (taps(conv) * conv.cin * conv.cout * s * s) as f64).sum();
         let last = sides.last().copied().unwrap_or(4);
         dense + convs + (self.to_rgb_weight.len() * last * last) as f64
     }
@@ -325,6 +333,10 @@ mod tests {
         let params: usize = ck.tensors.values().map(|t| t.data.len()).sum();
         assert_eq!(params, 23_071_507); // the tensors used at lod 0
         assert_eq!(model.macs_per_image(), 42_672_848_896.0); // PGGAN.md: dense + convolutions + ToRGB
+        // phased: the eight upsampling layers (27.33 G multiply-adds as 3 x 3) take 4/9 of theirs
+        let upsampling: f64 = model.convs.iter().zip(model.layer_sides()).filter(|(c, _)| c.upsample).map(|(c, s)| (9 * c.cin * c.cout * s * s) as f64).sum();
+        assert_eq!(upsampling, 27_330_084_864.0);
+        assert_eq!(model.macs_per_image_computed(true), 42_672_848_896.0 - upsampling * 5.0 / 9.0);
     }
 
     #[test]
