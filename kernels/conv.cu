@@ -511,18 +511,26 @@ PIPE_ENTRY(conv3x3_tf32p_n16, 256, 16, 32, 16, 2)
 // once per 16-channel chunk, with the chunk's weights; the nine taps then read their A fragments from the patch.
 // Chunks are double-buffered with cp.async. Needs Cin % 16 == 0, Cout == BN, side % 32 == 0; no split-K, always
 // the fused epilogue.
+// Phased (conv3x3_tf32sp_*, an upsampling layer with ConvShape::phased: side is the input grid's): the same patch
+// (at input resolution) and the four phases' 2x2 kernels instead of the nine taps. A warp row is one output row, so
+// one row phase a; its two m16 fragments are the even and the odd output columns (phase b = 0, 1), 16 each, whose
+// input columns are 16 consecutive patch columns; each (t, u) tap then takes one mma per fragment and weight slice
+// with that fragment's phase weights: 4 instead of 9 taps per output.
 #define SPATIAL_TW 32  // output columns per block: two m16 fragments per warp row
 #define SPATIAL_CC 16  // input channels per chunk
 
-template <int BN, int WN>
+template <int BN, int WN, bool PHASED = false>
 struct SpatialTile {
     static constexpr int WARPS_N = BN / WN;
     static constexpr int TH = (THREADS / 32) / WARPS_N;  // output rows per block, one per warp row
     static constexpr int CS = SPATIAL_CC + 4;             // patch pixel stride in floats: conflict-free fragments
     static constexpr int WS = BN + 8;                     // weight row stride
-    static constexpr int PATCH_ROWS = TH + 2, PATCH_COLS = SPATIAL_TW + 2;  // the larger (no upsample) case
+    // the larger (no upsample) case; phased layers always upsample
+    static constexpr int PATCH_ROWS = PHASED ? TH / 2 + 2 : TH + 2, PATCH_COLS = PHASED ? SPATIAL_TW / 2 + 2 : SPATIAL_TW + 2;
     static constexpr int PATCH_FLOATS = PATCH_ROWS * PATCH_COLS * CS;
-    static constexpr int STAGE_FLOATS = PATCH_FLOATS + 9 * SPATIAL_CC * WS;
+    static constexpr int TAPS = PHASED ? 16 : 9;          // weight groups: 9 taps, or 4 phases x 4 taps
+    static constexpr int STAGE_FLOATS = PATCH_FLOATS + TAPS * SPATIAL_CC * WS;
+    static_assert(!PHASED || (TH % 2 == 0 && SPATIAL_TW == 32), "phased tiles: whole row pairs, 16 columns per phase");
     static_assert(WARPS_N * TH == THREADS / 32 && WN % 8 == 0, "one warp per output row and N slice");
     static_assert(TH * SPATIAL_TW * (BN + 1) <= STAGE_FLOATS, "the epilogue tile fits in one stage");
 };
@@ -537,24 +545,27 @@ struct RgbOutput {
     unsigned int* __restrict__ packed;
 };
 
-template <int BN, int WN, bool TO_RGB = false>
+template <int BN, int WN, bool TO_RGB = false, bool PHASED = false>
 __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ in, const float* __restrict__ w,
                                                      const float* __restrict__ bias, float* __restrict__ out,
                                                      const ConvShape s, const RgbOutput rgb = RgbOutput{}) {
     static_assert(!TO_RGB || BN == 16, "ToRGB is fused into the 16-channel variant only");
-    using Tile = SpatialTile<BN, WN>;
+    static_assert(!(TO_RGB && PHASED), "the last layer does not upsample");
+    using Tile = SpatialTile<BN, WN, PHASED>;
     constexpr int TH = Tile::TH, TW = SPATIAL_TW, CC = SPATIAL_CC, CS = Tile::CS, WS = Tile::WS;
     constexpr int PATCH_COLS = Tile::PATCH_COLS;
     constexpr int MI = TW / 16, NI = WN / 8;
     DYNAMIC_SHARED_FLOATS(smem);
 
     const int t = threadIdx.x;
-    const int tiles_x = s.side / TW;
+    const int up = PHASED ? 1 : s.up;
+    const int out_side = PHASED ? 2 * s.side : s.side;
+    const int tiles_x = out_side / TW;
     const int x0 = (blockIdx.x % tiles_x) * TW, y0 = (blockIdx.x / tiles_x) * TH;
     const int img = blockIdx.y;
     // the patch's first input row and column (may be -1: the zero padding), its size at input resolution
-    const int iy0 = (y0 - 1) >> s.up, ix0 = (x0 - 1) >> s.up;
-    const int patch_rows = s.up ? TH / 2 + 2 : TH + 2, patch_cols = s.up ? TW / 2 + 2 : TW + 2;
+    const int iy0 = (y0 - 1) >> up, ix0 = (x0 - 1) >> up;
+    const int patch_rows = up ? TH / 2 + 2 : TH + 2, patch_cols = up ? TW / 2 + 2 : TW + 2;
     const int n_chunks = s.cin / CC;
 
     auto load_chunk = [&](int slot, int chunk) {
@@ -570,9 +581,10 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
             const float* src = ok ? in + (((size_t)img * s.side_in + iy) * s.side_in + ix) * s.cin + c0 + q * 4 : in;
             cp_async_16(patch + (r * PATCH_COLS + c) * CS + q * 4, src, ok ? 16 : 0);
         }
-        // weight rows tap * Cin + c0 + c for the nine taps and the chunk's channels, stored [tap * CC + c][BN]
+        // weight rows tap * Cin + c0 + c for the nine taps (phased: the 16 phase * 4 + tap groups) and the chunk's
+        // channels, stored [tap * CC + c][BN]
         constexpr int QN = BN / 4;
-        for (int i = t; i < 9 * CC * QN; i += THREADS) {
+        for (int i = t; i < Tile::TAPS * CC * QN; i += THREADS) {
             const int q = i % QN, row = i / QN;
             const int tap = row / CC, c = row - tap * CC;
             cp_async_16(ws + row * WS + q * 4, w + ((size_t)tap * s.cin + c0 + c) * s.cout + q * 4, 16);
@@ -596,10 +608,42 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
         cp_async_commit();
         const float* patch = smem + (ch & 1) * Tile::STAGE_FLOATS;
         const float* ws = patch + Tile::PATCH_FLOATS;
+        if constexpr (PHASED) {
+            // output row y0 + ty (phase a = ty & 1, y0 is even) is input row ((y0 + ty) >> 1), patch row (ty >> 1) + 1;
+            // fragment b holds output columns x0 + 2 * (g + 8 h) + b, input columns at patch column g + 8 h + 1
+            const int a = ty & 1;
+#pragma unroll
+            for (int tap = 0; tap < 4; ++tap) {
+                const int tr = tap >> 1, tc = tap & 1;
+                const float* patch_row = patch + ((ty >> 1) + a + tr) * PATCH_COLS * CS;
+#pragma unroll
+                for (int b = 0; b < 2; ++b) {
+                    const float* px0 = patch_row + (g + b + tc) * CS + tig;
+                    const float* px8 = px0 + 8 * CS;
+                    const float* w_tap = ws + ((a * 2 + b) * 4 + tap) * CC * WS + warp_n + g;
+#pragma unroll
+                    for (int kc = 0; kc < CC; kc += 8) {
+                        unsigned int af[4], bf[NI][2];
+                        af[0] = to_tf32(px0[kc]);
+                        af[1] = to_tf32(px8[kc]);
+                        af[2] = to_tf32(px0[kc + 4]);
+                        af[3] = to_tf32(px8[kc + 4]);
+#pragma unroll
+                        for (int ni = 0; ni < NI; ++ni) {
+                            bf[ni][0] = to_tf32(w_tap[(kc + tig) * WS + ni * 8]);
+                            bf[ni][1] = to_tf32(w_tap[(kc + tig + 4) * WS + ni * 8]);
+                        }
+#pragma unroll
+                        for (int ni = 0; ni < NI; ++ni) mma_tf32_16x8x8(acc[b][ni], af, bf[ni]);
+                    }
+                }
+            }
+            continue;
+        }
 #pragma unroll
         for (int dy = 0; dy < 3; ++dy) {
             // output row y0 + ty + dy - 1 of the upsampled image reads input row (y0 + ty + dy - 1) >> up
-            const float* patch_row = patch + (((y0 + ty + dy - 1) >> s.up) - iy0) * PATCH_COLS * CS;
+            const float* patch_row = patch + (((y0 + ty + dy - 1) >> up) - iy0) * PATCH_COLS * CS;
 #pragma unroll
             for (int dx = 0; dx < 3; ++dx) {
                 // this lane's A rows: output columns x0 + mi * 16 + g (+ 8)
@@ -608,7 +652,7 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
                 for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
-                        px[mi][h] = patch_row + (((x0 + mi * 16 + g + 8 * h + dx - 1) >> s.up) - ix0) * CS + tig;
+                        px[mi][h] = patch_row + (((x0 + mi * 16 + g + 8 * h + dx - 1) >> up) - ix0) * CS + tig;
                 const float* w_tap = ws + (dy * 3 + dx) * CC * WS + warp_n + g;
 #pragma unroll
                 for (int kc = 0; kc < CC; kc += 8) {
@@ -636,12 +680,25 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
     // tile [TH * TW pixels][BN + 1] -> fused epilogue: one warp per pixel, or with 16 channels two pixels per warp
     // (a half warp each, so that no lane idles; the two pixels are neighbours, one 128-byte store)
     float* const Cs = smem;
-    store_fragments(Cs, BN + 1, ty * TW, warp_n, acc);
+    if constexpr (PHASED) {
+        // fragment b's row g (+ 8) is output column 2 * g (+ 16) + b of the warp's row
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int col = 2 * (g + ((r >> 1) << 3)) + b;
+                    Cs[(ty * TW + col) * (BN + 1) + warp_n + ni * 8 + tig * 2 + (r & 1)] = acc[b][ni][r];
+                }
+    } else {
+        store_fragments(Cs, BN + 1, ty * TW, warp_n, acc);
+    }
     __syncthreads();
     if constexpr (BN == 16) {
         const int half = lane >> 4, c = lane & 15;
         for (int r = 2 * warp + half; r < TH * TW; r += 2 * (THREADS / 32)) {
-            const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
+            const size_t p = ((size_t)img * out_side + y0 + r / TW) * out_side + x0 + r % TW;
             const float v = lrelu(Cs[r * (BN + 1) + c] + bias[c]);
             float sq = v * v;
 #pragma unroll
@@ -657,7 +714,7 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
                     for (int offset = 8; offset > 0; offset >>= 1) t += __shfl_xor_sync(0xffffffffu, t, offset);
                     sums[j] = t + rgb.b[j];
                 }
-                const size_t plane = (size_t)s.side * s.side, q = p - (size_t)img * plane;
+                const size_t plane = (size_t)out_side * out_side, q = p - (size_t)img * plane;
                 const float mine = c == 0 ? sums[0] : (c == 1 ? sums[1] : sums[2]);  // no dynamic register index
                 if (c < 3) rgb.img[((size_t)img * 3 + c) * plane + q] = mine;
                 if (c == 0) rgb.packed[p] = (to_u8(sums[0]) << 16) | (to_u8(sums[1]) << 8) | to_u8(sums[2]);
@@ -667,7 +724,7 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
         }
     } else {
         for (int r = warp; r < TH * TW; r += THREADS / 32) {
-            const size_t p = ((size_t)img * s.side + y0 + r / TW) * s.side + x0 + r % TW;
+            const size_t p = ((size_t)img * out_side + y0 + r / TW) * out_side + x0 + r % TW;
             finish_pixel(Cs + r * (BN + 1), bias, out + p * s.cout, s.cout, lane);
         }
     }
@@ -685,6 +742,19 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
 // N); one or two stages of 41 KB (BN 16) or 50 KB (BN 32). Host side: src/generate/cuda.rs (ConvPlan).
 SPATIAL_ENTRY(conv3x3_tf32s_n16, 16, 16)
 SPATIAL_ENTRY(conv3x3_tf32s_n32, 32, 32)
+
+#define SPATIAL_PHASED_ENTRY(NAME, BN_, WN_)                                                                   \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
+        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
+             float* __restrict__ out, ConvShape s) {                                                           \
+        conv3x3_spatial_body<BN_, WN_, false, true>(in, w, bias, out, s);                                      \
+    }                                                                                                          \
+    REGISTER_CONV_ENTRY(NAME)
+
+// Entry points conv3x3_tf32sp_n<BN>: the phased upsampling layers (phase weights, ConvShape::phased), same tiles and
+// grid as conv3x3_tf32s_n<BN> over the output; one or two stages of 33 KB (BN 16) or 50 KB (BN 32).
+SPATIAL_PHASED_ENTRY(conv3x3_tf32sp_n16, 16, 16)
+SPATIAL_PHASED_ENTRY(conv3x3_tf32sp_n32, 32, 32)
 
 // The last layer with ToRGB fused (RgbOutput): the 16-channel spatial kernel writing the image and the display
 // buffer instead of the activations.

@@ -36,11 +36,13 @@ const GATHER_KERNELS: [[[&str; 3]; 2]; 2] = [
 const PIPELINED_KERNELS: [&str; 3] = ["conv3x3_tf32p_n16", "conv3x3_tf32p_n32", "conv3x3_tf32p_n64"];
 /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
 const SPATIAL_KERNELS: [&str; 2] = ["conv3x3_tf32s_n16", "conv3x3_tf32s_n32"];
+/// Their variants for phased upsampling layers.
+const SPATIAL_PHASED_KERNELS: [&str; 2] = ["conv3x3_tf32sp_n16", "conv3x3_tf32sp_n32"];
 /// The 16-channel spatial kernel with ToRGB fused into its epilogue (the last layer).
 const SPATIAL_RGB_KERNEL: &str = "conv3x3_tf32s_n16_rgb";
 
 /// Entry points the kernel module must export (kernels/*.cu).
-pub const KERNELS: [&str; 21] = [
+pub const KERNELS: [&str; 23] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -60,6 +62,8 @@ pub const KERNELS: [&str; 21] = [
     "conv3x3_tf32s_n16",
     "conv3x3_tf32s_n32",
     "conv3x3_tf32s_n16_rgb",
+    "conv3x3_tf32sp_n16",
+    "conv3x3_tf32sp_n32",
     "conv_finish_f32",
     "torgb_f32",
 ];
@@ -92,19 +96,22 @@ const SPATIAL_CC: usize = 16;
 
 /// The spatial-tile kernel of width `bn`: output rows per block and the bytes of one pipeline stage (kernels/conv.cu
 /// `SpatialTile`: the (TH + 2) x (TW + 2) input patch with 16 + 4 floats per pixel, and the chunk's nine taps of
-/// 16 weight rows of BN + 8 floats).
-fn spatial_tile(bn: usize) -> (usize, usize) {
+/// 16 weight rows of BN + 8 floats; `phased`: the (TH / 2 + 2) x (TW / 2 + 2) patch and 16 phase taps).
+fn spatial_tile(bn: usize, phased: bool) -> (usize, usize) {
     let (bn, wn) = SPATIAL_TILES[bn.trailing_zeros() as usize - 4];
     let rows = (THREADS as usize / 32) / (bn / wn);
-    (rows, 4 * ((rows + 2) * (SPATIAL_TW + 2) * (SPATIAL_CC + 4) + 9 * SPATIAL_CC * (bn + 8)))
+    let (patch_pixels, taps) =
+        if phased { ((rows / 2 + 2) * (SPATIAL_TW / 2 + 2), 16) } else { ((rows + 2) * (SPATIAL_TW + 2), 9) };
+    (rows, 4 * (patch_pixels * (SPATIAL_CC + 4) + taps * SPATIAL_CC * (bn + 8)))
 }
 
 /// The staged kernels and the most dynamic shared memory each may be launched with (over 48 KiB must be allowed
 /// per function before the first launch).
 pub fn staged_kernels_shared_bytes() -> Vec<(&'static str, usize)> {
     let pipelined = PIPELINED_KERNELS.iter().enumerate().map(|(i, &k)| (k, pipe_tile(16 << i).1));
-    let spatial = SPATIAL_KERNELS.iter().enumerate().map(|(i, &k)| (k, 2 * spatial_tile(16 << i).1));
-    pipelined.chain(spatial).chain(std::iter::once((SPATIAL_RGB_KERNEL, 2 * spatial_tile(16).1))).collect()
+    let spatial = SPATIAL_KERNELS.iter().enumerate().map(|(i, &k)| (k, 2 * spatial_tile(16 << i, false).1));
+    let phased = SPATIAL_PHASED_KERNELS.iter().enumerate().map(|(i, &k)| (k, 2 * spatial_tile(16 << i, true).1));
+    pipelined.chain(spatial).chain(phased).chain(std::iter::once((SPATIAL_RGB_KERNEL, 2 * spatial_tile(16, false).1))).collect()
 }
 
 /// Which kernel family runs a convolution layer.
@@ -141,8 +148,9 @@ pub struct ConvPlan {
     pub k_per_split: usize,
     /// One split and one N tile: the kernel's epilogue finishes the layer (no conv_finish_f32).
     pub fused: bool,
-    /// An upsampling layer run as four 2 x 2 convolutions over its input grid, one per output phase (the gather
-    /// and pipelined kernels): the GEMM's rows are input pixels, K is 4 * Cin, and the grid's z is splits x 4.
+    /// An upsampling layer run as four 2 x 2 convolutions over its input grid, one per output phase: for the gather
+    /// and pipelined kernels the GEMM's rows are input pixels, K is 4 * Cin, and the grid's z is splits x 4; the
+    /// spatial kernel's grid stays over the output.
     pub phased: bool,
     pub grid: (u32, u32, u32),
 }
@@ -150,14 +158,14 @@ pub struct ConvPlan {
 impl ConvPlan {
     /// The plan for a layer of `batch` images of `side` x `side` output pixels; `phased`: the layer upsamples and
     /// runs as four 2 x 2 convolutions ([`ConvPlan::phased`]). With `staged` (TF32 on sm_80+), the narrow layers
-    /// from 32 px up that are not phased (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel and the
-    /// others with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined one.
-    /// Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
+    /// from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel (its phased variant when phased)
+    /// and the others with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined
+    /// one. Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
     pub fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool, phased: bool) -> ConvPlan {
         let (phases, grid_side, taps) = if phased { (4, side / 2, 4) } else { (1, side, 9) };
         let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
-        if staged && !phased && (cout == 16 || cout == 32) && cin.is_multiple_of(SPATIAL_CC) && side >= SPATIAL_TW {
-            let (rows, stage_bytes) = spatial_tile(cout);
+        if staged && (cout == 16 || cout == 32) && cin.is_multiple_of(SPATIAL_CC) && side >= SPATIAL_TW {
+            let (rows, stage_bytes) = spatial_tile(cout, phased);
             return ConvPlan {
                 kind: ConvKind::Spatial,
                 bm: rows * SPATIAL_TW,
@@ -166,7 +174,7 @@ impl ConvPlan {
                 splits: 1,
                 k_per_split: k_total,
                 fused: true,
-                phased: false,
+                phased,
                 grid: ((side / SPATIAL_TW * (side / rows)) as u32, batch as u32, 1),
             };
         }
@@ -204,7 +212,7 @@ pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool, 
 /// Whether the last layer runs on the spatial kernel with ToRGB fused (a 16-channel spatial plan): the image and
 /// the display buffer are then written by it, and its activations are never stored.
 pub fn fuses_to_rgb(m: &PgganModel, plans: &[(usize, ConvPlan)]) -> bool {
-    m.final_channels() == 16 && plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16)
+    m.final_channels() == 16 && plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16 && !p.phased)
 }
 
 /// A device buffer as the launches name it.
@@ -369,6 +377,7 @@ impl LayerLaunch {
         let plan = self.plan;
         let width = plan.bn.trailing_zeros() as usize - 4;
         let kernel = match plan.kind {
+            ConvKind::Spatial if plan.phased => SPATIAL_PHASED_KERNELS[width],
             ConvKind::Spatial => SPATIAL_KERNELS[width],
             ConvKind::Pipelined => PIPELINED_KERNELS[width],
             ConvKind::Gather => GATHER_KERNELS[usize::from(self.cin.is_multiple_of(BK))][usize::from(self.precision == Precision::Tf32)][width],
@@ -584,16 +593,18 @@ mod tests {
     /// The spatial kernels the host plans with are those kernels/conv.cu instantiates.
     #[test]
     fn spatial_tiles_match_the_kernel_source() {
-        let entries: Vec<(usize, usize)> = source()
-            .lines()
-            .filter_map(|l| l.strip_prefix("SPATIAL_ENTRY(conv3x3_tf32s_n"))
-            .map(|rest| {
-                let fields: Vec<usize> = rest.trim_end_matches(')').split(',').map(|f| f.trim().parse().expect("a number")).collect();
-                assert_eq!(fields[0], fields[1], "the entry's name is its BN");
-                (fields[1], fields[2])
-            })
-            .collect();
-        assert_eq!(entries, SPATIAL_TILES);
+        for prefix in ["SPATIAL_ENTRY(conv3x3_tf32s_n", "SPATIAL_PHASED_ENTRY(conv3x3_tf32sp_n"] {
+            let entries: Vec<(usize, usize)> = source()
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .map(|rest| {
+                    let fields: Vec<usize> = rest.trim_end_matches(')').split(',').map(|f| f.trim().parse().expect("a number")).collect();
+                    assert_eq!(fields[0], fields[1], "the entry's name is its BN");
+                    (fields[1], fields[2])
+                })
+                .collect();
+            assert_eq!(entries, SPATIAL_TILES, "{prefix}");
+        }
         for needle in [format!("#define SPATIAL_TW {SPATIAL_TW} "), format!("#define SPATIAL_CC {SPATIAL_CC} ")] {
             assert!(source().contains(&needle), "kernels/conv.cu lacks `{needle}`");
         }
@@ -679,11 +690,13 @@ mod tests {
                 assert_eq!(first.buffers[1], (weights, false), "{}", conv.name);
                 let shape = ConvShape::from_ints(&first.ints).expect("a ConvShape");
                 if conv.upsample {
-                    assert_ne!(plan.kind, ConvKind::Spatial, "{}", conv.name);
                     let grid_side = (side / 2) as i32;
                     assert_eq!((shape.side, shape.up, shape.phased), (grid_side, 0, 1), "{}", conv.name);
                     assert_eq!((shape.m_total, shape.k_total), (2 * grid_side * grid_side, 4 * conv.cin as i32));
-                    assert_eq!(plan.grid.2 as usize, 4 * plan.splits);
+                    let phases = if plan.kind == ConvKind::Spatial { 1 } else { 4 };
+                    assert_eq!(plan.grid.2 as usize, phases * plan.splits);
+                    let spatial = SPATIAL_PHASED_KERNELS.contains(&first.kernel);
+                    assert_eq!(spatial, plan.kind == ConvKind::Spatial, "{}", first.kernel);
                 }
                 if let Some(finish) = layer.launches.get(1) {
                     assert_eq!(finish.ints, vec![(2 * side * side) as i32, conv.cout as i32, plan.splits as i32]);
@@ -706,7 +719,7 @@ mod tests {
                     let (phases, grid_side, taps) = if phased { (4, side / 2, 4) } else { (1, side, 9) };
                     let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
                     assert_eq!(p.phased, phased);
-                    let spatial = staged && !phased && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
+                    let spatial = staged && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
                     let fits = m_total >= pipe_tile(tile_n(cout)).0;
                     let expected = match (spatial, staged && cin.is_multiple_of(4) && cout.is_multiple_of(4) && fits) {
                         (true, _) => ConvKind::Spatial,
@@ -725,10 +738,10 @@ mod tests {
                     assert!(p.bn >= cout.min(64));
                     // the grid's blocks cover every output pixel and channel exactly once per split
                     let (gx, gy, gz) = p.grid;
-                    assert_eq!(gz as usize, phases * p.splits);
+                    assert_eq!(gz as usize, if p.kind == ConvKind::Spatial { 1 } else { phases * p.splits });
                     let blocks_per_split = gx as usize * gy as usize;
                     match p.kind {
-                        ConvKind::Spatial => assert_eq!(blocks_per_split * p.bm, m_total),
+                        ConvKind::Spatial => assert_eq!(blocks_per_split * p.bm, batch * side * side),
                         _ => assert_eq!(blocks_per_split, m_total.div_ceil(p.bm) * cout.div_ceil(p.bn)),
                     }
                     // sm_80 and sm_90 give a block up to 227 KiB; two blocks per multiprocessor need under half

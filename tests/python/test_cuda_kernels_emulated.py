@@ -136,14 +136,19 @@ def conv_kernels():
 def spatial_kernels():
     """name: (BN, output rows per block TH, bytes of one pipeline stage), from kernels/conv.cu's SPATIAL_ENTRY lines:
     8 warps as TH rows x BN / WN slices; a stage is the (TH + 2) x 34 x (16 + 4) input patch and the chunk's
-    9 x 16 x (BN + 8) weights."""
+    9 x 16 x (BN + 8) weights; for the phased variants (SPATIAL_PHASED_ENTRY) the (TH / 2 + 2) x 18 x (16 + 4) patch
+    and 16 x 16 x (BN + 8) phase weights."""
     source = (ROOT / "kernels" / "conv.cu").read_text()
     kernels = {}
-    for name, bn, wn in re.findall(r"^SPATIAL_ENTRY\(conv3x3_(\w+), (\d+), (\d+)\)", source, re.M):
+    for entry, name, bn, wn in re.findall(r"^(SPATIAL_ENTRY|SPATIAL_PHASED_ENTRY)\(conv3x3_(\w+), (\d+), (\d+)\)",
+                                          source, re.M):
         bn, wn = int(bn), int(wn)
         th = 8 // (bn // wn)
-        kernels[name] = (bn, th, 4 * ((th + 2) * 34 * 20 + 9 * 16 * (bn + 8)))
-    assert {"tf32s_n16", "tf32s_n32"} <= kernels.keys()
+        if entry == "SPATIAL_ENTRY":
+            kernels[name] = (bn, th, 4 * ((th + 2) * 34 * 20 + 9 * 16 * (bn + 8)))
+        else:
+            kernels[name] = (bn, th, 4 * ((th // 2 + 2) * 18 * 20 + 16 * 16 * (bn + 8)))
+    assert {"tf32s_n16", "tf32s_n32", "tf32sp_n16", "tf32sp_n32"} <= kernels.keys()
     return kernels
 
 
@@ -163,9 +168,16 @@ def run_conv(run_kernel, kernel, x, w, b, up, splits, phased=False):
     if kernel in SPATIAL_KERNELS:
         bn, th, stage_bytes = SPATIAL_KERNELS[kernel]
         assert cout == bn and cin % 16 == 0 and side % 32 == 0 and splits == 1
-        shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_total, 1, 0]
+        assert phased == kernel.startswith("tf32sp"), "the phased layers have spatial kernels of their own"
+        if phased:  # the input grid, as for the other phased kernels; the grid below is over the output
+            shape = [n, side_in, cin, cout, 0, side_in, side_in.bit_length() - 1, n * side_in * side_in, 4 * cin,
+                     4 * cin, 1, 1]
+            weights = phase_weights(w.astype(np.float32), cin)
+        else:
+            shape = [n, side_in, cin, cout, int(up), side, side.bit_length() - 1, m_total, k_total, k_total, 1, 0]
+            weights = w.astype(np.float32)
         out = np.full((m_total, cout), np.nan, np.float32)
-        args = [x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), out]
+        args = [x.astype(np.float32), weights, b.astype(np.float32), out]
         grid = (side // 32 * (side // th), n, 1)
         result = run_kernel(f"conv3x3_{kernel}", grid, shape, args, shared=min(2, cin // 16) * stage_bytes)[3]
         return result.reshape(n, side, side, cout)
@@ -251,6 +263,9 @@ PHASED_CASES = [
     ("tf32p_n32", 3, 4, 12, 20, 2),
     ("tf32p_n16", 1, 16, 32, 16, 1),       # the 1024 px Conv0 shape, smaller
     ("tf32p_n16", 2, 8, 16, 16, 3),
+    ("tf32sp_n16", 1, 16, 32, 16, 1),      # the 1024 px Conv0 shape, smaller: two channel chunks, 32 x 32 output
+    ("tf32sp_n16", 2, 32, 16, 16, 1),      # one chunk, two images, 64 x 64 output (2 x 8 tiles)
+    ("tf32sp_n32", 1, 16, 64, 32, 1),      # the 512 px Conv0 shape, smaller: four chunks
 ]
 
 
@@ -271,7 +286,8 @@ RACE_CASES = [
     ("tf32s_n16", 1, 16, 32, 16, True, 1),
     ("tf32s_n32", 1, 32, 32, 32, False, 1),
 ]
-PHASED_RACE_CASES = [("tf32_n64_v", 2, 4, 32, 128, True, 2), ("tf32p_n16", 2, 8, 16, 16, True, 3)]
+PHASED_RACE_CASES = [("tf32_n64_v", 2, 4, 32, 128, True, 2), ("tf32p_n16", 2, 8, 16, 16, True, 3),
+                     ("tf32sp_n32", 1, 16, 64, 32, True, 1)]
 
 
 @pytest.mark.parametrize("kernel,n,side_in,cin,cout,up,splits,phased",
@@ -453,6 +469,8 @@ def test_the_host_launch_sequence_draws_the_reference_image(run_kernel, tmp_path
     assert np.array_equal(buffers["packed"].reshape(batch, side, side), official_packed(image))
     expected = {"gather": {"conv3x3_tf32_n64_v", "conv3x3_tf32_n32_v", "conv3x3_tf32_n16_v", "torgb_f32"},
                 "staged": {"conv3x3_tf32p_n64", "conv3x3_tf32s_n32", "conv3x3_tf32s_n16_rgb", "conv_finish_f32"}}[kernels]
+    if kernels == "staged" and upsample == "phased":  # the 32 and 64 px upsampling layers (Cout 32, 16)
+        expected |= {"conv3x3_tf32sp_n32", "conv3x3_tf32sp_n16"}
     assert expected <= set(used), f"{expected - set(used)} not used: {used}"
     # the 8 to 64 px stages each have one upsampling layer
     assert phased_layers == (4 if upsample == "phased" else 0)
