@@ -1,6 +1,7 @@
 // Kernels (2) and (3): the 3x3 convolution as an implicit GEMM, with the nearest-neighbour x2 upsample folded
-// into its input indexing (or phased, below), and the pixel-norm epilogue. Three families: conv3x3_body (below, the measured default),
-// conv3x3_pipe_body (2b) and conv3x3_spatial_body (2c); src/generate/cuda.rs (ConvPlan) picks one per layer.
+// into its input indexing (or phased, below), and the pixel-norm epilogue. Three families: conv3x3_body (below, the
+// measured default), conv3x3_pipe_body (2b) and conv3x3_spatial_body (2c); src/generate/cuda.rs (ConvPlan) picks
+// one per layer.
 //
 // GEMM view: rows m = output pixels (n, y, x) of all images, columns = output channels, K = 9 * Cin with
 // k = (dy * 3 + dx) * Cin + ci (the weights' [9*Cin, Cout] row order). A block computes a BM x BN tile over a
@@ -525,8 +526,9 @@ struct SpatialTile {
     static constexpr int TH = (THREADS / 32) / WARPS_N;  // output rows per block, one per warp row
     static constexpr int CS = SPATIAL_CC + 4;             // patch pixel stride in floats: conflict-free fragments
     static constexpr int WS = BN + 8;                     // weight row stride
-    // the larger (no upsample) case; phased layers always upsample
-    static constexpr int PATCH_ROWS = PHASED ? TH / 2 + 2 : TH + 2, PATCH_COLS = PHASED ? SPATIAL_TW / 2 + 2 : SPATIAL_TW + 2;
+    // the patch's size in the larger (no upsample) case; phased layers always upsample, so theirs is the smaller
+    static constexpr int PATCH_ROWS = PHASED ? TH / 2 + 2 : TH + 2;
+    static constexpr int PATCH_COLS = PHASED ? SPATIAL_TW / 2 + 2 : SPATIAL_TW + 2;
     static constexpr int PATCH_FLOATS = PATCH_ROWS * PATCH_COLS * CS;
     static constexpr int TAPS = PHASED ? 16 : 9;          // weight groups: 9 taps, or 4 phases x 4 taps
     static constexpr int STAGE_FLOATS = PATCH_FLOATS + TAPS * SPATIAL_CC * WS;
