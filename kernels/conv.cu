@@ -285,13 +285,17 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
 #define REGISTER_CONV_ENTRY(NAME)
 #endif
 
-#define CONV_ENTRY(NAME, BM_, BN_, TF32_, VEC_)                                                                \
+// A convolution entry point NAME(in, w, bias, out, shape) running the body given after its name (a template
+// instance, hence variadic: its arguments hold commas).
+#define CONV_KERNEL(NAME, ...)                                                                                 \
     extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
         NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
              float* __restrict__ out, ConvShape s) {                                                           \
-        conv3x3_body<BM_, BN_, TF32_, VEC_>(in, w, bias, out, s);                                              \
+        __VA_ARGS__(in, w, bias, out, s);                                                                      \
     }                                                                                                          \
     REGISTER_CONV_ENTRY(NAME)
+
+#define CONV_ENTRY(NAME, BM_, BN_, TF32_, VEC_) CONV_KERNEL(NAME, conv3x3_body<BM_, BN_, TF32_, VEC_>)
 
 // Entry points: conv3x3_<precision>_n<BN>[_v], tile BM x BN with BM = 4096 / BN; _v when Cin % 16 == 0.
 CONV_ENTRY(conv3x3_f32_n64, 64, 64, false, false)
@@ -490,13 +494,8 @@ __device__ __forceinline__ void conv3x3_pipe_body(const float* __restrict__ in, 
     conv_epilogue<BM, BN>(Cs, BN + 1, bias, out, s);
 }
 
-#define PIPE_ENTRY(NAME, BM_, BN_, WM_, WN_, STAGES_)                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
-        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
-             float* __restrict__ out, ConvShape s) {                                                           \
-        conv3x3_pipe_body<BM_, BN_, WM_, WN_, STAGES_>(in, w, bias, out, s);                                   \
-    }                                                                                                          \
-    REGISTER_CONV_ENTRY(NAME)
+#define PIPE_ENTRY(NAME, BM_, BN_, WM_, WN_, STAGES_) \
+    CONV_KERNEL(NAME, conv3x3_pipe_body<BM_, BN_, WM_, WN_, STAGES_>)
 
 // Entry points conv3x3_tf32p_n<BN>: BM x BN tiles 128 x 64 (3 stages, 83 KB), 256 x 32 and 256 x 16 (2 stages,
 // 84 and 80 KB); two blocks per SM on sm_80 and sm_90. Host side: src/generate/cuda.rs (PIPE_TILES).
@@ -732,26 +731,14 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
     }
 }
 
-#define SPATIAL_ENTRY(NAME, BN_, WN_)                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
-        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
-             float* __restrict__ out, ConvShape s) {                                                           \
-        conv3x3_spatial_body<BN_, WN_>(in, w, bias, out, s);                                                   \
-    }                                                                                                          \
-    REGISTER_CONV_ENTRY(NAME)
+#define SPATIAL_ENTRY(NAME, BN_, WN_) CONV_KERNEL(NAME, conv3x3_spatial_body<BN_, WN_>)
 
 // Entry points conv3x3_tf32s_n<BN>: 8 x 32 output pixels x BN channels per block, grid (side / 32 * side / 8,
 // N); one or two stages of 41 KB (BN 16) or 50 KB (BN 32). Host side: src/generate/cuda.rs (ConvPlan).
 SPATIAL_ENTRY(conv3x3_tf32s_n16, 16, 16)
 SPATIAL_ENTRY(conv3x3_tf32s_n32, 32, 32)
 
-#define SPATIAL_PHASED_ENTRY(NAME, BN_, WN_)                                                                   \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
-        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
-             float* __restrict__ out, ConvShape s) {                                                           \
-        conv3x3_spatial_body<BN_, WN_, false, true>(in, w, bias, out, s);                                      \
-    }                                                                                                          \
-    REGISTER_CONV_ENTRY(NAME)
+#define SPATIAL_PHASED_ENTRY(NAME, BN_, WN_) CONV_KERNEL(NAME, conv3x3_spatial_body<BN_, WN_, false, true>)
 
 // Entry points conv3x3_tf32sp_n<BN>: the phased upsampling layers (phase weights, ConvShape::phased), same tiles and
 // grid as conv3x3_tf32s_n<BN> over the output; one or two stages of 33 KB (BN 16) or 50 KB (BN 32).
