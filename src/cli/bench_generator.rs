@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::ensure;
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model, Backend, ConvKernels, UpsampleConv, DeviceChoice, Precision};
+use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model, Backend, DeviceChoice, Precision};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -19,15 +19,8 @@ pub struct Args {
     /// GPU convolution arithmetic: f32 (exact) or tf32 (tensor cores)
     #[arg(long, value_enum, default_value = "tf32")]
     precision: Precision,
-    /// GPU, TF32 convolution kernels: gather (measured), staged (pipelined and spatial-tile wherever a layer's
-    /// shape allows), or tuned (per layer the faster of the two on this GPU; with --layers, prints what the tuning
-    /// measured)
-    #[arg(long, value_enum, default_value = "gather")]
-    kernels: ConvKernels,
-    /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the
-    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
-    #[arg(long, value_enum, default_value = "phased")]
-    upsample: UpsampleConv,
+    #[command(flatten)]
+    gpu: super::GpuKernelArgs,
     /// GPU: forward passes per timed repetition
     #[arg(long, default_value_t = 20)]
     iterations: usize,
@@ -57,7 +50,7 @@ pub fn peak_rss_mib() -> f64 {
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     ensure!(args.repeats > 0 && args.batch.iter().all(|&b| b > 0), "--repeats and --batch must be positive");
     ensure!(
-        (args.kernels == ConvKernels::Gather && args.upsample == UpsampleConv::default()) || args.device != DeviceChoice::Cpu,
+        args.gpu.are_default() || args.device != DeviceChoice::Cpu,
         "--kernels and --upsample choose GPU kernels: use them with --device cuda"
     );
     let model = match &args.weights {
@@ -112,13 +105,12 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
 
 /// Times the GPU backend: the forward pass alone (latents on the device), back-to-back passes.
 fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) -> anyhow::Result<()> {
-    let backend = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
+    let mut backend = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
+    args.gpu.apply(&mut backend)?;
     #[cfg(feature = "cuda")]
     if let Backend::Cuda(mut generator) = backend {
-        generator.use_conv_kernels(args.kernels)?;
-        generator.use_upsample(args.upsample);
-        let kernels = format!("{:?} kernels, {:?} upsampling", args.kernels, args.upsample).to_lowercase();
-        let computed_gflop = 2.0 * model.macs_per_image_computed(args.upsample == UpsampleConv::Phased) / 1e9;
+        let kernels = format!("{:?} kernels, {:?} upsampling", args.gpu.kernels, args.gpu.upsample).to_lowercase();
+        let computed_gflop = 2.0 * model.macs_per_image_computed(args.gpu.upsample == generate::UpsampleConv::Phased) / 1e9;
         println!(
             "generator benchmark: {} ({gflop:.2} GFLOP per image, {computed_gflop:.2} computed), {}, {kernels}",
             model.label,
@@ -150,7 +142,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
         }
         let tuning: std::collections::BTreeMap<_, _> =
             args.batch.iter().filter_map(|&b| Some((b.to_string(), generator.tuning(b)?))).collect();
-        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.kernels, "upsample": args.upsample, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
+        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.gpu.kernels, "upsample": args.gpu.upsample, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
         return Ok(());
     }
     let _ = gflop; // reported only from the GPU

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, ConvKernels, UpsampleConv, DeviceChoice, Precision};
+use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -18,14 +18,8 @@ pub struct Args {
     /// GPU convolution arithmetic: f32 (exact) or tf32 (tensor cores)
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
-    /// GPU, TF32 convolution kernels: gather (measured), staged (wherever a layer's shape allows), or tuned (per
-    /// layer the faster on this GPU, after checking it against the gather kernel)
-    #[arg(long, value_enum, default_value = "gather")]
-    kernels: ConvKernels,
-    /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the
-    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
-    #[arg(long, value_enum, default_value = "phased")]
-    upsample: UpsampleConv,
+    #[command(flatten)]
+    gpu: super::GpuKernelArgs,
     /// Converted checkpoint (.safetensors from scripts/convert_pggan.py). Without it: the built-in random-weight
     /// network, which draws abstract textures, not faces.
     #[arg(long)]
@@ -73,8 +67,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let n = latents.len() / latent;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut generator = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
-    generator.use_conv_kernels(args.kernels)?;
-    generator.use_upsample(args.upsample);
+    args.gpu.apply(&mut generator)?;
     tracing::info!("generating on {}", generator.describe());
     let bar = indicatif::ProgressBar::new(n as u64);
     let side = model.resolution;

@@ -18,13 +18,9 @@ pub struct Args {
     /// Convolution arithmetic: f32 or tf32
     #[arg(long, value_enum, default_value = "tf32")]
     precision: Precision,
-    /// gather or staged (tuned chooses on a GPU, by timing, so it has no plan without one)
-    #[arg(long, value_enum, default_value = "gather")]
-    kernels: ConvKernels,
-    /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the
-    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
-    #[arg(long, value_enum, default_value = "phased")]
-    upsample: UpsampleConv,
+    // the kernels planned for: gather or staged (tuned chooses on a GPU, by timing, so it has no plan without one)
+    #[command(flatten)]
+    gpu: super::GpuKernelArgs,
     /// Streaming multiprocessors of the GPU planned for (split-K depends on it): 132 on an H100 SXM
     #[arg(long, default_value_t = 132)]
     sm_count: usize,
@@ -37,13 +33,13 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     if args.batch == 0 || args.sm_count == 0 {
         bail!("--batch and --sm-count must be positive");
     }
-    let staged = match (args.kernels, args.precision) {
+    let staged = match (args.gpu.kernels, args.precision) {
         (ConvKernels::Tuned, _) => bail!("--kernels tuned is decided by timing both families on a GPU: plan gather or staged"),
         (ConvKernels::Staged, Precision::F32) => bail!("the staged kernels are TF32 kernels: use --precision tf32"),
         (kernels, _) => kernels == ConvKernels::Staged,
     };
     let model = generate::load_model(args.weights.as_deref())?;
-    let plans = launch::layer_plans(&model, args.sm_count, args.batch, staged, args.upsample == UpsampleConv::Phased);
+    let plans = launch::layer_plans(&model, args.sm_count, args.batch, staged, args.gpu.upsample == UpsampleConv::Phased);
     let plan = launch::describe(&model, &plans, args.precision, args.batch);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: String, data: &[f32]| -> anyhow::Result<()> {

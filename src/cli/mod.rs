@@ -128,6 +128,35 @@ fn init_logging(verbose: bool) {
 }
 
 /// A flag set by Ctrl-C (SIGINT / SIGTERM).
+/// Which kernels the GPU runs, for the commands that draw or plan on it (`generate`, `bench-generator`,
+/// `launch-plan`); the CPU ignores them.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct GpuKernelArgs {
+    /// GPU, TF32 convolution kernels: gather (measured), staged (pipelined and spatial-tile wherever a layer's
+    /// shape allows), or tuned (per layer the faster of the two on this GPU, after checking it against the gather
+    /// kernel; `bench-generator --layers` prints what the tuning measured)
+    #[arg(long, value_enum, default_value = "gather")]
+    pub kernels: hyper_rt::generate::ConvKernels,
+    /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the
+    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
+    #[arg(long, value_enum, default_value = "phased")]
+    pub upsample: hyper_rt::generate::UpsampleConv,
+}
+
+impl GpuKernelArgs {
+    /// Whether both are the defaults (nothing asked of a GPU).
+    pub fn are_default(&self) -> bool {
+        self.kernels == Default::default() && self.upsample == Default::default()
+    }
+
+    /// Sets them on the generator (the CPU ignores them).
+    pub fn apply(&self, generator: &mut hyper_rt::generate::Backend) -> Result<(), hyper_rt::generate::GenerateError> {
+        generator.use_conv_kernels(self.kernels)?;
+        generator.use_upsample(self.upsample);
+        Ok(())
+    }
+}
+
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
