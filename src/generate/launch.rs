@@ -155,6 +155,12 @@ pub struct ConvPlan {
     pub grid: (u32, u32, u32),
 }
 
+/// A layer's GEMM view: (phases, side, taps): its rows cover the output grid of `side` pixels with the nine taps
+/// of the 3 x 3 kernel, or, `phased`, the input grid (half the side) four times over, one phase each, with 4 taps.
+fn gemm_view(side: usize, phased: bool) -> (usize, usize, usize) {
+    if phased { (4, side / 2, 4) } else { (1, side, 9) }
+}
+
 impl ConvPlan {
     /// The plan for a layer of `batch` images of `side` x `side` output pixels; `phased`: the layer upsamples and
     /// runs as four 2 x 2 convolutions ([`ConvPlan::phased`]). With `staged` (TF32 on sm_80+), the narrow layers
@@ -162,7 +168,7 @@ impl ConvPlan {
     /// and the others with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined
     /// one. Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
     pub fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool, phased: bool) -> ConvPlan {
-        let (phases, grid_side, taps) = if phased { (4, side / 2, 4) } else { (1, side, 9) };
+        let (phases, grid_side, taps) = gemm_view(side, phased);
         let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
         if staged && (cout == 16 || cout == 32) && cin.is_multiple_of(SPATIAL_CC) && side >= SPATIAL_TW {
             let (rows, stage_bytes) = spatial_tile(cout, phased);
@@ -354,13 +360,13 @@ impl LayerLaunch {
     /// upsample in the indexing.
     pub fn shape(&self) -> ConvShape {
         let phased = self.plan.phased;
-        let (grid_side, up, taps) = if phased { (self.side_in(), false, 4) } else { (self.side, self.upsample, 9) };
+        let (_, grid_side, taps) = gemm_view(self.side, phased);
         ConvShape {
             n_images: self.batch as i32,
             side_in: self.side_in() as i32,
             cin: self.cin as i32,
             cout: self.cout as i32,
-            up: i32::from(up),
+            up: i32::from(self.upsample && !phased),
             side: grid_side as i32,
             log2_side: grid_side.trailing_zeros() as i32,
             m_total: (self.batch * grid_side * grid_side) as i32,
