@@ -1,13 +1,14 @@
 //! CUDA versus CPU parity, on a machine with an NVIDIA GPU (run by `scripts/gpu_check.sh`, ignored elsewhere):
 //! random checkpoints at several sizes and the exact CelebA-HQ 1024 shapes, the float32 path, the TF32 path on
 //! each kernel choice (gather, staged, tuned), the upsampling layers phased (the default) and folded, the packed
-//! display buffer, and batch-versus-single consistency.
+//! display buffer, batch-versus-single consistency, and the forward pass replayed as a CUDA graph against the same
+//! kernels queued one by one.
 
 use std::sync::Arc;
 
 use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
 use hyper_rt::generate::cuda::{relative_l2, CudaGenerator, Precision};
-use hyper_rt::generate::{image_0rgb, model, ConvKernels, UpsampleConv};
+use hyper_rt::generate::{image_0rgb, model, ConvKernels, GpuLaunch, UpsampleConv};
 use hyper_rt::rng::Rng;
 
 fn max_abs(a: &[f32], b: &[f32]) -> f64 {
@@ -34,6 +35,13 @@ fn cuda_matches_the_cpu() {
         let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
         let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
         let tf32 = tf32_gen.generate(&z).unwrap();
+        // the default queues the forward pass as a CUDA graph; a capture that fails falls back with a warning, which
+        // on a GPU under test is a failure
+        for (label, generator) in [("float32", &f32_gen), ("TF32", &tf32_gen)] {
+            if let (_, Some(why)) = generator.launch_in_use() {
+                failures.push(format!("{res}px: {label}: the forward pass could not run as a CUDA graph: {why}"));
+            }
+        }
         let (e32, a32, etf, atf) = (relative_l2(&gpu, &cpu), max_abs(&gpu, &cpu), relative_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
         let name = format!("{res}px base {base} max {max} x{batch}");
         if !(e32 <= 1e-5) {
@@ -112,6 +120,45 @@ fn cuda_matches_the_cpu() {
         let e = relative_l2(&single, &gpu[..single.len()]);
         if !(e <= 1e-5) {
             failures.push(format!("{name}: first image alone differs from it in the batch by {e:.3e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The CUDA graph runs exactly the kernels the stream path queues, so their images are bit for bit the same; each
+/// replay reads the latents uploaded for it (nothing of the capture's pass is baked in), and a new batch size gets
+/// a graph of its own (its buffers, its plans), while going back to an earlier batch size captures anew.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
+fn the_cuda_graph_replays_the_kernels_exactly() {
+    let m = Arc::new(model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 3)).unwrap());
+    let mut failures = Vec::new();
+    for precision in [Precision::Tf32, Precision::F32] {
+        let mut graph = CudaGenerator::new(m.clone(), precision).unwrap();
+        let mut stream = CudaGenerator::new(m.clone(), precision).unwrap();
+        stream.use_launch(GpuLaunch::Stream);
+        let mut rng = Rng::new(21);
+        let mut previous: Option<Vec<f32>> = None;
+        for (step, batch) in [1, 1, 3, 1].into_iter().enumerate() {
+            let z: Vec<f32> = (0..batch * 512).map(|_| rng.normal() as f32).collect();
+            let (want, want_packed) = stream.generate_with_display(&z).unwrap();
+            let (got, got_packed) = graph.generate_with_display(&z).unwrap();
+            let case = format!("{precision:?}, pass {step} (batch {batch})");
+            match graph.launch_in_use() {
+                (GpuLaunch::Graph, None) => {}
+                (launch, why) => failures.push(format!("{case}: ran as {launch:?}, not as a graph: {why:?}")),
+            }
+            if got != want || got_packed != want_packed {
+                failures.push(format!("{case}: the graph's image differs from the stream's, relative L2 {:.3e}", relative_l2(&got, &want)));
+            }
+            // a replay that ignored the new latents would repeat the last image
+            if previous.as_ref().is_some_and(|p| p[..got.len().min(p.len())] == got[..got.len().min(p.len())]) {
+                failures.push(format!("{case}: the same image as the pass before, with other latents"));
+            }
+            previous = Some(got);
+        }
+        if let (_, Some(why)) = stream.launch_in_use() {
+            failures.push(format!("{precision:?}: the stream generator reports a graph failure: {why}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

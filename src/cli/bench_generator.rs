@@ -51,7 +51,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     ensure!(args.repeats > 0 && args.batch.iter().all(|&b| b > 0), "--repeats and --batch must be positive");
     ensure!(
         args.gpu.are_default() || args.device != DeviceChoice::Cpu,
-        "--kernels and --upsample choose GPU kernels: use them with --device cuda"
+        "--kernels, --upsample and --launch choose how the GPU runs: use them with --device cuda"
     );
     let model = match &args.weights {
         Some(path) => generate::load_model(Some(path))?,
@@ -110,6 +110,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
     #[cfg(feature = "cuda")]
     if let Backend::Cuda(mut generator) = backend {
         let kernels = format!("{:?} kernels, {:?} upsampling", args.gpu.kernels, args.gpu.upsample).to_lowercase();
+        // the launch mode is reported after the first pass: a graph capture that fails falls back to the stream
         let computed_gflop = 2.0 * model.macs_per_image_computed(args.gpu.upsample == generate::UpsampleConv::Phased) / 1e9;
         println!(
             "generator benchmark: {} ({gflop:.2} GFLOP per image, {computed_gflop:.2} computed), {}, {kernels}",
@@ -130,9 +131,16 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
             );
             rows.push(serde_json::json!({"batch": batch, "best_s_per_image": secs, "median_s_per_image": secs, "gflops": gflop / secs}));
         }
+        let (launch, graph_failure) = generator.launch_in_use();
+        let graph_failure = graph_failure.map(str::to_string);
+        match &graph_failure {
+            Some(why) => println!("launch: stream (asked for {:?}; the graph capture failed: {why})", args.gpu.launch),
+            None => println!("launch: {launch:?}"),
+        }
         if args.layers {
             let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
-            println!("{:<22} {:>9}", "layer (batch 1)", "ms");
+            println!("per layer, batch 1 (kernels queued one by one, an event after each layer):");
+            println!("{:<22} {:>9}", "layer", "ms");
             for (name, ms) in generator.layer_times(&z)? {
                 println!("{name:<22} {ms:>9.4}");
             }
@@ -142,7 +150,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
         }
         let tuning: std::collections::BTreeMap<_, _> =
             args.batch.iter().filter_map(|&b| Some((b.to_string(), generator.tuning(b)?))).collect();
-        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.gpu.kernels, "upsample": args.gpu.upsample, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
+        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.gpu.kernels, "upsample": args.gpu.upsample, "launch": launch, "graph_failure": graph_failure, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
         return Ok(());
     }
     let _ = gflop; // reported only from the GPU

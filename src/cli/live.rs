@@ -154,7 +154,7 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
     }
     tracing::info!("generator: {}", model.label);
     let mut generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, Precision::F32)?;
-    generator.use_upsample(l.upsample);
+    generator.use_gpu_settings(generate::GpuSettings { upsample: l.upsample, launch: l.launch, ..Default::default() })?;
     // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
     let warm_up = Instant::now();
     let mut rng = hyper_rt::rng::Rng::new(1);

@@ -128,7 +128,7 @@ fn init_logging(verbose: bool) {
 }
 
 /// A flag set by Ctrl-C (SIGINT / SIGTERM).
-/// Which kernels the GPU runs, for the commands that draw or plan on it (`generate`, `bench-generator`,
+/// How the GPU runs the generator, for the commands that draw or plan on it (`generate`, `bench-generator`,
 /// `launch-plan`); the CPU ignores them.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct GpuKernelArgs {
@@ -141,19 +141,27 @@ pub struct GpuKernelArgs {
     /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
     #[arg(long, value_enum, default_value = "phased")]
     pub upsample: hyper_rt::generate::UpsampleConv,
+    /// GPU: how a forward pass is queued: graph (captured once per batch size as a CUDA graph, replayed with one
+    /// call; falls back to stream with a warning if the capture fails) or stream (kernel by kernel, as timed on
+    /// an H100)
+    #[arg(long, value_enum, default_value = "graph")]
+    pub launch: hyper_rt::generate::GpuLaunch,
 }
 
 impl GpuKernelArgs {
-    /// Whether both are the defaults (nothing asked of a GPU).
+    /// The settings these flags ask for.
+    pub fn settings(&self) -> hyper_rt::generate::GpuSettings {
+        hyper_rt::generate::GpuSettings { kernels: self.kernels, upsample: self.upsample, launch: self.launch }
+    }
+
+    /// Whether all are the defaults (nothing asked of a GPU).
     pub fn are_default(&self) -> bool {
-        self.kernels == Default::default() && self.upsample == Default::default()
+        self.settings() == Default::default()
     }
 
     /// Sets them on the generator (the CPU ignores them).
     pub fn apply(&self, generator: &mut hyper_rt::generate::Backend) -> Result<(), hyper_rt::generate::GenerateError> {
-        generator.use_conv_kernels(self.kernels)?;
-        generator.use_upsample(self.upsample);
-        Ok(())
+        generator.use_gpu_settings(self.settings())
     }
 }
 

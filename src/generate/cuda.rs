@@ -10,13 +10,17 @@
 //! kernel family, its tile, split-K and grid. Which family runs the TF32 layers is [`ConvKernels`]: the gather
 //! kernels (measured, the default), the staged ones (pipelined and spatial-tile) wherever a shape allows, or, per
 //! layer, whichever is faster on this GPU ([`ConvKernels::Tuned`]: each candidate is timed once per batch size and
-//! checked against the gather kernel's output before it is used).
+//! checked against the gather kernel's output before it is used). The whole forward pass is captured once per batch
+//! size as a CUDA graph and replayed with one call ([`GpuLaunch::Graph`]), or queued kernel by kernel.
+//!
+//! All of a generator's device work runs on one stream of its own (a CUDA graph cannot be captured on the legacy
+//! default stream), so cudarc's cross-stream event tracking is switched off for its buffers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::launch::{
     buffer_sizes, dense_launches, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvKind, ConvPlan, ConvShape, Launch,
@@ -24,7 +28,7 @@ use super::launch::{
 };
 use super::model::PgganModel;
 use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version};
-use super::{ConvKernels, GenerateError, UpsampleConv};
+use super::{ConvKernels, GenerateError, GpuLaunch, GpuSettings, UpsampleConv};
 use crate::rng::Rng;
 
 /// Kernel sources, concatenated into one NVRTC program (`common.cuh` first; the `#include` lines, which serve
@@ -158,6 +162,9 @@ struct DeviceWeights {
 
 /// Per-batch-size plans and device buffers, reused across calls.
 struct Buffers {
+    /// The forward pass captured as a CUDA graph ([`GpuLaunch::Graph`], after its first use); declared first so
+    /// that it goes before the buffers its kernels point to.
+    graph: Option<ForwardGraph>,
     batch: usize,
     /// Each convolution layer's output side and launch plan for this batch size.
     plans: Vec<(usize, ConvPlan)>,
@@ -165,6 +172,13 @@ struct Buffers {
     launches: Vec<LayerLaunches>,
     mem: DeviceBuffers,
 }
+
+/// A captured forward pass. The graph's kernels point into one [`Buffers`]' memory, so it lives and dies with it.
+struct ForwardGraph(CudaGraph);
+
+// SAFETY: a CUDA graph may be used from any thread as long as no two use it at once; it is owned by one
+// `CudaGenerator` and used only through `&mut self`.
+unsafe impl Send for ForwardGraph {}
 
 /// The device memory a forward pass works in.
 struct DeviceBuffers {
@@ -343,6 +357,11 @@ pub struct CudaGenerator {
     conv_kernels: ConvKernels,
     /// How the upsampling layers run.
     upsample: UpsampleConv,
+    /// How a forward pass is queued.
+    launch: GpuLaunch,
+    /// Why a forward pass could not be captured as a CUDA graph, once that failed (the kernels are then queued one
+    /// by one).
+    graph_unavailable: Option<String>,
     /// Why this GPU cannot run the staged (pipelined and spatial) kernels, if it cannot.
     staged_unavailable: Option<String>,
     /// With [`ConvKernels::Tuned`]: each batch size's tuned plans and the measurements behind them.
@@ -439,11 +458,15 @@ impl CudaGenerator {
     pub fn new(model: Arc<PgganModel>, precision: Precision) -> Result<CudaGenerator, GenerateError> {
         probe().map_err(GenerateError::Cuda)?;
         let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
+        // SAFETY: called before anything is allocated in this context object; all of this generator's device work
+        // then runs in order on its one stream, so no buffer needs events to order its uses across streams (and
+        // events recorded outside a graph capture cannot be waited on inside one).
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
         let arch = kernel_arch(major, minor, precision, &nvrtc_version(), &nvrtc_supported_archs())?;
         let (kernels, origin) = load_kernels(&ctx, arch)?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
         let up = |data: &[f32]| stream.clone_htod(data).map_err(cuda_err("uploading weights"));
         let weights = DeviceWeights {
             dense_weight: up(&model.dense_weight)?,
@@ -463,6 +486,8 @@ impl CudaGenerator {
             staged_unavailable,
             conv_kernels: ConvKernels::Gather,
             upsample: UpsampleConv::default(),
+            launch: GpuLaunch::default(),
+            graph_unavailable: None,
             tuned: HashMap::new(),
             weights,
             sm_count,
@@ -491,6 +516,30 @@ impl CudaGenerator {
         self.conv_kernels = kernels;
         self.buffers = None; // the split-K buffer's size depends on the tiles
         Ok(())
+    }
+
+    /// Sets the kernels, the upsampling layers' form and how a forward pass is queued (see [`GpuSettings`]).
+    pub fn use_settings(&mut self, settings: GpuSettings) -> Result<(), GenerateError> {
+        self.use_conv_kernels(settings.kernels)?;
+        self.use_upsample(settings.upsample);
+        self.use_launch(settings.launch);
+        Ok(())
+    }
+
+    /// Chooses how a forward pass is queued (see [`GpuLaunch`]).
+    pub fn use_launch(&mut self, launch: GpuLaunch) {
+        self.launch = launch;
+        if let Some(buffers) = self.buffers.as_mut() {
+            buffers.graph = None;
+        }
+    }
+
+    /// How forward passes are queued now: as [`Self::use_launch`] chose, unless a capture failed (then why).
+    pub fn launch_in_use(&self) -> (GpuLaunch, Option<&str>) {
+        match (self.launch, &self.graph_unavailable) {
+            (GpuLaunch::Graph, Some(why)) => (GpuLaunch::Stream, Some(why)),
+            (launch, _) => (launch, None),
+        }
     }
 
     /// Chooses how the upsampling layers run (see [`UpsampleConv`]).
@@ -558,7 +607,7 @@ impl CudaGenerator {
             self.tuned.insert(batch, tuning);
         }
         let launches = forward_launches(&self.model, &plans, self.precision, batch);
-        self.buffers = Some(Buffers { batch, plans, launches, mem });
+        self.buffers = Some(Buffers { graph: None, batch, plans, launches, mem });
         Ok(())
     }
 
@@ -634,9 +683,25 @@ impl CudaGenerator {
         Ok(tuning)
     }
 
-    /// Queues the whole forward pass for the latents already in the `z` buffer ([`forward_launches`]).
-    /// With `marks`, an event is recorded after each layer (for [`CudaGenerator::layer_times`]).
-    fn enqueue(&mut self, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
+    /// Queues the whole forward pass for the latents already in the `z` buffer ([`forward_launches`]): as one
+    /// CUDA graph ([`GpuLaunch::Graph`], captured at the first pass of a batch size) or kernel by kernel. Should
+    /// the capture fail, this and every later pass queue the kernels one by one, and one warning says why.
+    fn enqueue(&mut self) -> Result<(), GenerateError> {
+        if self.launch == GpuLaunch::Graph && self.graph_unavailable.is_none() {
+            match self.launch_graph() {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    tracing::warn!("the forward pass is queued kernel by kernel: it could not run as a CUDA graph: {why}");
+                    self.graph_unavailable = Some(why.to_string());
+                }
+            }
+        }
+        self.enqueue_kernels(None)
+    }
+
+    /// Queues the forward pass's kernels one by one; with `marks`, an event is recorded after each layer (for
+    /// [`CudaGenerator::layer_times`]).
+    fn enqueue_kernels(&mut self, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
         let Buffers { launches, mem, .. } = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         for layer in launches.iter() {
             for launch in &layer.launches {
@@ -645,6 +710,24 @@ impl CudaGenerator {
             record_mark(&self.ctx, &self.stream, &mut marks, &layer.name)?;
         }
         Ok(())
+    }
+
+    /// Launches the forward pass's CUDA graph, capturing it first if this batch size has none yet. The capture
+    /// queues exactly what [`Self::enqueue_kernels`] queues, but records it instead of running it.
+    fn launch_graph(&mut self) -> Result<(), GenerateError> {
+        let Buffers { graph, launches, mem, .. } = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        if graph.is_none() {
+            let stream = &self.stream;
+            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(cuda_err("starting a graph capture"))?;
+            let queued = launches.iter().flat_map(|layer| &layer.launches).try_for_each(|launch| execute(&self.kernels, stream, &self.weights, mem, launch));
+            // the capture is ended whatever happened, so that the stream leaves capture mode
+            let captured = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(cuda_err("ending the graph capture"));
+            queued?;
+            let captured = captured?.ok_or_else(|| GenerateError::Cuda("the graph capture recorded nothing".into()))?;
+            captured.upload().map_err(cuda_err("uploading the graph"))?;
+            *graph = Some(ForwardGraph(captured));
+        }
+        graph.as_ref().map_or(Ok(()), |g| g.0.launch()).map_err(cuda_err("launching the graph"))
     }
 
     /// Runs convolution layer `index` alone on `input` (`[batch, side_in, side_in, Cin]` channels last) with the
@@ -701,7 +784,7 @@ impl CudaGenerator {
         let (mut image, mut packed) = (Vec::new(), Vec::new());
         for chunk in latents.chunks(MAX_BATCH * latent) {
             self.upload_latents(chunk)?;
-            self.enqueue(None)?;
+            self.enqueue()?;
             let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
             image.extend(self.stream.clone_dtoh(&bufs.mem.image).map_err(cuda_err("downloading the image"))?);
             packed.extend(self.stream.clone_dtoh(&bufs.mem.packed).map_err(cuda_err("downloading the display buffer"))?);
@@ -718,13 +801,13 @@ impl CudaGenerator {
     /// `iterations` back-to-back passes each.
     pub fn time_forward(&mut self, latents: &[f32], iterations: usize, repeats: usize) -> Result<f64, GenerateError> {
         let batch = self.upload_latents(latents)?;
-        self.enqueue(None)?;
+        self.enqueue()?;
         self.stream.synchronize().map_err(cuda_err("synchronising"))?;
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
             let t = std::time::Instant::now();
             for _ in 0..iterations.max(1) {
-                self.enqueue(None)?;
+                self.enqueue()?;
             }
             self.stream.synchronize().map_err(cuda_err("synchronising"))?;
             best = best.min(t.elapsed().as_secs_f64() / (iterations.max(1) * batch) as f64);
@@ -735,11 +818,11 @@ impl CudaGenerator {
     /// Milliseconds of each layer for one forward pass of `latents` (after a warm-up), from CUDA events.
     pub fn layer_times(&mut self, latents: &[f32]) -> Result<Vec<(String, f64)>, GenerateError> {
         self.upload_latents(latents)?;
-        self.enqueue(None)?;
+        self.enqueue()?;
         let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"))?;
         start.record(&self.stream).map_err(cuda_err("recording an event"))?;
         let mut marks = Vec::new();
-        self.enqueue(Some(&mut marks))?;
+        self.enqueue_kernels(Some(&mut marks))?;
         self.stream.synchronize().map_err(cuda_err("synchronising"))?;
         let mut previous = &start;
         let mut times = Vec::new();

@@ -93,6 +93,27 @@ pub enum UpsampleConv {
     Folded,
 }
 
+/// How the GPU queues a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuLaunch {
+    /// Captured once per batch size as a CUDA graph and replayed with one call: one host call instead of one per
+    /// kernel, and no gaps between the kernels at batch 1. Should the capture fail, the kernels are queued one by
+    /// one instead, with one warning saying why (speed not yet measured on a GPU).
+    #[default]
+    Graph,
+    /// Each kernel queued on the stream in turn (the configuration timed on an H100 in docs/benchmarks.md).
+    Stream,
+}
+
+/// Everything that chooses how the GPU runs the generator (the image is the same up to the TF32 rounding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GpuSettings {
+    pub kernels: ConvKernels,
+    pub upsample: UpsampleConv,
+    pub launch: GpuLaunch,
+}
+
 /// A generator on the CPU or the GPU.
 pub enum Backend {
     Cpu(cpu::CpuGenerator),
@@ -131,26 +152,15 @@ impl Backend {
         Ok(Backend::Cpu(cpu::CpuGenerator::new(model, algorithm)))
     }
 
-    /// Chooses the GPU's convolution kernels (see [`ConvKernels`]); the CPU has its own algorithms and ignores it.
-    pub fn use_conv_kernels(&mut self, kernels: ConvKernels) -> Result<(), GenerateError> {
+    /// Sets how the GPU runs (see [`GpuSettings`]); the CPU has its own algorithms and ignores them.
+    pub fn use_gpu_settings(&mut self, settings: GpuSettings) -> Result<(), GenerateError> {
         match self {
             Backend::Cpu(_) => {
-                let _ = kernels;
+                let _ = settings;
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            Backend::Cuda(g) => g.use_conv_kernels(kernels),
-        }
-    }
-
-    /// Chooses how the GPU runs the upsampling layers (see [`UpsampleConv`]); the CPU ignores it.
-    pub fn use_upsample(&mut self, upsample: UpsampleConv) {
-        match self {
-            Backend::Cpu(_) => {
-                let _ = upsample;
-            }
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(g) => g.use_upsample(upsample),
+            Backend::Cuda(g) => g.use_settings(settings),
         }
     }
 
