@@ -47,6 +47,9 @@ pub struct LiveFlags {
     /// auto, cpu or cuda [live.device]
     #[arg(long, value_enum)]
     device: Option<DeviceChoice>,
+    /// GPU arithmetic: f32 (the CPU's image to about 1e-6) or tf32 (tensor cores, faster) [live.precision]
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Results server port, 0 = any free one [live.results_port]
     #[arg(long)]
     results_port: Option<u16>,
@@ -113,6 +116,9 @@ fn apply(flags: &LiveFlags, config: &mut Config) {
     if let Some(v) = flags.device {
         l.device = v;
     }
+    if let Some(v) = flags.precision {
+        l.precision = v;
+    }
     if let Some(v) = flags.results_port {
         l.results_port = v;
     }
@@ -153,7 +159,7 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
         bail!("the decoder gives {}-d latents but the generator takes {}", bundle.latent_size(), model.latent_size);
     }
     tracing::info!("generator: {}", model.label);
-    let mut generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, Precision::F32)?;
+    let mut generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, l.precision)?;
     generator.use_gpu_settings(generate::GpuSettings { upsample: l.upsample, launch: l.launch, ..Default::default() })?;
     // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
     let warm_up = Instant::now();
