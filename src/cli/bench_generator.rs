@@ -157,26 +157,28 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
     anyhow::bail!("the GPU is not available here ({}); use --device cpu", backend.describe())
 }
 
-/// The kernel tuning's measurements for one batch size, a row per layer.
-#[cfg(feature = "cuda")]
+/// The kernel tuning's measurements for one batch size: a row per candidate, the reference (the gather kernel
+/// with the upsampling asked for) first, the chosen one marked, then the sums.
 fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    println!("kernel tuning (batch {batch}, ms per launch)");
-    println!("{:<22} {:>9} {:>10} {:>9} {:>9}  {:<9} reason", "layer", "gather ms", "staged", "staged ms", "rel diff", "chosen");
+    println!("kernel tuning (batch {batch}, ms per launch; rel diff: from the reference, the first row of a layer)");
+    println!("{:<22} {:<18} {:>9} {:>9}  {}", "layer", "candidate", "ms", "rel diff", "");
     for l in layers {
-        let diff = l.staged_difference.map_or("-".to_string(), |d| format!("{d:.2e}"));
-        println!(
-            "{:<22} {:>9.4} {:>10} {:>9} {:>9}  {:<9} {}",
-            l.layer,
-            l.gather_ms,
-            l.staged_kernel.unwrap_or("-"),
-            ms(l.staged_ms),
-            diff,
-            l.chosen,
-            l.reason
-        );
+        for (i, c) in l.candidates.iter().enumerate() {
+            let ms = c.ms.map_or("-".to_string(), |v| format!("{v:.4}"));
+            let diff = match (i, c.difference) {
+                (0, _) => "ref".to_string(),
+                (_, Some(d)) => format!("{d:.2e}"),
+                (_, None) => "-".to_string(),
+            };
+            let note = match (i == l.chosen, &c.failure) {
+                (true, _) => format!("<- chosen: {}", l.reason),
+                (false, Some(why)) => format!("failed: {why}"),
+                (false, None) => String::new(),
+            };
+            let layer = if i == 0 { l.layer.as_str() } else { "" };
+            println!("{layer:<22} {:<18} {ms:>9} {diff:>9}  {note}", c.kernel);
+        }
     }
-    let sum = |f: &dyn Fn(&generate::cuda::LayerChoice) -> f64| layers.iter().map(f).sum::<f64>();
-    let tuned = sum(&generate::cuda::LayerChoice::chosen_ms);
-    println!("{:<22} {:>9.4} {:>10} {:>9.4}  (tuned)", "sum", sum(&|l| l.gather_ms), "", tuned);
+    let (reference, tuned) = layers.iter().map(generate::cuda::LayerChoice::reference_and_chosen_ms).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!("sum of the references {reference:.4} ms, of the chosen {tuned:.4} ms");
 }

@@ -133,8 +133,9 @@ fn init_logging(verbose: bool) {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct GpuKernelArgs {
     /// GPU, TF32 convolution kernels: gather (measured), staged (pipelined and spatial-tile wherever a layer's
-    /// shape allows), or tuned (per layer the faster of the two on this GPU, after checking it against the gather
-    /// kernel; `bench-generator --layers` prints what the tuning measured)
+    /// shape allows), or tuned (per layer the fastest on this GPU of the two, on the upsampling layers each also
+    /// with the other --upsample form, after checking it against the gather kernel with the form asked for;
+    /// `bench-generator --layers` prints what the tuning measured)
     #[arg(long, value_enum, default_value = "gather")]
     pub kernels: hyper_rt::generate::ConvKernels,
     /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the

@@ -23,7 +23,7 @@ use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptu
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::launch::{
-    buffer_sizes, dense_launches, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvKind, ConvPlan, ConvShape, Launch,
+    buffer_sizes, dense_launches, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvPlan, ConvShape, Launch,
     LayerLaunch, LayerLaunches,
 };
 use super::model::PgganModel;
@@ -268,43 +268,70 @@ struct Tuning {
     layers: Vec<LayerChoice>,
 }
 
-/// What the tuning measured on one convolution layer, and the kernel it chose.
+/// One candidate of a layer's tuning: a kernel family with the layer's upsampling phased or folded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CandidateTiming {
+    /// E.g. "gather phased", "spatial folded", "pipelined" (a layer that does not upsample).
+    pub kernel: String,
+    /// Milliseconds per launch (with the split-K finish where the plan has one), if it ran.
+    pub ms: Option<f64>,
+    /// Relative L2 difference of its output from the reference candidate's (the batch's first image).
+    pub difference: Option<f64>,
+    /// Why it could not be measured, if it could not.
+    pub failure: Option<String>,
+}
+
+/// What the tuning measured on one convolution layer, and the candidate it chose. The first candidate is the
+/// reference: the gather kernel with the upsampling form [`CudaGenerator::use_upsample`] chose.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LayerChoice {
     pub layer: String,
-    /// Milliseconds per launch of the gather kernel (with its split-K finish where it has one).
-    pub gather_ms: f64,
-    /// The staged kernel the layer's shape allows ("pipelined" or "spatial"), if any.
-    pub staged_kernel: Option<&'static str>,
-    pub staged_ms: Option<f64>,
-    /// Relative L2 difference of the staged kernel's output from the gather kernel's (the batch's first image).
-    pub staged_difference: Option<f64>,
-    /// The kernel family used: "gather", "pipelined" or "spatial".
-    pub chosen: &'static str,
+    pub candidates: Vec<CandidateTiming>,
+    /// Index of the candidate used.
+    pub chosen: usize,
     pub reason: String,
 }
 
 impl LayerChoice {
-    /// Milliseconds per launch of the kernel chosen.
-    pub fn chosen_ms(&self) -> f64 {
-        match self.staged_ms {
-            Some(ms) if self.chosen != ConvKind::Gather.label() => ms,
-            _ => self.gather_ms,
-        }
+    /// The candidate used.
+    pub fn chosen_candidate(&self) -> &CandidateTiming {
+        &self.candidates[self.chosen.min(self.candidates.len() - 1)]
+    }
+
+    /// Milliseconds per launch of the reference candidate and of the one used.
+    pub fn reference_and_chosen_ms(&self) -> (f64, f64) {
+        let ms = |c: &CandidateTiming| c.ms.unwrap_or(f64::NAN);
+        (self.candidates.first().map_or(f64::NAN, ms), ms(self.chosen_candidate()))
     }
 }
 
-/// Whether a layer's staged kernel replaces its gather kernel, and why. `staged` is the staged kernel's
-/// milliseconds and relative difference from the gather kernel's output, or why they could not be measured.
-fn prefer_staged(gather_ms: f64, staged: &Result<(f64, f64), String>) -> (bool, String) {
-    match staged {
-        Err(why) => (false, format!("the staged kernel failed: {why}")),
-        Ok((_, diff)) if diff.is_nan() || *diff > TUNING_AGREEMENT => {
-            (false, format!("the staged kernel disagrees with the gather kernel: relative L2 {diff:.2e} > {TUNING_AGREEMENT:e}"))
+/// Which of a layer's candidates to use, and why. `reference_ms` is the reference candidate's time (it is used
+/// unless another is better); `others` are the other candidates' milliseconds and relative differences from the
+/// reference's output, or why they could not be measured. A candidate must agree with the reference within
+/// [`TUNING_AGREEMENT`] and be at least [`TUNING_MIN_GAIN`] faster than the best so far; returns its index in
+/// `others` plus one (0: the reference).
+fn choose_candidate(reference_ms: f64, others: &[Result<(f64, f64), String>]) -> (usize, String) {
+    let (mut best, mut best_ms) = (0, reference_ms);
+    let mut rejected = Vec::new();
+    for (i, other) in others.iter().enumerate() {
+        match other {
+            Err(why) => rejected.push(format!("#{} failed: {why}", i + 1)),
+            Ok((_, diff)) if diff.is_nan() || *diff > TUNING_AGREEMENT => {
+                rejected.push(format!("#{} disagrees with the reference: relative L2 {diff:.2e} > {TUNING_AGREEMENT:e}", i + 1))
+            }
+            Ok((ms, _)) if *ms < best_ms * (1.0 - TUNING_MIN_GAIN) => (best, best_ms) = (i + 1, *ms),
+            Ok(_) => {}
         }
-        Ok((ms, _)) if *ms < gather_ms * (1.0 - TUNING_MIN_GAIN) => (true, format!("{:.2}x faster", gather_ms / ms)),
-        Ok((ms, _)) => (false, format!("the staged kernel is not faster ({ms:.4} ms against {gather_ms:.4} ms)")),
     }
+    let mut reason = match best {
+        0 if others.is_empty() => "the only candidate for this shape".to_string(),
+        0 => format!("no other candidate is at least {:.0} % faster", TUNING_MIN_GAIN * 100.0),
+        _ => format!("{:.2}x faster than the reference", reference_ms / best_ms),
+    };
+    if !rejected.is_empty() {
+        reason = format!("{reason}; {}", rejected.join("; "));
+    }
+    (best, reason)
 }
 
 /// Relative L2 difference of `a` from `reference` (NaN anywhere makes it NaN): the measure of the GPU's agreement
@@ -510,7 +537,7 @@ impl CudaGenerator {
     pub fn use_conv_kernels(&mut self, kernels: ConvKernels) -> Result<(), GenerateError> {
         match (kernels, self.why_no_staged()) {
             (ConvKernels::Staged, Some(why)) => return Err(GenerateError::Cuda(why)),
-            (ConvKernels::Tuned, Some(why)) => tracing::info!("kernel tuning: every layer keeps the gather kernel: {why}"),
+            (ConvKernels::Tuned, Some(why)) => tracing::info!("kernel tuning compares the gather kernels alone (upsampling phased and folded): {why}"),
             _ => {}
         }
         self.conv_kernels = kernels;
@@ -589,7 +616,7 @@ impl CudaGenerator {
         let staged = self.why_no_staged().is_none();
         let candidates = match (self.conv_kernels, self.tuned.get(&batch)) {
             (ConvKernels::Tuned, Some(tuning)) => vec![tuning.plans.clone()],
-            (ConvKernels::Tuned, None) if staged => vec![self.plans(batch, false), self.plans(batch, true)],
+            (ConvKernels::Tuned, None) => self.tuning_candidates(batch),
             (kernels, _) => vec![self.plans(batch, kernels == ConvKernels::Staged && staged)],
         };
         let sizes = buffer_sizes(&self.model, &candidates, batch);
@@ -601,8 +628,8 @@ impl CudaGenerator {
             packed: self.stream.alloc_zeros::<u32>(sizes.packed.max(1)).map_err(cuda_err("allocating the display buffer"))?,
         };
         let mut plans = candidates[0].clone();
-        if let [gather, staged] = &candidates[..] {
-            let tuning = self.tune(&mut mem, batch, gather, staged)?;
+        if candidates.len() > 1 {
+            let tuning = self.tune(&mut mem, batch, &candidates)?;
             plans = tuning.plans.clone();
             self.tuned.insert(batch, tuning);
         }
@@ -611,12 +638,24 @@ impl CudaGenerator {
         Ok(())
     }
 
-    /// Tunes the TF32 convolutions for `batch` images: a forward pass of random latents in which every layer with
-    /// a staged kernel (`staged` differs from `gather` there) runs both, each layer's input being the previous
-    /// layer's real output. Each kernel is launched once, its output for the first image kept, then timed; the
-    /// staged kernel is used where its output agrees with the gather kernel's and it is faster ([`prefer_staged`]).
-    /// `mem` must have been sized for both sets of plans.
-    fn tune(&self, mem: &mut DeviceBuffers, batch: usize, gather: &[(usize, ConvPlan)], staged: &[(usize, ConvPlan)]) -> Result<Tuning, GenerateError> {
+    /// The sets of plans [`ConvKernels::Tuned`] compares for `batch` images: first the reference (the gather
+    /// kernels, the upsampling layers as [`Self::use_upsample`] chose), then the staged kernels where this GPU runs
+    /// them, then the same with the upsampling layers in the other form.
+    fn tuning_candidates(&self, batch: usize) -> Vec<Vec<(usize, ConvPlan)>> {
+        let phased = self.upsample == UpsampleConv::Phased;
+        let families: &[bool] = if self.why_no_staged().is_none() { &[false, true] } else { &[false] };
+        [phased, !phased]
+            .into_iter()
+            .flat_map(|phased| families.iter().map(move |&staged| layer_plans(&self.model, self.sm_count, batch, staged, phased)))
+            .collect()
+    }
+
+    /// Tunes the convolutions for `batch` images: a forward pass of random latents in which every layer runs each of
+    /// its distinct plans among `candidates` (the first set is the reference), each layer's input being the previous
+    /// layer's real output. Each plan is launched once, its output for the first image kept, then timed; another plan
+    /// replaces the reference's where its output agrees and it is faster ([`choose_candidate`]). `mem` must have
+    /// been sized for every set.
+    fn tune(&self, mem: &mut DeviceBuffers, batch: usize, candidates: &[Vec<(usize, ConvPlan)>]) -> Result<Tuning, GenerateError> {
         let m = &*self.model;
         let mut rng = Rng::new(0x7475_6e65);
         let z: Vec<f32> = (0..batch * m.latent_size).map(|_| rng.normal() as f32).collect();
@@ -626,57 +665,62 @@ impl CudaGenerator {
             execute(kernels, stream, weights, mem, launch)?; // into activation buffer 0
         }
         let mut tuning = Tuning { plans: Vec::new(), layers: Vec::new() };
-        let mut input = 0;
-        for (index, (&gather_plan, &(_, staged_plan))) in gather.iter().zip(staged).enumerate() {
+        for (index, conv) in m.convs.iter().enumerate() {
+            let input = index % 2;
             let (src, dst) = (Buf::Act(input), Buf::Act(1 - input));
-            let side = gather_plan.0;
-            let first_image = side * side * m.convs[index].cout;
-            let gather_launches = LayerLaunch::new(m, index, gather_plan, self.precision, batch).launches(src, dst);
-            // one run (also the warm-up) for the output, then the timed ones
-            let mut measure = |launches: &[Launch]| -> Result<(Vec<f32>, f64), GenerateError> {
-                launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l))?;
-                let output = download_head(stream, &mem.act[1 - input], first_image)?;
-                let ms = time_launches(ctx, stream, || launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l)))?;
-                Ok((output, ms))
-            };
-            let (reference, gather_ms) = measure(&gather_launches)?;
-            let mut choice = LayerChoice {
-                layer: m.convs[index].name.clone(),
-                gather_ms,
-                staged_kernel: None,
-                staged_ms: None,
-                staged_difference: None,
-                chosen: ConvKind::Gather.label(),
-                reason: "the only kernel for this shape".into(),
-            };
-            let mut plan = gather_plan.1;
-            if staged_plan != gather_plan.1 {
-                let staged_launches = LayerLaunch::new(m, index, (side, staged_plan), self.precision, batch).launches(src, dst);
-                let staged = measure(&staged_launches).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string());
-                let (use_staged, reason) = prefer_staged(gather_ms, &staged);
-                choice.staged_kernel = Some(staged_plan.kind.label());
-                choice.staged_ms = staged.as_ref().ok().map(|s| s.0);
-                choice.staged_difference = staged.as_ref().ok().map(|s| s.1);
-                choice.reason = reason;
-                if use_staged {
-                    plan = staged_plan;
-                    choice.chosen = staged_plan.kind.label();
-                } else {
-                    // the next layer's input is the chosen kernel's output
-                    gather_launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l))?;
+            let side = candidates[0][index].0;
+            let first_image = side * side * conv.cout;
+            // this layer's distinct plans, the reference first
+            let mut plans: Vec<ConvPlan> = Vec::new();
+            for set in candidates {
+                if !plans.contains(&set[index].1) {
+                    plans.push(set[index].1);
                 }
             }
-            tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, choice.chosen, choice.reason);
-            tuning.plans.push((side, plan));
+            let launches: Vec<Vec<Launch>> =
+                plans.iter().map(|&plan| LayerLaunch::new(m, index, (side, plan), self.precision, batch).launches(src, dst)).collect();
+            let run = |mem: &mut DeviceBuffers, launches: &[Launch]| launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l));
+            // one run (also the warm-up) for the output, then the timed ones
+            let mut measure = |launches: &[Launch]| -> Result<(Vec<f32>, f64), GenerateError> {
+                run(mem, launches)?;
+                let output = download_head(stream, &mem.act[1 - input], first_image)?;
+                let ms = time_launches(ctx, stream, || run(mem, launches))?;
+                Ok((output, ms))
+            };
+            let (reference, reference_ms) = measure(&launches[0])?;
+            let others: Vec<Result<(f64, f64), String>> = launches[1..]
+                .iter()
+                .map(|l| measure(l).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string()))
+                .collect();
+            let (chosen, reason) = choose_candidate(reference_ms, &others);
+            if chosen + 1 != launches.len() {
+                run(mem, &launches[chosen])?; // the next layer's input is the chosen plan's output
+            }
+            let label = |plan: &ConvPlan| match (conv.upsample, plan.phased) {
+                (false, _) => plan.kind.label().to_string(),
+                (true, true) => format!("{} phased", plan.kind.label()),
+                (true, false) => format!("{} folded", plan.kind.label()),
+            };
+            let candidates = plans
+                .iter()
+                .zip(std::iter::once(Ok((reference_ms, 0.0))).chain(others))
+                .map(|(plan, measured)| CandidateTiming {
+                    kernel: label(plan),
+                    ms: measured.as_ref().ok().map(|m| m.0),
+                    difference: measured.as_ref().ok().map(|m| m.1),
+                    failure: measured.err(),
+                })
+                .collect();
+            let choice = LayerChoice { layer: conv.name.clone(), candidates, chosen, reason };
+            tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, choice.chosen_candidate().kernel, choice.reason);
+            tuning.plans.push((side, plans[chosen]));
             tuning.layers.push(choice);
-            input = 1 - input;
         }
         stream.synchronize().map_err(cuda_err("synchronising"))?;
-        let staged_layers = tuning.layers.iter().filter(|l| l.chosen != ConvKind::Gather.label()).count();
-        let before: f64 = tuning.layers.iter().map(|l| l.gather_ms).sum();
-        let after: f64 = tuning.layers.iter().map(LayerChoice::chosen_ms).sum();
+        let changed = tuning.layers.iter().filter(|l| l.chosen != 0).count();
+        let (before, after) = tuning.layers.iter().map(LayerChoice::reference_and_chosen_ms).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         tracing::info!(
-            "kernel tuning for batch {batch} on {}: {staged_layers} of {} layers on the staged kernels, convolutions {before:.3} -> {after:.3} ms",
+            "kernel tuning for batch {batch} on {}: {changed} of {} layers off the reference, convolutions {before:.3} -> {after:.3} ms",
             self.device_name,
             tuning.layers.len()
         );
@@ -874,19 +918,27 @@ mod tests {
     }
 
     #[test]
-    fn tuning_uses_a_staged_kernel_only_when_it_agrees_and_is_faster() {
-        let decide = |ms: Result<(f64, f64), &str>| prefer_staged(0.50, &ms.map_err(str::to_string));
-        assert_eq!(decide(Ok((0.25, 1.4e-3))), (true, "2.00x faster".to_string()));
-        // within the timing noise: the measured kernel stays
-        let (staged, why) = decide(Ok((0.495, 1e-3)));
-        assert!(!staged && why.contains("not faster"), "{why}");
-        // faster but wrong, or NaN: never used
+    fn tuning_uses_a_candidate_only_when_it_agrees_and_is_faster() {
+        let decide = |others: &[Result<(f64, f64), &str>]| {
+            let others: Vec<_> = others.iter().map(|o| o.clone().map_err(str::to_string)).collect();
+            choose_candidate(0.50, &others)
+        };
+        assert_eq!(decide(&[]), (0, "the only candidate for this shape".to_string()));
+        assert_eq!(decide(&[Ok((0.25, 1.4e-3))]), (1, "2.00x faster than the reference".to_string()));
+        // within the timing noise: the reference stays
+        let (chosen, why) = decide(&[Ok((0.495, 1e-3))]);
+        assert!(chosen == 0 && why.contains("no other candidate"), "{why}");
+        // faster but wrong, or NaN: never used, and the reason says so
         for diff in [0.3, f64::NAN, f64::INFINITY] {
-            let (staged, why) = decide(Ok((0.1, diff)));
-            assert!(!staged && why.contains("disagrees"), "{diff}: {why}");
+            let (chosen, why) = decide(&[Ok((0.1, diff))]);
+            assert!(chosen == 0 && why.contains("#1 disagrees"), "{diff}: {why}");
         }
-        let (staged, why) = decide(Err("launching a kernel: CUDA_ERROR_INVALID_VALUE"));
-        assert!(!staged && why.contains("failed") && why.contains("INVALID_VALUE"), "{why}");
+        let (chosen, why) = decide(&[Err("launching a kernel: CUDA_ERROR_INVALID_VALUE")]);
+        assert!(chosen == 0 && why.contains("#1 failed") && why.contains("INVALID_VALUE"), "{why}");
+        // the fastest that agrees wins; one must beat the best so far, not only the reference
+        let (chosen, why) = decide(&[Ok((0.40, 1e-3)), Ok((0.20, 0.5)), Ok((0.30, 2e-3)), Ok((0.297, 1e-3))]);
+        assert_eq!(chosen, 3, "{why}");
+        assert!(why.starts_with("1.67x faster") && why.contains("#2 disagrees"), "{why}");
     }
 
     #[test]

@@ -73,8 +73,9 @@ pub enum ConvKernels {
     /// The staged kernels (`conv3x3_tf32p_*`, `conv3x3_tf32s_*`: inputs staged in shared memory by asynchronous
     /// copies) wherever a layer's shape allows them; needs sm_80.
     Staged,
-    /// Per layer, whichever of the two is faster on this GPU, timed once per batch size on the first use; a staged
-    /// kernel whose output disagrees with the gather kernel's is not used.
+    /// Per layer, whichever is fastest on this GPU of the gather and staged kernels, on the upsampling layers each
+    /// both phased and folded, timed once per batch size on the first use; a candidate whose output disagrees
+    /// with the reference's (the gather kernel, upsampling as asked) is not used.
     Tuned,
 }
 
