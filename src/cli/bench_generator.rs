@@ -159,6 +159,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
 
 /// The kernel tuning's measurements for one batch size: a row per candidate, the reference (the gather kernel
 /// with the upsampling asked for) first, the chosen one marked, then the sums.
+#[cfg(feature = "cuda")]
 fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
     println!("kernel tuning (batch {batch}, ms per launch; rel diff: from the reference, the first row of a layer)");
     println!("{:<22} {:<18} {:>9} {:>9}  {}", "layer", "candidate", "ms", "rel diff", "");
