@@ -294,14 +294,14 @@ pub struct LayerChoice {
 
 impl LayerChoice {
     /// The candidate used.
-    pub fn chosen_candidate(&self) -> &CandidateTiming {
-        &self.candidates[self.chosen.min(self.candidates.len() - 1)]
+    pub fn chosen_candidate(&self) -> Option<&CandidateTiming> {
+        self.candidates.get(self.chosen)
     }
 
     /// Milliseconds per launch of the reference candidate and of the one used.
     pub fn reference_and_chosen_ms(&self) -> (f64, f64) {
         let ms = |c: &CandidateTiming| c.ms.unwrap_or(f64::NAN);
-        (self.candidates.first().map_or(f64::NAN, ms), ms(self.chosen_candidate()))
+        (self.candidates.first().map_or(f64::NAN, ms), self.chosen_candidate().map_or(f64::NAN, ms))
     }
 }
 
@@ -696,7 +696,7 @@ impl CudaGenerator {
             if chosen + 1 != launches.len() {
                 run(mem, &launches[chosen])?; // the next layer's input is the chosen plan's output
             }
-            let label = |plan: &ConvPlan| match (conv.upsample, plan.phased) {
+            let plan_label = |plan: &ConvPlan| match (conv.upsample, plan.phased) {
                 (false, _) => plan.kind.label().to_string(),
                 (true, true) => format!("{} phased", plan.kind.label()),
                 (true, false) => format!("{} folded", plan.kind.label()),
@@ -705,14 +705,14 @@ impl CudaGenerator {
                 .iter()
                 .zip(std::iter::once(Ok((reference_ms, 0.0))).chain(others))
                 .map(|(plan, measured)| CandidateTiming {
-                    kernel: label(plan),
+                    kernel: plan_label(plan),
                     ms: measured.as_ref().ok().map(|m| m.0),
                     difference: measured.as_ref().ok().map(|m| m.1),
                     failure: measured.err(),
                 })
                 .collect();
             let choice = LayerChoice { layer: conv.name.clone(), candidates, chosen, reason };
-            tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, choice.chosen_candidate().kernel, choice.reason);
+            tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, plan_label(&plans[chosen]), choice.reason);
             tuning.plans.push((side, plans[chosen]));
             tuning.layers.push(choice);
         }
