@@ -209,9 +209,12 @@ def main():
                 print(row_line(res, gflop), flush=True)
     for batch in batches:
         torch_best = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("pytorch")), default=None)
-        ours = min((r["best_s_per_image"] for r in rows if r["batch"] == batch and r["variant"].startswith("hyper-rt")), default=None)
+        ours = min((r for r in rows if r["batch"] == batch and r["variant"].startswith("hyper-rt")),
+                   key=lambda r: r["best_s_per_image"], default=None)
         if torch_best and ours:
-            print(f"batch {batch}: hyper-rt is {torch_best / ours:.2f}x PyTorch's best ({torch_best * 1e3:.3f} ms vs {ours * 1e3:.3f} ms per image)")
+            ms = ours["best_s_per_image"]
+            print(f"batch {batch}: hyper-rt is {torch_best / ms:.2f}x PyTorch's best ({torch_best * 1e3:.3f} ms vs {ms * 1e3:.3f} ms "
+                  f"per image, {ours['variant']})")
     print(json.dumps(rows))
 
 
