@@ -47,6 +47,10 @@ pub struct LiveStats {
     pub patterns_decoded: usize,
     pub frames_drawn: usize,
     pub latents_skipped_by_generator: usize,
+    /// True-stimulus images generated for the display, and those taken from the cache instead (a repeated
+    /// stimulus is drawn once).
+    pub stimulus_images_drawn: usize,
+    pub stimulus_images_reused: usize,
     pub frames_shown: usize,
     /// Frames the generator failed to draw (each logged with its volume).
     pub generator_errors: usize,
@@ -78,6 +82,40 @@ impl LiveStats {
 
 /// The generator stops (decoding and recording go on) after this many frames in a row failed.
 pub const GENERATOR_FAILURES_IN_A_ROW: usize = 3;
+
+/// Memory the cache of true-stimulus images may take (64 images at 1024 x 1024).
+const STIMULUS_CACHE_BYTES: usize = 256 << 20;
+
+/// The true-stimulus images already drawn, by stimulus id, so that a repeated stimulus (test sets repeat each
+/// face many times) costs no second pass of the generator; the oldest is dropped when the cache is full.
+struct StimulusCache {
+    images: std::collections::HashMap<usize, Vec<u32>>,
+    oldest_first: std::collections::VecDeque<usize>,
+    capacity: usize,
+}
+
+impl StimulusCache {
+    fn new(side: usize) -> StimulusCache {
+        let capacity = (STIMULUS_CACHE_BYTES / (side * side * std::mem::size_of::<u32>()).max(1)).max(1);
+        StimulusCache { images: Default::default(), oldest_first: Default::default(), capacity }
+    }
+
+    /// The image of stimulus `id`, drawn by `draw` unless cached; also whether it was cached.
+    fn get_or_draw(&mut self, id: usize, draw: impl FnOnce() -> anyhow::Result<Vec<u32>>) -> anyhow::Result<(Vec<u32>, bool)> {
+        if let Some(image) = self.images.get(&id) {
+            return Ok((image.clone(), true));
+        }
+        let image = draw()?;
+        if self.oldest_first.len() >= self.capacity {
+            if let Some(oldest) = self.oldest_first.pop_front() {
+                self.images.remove(&oldest);
+            }
+        }
+        self.oldest_first.push_back(id);
+        self.images.insert(id, image.clone());
+        Ok((image, false))
+    }
+}
 
 struct Analysed {
     index: usize,
@@ -271,6 +309,7 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
     let generate = std::thread::Builder::new().name("generate".into()).spawn(move || -> anyhow::Result<()> {
         let side = generator.model().resolution;
         let mut failures_in_a_row = 0;
+        let mut stimulus_cache = StimulusCache::new(side);
         while let Ok(mut d) = dec_rx.recv() {
             let mut skipped = 0;
             while let Ok(newer) = dec_rx.try_recv() {
@@ -278,14 +317,14 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 skipped += 1;
             }
             let started = Instant::now();
-            let mut draw = || -> anyhow::Result<(Vec<u32>, Option<Vec<u32>>)> {
+            let mut draw = || -> anyhow::Result<(Vec<u32>, Option<(Vec<u32>, bool)>)> {
                 let img = generator.generate(&d.latent)?;
                 let png = frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999)));
                 crate::generate::write_png(&png, &image_rgb8(&img, 0, side), side)?;
                 let stimulus = match (&stimuli, d.trial.as_ref().and_then(|t| t.stim_id)) {
-                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => {
-                        Some(image_0rgb(&generator.generate(&z[s * latent_size..(s + 1) * latent_size])?, 0, side))
-                    }
+                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => Some(stimulus_cache.get_or_draw(s, || {
+                        Ok(image_0rgb(&generator.generate(&z[s * latent_size..(s + 1) * latent_size])?, 0, side))
+                    })?),
                     _ => None,
                 };
                 Ok((image_0rgb(&img, 0, side), stimulus))
@@ -308,6 +347,10 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 }
             };
             let generate_ms = started.elapsed().as_secs_f64() * 1e3;
+            let (stimulus, stimulus_was_cached) = match stimulus {
+                Some((image, cached)) => (Some(image), Some(cached)),
+                None => (None, None),
+            };
             let latency = vec![("ARRIVAL-GEN".to_string(), d.arrived_at.elapsed().as_secs_f64() * 1e3), ("GEN".to_string(), generate_ms)];
             let frame = Frame {
                 volume_index: d.volume_index,
@@ -329,6 +372,11 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
             if let Ok(mut s) = gen_stats.lock() {
                 s.frames_drawn += 1;
                 s.latents_skipped_by_generator += skipped;
+                match stimulus_was_cached {
+                    Some(true) => s.stimulus_images_reused += 1,
+                    Some(false) => s.stimulus_images_drawn += 1,
+                    None => {}
+                }
                 s.generate_ms.push(generate_ms);
             }
             if frame_tx.send((frame, d.arrived_at)).is_err() {
@@ -499,4 +547,37 @@ pub fn load_boundaries(dir: &Path, latent_size: usize) -> Vec<(String, Vec<f64>)
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_stimulus_is_drawn_once_and_the_oldest_goes_when_the_cache_is_full() {
+        let mut cache = StimulusCache { images: Default::default(), oldest_first: Default::default(), capacity: 2 };
+        let mut draws = 0;
+        let mut get = |cache: &mut StimulusCache, id: usize| {
+            cache
+                .get_or_draw(id, || {
+                    draws += 1;
+                    Ok(vec![id as u32; 4])
+                })
+                .map(|(image, cached)| (image[0], cached))
+        };
+        assert_eq!(get(&mut cache, 7).unwrap(), (7, false));
+        assert_eq!(get(&mut cache, 7).unwrap(), (7, true));
+        assert_eq!(get(&mut cache, 8).unwrap(), (8, false));
+        assert_eq!(get(&mut cache, 9).unwrap(), (9, false)); // full: 7 goes
+        assert_eq!(get(&mut cache, 8).unwrap(), (8, true));
+        assert_eq!(get(&mut cache, 7).unwrap(), (7, false));
+        drop(get);
+        assert_eq!(draws, 4);
+        // a failed draw is an error and caches nothing
+        assert!(cache.get_or_draw(3, || anyhow::bail!("the GPU fell over")).is_err());
+        assert!(!cache.images.contains_key(&3));
+        // the default holds 64 images of 1024 x 1024, and at least one of any size
+        assert_eq!(StimulusCache::new(1024).capacity, 64);
+        assert_eq!(StimulusCache::new(1 << 14).capacity, 1);
+    }
 }

@@ -311,6 +311,10 @@ def test_demo_runs_the_whole_product_and_its_live_decoder_finds_the_faces(tmp_pa
     assert [x["trial"] for x in results] == list(range(32))
     latents = np.load(data / "stimuli" / "latents.npy").astype(np.float64)
     stims = sorted({x["stim_id"] for x in results})
+    # each face beside its reconstruction: a repeated face is drawn once, then taken from the cache
+    live = json.loads((session / "live_summary.json").read_text())
+    assert live["stimulus_images_drawn"] == len(stims) < 32
+    assert live["stimulus_images_drawn"] + live["stimulus_images_reused"] == 32
     decoded = np.array([np.mean([x["latent"] for x in results if x["stim_id"] == s], axis=0) for s in stims])
     truth = latents[stims]
     # pairwise identification: the decoded latent correlates more with its own face than with another
