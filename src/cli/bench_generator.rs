@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "tf32")]
     precision: Precision,
     #[command(flatten)]
-    gpu: super::GpuKernelArgs,
+    gpu: super::GpuRunArgs,
     /// GPU: forward passes per timed repetition
     #[arg(long, default_value_t = 20)]
     iterations: usize,

@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
     #[command(flatten)]
-    gpu: super::GpuKernelArgs,
+    gpu: super::GpuRunArgs,
     /// Converted checkpoint (.safetensors from scripts/convert_pggan.py). Without it: the built-in random-weight
     /// network, which draws abstract textures, not faces.
     #[arg(long)]

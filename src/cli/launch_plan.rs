@@ -20,7 +20,7 @@ pub struct Args {
     precision: Precision,
     // the kernels planned for: gather or staged (tuned chooses on a GPU, by timing, so it has no plan without one)
     #[command(flatten)]
-    gpu: super::GpuKernelArgs,
+    gpu: super::GpuRunArgs,
     /// Streaming multiprocessors of the GPU planned for (split-K depends on it): 132 on an H100 SXM
     #[arg(long, default_value_t = 132)]
     sm_count: usize,

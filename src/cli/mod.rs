@@ -127,11 +127,10 @@ fn init_logging(verbose: bool) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
-/// A flag set by Ctrl-C (SIGINT / SIGTERM).
 /// How the GPU runs the generator, for the commands that draw or plan on it (`generate`, `bench-generator`,
 /// `launch-plan`); the CPU ignores them.
 #[derive(clap::Args, Debug, Clone, Copy)]
-pub struct GpuKernelArgs {
+pub struct GpuRunArgs {
     /// GPU, TF32 convolution kernels: gather (measured), staged (pipelined and spatial-tile wherever a layer's
     /// shape allows), or tuned (per layer the fastest on this GPU of the two, on the upsampling layers each also
     /// with the other --upsample form, after checking it against the gather kernel with the form asked for;
@@ -149,7 +148,7 @@ pub struct GpuKernelArgs {
     pub launch: hyper_rt::generate::GpuLaunch,
 }
 
-impl GpuKernelArgs {
+impl GpuRunArgs {
     /// The settings these flags ask for.
     pub fn settings(&self) -> hyper_rt::generate::GpuSettings {
         hyper_rt::generate::GpuSettings { kernels: self.kernels, upsample: self.upsample, launch: self.launch }
@@ -166,6 +165,7 @@ impl GpuKernelArgs {
     }
 }
 
+/// A flag set by Ctrl-C (SIGINT / SIGTERM).
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
