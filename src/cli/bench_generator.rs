@@ -162,7 +162,7 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
 #[cfg(feature = "cuda")]
 fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
     println!("kernel tuning (batch {batch}, ms per launch; rel diff: from the reference, the first row of a layer)");
-    println!("{:<22} {:<18} {:>9} {:>9}  {}", "layer", "candidate", "ms", "rel diff", "");
+    println!("{:<22} {:<18} {:>9} {:>9}", "layer", "candidate", "ms", "rel diff");
     for l in layers {
         for (i, c) in l.candidates.iter().enumerate() {
             let ms = c.ms.map_or("-".to_string(), |v| format!("{v:.4}"));

@@ -920,7 +920,7 @@ mod tests {
     #[test]
     fn tuning_uses_a_candidate_only_when_it_agrees_and_is_faster() {
         let decide = |others: &[Result<(f64, f64), &str>]| {
-            let others: Vec<_> = others.iter().map(|o| o.clone().map_err(str::to_string)).collect();
+            let others: Vec<_> = others.iter().map(|o| o.map_err(str::to_string)).collect();
             choose_candidate(0.50, &others)
         };
         assert_eq!(decide(&[]), (0, "the only candidate for this shape".to_string()));

@@ -86,6 +86,12 @@ pub const GENERATOR_FAILURES_IN_A_ROW: usize = 3;
 /// Memory the cache of true-stimulus images may take (64 images at 1024 x 1024).
 const STIMULUS_CACHE_BYTES: usize = 256 << 20;
 
+/// A true-stimulus image for the display, and whether it came from the cache.
+struct StimulusImage {
+    pixels: Vec<u32>,
+    cached: bool,
+}
+
 /// The true-stimulus images already drawn, by stimulus id, so that a repeated stimulus (test sets repeat each
 /// face many times) costs no second pass of the generator; the oldest is dropped when the cache is full.
 struct StimulusCache {
@@ -100,10 +106,10 @@ impl StimulusCache {
         StimulusCache { images: Default::default(), oldest_first: Default::default(), capacity }
     }
 
-    /// The image of stimulus `id`, drawn by `draw` unless cached; also whether it was cached.
-    fn get_or_draw(&mut self, id: usize, draw: impl FnOnce() -> anyhow::Result<Vec<u32>>) -> anyhow::Result<(Vec<u32>, bool)> {
+    /// The image of stimulus `id`, drawn by `draw` unless cached.
+    fn get_or_draw(&mut self, id: usize, draw: impl FnOnce() -> anyhow::Result<Vec<u32>>) -> anyhow::Result<StimulusImage> {
         if let Some(image) = self.images.get(&id) {
-            return Ok((image.clone(), true));
+            return Ok(StimulusImage { pixels: image.clone(), cached: true });
         }
         let image = draw()?;
         if self.oldest_first.len() >= self.capacity {
@@ -113,7 +119,7 @@ impl StimulusCache {
         }
         self.oldest_first.push_back(id);
         self.images.insert(id, image.clone());
-        Ok((image, false))
+        Ok(StimulusImage { pixels: image, cached: false })
     }
 }
 
@@ -317,7 +323,7 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 skipped += 1;
             }
             let started = Instant::now();
-            let mut draw = || -> anyhow::Result<(Vec<u32>, Option<(Vec<u32>, bool)>)> {
+            let mut draw = || -> anyhow::Result<(Vec<u32>, Option<StimulusImage>)> {
                 let img = generator.generate(&d.latent)?;
                 let png = frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999)));
                 crate::generate::write_png(&png, &image_rgb8(&img, 0, side), side)?;
@@ -347,17 +353,14 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 }
             };
             let generate_ms = started.elapsed().as_secs_f64() * 1e3;
-            let (stimulus, stimulus_was_cached) = match stimulus {
-                Some((image, cached)) => (Some(image), Some(cached)),
-                None => (None, None),
-            };
+            let stimulus_was_cached = stimulus.as_ref().map(|s| s.cached);
             let latency = vec![("ARRIVAL-GEN".to_string(), d.arrived_at.elapsed().as_secs_f64() * 1e3), ("GEN".to_string(), generate_ms)];
             let frame = Frame {
                 volume_index: d.volume_index,
                 trial_index: d.trial.as_ref().map(|t| t.index),
                 side,
                 reconstruction,
-                stimulus,
+                stimulus: stimulus.map(|s| s.pixels),
                 overlay: Overlay {
                     volume: d.volume_index,
                     run_secs: d.volume_index as f64 * tr_secs,
@@ -556,14 +559,14 @@ mod tests {
     #[test]
     fn a_repeated_stimulus_is_drawn_once_and_the_oldest_goes_when_the_cache_is_full() {
         let mut cache = StimulusCache { images: Default::default(), oldest_first: Default::default(), capacity: 2 };
-        let mut draws = 0;
-        let mut get = |cache: &mut StimulusCache, id: usize| {
+        let draws = std::cell::Cell::new(0);
+        let get = |cache: &mut StimulusCache, id: usize| {
             cache
                 .get_or_draw(id, || {
-                    draws += 1;
+                    draws.set(draws.get() + 1);
                     Ok(vec![id as u32; 4])
                 })
-                .map(|(image, cached)| (image[0], cached))
+                .map(|image| (image.pixels[0], image.cached))
         };
         assert_eq!(get(&mut cache, 7).unwrap(), (7, false));
         assert_eq!(get(&mut cache, 7).unwrap(), (7, true));
@@ -571,8 +574,7 @@ mod tests {
         assert_eq!(get(&mut cache, 9).unwrap(), (9, false)); // full: 7 goes
         assert_eq!(get(&mut cache, 8).unwrap(), (8, true));
         assert_eq!(get(&mut cache, 7).unwrap(), (7, false));
-        drop(get);
-        assert_eq!(draws, 4);
+        assert_eq!(draws.get(), 4);
         // a failed draw is an error and caches nothing
         assert!(cache.get_or_draw(3, || anyhow::bail!("the GPU fell over")).is_err());
         assert!(!cache.images.contains_key(&3));
