@@ -181,7 +181,7 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
     }
     let mut dims = [1usize; 4];
     for (axis, d) in dims.iter_mut().enumerate().take(ndim.min(4) as usize) {
-        let v = h.i16(42 + 2 * axis as usize);
+        let v = h.i16(42 + 2 * axis);
         if v < 1 {
             return Err(NiftiError::Invalid {
                 path: path.to_path_buf(),

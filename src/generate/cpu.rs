@@ -83,7 +83,7 @@ impl CpuGenerator {
     /// Generates `latents.len() / latent_size` images; returns float32 NCHW `[N, 3, H, W]`.
     pub fn generate(&self, latents: &[f32]) -> Result<Vec<f32>, GenerateError> {
         let latent = self.model.latent_size;
-        if latents.is_empty() || latents.len() % latent != 0 {
+        if latents.is_empty() || !latents.len().is_multiple_of(latent) {
             return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
         }
         let res = self.model.resolution;

@@ -805,7 +805,7 @@ impl CudaGenerator {
 
     fn upload_latents(&mut self, latents: &[f32]) -> Result<usize, GenerateError> {
         let latent = self.model.latent_size;
-        if latents.is_empty() || latents.len() % latent != 0 {
+        if latents.is_empty() || !latents.len().is_multiple_of(latent) {
             return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
         }
         let batch = latents.len() / latent;
@@ -822,7 +822,7 @@ impl CudaGenerator {
     /// Batches over [`MAX_BATCH`] run in several launch sequences.
     pub fn generate_with_display(&mut self, latents: &[f32]) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
         let latent = self.model.latent_size;
-        if latents.is_empty() || latents.len() % latent != 0 {
+        if latents.is_empty() || !latents.len().is_multiple_of(latent) {
             return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
         }
         let (mut image, mut packed) = (Vec::new(), Vec::new());

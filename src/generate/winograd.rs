@@ -41,7 +41,7 @@ pub(super) const NARROW_ROW_MULTIPLE: usize = 12;
 fn avx2_supported(cin: usize, cout: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        cin % 8 == 0 && cout % 8 == 0 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        cin.is_multiple_of(8) && cout.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -406,7 +406,7 @@ fn input_tile_portable(spec: &WinogradSpec, input: &[f32], sources: &[Option<usi
     };
     // tmp[i][c] = sum_r BT[i][r] d[r][c]
     let tmp = &mut tmp[..a * a * cin];
-    left_multiply(tmp, &spec.bt, a, a, cin, pixel);
+    left_multiply(tmp, spec.bt, a, a, cin, pixel);
     // V[i][j] = sum_c BT[j][c] tmp[i][c]
     for i in 0..a {
         for j in 0..a {
@@ -429,7 +429,7 @@ fn output_tile_portable(spec: &WinogradSpec, m_t: &[f32], stride: usize, cout: u
     let mrow = |r: usize, c: usize| &m_t[(r * a + c) * stride..(r * a + c) * stride + cout];
     // tmp[i][c] = sum_r AT[i][r] M[r][c]
     let tmp = &mut tmp[..m * a * cout];
-    left_multiply(tmp, &spec.at, m, a, cout, mrow);
+    left_multiply(tmp, spec.at, m, a, cout, mrow);
     for i in 0..m.min(out_rows.saturating_sub(y0)) {
         for j in 0..m.min(side.saturating_sub(x0)) {
             let (y, x) = (y0 + i, x0 + j);

@@ -29,7 +29,7 @@ use super::winograd::{BandSink, TileSources, NARROW_ROW_MULTIPLE};
 /// AVX2 and FMA must be available (sources, shapes and `cin`, a multiple of 8, are checked).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn input_tile(input: &[f32], sources: &TileSources, zeros: &[f32], cin: usize, v: &mut [f32], stride: usize) {
-    assert!(cin % LANES == 0 && v.len() >= 35 * stride + cin && zeros.len() >= cin, "input_tile: {cin} channels or buffers too small");
+    assert!(cin.is_multiple_of(LANES) && v.len() >= 35 * stride + cin && zeros.len() >= cin, "input_tile: {cin} channels or buffers too small");
     let pixels: [*const f32; 36] = sources.map(|source| match source {
         Some(offset) => input[offset..offset + cin].as_ptr(),
         None => zeros.as_ptr(),
@@ -108,7 +108,7 @@ unsafe fn at_rows(m: &[__m256; 6]) -> [__m256; 4] {
 /// AVX2 and FMA must be available (the shapes are checked).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_narrow(m: &mut [f32], v: &[f32], u: &[f32], rows: usize, cin: usize, cout: usize) {
-    assert!(rows % NARROW_ROW_MULTIPLE == 0 && cout % LANES == 0, "gemm_narrow: {rows} rows, {cout} columns");
+    assert!(rows.is_multiple_of(NARROW_ROW_MULTIPLE) && cout.is_multiple_of(LANES), "gemm_narrow: {rows} rows, {cout} columns");
     assert!(m.len() >= rows * cout && v.len() >= rows * cin && u.len() >= cin * cout, "gemm_narrow: buffers too small");
     let mut col = 0;
     while cout - col >= 32 {
@@ -189,7 +189,7 @@ pub unsafe fn output_tile(
     x0: usize,
 ) {
     assert!(
-        cout % LANES == 0 && m.len() >= 35 * stride + cout && bias.len() >= cout && tile.len() >= 16 * cout,
+        cout.is_multiple_of(LANES) && m.len() >= 35 * stride + cout && bias.len() >= cout && tile.len() >= 16 * cout,
         "output_tile: {cout} channels or buffers too small"
     );
     let src = m.as_ptr();

@@ -104,7 +104,7 @@ pub fn smooth(volume: &[f32], dims: [usize; 3], sigma: f64) -> Vec<f32> {
             .collect();
         // every line along `axis` starts at an index whose coordinate on `axis` is 0
         for start in 0..current.len() {
-            if (start / stride) % n != 0 {
+            if !(start / stride).is_multiple_of(n) {
                 continue;
             }
             line.clear();
