@@ -127,7 +127,8 @@ fn cuda_matches_the_cpu() {
 
 /// The CUDA graph runs exactly the kernels the stream path queues, so their images are bit for bit the same; each
 /// replay reads the latents uploaded for it (nothing of the capture's pass is baked in), and a new batch size gets
-/// a graph of its own (its buffers, its plans), while going back to an earlier batch size captures anew.
+/// a graph of its own (its buffers, its plans), while going back to an earlier batch size captures anew. The
+/// display-only download (the live path) gives the same display pixels.
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
 fn the_cuda_graph_replays_the_kernels_exactly() {
@@ -150,6 +151,10 @@ fn the_cuda_graph_replays_the_kernels_exactly() {
             }
             if got != want || got_packed != want_packed {
                 failures.push(format!("{case}: the graph's image differs from the stream's, relative L2 {:.3e}", relative_l2(&got, &want)));
+            }
+            // the live display's path downloads the display pixels alone
+            if graph.generate_display(&z).unwrap() != got_packed {
+                failures.push(format!("{case}: generate_display differs from generate_with_display's display pixels"));
             }
             // a replay that ignored the new latents would repeat the last image
             if previous.as_ref().is_some_and(|p| p[..got.len().min(p.len())] == got[..got.len().min(p.len())]) {

@@ -821,6 +821,18 @@ impl CudaGenerator {
     /// Generates images; returns float32 NCHW `[N, 3, H, W]` and the packed 0RGB display pixels `[N, H, W]`.
     /// Batches over [`MAX_BATCH`] run in several launch sequences.
     pub fn generate_with_display(&mut self, latents: &[f32]) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
+        self.run(latents, true)
+    }
+
+    /// Generates images and downloads only their packed 0RGB display pixels `[N, H, W]` (a quarter of the float
+    /// image's bytes): what the live display and its PNGs need.
+    pub fn generate_display(&mut self, latents: &[f32]) -> Result<Vec<u32>, GenerateError> {
+        Ok(self.run(latents, false)?.1)
+    }
+
+    /// Runs the forward pass over `latents` in chunks of at most [`MAX_BATCH`]; downloads the display pixels and,
+    /// with `float_image`, the float image.
+    fn run(&mut self, latents: &[f32], float_image: bool) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
         let latent = self.model.latent_size;
         if latents.is_empty() || !latents.len().is_multiple_of(latent) {
             return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
@@ -830,7 +842,9 @@ impl CudaGenerator {
             self.upload_latents(chunk)?;
             self.enqueue()?;
             let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-            image.extend(self.stream.clone_dtoh(&bufs.mem.image).map_err(cuda_err("downloading the image"))?);
+            if float_image {
+                image.extend(self.stream.clone_dtoh(&bufs.mem.image).map_err(cuda_err("downloading the image"))?);
+            }
             packed.extend(self.stream.clone_dtoh(&bufs.mem.packed).map_err(cuda_err("downloading the display buffer"))?);
         }
         Ok((image, packed))

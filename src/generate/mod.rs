@@ -174,6 +174,20 @@ impl Backend {
         }
     }
 
+    /// Generates images as packed `0x00RRGGBB` display pixels `[N, H, W]` (the 8-bit conversion of the float
+    /// images; the GPU writes them itself and only they are downloaded).
+    pub fn generate_display(&mut self, latents: &[f32]) -> Result<Vec<u32>, GenerateError> {
+        match self {
+            Backend::Cpu(g) => {
+                let side = g.model().resolution;
+                let images = g.generate(latents)?;
+                Ok((0..images.len() / (3 * side * side).max(1)).flat_map(|i| image_0rgb(&images, i, side)).collect())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => g.generate_display(latents),
+        }
+    }
+
     /// The model being run.
     pub fn model(&self) -> &model::PgganModel {
         match self {
@@ -229,6 +243,11 @@ pub fn image_0rgb(nchw: &[f32], index: usize, side: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Packed `0x00RRGGBB` pixels as interleaved RGB bytes (`[H, W, 3]`, as [`image_rgb8`] gives them).
+pub fn rgb8_from_0rgb(packed: &[u32]) -> Vec<u8> {
+    packed.iter().flat_map(|&p| [(p >> 16) as u8, (p >> 8) as u8, p as u8]).collect()
+}
+
 /// Writes an RGB image as PNG.
 pub fn write_png(path: &Path, rgb: &[u8], side: usize) -> Result<(), GenerateError> {
     let io = |e: image::ImageError| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
@@ -261,5 +280,21 @@ mod tests {
         for p in 0..4 {
             assert_eq!(packed[p], (rgb[3 * p] as u32) << 16 | (rgb[3 * p + 1] as u32) << 8 | rgb[3 * p + 2] as u32);
         }
+        assert_eq!(rgb8_from_0rgb(&packed), rgb);
+    }
+
+    #[test]
+    fn the_display_pixels_are_the_float_images_8_bit_conversion() {
+        let model = std::sync::Arc::new(model::PgganModel::builtin_random());
+        let mut backend = Backend::Cpu(cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Winograd));
+        let mut rng = crate::rng::Rng::new(3);
+        let z: Vec<f32> = (0..2 * model.latent_size).map(|_| rng.normal() as f32).collect();
+        let images = backend.generate(&z).unwrap();
+        let side = model.resolution;
+        let want: Vec<u32> = (0..2).flat_map(|i| image_0rgb(&images, i, side)).collect();
+        let got = backend.generate_display(&z).unwrap();
+        assert_eq!(got.len(), 2 * side * side);
+        assert!(got == want, "the display pixels differ from the float images' conversion");
+        assert_eq!(rgb8_from_0rgb(&got[side * side..]), image_rgb8(&images, 1, side));
     }
 }

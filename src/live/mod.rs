@@ -19,7 +19,7 @@ use crate::decode::eval::{read_boundary, ATTRIBUTES};
 use crate::decode::metrics::attribute_score;
 use crate::display::{Frame, Overlay, Sink, View};
 use crate::feedback::{Publisher, ResultsServer, ResultsStore};
-use crate::generate::{image_0rgb, image_rgb8, Backend};
+use crate::generate::{rgb8_from_0rgb, Backend};
 use crate::ingest::receiver::Receiver;
 use crate::preprocess::trials::{ScheduledTrial, TrialAverager};
 use crate::preprocess::Preprocessor;
@@ -324,16 +324,16 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
             }
             let started = Instant::now();
             let mut draw = || -> anyhow::Result<(Vec<u32>, Option<StimulusImage>)> {
-                let img = generator.generate(&d.latent)?;
+                let reconstruction = generator.generate_display(&d.latent)?;
                 let png = frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999)));
-                crate::generate::write_png(&png, &image_rgb8(&img, 0, side), side)?;
+                crate::generate::write_png(&png, &rgb8_from_0rgb(&reconstruction), side)?;
                 let stimulus = match (&stimuli, d.trial.as_ref().and_then(|t| t.stim_id)) {
-                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => Some(stimulus_cache.get_or_draw(s, || {
-                        Ok(image_0rgb(&generator.generate(&z[s * latent_size..(s + 1) * latent_size])?, 0, side))
-                    })?),
+                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => {
+                        Some(stimulus_cache.get_or_draw(s, || Ok(generator.generate_display(&z[s * latent_size..(s + 1) * latent_size])?))?)
+                    }
                     _ => None,
                 };
-                Ok((image_0rgb(&img, 0, side), stimulus))
+                Ok((reconstruction, stimulus))
             };
             let (reconstruction, stimulus) = match draw() {
                 Ok(images) => {
