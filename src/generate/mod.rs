@@ -99,7 +99,7 @@ pub enum UpsampleConv {
 #[serde(rename_all = "lowercase")]
 pub enum GpuLaunch {
     /// Captured once per batch size as a CUDA graph and replayed with one call: one host call instead of one per
-    /// kernel, and no gaps between the kernels at batch 1. Should the capture fail, the kernels are queued one by
+    /// kernel, and shorter gaps between the kernels at batch 1. Should the capture fail, the kernels are queued one by
     /// one instead, with one warning saying why (speed not yet measured on a GPU).
     #[default]
     Graph,
