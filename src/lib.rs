@@ -11,7 +11,8 @@
 //! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
 //!
 //! Shared pieces: [`volume`] (the `Volume` type and element types), [`nifti`] (NIfTI-1 files),
-//! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`spatial`] (rigid-body geometry), [`npy`] (NumPy arrays), [`rng`].
+//! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`spatial`] (rigid-body geometry), [`npy`] (NumPy arrays), [`rng`],
+//! and [`error_chain`] (how an error is said).
 
 pub mod config;
 pub mod decode;
@@ -29,3 +30,36 @@ pub mod simulate;
 pub mod spatial;
 pub mod stats;
 pub mod volume;
+
+/// An error and its causes joined by ": ", each said once: the project's errors already end with their cause's
+/// text ("decoder.safetensors: No such file or directory"), which the chain would otherwise repeat.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn each_cause_of_an_error_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let err = anyhow::Error::new(crate::generate::GenerateError::Io { path: "w.safetensors".into(), source: io() });
+        assert_eq!(error_chain(&err), "w.safetensors: No such file or directory");
+        // a context that does not repeat its cause keeps it
+        let err = anyhow::Error::new(io()).context("reading the run");
+        assert_eq!(error_chain(&err), "reading the run: No such file or directory");
+        let err = anyhow::Error::new(crate::generate::GenerateError::Io { path: "w".into(), source: io() }).context("loading the generator");
+        assert_eq!(error_chain(&err), "loading the generator: w: No such file or directory");
+    }
+}

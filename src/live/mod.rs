@@ -342,7 +342,7 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 }
                 Err(e) => {
                     failures_in_a_row += 1;
-                    tracing::error!("generator, volume {}: {e:#}", d.volume_index);
+                    tracing::error!("generator, volume {}: {}", d.volume_index, crate::error_chain(&e));
                     if let Ok(mut s) = gen_stats.lock() {
                         s.generator_errors += 1;
                     }
@@ -408,8 +408,8 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
     let mut joined = |name: &str, result: std::thread::Result<anyhow::Result<()>>| match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::error!("{name} stopped: {e:#}");
-            failures.push(format!("{name}: {e:#}"));
+            tracing::error!("{name} stopped: {}", crate::error_chain(&e));
+            failures.push(format!("{name}: {}", crate::error_chain(&e)));
         }
         Err(_) => failures.push(format!("{name}: the thread panicked")),
     };
