@@ -195,6 +195,9 @@ pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
         "frames           {} drawn, {} shown, {} latents skipped by the generator, {} failed",
         stats.frames_drawn, stats.frames_shown, stats.latents_skipped_by_generator, stats.generator_errors
     );
+    if stats.stimulus_images_drawn + stats.stimulus_images_reused > 0 {
+        println!("stimuli          {} drawn, {} repeats taken from the cache", stats.stimulus_images_drawn, stats.stimulus_images_reused);
+    }
     print!("{}", stats.latency_table());
     if !stats.stage_failures.is_empty() {
         let recording = if stats.stage_failures.iter().any(|f| f.starts_with("ingest:")) {

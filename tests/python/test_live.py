@@ -315,6 +315,7 @@ def test_demo_runs_the_whole_product_and_its_live_decoder_finds_the_faces(tmp_pa
     live = json.loads((session / "live_summary.json").read_text())
     assert live["stimulus_images_drawn"] == len(stims) < 32
     assert live["stimulus_images_drawn"] + live["stimulus_images_reused"] == 32
+    assert f"stimuli          {len(stims)} drawn, {32 - len(stims)} repeats taken from the cache" in r.stdout, r.stdout
     decoded = np.array([np.mean([x["latent"] for x in results if x["stim_id"] == s], axis=0) for s in stims])
     truth = latents[stims]
     # pairwise identification: the decoded latent correlates more with its own face than with another
