@@ -69,15 +69,70 @@ __device__ __forceinline__ void finish_pixel(const float* row, const float* __re
     if (c1 < cout) o[c1] = v1 * inv;
 }
 
+// The ToRGB layer fused into the last convolution's epilogue (16 channels): w [16, 3] and b [3] (wscale applied),
+// the float image [N, 3, side, side] and the packed 0x00RRGGBB display buffer [N, side, side], as torgb_f32 writes
+// them; the last activations are never stored.
+struct RgbOutput {
+    const float* __restrict__ w;
+    const float* __restrict__ b;
+    float* __restrict__ img;
+    unsigned int* __restrict__ packed;
+};
+
+// Pixel norm over 16 channels held by a half warp (lane c & 15 holds channel c's value); all 32 lanes take part.
+__device__ __forceinline__ float half_warp_pixel_norm16(float v) {
+    float sq = v * v;
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
+    return v / sqrtf(sq / 16.0f + PIXEL_NORM_EPS);
+}
+
+// The last layer's epilogue for one pixel, by a half warp: lane c of the half holds channel c's value v after the
+// bias and leaky ReLU. Pixel norm, then ToRGB (1x1 convolution to 3 channels); lanes 0, 1, 2 of the half write R, G,
+// B of pixel q of image img (planes of `plane` pixels) and lane 0 the packed display pixel. All 32 lanes take part;
+// nothing is written where !valid (a tile row past the layer's pixels).
+__device__ __forceinline__ void rgb_pixel_half_warp(float v, int c, bool valid, int img, size_t plane, size_t q,
+                                                    const RgbOutput& rgb) {
+    const float normed = half_warp_pixel_norm16(v);
+    float sums[3];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+        float t = normed * rgb.w[c * 3 + j];
+#pragma unroll
+        for (int offset = 8; offset > 0; offset >>= 1) t += __shfl_xor_sync(0xffffffffu, t, offset);
+        sums[j] = t + rgb.b[j];
+    }
+    if (!valid) return;
+    const float mine = c == 0 ? sums[0] : (c == 1 ? sums[1] : sums[2]);  // no dynamic register index
+    if (c < 3) rgb.img[((size_t)img * 3 + c) * plane + q] = mine;
+    if (c == 0) rgb.packed[(size_t)img * plane + q] = (to_u8(sums[0]) << 16) | (to_u8(sums[1]) << 8) | to_u8(sums[2]);
+}
+
 // Epilogue of the GEMM-tiled kernels (conv3x3_body, conv3x3_pipe_body), after the block's BM x BN tile is in
 // shared memory (cs, row stride cs_stride): one warp per pixel row of the tile, lanes over channels (coalesced
 // stores). Fused: bias, leaky ReLU and pixel norm over the pixel's channels (BN holds them all), written as
 // activations [M, Cout]. Otherwise raw partial sums into [splits, M, Cout] for conv_finish_f32.
-template <int BM, int BN>
+// TO_RGB (the last layer: 16 channels, fused, not phased): ToRGB too, two pixels per warp, writing the image and
+// the display buffer (rgb) instead of the activations.
+template <int BM, int BN, bool TO_RGB = false>
 __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, const float* __restrict__ bias,
-                                              float* __restrict__ out, const ConvShape& s) {
+                                              float* __restrict__ out, const ConvShape& s,
+                                              const RgbOutput rgb = RgbOutput{}) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    if constexpr (TO_RGB) {
+        static_assert(BN == 16 && BM % (2 * (THREADS / 32)) == 0, "a half warp per pixel, every lane in every round");
+        const int half = lane >> 4, c = lane & 15;
+        const size_t plane = (size_t)s.side * s.side;
+        for (int r = 2 * warp + half; r < BM; r += 2 * (THREADS / 32)) {
+            const int p = m0 + r;
+            const bool valid = p < s.m_total;
+            const float v = valid ? lrelu(cs[r * cs_stride + c] + bias[c]) : 0.0f;
+            const int img = p >> (2 * s.log2_side);
+            rgb_pixel_half_warp(v, c, valid, img, plane, (size_t)(p - img * (int)plane), rgb);
+        }
+        return;
+    }
     const int phase = block_phase(s);
     const size_t out_pixels = (size_t)s.m_total * (s.phased ? 4 : 1);
     for (int r = warp; r < BM; r += THREADS / 32) {
@@ -100,10 +155,11 @@ __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, co
 // thin high-resolution layers do not waste three quarters of every tile.
 // VEC: Cin is a multiple of BK, so a K slice lies within one tap and the gather loads four consecutive channels
 // of a pixel at once (float4), with the pixel's index arithmetic done once per four values.
-template <int BM, int BN, bool TF32, bool VEC>
+// TO_RGB: the last layer with ToRGB fused (see conv_epilogue; BN 16, fused, not phased).
+template <int BM, int BN, bool TF32, bool VEC, bool TO_RGB = false>
 __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const float* __restrict__ w,
                                              const float* __restrict__ bias, float* __restrict__ out,
-                                             const ConvShape s) {
+                                             const ConvShape s, const RgbOutput rgb = RgbOutput{}) {
     constexpr int A_LOADS = BM * BK / THREADS;
     constexpr int B_LOADS = BK * BN / THREADS;
     static_assert(BM * BN == 16 * THREADS && B_LOADS >= 1, "tile must give each thread 4 x 4 outputs");
@@ -277,7 +333,7 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     }
     __syncthreads();
 
-    conv_epilogue<BM, BN>(&Cs[0][0], BN + 1, bias, out, s);
+    conv_epilogue<BM, BN, TO_RGB>(&Cs[0][0], BN + 1, bias, out, s, rgb);
 }
 
 // The CPU emulation of the kernel tests (tests/cuda_emulator) defines this to find the entry points by name.
@@ -295,6 +351,21 @@ __device__ __forceinline__ void conv3x3_body(const float* __restrict__ in, const
     }                                                                                                          \
     REGISTER_CONV_ENTRY(NAME)
 
+#ifndef REGISTER_RGB_ENTRY
+#define REGISTER_RGB_ENTRY(NAME)
+#endif
+
+// An entry point of the last layer with ToRGB fused, NAME(in, w, bias, rgb_w, rgb_b, img, packed, shape): the body
+// given after its name writes the image and the display buffer (RgbOutput) instead of the activations.
+#define CONV_RGB_KERNEL(NAME, ...)                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                   \
+        NAME(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,        \
+             const float* __restrict__ rgb_w, const float* __restrict__ rgb_b, float* __restrict__ img,        \
+             unsigned int* __restrict__ packed, ConvShape s) {                                                 \
+        __VA_ARGS__(in, w, bias, nullptr, s, RgbOutput{rgb_w, rgb_b, img, packed});                            \
+    }                                                                                                          \
+    REGISTER_RGB_ENTRY(NAME)
+
 #define CONV_ENTRY(NAME, BM_, BN_, TF32_, VEC_) CONV_KERNEL(NAME, conv3x3_body<BM_, BN_, TF32_, VEC_>)
 
 // Entry points: conv3x3_<precision>_n<BN>[_v], tile BM x BN with BM = 4096 / BN; _v when Cin % 16 == 0.
@@ -310,6 +381,12 @@ CONV_ENTRY(conv3x3_f32_n16_v, 256, 16, false, true)
 CONV_ENTRY(conv3x3_tf32_n64_v, 64, 64, true, true)
 CONV_ENTRY(conv3x3_tf32_n32_v, 128, 32, true, true)
 CONV_ENTRY(conv3x3_tf32_n16_v, 256, 16, true, true)
+
+// The last layer (16 channels, one split) with ToRGB fused: conv3x3_<precision>_n16[_v]_rgb.
+CONV_RGB_KERNEL(conv3x3_f32_n16_rgb, conv3x3_body<256, 16, false, false, true>)
+CONV_RGB_KERNEL(conv3x3_tf32_n16_rgb, conv3x3_body<256, 16, true, false, true>)
+CONV_RGB_KERNEL(conv3x3_f32_n16_v_rgb, conv3x3_body<256, 16, false, true, true>)
+CONV_RGB_KERNEL(conv3x3_tf32_n16_v_rgb, conv3x3_body<256, 16, true, true, true>)
 
 // Kernel (2b): the TF32 convolution with a multi-stage asynchronous-copy pipeline (sm_80+), for layers with
 // Cin and Cout multiples of 4. Same GEMM view, split-K and epilogue as conv3x3_body; what differs:
@@ -536,16 +613,6 @@ struct SpatialTile {
     static_assert(TH * SPATIAL_TW * (BN + 1) <= STAGE_FLOATS, "the epilogue tile fits in one stage");
 };
 
-// The ToRGB layer fused into the last convolution's epilogue (16 channels): w [16, 3] and b [3] (wscale applied),
-// the float image [N, 3, side, side] and the packed 0x00RRGGBB display buffer [N, side, side], as torgb_f32 writes
-// them; the last activations are never stored.
-struct RgbOutput {
-    const float* __restrict__ w;
-    const float* __restrict__ b;
-    float* __restrict__ img;
-    unsigned int* __restrict__ packed;
-};
-
 template <int BN, int WN, bool TO_RGB = false, bool PHASED = false>
 __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ in, const float* __restrict__ w,
                                                      const float* __restrict__ bias, float* __restrict__ out,
@@ -701,26 +768,11 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
         for (int r = 2 * warp + half; r < TH * TW; r += 2 * (THREADS / 32)) {
             const size_t p = ((size_t)img * out_side + y0 + r / TW) * out_side + x0 + r % TW;
             const float v = lrelu(Cs[r * (BN + 1) + c] + bias[c]);
-            float sq = v * v;
-#pragma unroll
-            for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
-            const float normed = v / sqrtf(sq / 16.0f + PIXEL_NORM_EPS);
             if constexpr (TO_RGB) {
-                // 1x1 convolution to RGB over the half warp's 16 channels; lanes 0, 1, 2 of the half write R, G, B
-                float sums[3];
-#pragma unroll
-                for (int j = 0; j < 3; ++j) {
-                    float t = normed * rgb.w[c * 3 + j];
-#pragma unroll
-                    for (int offset = 8; offset > 0; offset >>= 1) t += __shfl_xor_sync(0xffffffffu, t, offset);
-                    sums[j] = t + rgb.b[j];
-                }
-                const size_t plane = (size_t)out_side * out_side, q = p - (size_t)img * plane;
-                const float mine = c == 0 ? sums[0] : (c == 1 ? sums[1] : sums[2]);  // no dynamic register index
-                if (c < 3) rgb.img[((size_t)img * 3 + c) * plane + q] = mine;
-                if (c == 0) rgb.packed[p] = (to_u8(sums[0]) << 16) | (to_u8(sums[1]) << 8) | to_u8(sums[2]);
+                const size_t plane = (size_t)out_side * out_side;
+                rgb_pixel_half_warp(v, c, true, img, plane, p - (size_t)img * plane, rgb);
             } else {
-                out[p * 16 + c] = normed;
+                out[p * 16 + c] = half_warp_pixel_norm16(v);
             }
         }
     } else {
@@ -747,12 +799,7 @@ SPATIAL_PHASED_ENTRY(conv3x3_tf32sp_n32, 32, 32)
 
 // The last layer with ToRGB fused (RgbOutput): the 16-channel spatial kernel writing the image and the display
 // buffer instead of the activations.
-extern "C" __global__ void __launch_bounds__(THREADS, 2)
-    conv3x3_tf32s_n16_rgb(const float* __restrict__ in, const float* __restrict__ w, const float* __restrict__ bias,
-                          const float* __restrict__ rgb_w, const float* __restrict__ rgb_b, float* __restrict__ img,
-                          unsigned int* __restrict__ packed, ConvShape s) {
-    conv3x3_spatial_body<16, 16, true>(in, w, bias, nullptr, s, RgbOutput{rgb_w, rgb_b, img, packed});
-}
+CONV_RGB_KERNEL(conv3x3_tf32s_n16_rgb, conv3x3_spatial_body<16, 16, true>)
 
 // Kernel (3): sums the split-K partials [splits, M, Cout], adds the bias, applies leaky ReLU and pixel norm.
 // One warp per pixel; out: [M, Cout].

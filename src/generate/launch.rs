@@ -40,9 +40,13 @@ const SPATIAL_KERNELS: [&str; 2] = ["conv3x3_tf32s_n16", "conv3x3_tf32s_n32"];
 const SPATIAL_PHASED_KERNELS: [&str; 2] = ["conv3x3_tf32sp_n16", "conv3x3_tf32sp_n32"];
 /// The 16-channel spatial kernel with ToRGB fused into its epilogue (the last layer).
 const SPATIAL_RGB_KERNEL: &str = "conv3x3_tf32s_n16_rgb";
+/// The 16-channel gather kernels with ToRGB fused into their epilogue (the last layer, one split), by
+/// [vectorised gather][precision f32, tf32].
+const GATHER_RGB_KERNELS: [[&str; 2]; 2] =
+    [["conv3x3_f32_n16_rgb", "conv3x3_tf32_n16_rgb"], ["conv3x3_f32_n16_v_rgb", "conv3x3_tf32_n16_v_rgb"]];
 
 /// Entry points the kernel module must export (kernels/*.cu).
-pub const KERNELS: [&str; 23] = [
+pub const KERNELS: [&str; 27] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -62,6 +66,10 @@ pub const KERNELS: [&str; 23] = [
     "conv3x3_tf32s_n16",
     "conv3x3_tf32s_n32",
     "conv3x3_tf32s_n16_rgb",
+    "conv3x3_f32_n16_rgb",
+    "conv3x3_tf32_n16_rgb",
+    "conv3x3_f32_n16_v_rgb",
+    "conv3x3_tf32_n16_v_rgb",
     "conv3x3_tf32sp_n16",
     "conv3x3_tf32sp_n32",
     "conv_finish_f32",
@@ -215,11 +223,12 @@ pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool, 
         .collect()
 }
 
-/// Whether the last layer runs on the spatial kernel with ToRGB fused (a 16-channel spatial plan): the image and
-/// the display buffer are then written by it, and its activations are never stored.
-pub fn fuses_to_rgb(m: &PgganModel, plans: &[(usize, ConvPlan)]) -> bool {
-    m.final_channels() == 16 && plans.last().is_some_and(|(_, p)| p.kind == ConvKind::Spatial && p.bn == 16 && !p.phased)
+/// Whether a plan for a 16-channel last layer can run it with ToRGB fused: a 16-wide spatial or gather tile that
+/// finishes the layer itself (one split) and does not upsample.
+fn fuses_rgb(plan: &ConvPlan) -> bool {
+    matches!(plan.kind, ConvKind::Spatial | ConvKind::Gather) && plan.bn == 16 && plan.fused && !plan.phased
 }
+
 
 /// A device buffer as the launches name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,12 +415,19 @@ impl LayerLaunch {
         launches
     }
 
-    /// The last layer with ToRGB fused (a 16-channel spatial plan, see [`fuses_to_rgb`]): writes the image and the
-    /// display buffer, not the activations.
-    pub fn launch_to_rgb(&self, src: Buf) -> Launch {
+    /// The last layer with ToRGB fused: writes the image and the display buffer, so its activations are never
+    /// stored. `None` unless it has 16 channels and a plan that allows it (see `fuses_rgb`).
+    pub fn launch_to_rgb(&self, src: Buf) -> Option<Launch> {
+        if self.cout != 16 || !fuses_rgb(&self.plan) {
+            return None;
+        }
+        let kernel = match self.plan.kind {
+            ConvKind::Spatial => SPATIAL_RGB_KERNEL,
+            _ => GATHER_RGB_KERNELS[usize::from(self.cin.is_multiple_of(BK))][usize::from(self.precision == Precision::Tf32)],
+        };
         let i = self.index;
-        Launch {
-            kernel: SPATIAL_RGB_KERNEL,
+        Some(Launch {
+            kernel,
             grid: self.plan.grid,
             threads: THREADS,
             shared_bytes: self.plan.shared_bytes as u32,
@@ -426,7 +442,7 @@ impl LayerLaunch {
             ],
             ints: self.shape().to_ints(),
             ints_are_conv_shape: true,
-        }
+        })
     }
 }
 
@@ -464,14 +480,15 @@ pub fn dense_launches(m: &PgganModel, batch: usize) -> Vec<Launch> {
 /// with ToRGB fused), grouped by layer.
 pub fn forward_launches(m: &PgganModel, plans: &[(usize, ConvPlan)], precision: Precision, batch: usize) -> Vec<LayerLaunches> {
     let mut layers = vec![LayerLaunches { name: "4x4/Dense".into(), launches: dense_launches(m, batch) }];
-    let fuse_rgb = fuses_to_rgb(m, plans);
+    let mut fuse_rgb = false;
     let mut input = 0;
     for (index, (conv, &plan)) in m.convs.iter().zip(plans).enumerate() {
         let layer = LayerLaunch::new(m, index, plan, precision, batch);
-        let launches = if fuse_rgb && index + 1 == plans.len() {
-            vec![layer.launch_to_rgb(Buf::Act(input))]
-        } else {
-            layer.launches(Buf::Act(input), Buf::Act(1 - input))
+        let fused_last = if index + 1 == plans.len() { layer.launch_to_rgb(Buf::Act(input)) } else { None };
+        fuse_rgb = fused_last.is_some();
+        let launches = match fused_last {
+            Some(launch) => vec![launch],
+            None => layer.launches(Buf::Act(input), Buf::Act(1 - input)),
         };
         layers.push(LayerLaunches { name: conv.name.clone(), launches });
         input = 1 - input;
@@ -659,7 +676,6 @@ mod tests {
         let ck = model::random_checkpoint(64, 512, 128, 512, 3);
         let m = model::PgganModel::from_checkpoint(&ck).expect("a valid checkpoint");
         let plans = layer_plans(&m, 132, 1, true, false);
-        assert!(fuses_to_rgb(&m, &plans));
         let layers = forward_launches(&m, &plans, Precision::Tf32, 1);
         let kernels: Vec<&str> = layers.iter().flat_map(|l| l.launches.iter().map(|x| x.kernel)).collect();
         for k in ["dense_f32", "conv_finish_f32", "conv3x3_tf32_n64_v", "conv3x3_tf32p_n64", "conv3x3_tf32s_n32", "conv3x3_tf32s_n16_rgb"] {
@@ -675,9 +691,19 @@ mod tests {
                 written = out;
             }
         }
-        // the gather network keeps ToRGB as its own kernel
-        let gather = forward_launches(&m, &layer_plans(&m, 132, 1, false, false), Precision::Tf32, 1);
-        assert_eq!(gather.last().map(|l| l.launches.len()), Some(1));
+        // the gather network keeps ToRGB as its own kernel where the last layer is split (64 px at batch 1 on 132
+        // multiprocessors), and fuses it where one split finishes the layer (on 4)
+        let kernels = |sm_count: usize, precision: Precision| -> Vec<&'static str> {
+            let layers = forward_launches(&m, &layer_plans(&m, sm_count, 1, false, false), precision, 1);
+            layers.iter().flat_map(|l| l.launches.iter().map(|x| x.kernel)).collect()
+        };
+        let split = kernels(132, Precision::Tf32);
+        assert_eq!(split[split.len() - 2..], ["conv_finish_f32", "torgb_f32"], "{split:?}");
+        for (precision, fused) in [(Precision::Tf32, "conv3x3_tf32_n16_v_rgb"), (Precision::F32, "conv3x3_f32_n16_v_rgb")] {
+            let one_split = kernels(4, precision);
+            assert_eq!(one_split.last(), Some(&fused), "{one_split:?}");
+            assert!(!one_split.contains(&"torgb_f32"), "{one_split:?}");
+        }
     }
 
     /// Phased plans run exactly the upsampling layers on their phase weights, as four 2 x 2 convolutions over the

@@ -4,7 +4,7 @@
 //   run_kernel DIR
 //
 // DIR/launch.txt, one item per line:
-//   kernel NAME                       conv3x3_* | conv3x3_tf32s_n16_rgb | conv_finish_f32 | dense_f32 | torgb_f32
+//   kernel NAME                       conv3x3_* (also the *_rgb last layers) | conv_finish_f32 | dense_f32 | torgb_f32
 //   grid X Y Z
 //   threads T
 //   shared BYTES                      dynamic shared memory
@@ -21,16 +21,25 @@
 #include "cuda_emulator.hpp"
 
 namespace emu {
+// The convolution entry points by name: conv (in, w, bias, out, shape) and the last layers with ToRGB fused
+// (in, w, bias, rgb_w, rgb_b, img, packed, shape).
 inline std::map<std::string, void*>& conv_entries() {
     static std::map<std::string, void*> entries;
     return entries;
 }
-inline bool register_conv(const char* name, void* fn) {
-    conv_entries()[name] = fn;
+inline std::map<std::string, void*>& rgb_entries() {
+    static std::map<std::string, void*> entries;
+    return entries;
+}
+inline bool register_entry(std::map<std::string, void*>& entries, const char* name, void* fn) {
+    entries[name] = fn;
     return true;
 }
 }  // namespace emu
-#define REGISTER_CONV_ENTRY(NAME) static const bool NAME##_registered = emu::register_conv(#NAME, (void*)&NAME);
+#define REGISTER_CONV_ENTRY(NAME) \
+    static const bool NAME##_registered = emu::register_entry(emu::conv_entries(), #NAME, (void*)&NAME);
+#define REGISTER_RGB_ENTRY(NAME) \
+    static const bool NAME##_registered = emu::register_entry(emu::rgb_entries(), #NAME, (void*)&NAME);
 
 #include "../../kernels/common.cuh"
 #include "../../kernels/dense.cu"
@@ -100,11 +109,13 @@ int main(int argc, char** argv) {
         using ConvFn = void (*)(const float*, const float*, const float*, float*, ConvShape);
         emu::launch(reinterpret_cast<ConvFn>(it->second), grid, threads, shared, (const float*)f(0),
                     (const float*)f(1), (const float*)f(2), f(3), s);
-    } else if (name == "conv3x3_tf32s_n16_rgb") {
+    } else if (auto it = emu::rgb_entries().find(name); it != emu::rgb_entries().end()) {
         need(12, 7);
         const ConvShape s = conv_shape(ints);
-        emu::launch(conv3x3_tf32s_n16_rgb, grid, threads, shared, (const float*)f(0), (const float*)f(1),
-                    (const float*)f(2), (const float*)f(3), (const float*)f(4), f(5),
+        using RgbFn = void (*)(const float*, const float*, const float*, const float*, const float*, float*,
+                               unsigned int*, ConvShape);
+        emu::launch(reinterpret_cast<RgbFn>(it->second), grid, threads, shared, (const float*)f(0),
+                    (const float*)f(1), (const float*)f(2), (const float*)f(3), (const float*)f(4), f(5),
                     reinterpret_cast<unsigned int*>(f(6)), s);
     } else if (name == "conv_finish_f32") {
         need(3, 3);
