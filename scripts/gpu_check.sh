@@ -52,8 +52,9 @@ log "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 date -u +"%Y-%m-%d %H:%M UTC" | tee -a "$OUT/device.txt"
-# driver, NVRTC, what each GPU runs (compiles the kernels once: the later steps read them from the kernel cache)
-timeout 60 "$GPU_DIR/hyper-rt" gpu-info | tee -a "$OUT/device.txt"
+# driver, NVRTC, what each GPU runs (compiles the kernels once: the later steps read them from the kernel cache),
+# and a first drawing against the CPU (built-in network, float32 and TF32, as a CUDA graph)
+timeout 90 "$GPU_DIR/hyper-rt" gpu-info --check | tee -a "$OUT/device.txt"
 
 log "parity tests (CUDA vs CPU), at most $(cap 240 200) s"
 timeout "$(cap 240 200)" "$GPU_DIR/tests" --ignored --test-threads 1 --nocapture cuda_parity 2>&1 | tee "$OUT/parity.log"

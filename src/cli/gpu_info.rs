@@ -1,5 +1,6 @@
 //! `hyper-rt gpu-info`: what the GPU path can use on this machine (driver, NVRTC, each GPU and which kernels run on
-//! it) and what `--device auto` will choose, for setting a workstation up and for answering "why the CPU?".
+//! it) and what `--device auto` will choose, for setting a workstation up and for answering "why the CPU?". With
+//! `--check` it also draws on the GPU as the live pipeline does and compares the images with the CPU's.
 
 use hyper_rt::config::Config;
 
@@ -8,6 +9,57 @@ pub struct Args {
     /// Print the report as one JSON object instead of a table
     #[arg(long)]
     json: bool,
+    /// Also draw on the first GPU as the live pipeline does (the built-in network, two images, float32 and, where
+    /// the GPU has it, TF32, as a CUDA graph) and compare with the CPU: the relative difference, whether the graph
+    /// ran, milliseconds per image. Fails when a difference is over its bound (1e-5 float32, 1e-2 TF32) or
+    /// there is no GPU to draw on
+    #[arg(long, conflicts_with = "json")]
+    check: bool,
+}
+
+/// The parity bounds of the GPU against the CPU (relative L2 of the float images), as in tests/cuda_parity.rs.
+#[cfg(feature = "cuda")]
+const BOUNDS: [(hyper_rt::generate::Precision, f64); 2] =
+    [(hyper_rt::generate::Precision::F32, 1e-5), (hyper_rt::generate::Precision::Tf32, 1e-2)];
+
+/// Draws two images of the built-in network on the GPU with each precision the GPU has and compares them with the
+/// CPU's direct path; prints a line per precision and fails when one is out of bounds.
+#[cfg(feature = "cuda")]
+fn check_drawing(tf32_available: bool) -> anyhow::Result<()> {
+    use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
+    use hyper_rt::generate::cuda::{relative_l2, CudaGenerator, Precision};
+    use hyper_rt::generate::model::PgganModel;
+
+    let model = std::sync::Arc::new(PgganModel::builtin_random());
+    let mut rng = hyper_rt::rng::Rng::new(1);
+    let z: Vec<f32> = (0..2 * model.latent_size).map(|_| rng.normal() as f32).collect();
+    let cpu = CpuGenerator::new(model.clone(), CpuAlgorithm::Direct).generate(&z)?;
+    let mut failures = Vec::new();
+    for (precision, bound) in BOUNDS {
+        if precision == Precision::Tf32 && !tf32_available {
+            println!("draw TF32        skipped: this GPU has no TF32 tensor cores");
+            continue;
+        }
+        let mut generator = CudaGenerator::new(model.clone(), precision)?;
+        let image = generator.generate(&z)?;
+        let difference = relative_l2(&image, &cpu);
+        let ms = generator.time_forward(&z[..model.latent_size], 10, 3)? * 1e3;
+        let (launch, graph_failure) = generator.launch_in_use();
+        let verdict = if difference <= bound { "yes" } else { "no " };
+        println!(
+            "draw {:<11} {verdict} relative difference from the CPU {difference:.2e} (bound {bound:e}), {launch:?}, {ms:.3} ms per {} px image",
+            format!("{precision:?}"),
+            model.resolution
+        );
+        if let Some(why) = graph_failure {
+            println!("                 the CUDA graph could not be used, kernels queued one by one: {why}");
+        }
+        if !(difference <= bound) {
+            failures.push(format!("{precision:?}: relative difference {difference:.2e} > {bound:e}"));
+        }
+    }
+    anyhow::ensure!(failures.is_empty(), "the GPU's images differ from the CPU's: {}", failures.join("; "));
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]
@@ -38,7 +90,14 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         println!("GPUs             none visible (CUDA_VISIBLE_DEVICES?)");
     }
     println!("--device auto    uses {}", report.auto_choice);
-    Ok(())
+    if !args.check {
+        return Ok(());
+    }
+    match report.devices.first() {
+        Some(gpu) if gpu.float32.ok => check_drawing(gpu.tf32.ok),
+        Some(gpu) => anyhow::bail!("GPU {} cannot run the kernels: {}", gpu.index, gpu.float32.detail),
+        None => anyhow::bail!("no GPU to draw on: --device auto uses {}", report.auto_choice),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -49,5 +108,6 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     } else {
         println!("--device auto    uses the CPU: {why}");
     }
+    anyhow::ensure!(!args.check, "no GPU to draw on: {why}");
     Ok(())
 }

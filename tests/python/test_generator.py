@@ -208,3 +208,9 @@ def test_gpu_info_reports_what_this_machine_has(library_path):
     table = subprocess.run([binary(), "gpu-info"], env=env, capture_output=True, text=True, timeout=300).stdout
     assert f"--device auto    uses {report['auto_choice']}" in table
     assert ("NVRTC            yes" in table) == report["nvrtc"]["ok"], table
+    # --check draws on the GPU and compares with the CPU; without one it says so and fails
+    checked = subprocess.run([binary(), "gpu-info", "--check"], env=env, capture_output=True, text=True, timeout=600)
+    if report["devices"] and report["devices"][0]["float32"]["ok"]:
+        assert checked.returncode == 0 and "draw F32         yes" in checked.stdout, checked.stdout + checked.stderr
+    else:
+        assert checked.returncode != 0 and "no GPU to draw on" in checked.stderr, checked.stderr
