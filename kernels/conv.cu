@@ -88,13 +88,10 @@ __device__ __forceinline__ float half_warp_pixel_norm16(float v) {
 }
 
 // The last layer's epilogue for one pixel, by a half warp: lane c of the half holds channel c's value v after the
-// bias and leaky ReLU. Pixel norm, then ToRGB (1x1 convolution to 3 channels); lanes 0, 1, 2 of the half write R, G,
-// B of pixel q of image img (planes of `plane` pixels) and lane 0 the packed display pixel. All 32 lanes take part;
-// nothing is written where !valid (a tile row past the layer's pixels).
-__device__ __forceinline__ void rgb_pixel_half_warp(float v, int c, bool valid, int img, size_t plane, size_t q,
-                                                    const RgbOutput& rgb) {
+// bias and leaky ReLU. Pixel norm, then ToRGB (1x1 convolution to 3 channels): every lane of the half gets the
+// pixel's R, G, B in sums. All 32 lanes take part.
+__device__ __forceinline__ void rgb_half_warp(float v, int c, const RgbOutput& rgb, float (&sums)[3]) {
     const float normed = half_warp_pixel_norm16(v);
-    float sums[3];
 #pragma unroll
     for (int j = 0; j < 3; ++j) {
         float t = normed * rgb.w[c * 3 + j];
@@ -102,20 +99,28 @@ __device__ __forceinline__ void rgb_pixel_half_warp(float v, int c, bool valid, 
         for (int offset = 8; offset > 0; offset >>= 1) t += __shfl_xor_sync(0xffffffffu, t, offset);
         sums[j] = t + rgb.b[j];
     }
-    if (!valid) return;
-    const float mine = c == 0 ? sums[0] : (c == 1 ? sums[1] : sums[2]);  // no dynamic register index
-    if (c < 3) rgb.img[((size_t)img * 3 + c) * plane + q] = mine;
-    if (c == 0) rgb.packed[(size_t)img * plane + q] = (to_u8(sums[0]) << 16) | (to_u8(sums[1]) << 8) | to_u8(sums[2]);
+}
+
+// A pixel's R, G, B as the packed 0x00RRGGBB display pixel (the official 8-bit rounding).
+__device__ __forceinline__ unsigned int pack_0rgb(const float (&sums)[3]) {
+    return (to_u8(sums[0]) << 16) | (to_u8(sums[1]) << 8) | to_u8(sums[2]);
+}
+
+// Lane c's share of a pixel's output: R, G, B for lanes 0, 1, 2 (no dynamic register index).
+__device__ __forceinline__ float rgb_channel(int c, const float (&sums)[3]) {
+    return c == 0 ? sums[0] : (c == 1 ? sums[1] : sums[2]);
 }
 
 // Epilogue of the GEMM-tiled kernels (conv3x3_body, conv3x3_pipe_body), after the block's BM x BN tile is in
 // shared memory (cs, row stride cs_stride): one warp per pixel row of the tile, lanes over channels (coalesced
 // stores). Fused: bias, leaky ReLU and pixel norm over the pixel's channels (BN holds them all), written as
 // activations [M, Cout]. Otherwise raw partial sums into [splits, M, Cout] for conv_finish_f32.
-// TO_RGB (the last layer: 16 channels, fused, not phased): ToRGB too, two pixels per warp, writing the image and
-// the display buffer (rgb) instead of the activations.
+// TO_RGB (the last layer: 16 channels, fused, not phased): ToRGB too, writing the image and the display buffer
+// (rgb) instead of the activations. A half warp per pixel computes it and leaves R, G, B and the packed pixel in
+// the first four columns of the pixel's own tile row (each lane overwrites only the value it read); then a thread
+// per pixel writes them out, so that consecutive threads write consecutive pixels of each plane.
 template <int BM, int BN, bool TO_RGB = false>
-__device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, const float* __restrict__ bias,
+__device__ __forceinline__ void conv_epilogue(float* cs, int cs_stride, const float* __restrict__ bias,
                                               float* __restrict__ out, const ConvShape& s,
                                               const RgbOutput rgb = RgbOutput{}) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -123,13 +128,26 @@ __device__ __forceinline__ void conv_epilogue(const float* cs, int cs_stride, co
     if constexpr (TO_RGB) {
         static_assert(BN == 16 && BM % (2 * (THREADS / 32)) == 0, "a half warp per pixel, every lane in every round");
         const int half = lane >> 4, c = lane & 15;
-        const size_t plane = (size_t)s.side * s.side;
+#pragma unroll 1
         for (int r = 2 * warp + half; r < BM; r += 2 * (THREADS / 32)) {
+            float* row = cs + r * cs_stride;
+            const float v = m0 + r < s.m_total ? lrelu(row[c] + bias[c]) : 0.0f;
+            float sums[3];
+            rgb_half_warp(v, c, rgb, sums);
+            if (c < 3) row[c] = rgb_channel(c, sums);
+            if (c == 3) row[3] = __uint_as_float(pack_0rgb(sums));
+        }
+        __syncthreads();
+        const size_t plane = (size_t)s.side * s.side;
+        for (int r = threadIdx.x; r < BM; r += THREADS) {
             const int p = m0 + r;
-            const bool valid = p < s.m_total;
-            const float v = valid ? lrelu(cs[r * cs_stride + c] + bias[c]) : 0.0f;
+            if (p >= s.m_total) continue;
             const int img = p >> (2 * s.log2_side);
-            rgb_pixel_half_warp(v, c, valid, img, plane, (size_t)(p - img * (int)plane), rgb);
+            const size_t q = (size_t)p - (size_t)img * plane;
+            const float* row = cs + r * cs_stride;
+#pragma unroll
+            for (int j = 0; j < 3; ++j) rgb.img[((size_t)img * 3 + j) * plane + q] = row[j];
+            rgb.packed[p] = __float_as_uint(row[3]);
         }
         return;
     }
@@ -382,9 +400,8 @@ CONV_ENTRY(conv3x3_tf32_n64_v, 64, 64, true, true)
 CONV_ENTRY(conv3x3_tf32_n32_v, 128, 32, true, true)
 CONV_ENTRY(conv3x3_tf32_n16_v, 256, 16, true, true)
 
-// The last layer (16 channels, one split) with ToRGB fused: conv3x3_<precision>_n16[_v]_rgb.
-CONV_RGB_KERNEL(conv3x3_f32_n16_rgb, conv3x3_body<256, 16, false, false, true>)
-CONV_RGB_KERNEL(conv3x3_tf32_n16_rgb, conv3x3_body<256, 16, true, false, true>)
+// The last layer (16 channels, one split, Cin a multiple of 16 as in every PGGAN) with ToRGB fused:
+// conv3x3_<precision>_n16_v_rgb.
 CONV_RGB_KERNEL(conv3x3_f32_n16_v_rgb, conv3x3_body<256, 16, false, true, true>)
 CONV_RGB_KERNEL(conv3x3_tf32_n16_v_rgb, conv3x3_body<256, 16, true, true, true>)
 
@@ -769,8 +786,11 @@ __device__ __forceinline__ void conv3x3_spatial_body(const float* __restrict__ i
             const size_t p = ((size_t)img * out_side + y0 + r / TW) * out_side + x0 + r % TW;
             const float v = lrelu(Cs[r * (BN + 1) + c] + bias[c]);
             if constexpr (TO_RGB) {
-                const size_t plane = (size_t)out_side * out_side;
-                rgb_pixel_half_warp(v, c, true, img, plane, p - (size_t)img * plane, rgb);
+                float sums[3];
+                rgb_half_warp(v, c, rgb, sums);
+                const size_t plane = (size_t)out_side * out_side, q = p - (size_t)img * plane;
+                if (c < 3) rgb.img[((size_t)img * 3 + c) * plane + q] = rgb_channel(c, sums);
+                if (c == 0) rgb.packed[p] = pack_0rgb(sums);
             } else {
                 out[p * 16 + c] = half_warp_pixel_norm16(v);
             }

@@ -40,13 +40,12 @@ const SPATIAL_KERNELS: [&str; 2] = ["conv3x3_tf32s_n16", "conv3x3_tf32s_n32"];
 const SPATIAL_PHASED_KERNELS: [&str; 2] = ["conv3x3_tf32sp_n16", "conv3x3_tf32sp_n32"];
 /// The 16-channel spatial kernel with ToRGB fused into its epilogue (the last layer).
 const SPATIAL_RGB_KERNEL: &str = "conv3x3_tf32s_n16_rgb";
-/// The 16-channel gather kernels with ToRGB fused into their epilogue (the last layer, one split), by
-/// [vectorised gather][precision f32, tf32].
-const GATHER_RGB_KERNELS: [[&str; 2]; 2] =
-    [["conv3x3_f32_n16_rgb", "conv3x3_tf32_n16_rgb"], ["conv3x3_f32_n16_v_rgb", "conv3x3_tf32_n16_v_rgb"]];
+/// The 16-channel vector-gather kernels (Cin a multiple of 16) with ToRGB fused into their epilogue (the last
+/// layer, one split), by precision f32, tf32.
+const GATHER_RGB_KERNELS: [&str; 2] = ["conv3x3_f32_n16_v_rgb", "conv3x3_tf32_n16_v_rgb"];
 
 /// Entry points the kernel module must export (kernels/*.cu).
-pub const KERNELS: [&str; 27] = [
+pub const KERNELS: [&str; 25] = [
     "dense_f32",
     "conv3x3_f32_n64",
     "conv3x3_f32_n32",
@@ -66,8 +65,6 @@ pub const KERNELS: [&str; 27] = [
     "conv3x3_tf32s_n16",
     "conv3x3_tf32s_n32",
     "conv3x3_tf32s_n16_rgb",
-    "conv3x3_f32_n16_rgb",
-    "conv3x3_tf32_n16_rgb",
     "conv3x3_f32_n16_v_rgb",
     "conv3x3_tf32_n16_v_rgb",
     "conv3x3_tf32sp_n16",
@@ -223,10 +220,16 @@ pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool, 
         .collect()
 }
 
-/// Whether a plan for a 16-channel last layer can run it with ToRGB fused: a 16-wide spatial or gather tile that
-/// finishes the layer itself (one split) and does not upsample.
-fn fuses_rgb(plan: &ConvPlan) -> bool {
-    matches!(plan.kind, ConvKind::Spatial | ConvKind::Gather) && plan.bn == 16 && plan.fused && !plan.phased
+/// Whether a plan for a 16-channel last layer of `cin` input channels can run it with ToRGB fused: a 16-wide
+/// spatial tile, or a 16-wide vector-gather tile (Cin a multiple of 16), that finishes the layer itself (one split)
+/// and does not upsample.
+fn fuses_rgb(plan: &ConvPlan, cin: usize) -> bool {
+    let kernel = match plan.kind {
+        ConvKind::Spatial => true,
+        ConvKind::Gather => cin.is_multiple_of(BK),
+        ConvKind::Pipelined => false,
+    };
+    kernel && plan.bn == 16 && plan.fused && !plan.phased
 }
 
 
@@ -418,12 +421,12 @@ impl LayerLaunch {
     /// The last layer with ToRGB fused: writes the image and the display buffer, so its activations are never
     /// stored. `None` unless it has 16 channels and a plan that allows it (see `fuses_rgb`).
     pub fn launch_to_rgb(&self, src: Buf) -> Option<Launch> {
-        if self.cout != 16 || !fuses_rgb(&self.plan) {
+        if self.cout != 16 || !fuses_rgb(&self.plan, self.cin) {
             return None;
         }
         let kernel = match self.plan.kind {
             ConvKind::Spatial => SPATIAL_RGB_KERNEL,
-            _ => GATHER_RGB_KERNELS[usize::from(self.cin.is_multiple_of(BK))][usize::from(self.precision == Precision::Tf32)],
+            _ => GATHER_RGB_KERNELS[usize::from(self.precision == Precision::Tf32)],
         };
         let i = self.index;
         Some(Launch {

@@ -346,13 +346,13 @@ def runner(request, sanitizer):
     return request.getfixturevalue({"address": "run_kernel", "thread": "run_kernel_racecheck"}[sanitizer])
 
 
-# (kernel, images, input side, Cin, upsample, sanitizer): the spatial kernel, and the gather kernels of both
-# precisions with scalar (Cin 8) and vector (Cin 16, 32) gathers, one with a partial tile (64 pixels of 256 rows)
+# (kernel, images, input side, Cin, upsample, sanitizer): the spatial kernel, and the vector-gather kernels of both
+# precisions (Cin 16, 32, 48), one with a partial tile (64 pixels of 256 rows), one upsampling (folded)
 @pytest.mark.parametrize("kernel,n,side_in,cin,up,sanitizer",
                          [("tf32s_n16_rgb", 1, 16, 32, True, "address"), ("tf32s_n16_rgb", 2, 32, 16, False, "address"),
                           ("tf32s_n16_rgb", 1, 16, 32, True, "thread"),
                           ("tf32_n16_v_rgb", 2, 16, 32, False, "address"), ("f32_n16_v_rgb", 1, 8, 16, False, "address"),
-                          ("tf32_n16_rgb", 1, 8, 8, True, "address"), ("f32_n16_rgb", 1, 16, 8, False, "address"),
+                          ("tf32_n16_v_rgb", 1, 8, 16, True, "address"), ("f32_n16_v_rgb", 2, 16, 48, False, "address"),
                           ("tf32_n16_v_rgb", 1, 16, 16, False, "thread")])
 def test_last_layer_with_torgb_fused_writes_the_image_and_the_display_buffer(request, kernel, n, side_in, cin, up,
                                                                                sanitizer):
