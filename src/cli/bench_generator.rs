@@ -180,6 +180,6 @@ fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
             println!("{layer:<22} {:<18} {ms:>9} {diff:>9}  {note}", c.kernel);
         }
     }
-    let (reference, tuned) = layers.iter().map(generate::cuda::LayerChoice::reference_and_chosen_ms).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (reference, tuned) = generate::cuda::tuning_totals(layers);
     println!("sum of the references {reference:.4} ms, of the chosen {tuned:.4} ms");
 }

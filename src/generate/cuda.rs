@@ -292,17 +292,10 @@ pub struct LayerChoice {
     pub reason: String,
 }
 
-impl LayerChoice {
-    /// The candidate used.
-    pub fn chosen_candidate(&self) -> Option<&CandidateTiming> {
-        self.candidates.get(self.chosen)
-    }
-
-    /// Milliseconds per launch of the reference candidate and of the one used.
-    pub fn reference_and_chosen_ms(&self) -> (f64, f64) {
-        let ms = |c: &CandidateTiming| c.ms.unwrap_or(f64::NAN);
-        (self.candidates.first().map_or(f64::NAN, ms), self.chosen_candidate().map_or(f64::NAN, ms))
-    }
+/// Milliseconds per launch summed over the tuned layers: of the reference candidates, and of the ones chosen.
+pub fn tuning_totals(layers: &[LayerChoice]) -> (f64, f64) {
+    let ms = |l: &LayerChoice, i: usize| l.candidates.get(i).and_then(|c| c.ms).unwrap_or(f64::NAN);
+    layers.iter().fold((0.0, 0.0), |(reference, chosen), l| (reference + ms(l, 0), chosen + ms(l, l.chosen)))
 }
 
 /// Which of a layer's candidates to use, and why. `reference_ms` is the reference candidate's time (it is used
@@ -718,7 +711,7 @@ impl CudaGenerator {
         }
         stream.synchronize().map_err(cuda_err("synchronising"))?;
         let changed = tuning.layers.iter().filter(|l| l.chosen != 0).count();
-        let (before, after) = tuning.layers.iter().map(LayerChoice::reference_and_chosen_ms).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (before, after) = tuning_totals(&tuning.layers);
         tracing::info!(
             "kernel tuning for batch {batch} on {}: {changed} of {} layers off the reference, convolutions {before:.3} -> {after:.3} ms",
             self.device_name,

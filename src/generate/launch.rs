@@ -220,18 +220,6 @@ pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool, 
         .collect()
 }
 
-/// Whether a plan for a 16-channel last layer of `cin` input channels can run it with ToRGB fused: a 16-wide
-/// spatial tile, or a 16-wide vector-gather tile (Cin a multiple of 16), that finishes the layer itself (one split)
-/// and does not upsample.
-fn fuses_rgb(plan: &ConvPlan, cin: usize) -> bool {
-    let kernel = match plan.kind {
-        ConvKind::Spatial => true,
-        ConvKind::Gather => cin.is_multiple_of(BK),
-        ConvKind::Pipelined => false,
-    };
-    kernel && plan.bn == 16 && plan.fused && !plan.phased
-}
-
 
 /// A device buffer as the launches name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,16 +406,25 @@ impl LayerLaunch {
         launches
     }
 
-    /// The last layer with ToRGB fused: writes the image and the display buffer, so its activations are never
-    /// stored. `None` unless it has 16 channels and a plan that allows it (see `fuses_rgb`).
-    pub fn launch_to_rgb(&self, src: Buf) -> Option<Launch> {
-        if self.cout != 16 || !fuses_rgb(&self.plan, self.cin) {
+    /// The kernel that runs this layer with ToRGB fused, if one can: a 16-channel layer whose plan finishes it
+    /// (one split, one 16-wide tile) without upsampling, on the spatial kernel or the vector gather (Cin a
+    /// multiple of 16).
+    fn rgb_kernel(&self) -> Option<&'static str> {
+        let plan = self.plan;
+        if self.cout != 16 || plan.bn != 16 || !plan.fused || plan.phased {
             return None;
         }
-        let kernel = match self.plan.kind {
-            ConvKind::Spatial => SPATIAL_RGB_KERNEL,
-            _ => GATHER_RGB_KERNELS[usize::from(self.precision == Precision::Tf32)],
-        };
+        match plan.kind {
+            ConvKind::Spatial => Some(SPATIAL_RGB_KERNEL),
+            ConvKind::Gather if self.cin.is_multiple_of(BK) => Some(GATHER_RGB_KERNELS[usize::from(self.precision == Precision::Tf32)]),
+            _ => None,
+        }
+    }
+
+    /// The last layer with ToRGB fused: writes the image and the display buffer, so its activations are never
+    /// stored. `None` unless a kernel can ([`Self::rgb_kernel`]).
+    pub fn launch_to_rgb(&self, src: Buf) -> Option<Launch> {
+        let kernel = self.rgb_kernel()?;
         let i = self.index;
         Some(Launch {
             kernel,
