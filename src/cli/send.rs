@@ -1,20 +1,26 @@
-//! `hyper-rt send`: play a 4-D NIfTI-1 file to a receiver exactly as Pyneal Scanner would.
+//! `hyper-rt send`: play a run to a receiver exactly as Pyneal Scanner would: a 4-D NIfTI-1 file, a finished
+//! Siemens mosaic DICOM series, or (`--watch`) the folder a Siemens scanner is exporting into, volume by volume
+//! as its files are written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::ingest::sender::{self, Pacing, ScannerSender};
+use hyper_rt::dicom::{looks_like_dicom, MosaicVolume};
+use hyper_rt::ingest::dicom_series::{mosaic_wire_volume, FolderScan, FolderWatcher};
+use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The run to play: a 4-D (or 3-D, one volume) NIfTI-1 file, .nii or .nii.gz.
+    /// The run to play: a 4-D (or 3-D, one volume) NIfTI-1 file (.nii, .nii.gz); or Siemens mosaic DICOM: a
+    /// folder holding a series, one file per volume (volume number = InstanceNumber), or one such file.
     run: PathBuf,
     /// Receiver endpoint [config: sender.connect]
     #[arg(long)]
     connect: Option<String>,
-    /// Seconds between volumes (default: the file's TR; values over 100 are taken as milliseconds)
+    /// Seconds between volumes, also the TR sent (default: the file's TR; values over 100 are taken as milliseconds)
     #[arg(long)]
     tr_secs: Option<f64>,
     /// Play faster (2 = twice the TR pace) or slower (0.5)
@@ -35,31 +41,118 @@ pub struct Args {
     /// No progress bar
     #[arg(long)]
     quiet: bool,
+    /// DICOM: the series to send (its SeriesNumber) when the folder holds several. With --watch, its files
+    /// already in the folder are sent too (start the sender late without losing volumes).
+    #[arg(long)]
+    series: Option<i64>,
+    /// DICOM: follow the folder while the scanner writes into it and send each volume as soon as its file is
+    /// complete (no pacing). Without --series, files already there are earlier runs and the first series to
+    /// gain a file is followed. Ends when the receiver says STOP, after --volumes, after --idle-secs, or Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+    /// --watch: stop after sending this many volumes
+    #[arg(long)]
+    volumes: Option<usize>,
+    /// --watch: stop after this many seconds without a new volume (0 = never)
+    #[arg(long, default_value_t = 0.0)]
+    idle_secs: f64,
+    /// --watch: milliseconds between looks at the folder
+    #[arg(long, default_value_t = 50)]
+    poll_ms: u64,
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
-    if let Some(v) = args.connect {
+    if let Some(v) = args.connect.clone() {
         config.sender.connect = v;
     }
-    if let Some(v) = args.handshake {
+    if let Some(v) = args.handshake.clone() {
         config.sender.handshake = v;
     }
     if let Some(v) = args.reply_timeout_secs {
         config.sender.reply_timeout_secs = v;
     }
-    config.validate(std::path::Path::new("<command line>"))?;
+    config.validate(Path::new("<command line>"))?;
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number, got {}", args.speed);
     }
+    if !(args.idle_secs.is_finite() && args.idle_secs >= 0.0) {
+        bail!("--idle-secs must be 0 or more, got {}", args.idle_secs);
+    }
+    let tr_override = match args.tr_secs {
+        Some(tr) if tr > 100.0 => Some(tr / 1000.0),
+        Some(tr) if tr > 0.0 && tr.is_finite() => Some(tr),
+        Some(tr) => bail!("--tr-secs must be positive, got {tr}"),
+        None => None,
+    };
+    if is_dicom(&args.run)? {
+        if args.watch {
+            return send_watched_folder(&args, &config, tr_override);
+        }
+        return send_dicom_series(&args, &config, tr_override);
+    }
+    for (given, flag) in [(args.watch, "--watch"), (args.series.is_some(), "--series"), (args.volumes.is_some(), "--volumes")] {
+        if given {
+            bail!("{flag} is for Siemens DICOM folders; {} is not one", args.run.display());
+        }
+    }
+    send_nifti(&args, &config, tr_override)
+}
 
+/// A folder, or a file that starts like DICOM Part 10.
+fn is_dicom(run: &Path) -> anyhow::Result<bool> {
+    if run.is_dir() {
+        return Ok(true);
+    }
+    let mut head = [0u8; 132];
+    let mut file = std::fs::File::open(run).with_context(|| format!("opening {}", run.display()))?;
+    let n = std::io::Read::read(&mut file, &mut head).with_context(|| format!("reading {}", run.display()))?;
+    Ok(looks_like_dicom(&head[..n]))
+}
+
+fn progress_bar(quiet: bool, len: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match (quiet, len) {
+        (true, _) => return indicatif::ProgressBar::hidden(),
+        (false, Some(len)) => indicatif::ProgressBar::new(len),
+        (false, None) => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = if len.is_some() { "{spinner} sending [{bar:30}] {pos}/{len} volumes {msg}" } else { "{spinner} {pos} volumes sent {msg}" };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar
+}
+
+/// Streams `volumes` with a progress bar and prints the one-line result.
+fn stream_and_report(
+    config: &Config,
+    volumes: impl IntoIterator<Item = WireVolume>,
+    pacing: Pacing,
+    bar: &indicatif::ProgressBar,
+    skipped: impl Fn() -> usize,
+) -> anyhow::Result<StreamReport> {
+    let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
+    let report = sender::stream(&sender, volumes, pacing, |_, reply| {
+        bar.inc(1);
+        bar.set_message(reply.to_string());
+    })?;
+    bar.finish();
+    let skipped = skipped();
+    println!(
+        "sent {} volumes to {}{}{}{}",
+        report.sent,
+        config.sender.connect,
+        if report.stopped_by_receiver { "; the receiver said STOP" } else { "" },
+        if report.error_replies > 0 { format!("; {} rejected (see the warnings)", report.error_replies) } else { String::new() },
+        if skipped > 0 { format!("; {skipped} files skipped (see the warnings)") } else { String::new() }
+    );
+    Ok(report)
+}
+
+fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
     let img = NiftiImage::read(&args.run)?;
     if img.tr_unit_was_suspicious {
         tracing::warn!("{}: pixdim[4] is {} s by its units: taken as milliseconds ({} s)", args.run.display(), img.tr_secs.unwrap_or(0.0) * 1000.0, img.tr_secs.unwrap_or(0.0));
     }
-    let tr_secs = match args.tr_secs {
-        Some(tr) if tr > 100.0 => tr / 1000.0,
-        Some(tr) if tr > 0.0 && tr.is_finite() => tr,
-        Some(tr) => bail!("--tr-secs must be positive, got {tr}"),
+    let tr_secs = match tr_override {
+        Some(tr) => tr,
         None => img.tr_secs.with_context(|| format!("{} has no TR (pixdim[4] = 0): give --tr-secs", args.run.display()))?,
     };
     if args.start_at >= img.volumes {
@@ -73,26 +166,127 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         img.dtype.numpy_name(),
         if img.scaling.is_some() { " (scaled: sent as float64)" } else { "" }
     );
-
-    let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
     let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
-    let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new((img.volumes - args.start_at) as u64) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} sending [{bar:30}] {pos}/{len} volumes {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(args.quiet, Some((img.volumes - args.start_at) as u64));
     let volumes = (args.start_at..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr_secs));
-    let report = sender::stream(&sender, volumes, pacing, |_, reply| {
-        bar.inc(1);
-        bar.set_message(reply.to_string());
-    })?;
-    bar.finish();
-    println!(
-        "sent {} volumes to {}{}{}",
-        report.sent,
-        config.sender.connect,
-        if report.stopped_by_receiver { "; the receiver said STOP" } else { "" },
-        if report.error_replies > 0 { format!("; {} rejected (see the warnings)", report.error_replies) } else { String::new() }
+    stream_and_report(config, volumes, pacing, &bar, || 0)?;
+    Ok(())
+}
+
+/// A finished series: every volume of the chosen series in index order, at TR pace.
+fn send_dicom_series(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
+    let scan = FolderScan::read(&args.run).with_context(|| format!("reading {}", args.run.display()))?;
+    for message in &scan.unreadable {
+        tracing::warn!("skipped: {message}");
+    }
+    if !scan.not_dicom.is_empty() {
+        tracing::warn!("skipped {} files that are not DICOM (first: {})", scan.not_dicom.len(), scan.not_dicom[0].display());
+    }
+    for path in &scan.duplicates {
+        tracing::warn!("skipped {}: its series already has a file for the same volume number", path.display());
+    }
+    let (series, files) = scan.choose(&args.run, args.series).map_err(anyhow::Error::msg)?;
+    let files: Vec<(usize, PathBuf)> = files.into_iter().filter(|(index, _)| *index >= args.start_at).collect();
+    let Some((first_index, first_path)) = files.first().cloned() else {
+        bail!("series {series} in {} has no volume from --start-at {} on", args.run.display(), args.start_at);
+    };
+    let first = MosaicVolume::read(&first_path)?;
+    let tr_secs = match tr_override.or(first.tr_secs) {
+        Some(tr) => tr,
+        None => bail!("{} has no RepetitionTime (0018,0080): give --tr-secs", first_path.display()),
+    };
+    let last_index = files.last().map(|(i, _)| *i).unwrap_or(first_index);
+    let missing = last_index + 1 - first_index - files.len();
+    tracing::info!(
+        "series {series}{}: {} volumes ({first_index} to {last_index}{}) of {:?} {}, TR {tr_secs} s, slice normal from {}",
+        if first.series_description.is_empty() { String::new() } else { format!(" ({})", first.series_description) },
+        files.len(),
+        if missing > 0 { format!(", {missing} missing") } else { String::new() },
+        first.dims,
+        first.dtype.numpy_name(),
+        if first.slice_normal_from_csa { "the CSA header" } else { "the image orientation (no CSA header)" }
     );
+    let skipped = std::cell::Cell::new(scan.unreadable.len() + scan.not_dicom.len() + scan.duplicates.len());
+    let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
+    let bar = progress_bar(args.quiet, Some(files.len() as u64));
+    // A file that changed or broke since the scan is skipped with a warning; the run goes on.
+    let volumes = files.iter().filter_map(|(_, path)| match MosaicVolume::read(path) {
+        Ok(v) => Some(mosaic_wire_volume(&v, tr_secs)),
+        Err(e) => {
+            tracing::warn!("skipped: {e}");
+            skipped.set(skipped.get() + 1);
+            None
+        }
+    });
+    stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
+    Ok(())
+}
+
+/// A series still being written: each volume goes out as soon as its file is complete.
+fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
+    if !args.run.is_dir() {
+        bail!("--watch follows a folder; {} is a file", args.run.display());
+    }
+    let mut watcher = FolderWatcher::new(&args.run, args.series).with_context(|| format!("reading {}", args.run.display()))?;
+    tracing::info!(
+        "watching {} for {}",
+        args.run.display(),
+        match args.series {
+            Some(n) => format!("series {n}"),
+            None => "the next series".to_string(),
+        }
+    );
+    let skipped = std::cell::Cell::new(0usize);
+    let poll = Duration::from_millis(args.poll_ms.max(1));
+    let idle_limit = (args.idle_secs > 0.0).then(|| Duration::from_secs_f64(args.idle_secs));
+    let mut queue = std::collections::VecDeque::new();
+    let mut sent = 0usize;
+    let mut last_volume_at = Instant::now();
+    let mut announced = false;
+    let volumes = std::iter::from_fn(|| loop {
+        if args.volumes.is_some_and(|n| sent >= n) {
+            return None;
+        }
+        if let Some(v) = queue.pop_front() {
+            sent += 1;
+            return Some(v);
+        }
+        if idle_limit.is_some_and(|limit| last_volume_at.elapsed() >= limit) {
+            tracing::info!("no new volume for {} s: stopping", args.idle_secs);
+            return None;
+        }
+        std::thread::sleep(poll);
+        let findings = match watcher.poll() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("cannot read {}: {e}; stopping", args.run.display());
+                return None;
+            }
+        };
+        for message in findings.skipped {
+            tracing::warn!("skipped: {message}");
+            skipped.set(skipped.get() + 1);
+        }
+        if let (false, Some(series)) = (announced, watcher.series()) {
+            tracing::info!("following series {series}");
+            announced = true;
+        }
+        for v in findings.volumes {
+            if v.index < args.start_at {
+                continue;
+            }
+            match tr_override.or(v.tr_secs) {
+                Some(tr_secs) => queue.push_back(mosaic_wire_volume(&v, tr_secs)),
+                None => {
+                    tracing::warn!("skipped: {} has no RepetitionTime (0018,0080): give --tr-secs", v.path.display());
+                    skipped.set(skipped.get() + 1);
+                }
+            }
+            last_volume_at = Instant::now();
+        }
+    });
+    let pacing = Pacing { tr_secs: 0.0, speed: f64::INFINITY };
+    let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
+    stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
     Ok(())
 }

@@ -1,0 +1,579 @@
+//! Siemens mosaic DICOM reading: one file of an EPI series becomes one 3-D [`MosaicVolume`].
+//!
+//! Siemens scanners export each fMRI volume as one DICOM file whose image is a *mosaic*: the slices laid out
+//! as tiles of one large 2-D image. This module reads such a file (DICOM Part 10, uncompressed, implicit or
+//! explicit VR little endian), cuts the mosaic into slices and computes the voxel -> millimetre affine the
+//! way the Siemens geometry defines it (and nibabel's `MosaicWrapper` reads it):
+//!
+//! - voxel axis 0 walks down the rows of a tile (DICOM column direction cosine, `PixelSpacing[0]` mm),
+//!   axis 1 along the columns (row direction cosine, `PixelSpacing[1]` mm), axis 2 across the slices along
+//!   the slice normal (the CSA header's `SliceNormalVector`, else the cross product of the two cosines) by
+//!   `SpacingBetweenSlices` (else `SliceThickness`);
+//! - `ImagePositionPatient` of a mosaic is the corner of the whole mosaic drawn in the first slice's plane
+//!   and centred on it, so the first voxel lies half the difference of mosaic and tile sizes further in;
+//! - DICOM's patient coordinates are LPS+; the affine returned is RAS+ like every other one in the project.
+//!
+//! The voxels keep their stored type (`uint16` from Siemens) unless the file asks for rescaling, in which
+//! case they become float64 computed as `stored * slope + intercept`. Everything a file lacks or gets wrong
+//! is an error that names the file, the element and, for structural damage, the byte offset.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::volume::{Affine, Dtype};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DicomError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a DICOM file (no \"DICM\" marker after the 128-byte preamble)")]
+    NotDicom { path: PathBuf },
+    #[error("{path}: broken at byte {offset}: {reason}")]
+    Malformed { path: PathBuf, offset: usize, reason: String },
+    #[error("{path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A DICOM tag as `(group << 16) | element`.
+pub type Tag = u32;
+
+const fn tag(group: u16, element: u16) -> Tag {
+    ((group as u32) << 16) | element as u32
+}
+
+const TRANSFER_SYNTAX_UID: Tag = tag(0x0002, 0x0010);
+const IMAGE_TYPE: Tag = tag(0x0008, 0x0008);
+const SERIES_DESCRIPTION: Tag = tag(0x0008, 0x103E);
+const SLICE_THICKNESS: Tag = tag(0x0018, 0x0050);
+const REPETITION_TIME: Tag = tag(0x0018, 0x0080);
+const SPACING_BETWEEN_SLICES: Tag = tag(0x0018, 0x0088);
+const SERIES_INSTANCE_UID: Tag = tag(0x0020, 0x000E);
+const SERIES_NUMBER: Tag = tag(0x0020, 0x0011);
+const INSTANCE_NUMBER: Tag = tag(0x0020, 0x0013);
+const IMAGE_POSITION_PATIENT: Tag = tag(0x0020, 0x0032);
+const IMAGE_ORIENTATION_PATIENT: Tag = tag(0x0020, 0x0037);
+const SAMPLES_PER_PIXEL: Tag = tag(0x0028, 0x0002);
+const ROWS: Tag = tag(0x0028, 0x0010);
+const COLUMNS: Tag = tag(0x0028, 0x0011);
+const PIXEL_SPACING: Tag = tag(0x0028, 0x0030);
+const BITS_ALLOCATED: Tag = tag(0x0028, 0x0100);
+const BITS_STORED: Tag = tag(0x0028, 0x0101);
+const PIXEL_REPRESENTATION: Tag = tag(0x0028, 0x0103);
+const RESCALE_INTERCEPT: Tag = tag(0x0028, 0x1052);
+const RESCALE_SLOPE: Tag = tag(0x0028, 0x1053);
+const PIXEL_DATA: Tag = tag(0x7FE0, 0x0010);
+const ITEM: Tag = tag(0xFFFE, 0xE000);
+const ITEM_END: Tag = tag(0xFFFE, 0xE00D);
+const SEQUENCE_END: Tag = tag(0xFFFE, 0xE0DD);
+const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+
+/// Value representations whose explicit-VR length field is 4 bytes (after 2 reserved bytes).
+const LONG_VRS: [&[u8; 2]; 13] = [b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"];
+
+/// The top-level elements of a DICOM file: tag -> value bytes (sequences are skipped over, not kept).
+#[derive(Debug, Clone)]
+pub struct DataSet {
+    path: PathBuf,
+    elements: HashMap<Tag, Vec<u8>>,
+}
+
+/// Whether a file's bytes begin like DICOM Part 10 (the "DICM" marker after the preamble).
+pub fn looks_like_dicom(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM".as_slice())
+}
+
+impl DataSet {
+    /// Reads and parses a DICOM Part 10 file.
+    pub fn read(path: &Path) -> Result<DataSet, DicomError> {
+        let bytes = std::fs::read(path).map_err(|source| DicomError::Io { path: path.to_path_buf(), source })?;
+        DataSet::parse(path, &bytes)
+    }
+
+    /// Parses the bytes of a DICOM Part 10 file; `path` is only used in messages.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<DataSet, DicomError> {
+        if !looks_like_dicom(bytes) {
+            return Err(DicomError::NotDicom { path: path.to_path_buf() });
+        }
+        let mut reader = Reader { path, bytes, offset: 132, explicit_vr: true };
+        let mut elements = HashMap::new();
+        // The file meta group is always explicit VR little endian; it ends where group 0002 ends.
+        while reader.offset < bytes.len() && reader.peek_group()? == 0x0002 {
+            let (t, value) = reader.element()?;
+            if let Some(value) = value {
+                elements.insert(t, value.to_vec());
+            }
+        }
+        let syntax = elements.get(&TRANSFER_SYNTAX_UID).map(|v| text(v)).unwrap_or_default();
+        reader.explicit_vr = match syntax.as_str() {
+            "1.2.840.10008.1.2" => false,
+            "1.2.840.10008.1.2.1" => true,
+            "" => {
+                return Err(DicomError::Invalid { path: path.to_path_buf(), reason: "no transfer syntax (0002,0010) in the file meta group".into() })
+            }
+            "1.2.840.10008.1.2.2" => {
+                return Err(DicomError::Unsupported { path: path.to_path_buf(), reason: "big-endian transfer syntax (1.2.840.10008.1.2.2) is not supported".into() })
+            }
+            other => {
+                return Err(DicomError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "transfer syntax {other} (compressed or deflated) is not supported: export the series uncompressed \
+                         (implicit or explicit VR little endian)"
+                    ),
+                })
+            }
+        };
+        while reader.offset < bytes.len() {
+            let (t, value) = reader.element()?;
+            if let Some(value) = value {
+                elements.insert(t, value.to_vec());
+            }
+        }
+        Ok(DataSet { path: path.to_path_buf(), elements })
+    }
+
+    fn invalid(&self, reason: impl Into<String>) -> DicomError {
+        DicomError::Invalid { path: self.path.clone(), reason: reason.into() }
+    }
+
+    /// The raw value bytes of an element, if present.
+    pub fn bytes(&self, t: Tag) -> Option<&[u8]> {
+        self.elements.get(&t).map(|v| v.as_slice())
+    }
+
+    /// A text element (trailing spaces and NULs removed), if present.
+    pub fn text(&self, t: Tag) -> Option<String> {
+        self.bytes(t).map(text)
+    }
+
+    /// A 16-bit unsigned element, required.
+    fn u16(&self, t: Tag, name: &str) -> Result<u16, DicomError> {
+        match self.bytes(t) {
+            Some(v) if v.len() >= 2 => Ok(u16::from_le_bytes([v[0], v[1]])),
+            Some(_) => Err(self.invalid(format!("{name} {} is shorter than 2 bytes", tag_name(t)))),
+            None => Err(self.invalid(format!("{name} {} is missing", tag_name(t)))),
+        }
+    }
+
+    /// A decimal or integer string element (backslash-separated values), if present.
+    fn numbers(&self, t: Tag, name: &str) -> Result<Option<Vec<f64>>, DicomError> {
+        let Some(s) = self.text(t) else { return Ok(None) };
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.split('\\')
+            .map(|part| part.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect::<Option<Vec<f64>>>()
+            .map(Some)
+            .ok_or_else(|| self.invalid(format!("{name} {} is not a list of numbers: {s:?}", tag_name(t))))
+    }
+
+    /// A required numeric element with exactly `n` values.
+    fn numbers_n(&self, t: Tag, name: &str, n: usize) -> Result<Vec<f64>, DicomError> {
+        let values = self.numbers(t, name)?.ok_or_else(|| self.invalid(format!("{name} {} is missing", tag_name(t))))?;
+        if values.len() != n {
+            return Err(self.invalid(format!("{name} {} has {} values, expected {n}", tag_name(t), values.len())));
+        }
+        Ok(values)
+    }
+
+    /// An optional single number.
+    fn number(&self, t: Tag, name: &str) -> Result<Option<f64>, DicomError> {
+        Ok(self.numbers(t, name)?.and_then(|v| v.first().copied()))
+    }
+
+    /// The element `element_low` in the private block a creator named `creator` reserved in `group`
+    /// (the creator `(gggg,00xx)` reserves elements `(gggg,xx00)` to `(gggg,xxFF)`).
+    pub fn private(&self, group: u16, creator: &str, element_low: u8) -> Option<&[u8]> {
+        (0x10u16..=0xFF).find_map(|block| {
+            let owner = self.text(tag(group, block))?;
+            (owner.trim() == creator).then(|| self.bytes(tag(group, (block << 8) | element_low as u16)))?
+        })
+    }
+}
+
+/// A DICOM text value without its padding.
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).trim_end_matches(['\0', ' ']).trim_start().to_string()
+}
+
+/// `(gggg,eeee)`.
+pub fn tag_name(t: Tag) -> String {
+    format!("({:04X},{:04X})", t >> 16, t & 0xFFFF)
+}
+
+/// A cursor over the bytes of a data set.
+struct Reader<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    offset: usize,
+    explicit_vr: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn malformed(&self, offset: usize, reason: impl Into<String>) -> DicomError {
+        DicomError::Malformed { path: self.path.to_path_buf(), offset, reason: reason.into() }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DicomError> {
+        let end = self.offset.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+            self.malformed(self.offset, format!("{what} needs {n} bytes but the file ends after {}", self.bytes.len() - self.offset))
+        })?;
+        let slice = &self.bytes[self.offset..end];
+        self.offset = end;
+        Ok(slice)
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16, DicomError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, DicomError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn peek_group(&self) -> Result<u16, DicomError> {
+        let b = self.bytes.get(self.offset..self.offset + 2).ok_or_else(|| self.malformed(self.offset, "a tag is cut off"))?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn tag(&mut self) -> Result<Tag, DicomError> {
+        let group = self.u16("a tag")?;
+        let element = self.u16("a tag")?;
+        Ok(tag(group, element))
+    }
+
+    /// Reads one element. Returns its value, or `None` for a sequence (skipped over).
+    fn element(&mut self) -> Result<(Tag, Option<&'a [u8]>), DicomError> {
+        let start = self.offset;
+        let t = self.tag()?;
+        let (vr, length) = if self.explicit_vr && t >> 16 != 0xFFFE {
+            let vr_bytes = self.take(2, "a value representation")?;
+            let vr = [vr_bytes[0], vr_bytes[1]];
+            if !vr.iter().all(u8::is_ascii_uppercase) {
+                return Err(self.malformed(start, format!("element {} has no valid value representation ({vr:?})", tag_name(t))));
+            }
+            if LONG_VRS.contains(&&vr) {
+                self.take(2, "reserved bytes")?;
+                (Some(vr), self.u32("a value length")?)
+            } else {
+                (Some(vr), self.u16("a value length")? as u32)
+            }
+        } else {
+            (None, self.u32("a value length")?)
+        };
+        let is_sequence = vr == Some(*b"SQ") || (length == UNDEFINED_LENGTH && vr != Some(*b"OB") && vr != Some(*b"OW"));
+        if is_sequence {
+            // An explicit-VR UN element of undefined length holds an implicit-VR sequence.
+            let nested_explicit = self.explicit_vr && vr != Some(*b"UN");
+            self.skip_sequence(t, length, nested_explicit)?;
+            return Ok((t, None));
+        }
+        if length == UNDEFINED_LENGTH {
+            return Err(DicomError::Unsupported {
+                path: self.path.to_path_buf(),
+                reason: format!("element {} is encapsulated (compressed) pixel data, which is not supported", tag_name(t)),
+            });
+        }
+        let value = self.take(length as usize, &format!("the value of {}", tag_name(t)))?;
+        Ok((t, Some(value)))
+    }
+
+    /// Skips the items of a sequence (defined length, or up to its delimiter).
+    fn skip_sequence(&mut self, seq: Tag, length: u32, explicit_vr: bool) -> Result<(), DicomError> {
+        let outer_explicit = self.explicit_vr;
+        self.explicit_vr = explicit_vr;
+        let result = if length == UNDEFINED_LENGTH {
+            self.skip_items_until_delimiter(seq)
+        } else {
+            let end = self.offset.checked_add(length as usize).filter(|&e| e <= self.bytes.len());
+            match end {
+                Some(end) => {
+                    self.offset = end;
+                    Ok(())
+                }
+                None => Err(self.malformed(self.offset, format!("sequence {} claims {length} bytes, more than the file holds", tag_name(seq)))),
+            }
+        };
+        self.explicit_vr = outer_explicit;
+        result
+    }
+
+    fn skip_items_until_delimiter(&mut self, seq: Tag) -> Result<(), DicomError> {
+        loop {
+            let at = self.offset;
+            let t = self.tag().map_err(|_| self.malformed(at, format!("sequence {} has no end delimiter", tag_name(seq))))?;
+            let length = self.u32("an item length")?;
+            match t {
+                SEQUENCE_END => return Ok(()),
+                ITEM if length == UNDEFINED_LENGTH => loop {
+                    if self.peek_tag()? == ITEM_END {
+                        self.offset += 8;
+                        break;
+                    }
+                    self.element()?;
+                },
+                ITEM => {
+                    self.take(length as usize, "a sequence item")?;
+                }
+                other => return Err(self.malformed(at, format!("expected an item in sequence {}, found {}", tag_name(seq), tag_name(other)))),
+            }
+        }
+    }
+
+    fn peek_tag(&self) -> Result<Tag, DicomError> {
+        let b = self.bytes.get(self.offset..self.offset + 4).ok_or_else(|| self.malformed(self.offset, "an item has no end delimiter"))?;
+        Ok(tag(u16::from_le_bytes([b[0], b[1]]), u16::from_le_bytes([b[2], b[3]])))
+    }
+}
+
+/// The parts of a Siemens CSA header (`SV10` format) this module uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CsaHeader {
+    /// Element name -> its values as text.
+    pub values: HashMap<String, Vec<String>>,
+}
+
+impl CsaHeader {
+    /// Parses a CSA2 (`SV10`) header. Returns `None` for the older CSA1 layout or damaged bytes.
+    pub fn parse(bytes: &[u8]) -> Option<CsaHeader> {
+        let le_i32 = |at: usize| -> Option<i64> { bytes.get(at..at + 4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64) };
+        if bytes.get(0..4) != Some(b"SV10".as_slice()) {
+            return None;
+        }
+        let n_tags = le_i32(8)?;
+        if !(1..=1000).contains(&n_tags) {
+            return None;
+        }
+        let mut at = 16;
+        let mut values = HashMap::new();
+        for _ in 0..n_tags {
+            let name_bytes = bytes.get(at..at + 64)?;
+            let name = text(&name_bytes[..name_bytes.iter().position(|&b| b == 0).unwrap_or(64)]);
+            let n_items = le_i32(at + 76)?;
+            if !(0..=10_000).contains(&n_items) {
+                return None;
+            }
+            at += 84;
+            let mut items = Vec::new();
+            for _ in 0..n_items {
+                let item_len = usize::try_from(le_i32(at + 4)?).ok()?;
+                at += 16;
+                let item = bytes.get(at..at + item_len)?;
+                if item_len > 0 {
+                    items.push(text(&item[..item.iter().position(|&b| b == 0).unwrap_or(item_len)]));
+                }
+                at += item_len.div_ceil(4) * 4;
+            }
+            values.insert(name, items);
+        }
+        Some(CsaHeader { values })
+    }
+
+    /// The numeric values of an element (empty items skipped).
+    pub fn numbers(&self, name: &str) -> Vec<f64> {
+        self.values.get(name).map(|v| v.iter().filter_map(|s| s.trim().parse().ok()).collect()).unwrap_or_default()
+    }
+}
+
+/// One volume of a Siemens EPI series, unpacked from its mosaic.
+#[derive(Debug, Clone)]
+pub struct MosaicVolume {
+    pub path: PathBuf,
+    /// `SeriesNumber` (0020,0011).
+    pub series_number: i64,
+    /// `SeriesInstanceUID` (0020,000E), empty when absent.
+    pub series_uid: String,
+    /// `SeriesDescription` (0008,103E), empty when absent.
+    pub series_description: String,
+    /// 0-based volume index: `InstanceNumber` (0020,0013) minus one.
+    pub index: usize,
+    /// `[rows of a tile, columns of a tile, slices]`.
+    pub dims: [usize; 3],
+    /// Voxel -> millimetre, RAS+.
+    pub mm_from_voxel: Affine,
+    /// `RepetitionTime` (0018,0080) in seconds, if given.
+    pub tr_secs: Option<f64>,
+    pub dtype: Dtype,
+    /// Little-endian voxel values, axis 0 fastest.
+    pub voxel_bytes: Vec<u8>,
+    /// Where the slice normal came from (for the log): the CSA header, or the cross product of the cosines.
+    pub slice_normal_from_csa: bool,
+}
+
+impl MosaicVolume {
+    /// Reads one mosaic file.
+    pub fn read(path: &Path) -> Result<MosaicVolume, DicomError> {
+        MosaicVolume::from_data_set(&DataSet::read(path)?)
+    }
+
+    /// Unpacks the mosaic of a parsed file.
+    pub fn from_data_set(ds: &DataSet) -> Result<MosaicVolume, DicomError> {
+        let csa = ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse);
+        let n_slices = match ds.private(0x0019, "SIEMENS MR HEADER", 0x0A) {
+            Some(v) if v.len() >= 2 => Some(u16::from_le_bytes([v[0], v[1]]) as usize),
+            _ => csa.as_ref().and_then(|c| c.numbers("NumberOfImagesInMosaic").first().map(|&n| n as usize)),
+        };
+        let image_type = ds.text(IMAGE_TYPE).unwrap_or_default();
+        let n_slices = match n_slices {
+            Some(n) if n > 0 => n,
+            _ => {
+                return Err(ds.invalid(format!(
+                    "not a Siemens mosaic: no NumberOfImagesInMosaic in (0019,xx0A) or the CSA header (image type {image_type:?})"
+                )))
+            }
+        };
+        let samples = ds.bytes(SAMPLES_PER_PIXEL).map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel")).transpose()?.unwrap_or(1);
+        if samples != 1 {
+            return Err(ds.invalid(format!("SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes")));
+        }
+        let rows = ds.u16(ROWS, "Rows")? as usize;
+        let columns = ds.u16(COLUMNS, "Columns")? as usize;
+        let tiles_per_side = (1..=n_slices).find(|t| t * t >= n_slices).unwrap_or(1);
+        if rows % tiles_per_side != 0 || columns % tiles_per_side != 0 || rows == 0 || columns == 0 {
+            return Err(ds.invalid(format!(
+                "a {rows} x {columns} mosaic cannot hold {n_slices} slices as {tiles_per_side} x {tiles_per_side} equal tiles"
+            )));
+        }
+        let (tile_rows, tile_columns) = (rows / tiles_per_side, columns / tiles_per_side);
+
+        let bits = ds.u16(BITS_ALLOCATED, "BitsAllocated")?;
+        let signed = ds.u16(PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
+        let bits_stored = ds.bytes(BITS_STORED).map(|_| ds.u16(BITS_STORED, "BitsStored")).transpose()?.unwrap_or(bits);
+        let stored_dtype = match (bits, signed) {
+            (8, false) => Dtype::Uint8,
+            (8, true) => Dtype::Int8,
+            (16, false) => Dtype::Uint16,
+            (16, true) => Dtype::Int16,
+            (32, false) => Dtype::Uint32,
+            (32, true) => Dtype::Int32,
+            _ => return Err(ds.invalid(format!("BitsAllocated {bits} is not supported (8, 16 or 32)"))),
+        };
+        let itemsize = stored_dtype.itemsize();
+        let pixels = ds.bytes(PIXEL_DATA).ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
+        let needed = rows * columns * itemsize;
+        if pixels.len() < needed {
+            return Err(ds.invalid(format!("PixelData holds {} bytes, a {rows} x {columns} x {bits}-bit image needs {needed}", pixels.len())));
+        }
+
+        let spacing = ds.numbers_n(PIXEL_SPACING, "PixelSpacing", 2)?;
+        let position = ds.numbers_n(IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
+        let orientation = ds.numbers_n(IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
+        let row_cos = [orientation[0], orientation[1], orientation[2]];
+        let col_cos = [orientation[3], orientation[4], orientation[5]];
+        for (name, v) in [("row", row_cos), ("column", col_cos)] {
+            if (norm(v) - 1.0).abs() > 1e-3 {
+                return Err(ds.invalid(format!("ImageOrientationPatient's {name} cosine {v:?} is not a unit vector")));
+            }
+        }
+        if spacing.iter().any(|&s| s <= 0.0) {
+            return Err(ds.invalid(format!("PixelSpacing {spacing:?} must be positive")));
+        }
+        let csa_normal = csa.as_ref().map(|c| c.numbers("SliceNormalVector")).filter(|n| n.len() == 3 && (norm([n[0], n[1], n[2]]) - 1.0).abs() < 1e-3);
+        let slice_normal_from_csa = csa_normal.is_some();
+        let normal = match csa_normal {
+            Some(n) => [n[0], n[1], n[2]],
+            None => cross(row_cos, col_cos),
+        };
+        let slice_spacing = match ds.number(SPACING_BETWEEN_SLICES, "SpacingBetweenSlices")? {
+            Some(s) if s > 0.0 => s,
+            _ => ds
+                .number(SLICE_THICKNESS, "SliceThickness")?
+                .filter(|&s| s > 0.0)
+                .ok_or_else(|| ds.invalid("neither SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050) gives the slice spacing"))?,
+        };
+        // The first voxel: ImagePositionPatient is the corner of the whole mosaic, centred on the first slice.
+        let down_mm = (rows - tile_rows) as f64 / 2.0 * spacing[0];
+        let across_mm = (columns - tile_columns) as f64 / 2.0 * spacing[1];
+        let first_lps: [f64; 3] = std::array::from_fn(|a| position[a] + col_cos[a] * down_mm + row_cos[a] * across_mm);
+        let lps_columns = [
+            col_cos.map(|c| c * spacing[0]),
+            row_cos.map(|c| c * spacing[1]),
+            normal.map(|c| c * slice_spacing),
+        ];
+        let mut mm_from_voxel = [[0.0; 4]; 4];
+        for axis in 0..3 {
+            let ras_sign = if axis < 2 { -1.0 } else { 1.0 }; // LPS -> RAS flips x and y
+            for (v, column) in lps_columns.iter().enumerate() {
+                mm_from_voxel[axis][v] = ras_sign * column[axis];
+            }
+            mm_from_voxel[axis][3] = ras_sign * first_lps[axis];
+        }
+        mm_from_voxel[3][3] = 1.0;
+
+        // Cut the tiles: voxel (i, j, k) is row i, column j of tile k (tiles row by row).
+        let mut stored = vec![0u8; tile_rows * tile_columns * n_slices * itemsize];
+        for k in 0..n_slices {
+            let (tile_row, tile_column) = (k / tiles_per_side, k % tiles_per_side);
+            for j in 0..tile_columns {
+                for i in 0..tile_rows {
+                    let src = ((tile_row * tile_rows + i) * columns + tile_column * tile_columns + j) * itemsize;
+                    let dst = (i + tile_rows * (j + tile_columns * k)) * itemsize;
+                    stored[dst..dst + itemsize].copy_from_slice(&pixels[src..src + itemsize]);
+                }
+            }
+        }
+        if signed && bits_stored < bits {
+            sign_extend(&mut stored, stored_dtype, bits_stored);
+        }
+        let slope = ds.number(RESCALE_SLOPE, "RescaleSlope")?.unwrap_or(1.0);
+        let intercept = ds.number(RESCALE_INTERCEPT, "RescaleIntercept")?.unwrap_or(0.0);
+        let (dtype, voxel_bytes) = if slope == 1.0 && intercept == 0.0 {
+            (stored_dtype, stored)
+        } else {
+            let values = (0..stored.len() / itemsize).flat_map(|n| (stored_dtype.read_f64(&stored, n) * slope + intercept).to_le_bytes());
+            (Dtype::Float64, values.collect())
+        };
+
+        let instance = ds
+            .number(INSTANCE_NUMBER, "InstanceNumber")?
+            .ok_or_else(|| ds.invalid("InstanceNumber (0020,0013), the volume's number in its series, is missing"))?;
+        if instance < 1.0 || instance.fract() != 0.0 {
+            return Err(ds.invalid(format!("InstanceNumber {instance} is not a volume number (1, 2, ...)")));
+        }
+        Ok(MosaicVolume {
+            path: ds.path.clone(),
+            series_number: ds.number(SERIES_NUMBER, "SeriesNumber")?.map(|n| n as i64).unwrap_or(0),
+            series_uid: ds.text(SERIES_INSTANCE_UID).unwrap_or_default(),
+            series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
+            index: instance as usize - 1,
+            dims: [tile_rows, tile_columns, n_slices],
+            mm_from_voxel,
+            tr_secs: ds.number(REPETITION_TIME, "RepetitionTime")?.filter(|&t| t > 0.0).map(|ms| ms / 1000.0),
+            dtype,
+            voxel_bytes,
+            slice_normal_from_csa,
+        })
+    }
+}
+
+fn norm(v: [f64; 3]) -> f64 {
+    (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+/// Sign-extends signed values stored in the low `bits_stored` bits of each element.
+fn sign_extend(bytes: &mut [u8], dtype: Dtype, bits_stored: u16) {
+    let itemsize = dtype.itemsize();
+    let shift = (itemsize * 8) as u32 - bits_stored as u32;
+    for chunk in bytes.chunks_exact_mut(itemsize) {
+        match itemsize {
+            1 => chunk[0] = (((chunk[0] as i8) << shift) >> shift) as u8,
+            2 => {
+                let v = (i16::from_le_bytes([chunk[0], chunk[1]]) << shift) >> shift;
+                chunk.copy_from_slice(&v.to_le_bytes());
+            }
+            _ => {
+                let v = (i32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) << shift) >> shift;
+                chunk.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}

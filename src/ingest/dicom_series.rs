@@ -1,0 +1,215 @@
+//! Siemens DICOM series on disk as a source of volumes for the sender: a finished series in a folder
+//! (replayed at TR pace) or a folder the scanner is writing into (followed as files arrive).
+//!
+//! Both read every file with [`MosaicVolume::read`]. A file that is not DICOM, or is damaged, never stops the
+//! run: it is named in a warning, counted, and skipped. A folder may hold several series; one is chosen by
+//! its `SeriesNumber`. The volume index sent is the file's `InstanceNumber` minus one, so the receiver sees
+//! the scanner's own numbering even when files arrive out of order or one is missing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::dicom::{looks_like_dicom, DicomError, MosaicVolume};
+use crate::ingest::sender::WireVolume;
+use crate::volume::x_fastest_to_c_order;
+
+/// The wire form of a mosaic volume, sent with `tr_secs`.
+pub fn mosaic_wire_volume(v: &MosaicVolume, tr_secs: f64) -> WireVolume {
+    WireVolume {
+        index: v.index,
+        dtype: v.dtype,
+        dims: v.dims,
+        mm_from_voxel: v.mm_from_voxel,
+        tr_secs,
+        c_order_le: x_fastest_to_c_order(&v.voxel_bytes, v.dims, v.dtype.itemsize()),
+    }
+}
+
+/// The regular, non-hidden files of a folder, sorted by name.
+fn folder_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && entry.file_type()?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// What a folder holds: one entry per series, each volume's file by index.
+#[derive(Debug, Default)]
+pub struct FolderScan {
+    /// SeriesNumber -> (description, index -> file).
+    pub series: BTreeMap<i64, (String, BTreeMap<usize, PathBuf>)>,
+    /// Files without the DICOM marker.
+    pub not_dicom: Vec<PathBuf>,
+    /// DICOM files that could not be read as a mosaic volume: the message names the file and the reason.
+    pub unreadable: Vec<String>,
+    /// Files whose series already had a file for the same volume index (the first by name is kept).
+    pub duplicates: Vec<PathBuf>,
+}
+
+impl FolderScan {
+    /// Reads every file of `dir` (or the one file `dir` names).
+    pub fn read(dir: &Path) -> std::io::Result<FolderScan> {
+        let files = if dir.is_dir() { folder_files(dir)? } else { vec![dir.to_path_buf()] };
+        let mut scan = FolderScan::default();
+        for path in files {
+            match MosaicVolume::read(&path) {
+                Ok(v) => {
+                    let (_, by_index) = scan.series.entry(v.series_number).or_insert_with(|| (v.series_description.clone(), BTreeMap::new()));
+                    if by_index.contains_key(&v.index) {
+                        scan.duplicates.push(path);
+                    } else {
+                        by_index.insert(v.index, path);
+                    }
+                }
+                Err(DicomError::NotDicom { .. }) => scan.not_dicom.push(path),
+                Err(e) => scan.unreadable.push(e.to_string()),
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The files of the chosen series in volume order: `series` if given, else the only one present.
+    pub fn choose(&self, dir: &Path, series: Option<i64>) -> Result<(i64, Vec<(usize, PathBuf)>), String> {
+        let listing = || {
+            self.series
+                .iter()
+                .map(|(n, (desc, files))| format!("series {n} ({}{} volumes)", if desc.is_empty() { String::new() } else { format!("{desc}, ") }, files.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let number = match series {
+            Some(n) if self.series.contains_key(&n) => n,
+            Some(n) => return Err(format!("{} holds no volume of series {n}; it holds {}", dir.display(), or_nothing(&listing()))),
+            None if self.series.len() == 1 => *self.series.keys().next().unwrap_or(&0),
+            None if self.series.is_empty() => {
+                return Err(format!(
+                    "{} holds no readable Siemens mosaic volume ({} not DICOM, {} unreadable)",
+                    dir.display(),
+                    self.not_dicom.len(),
+                    self.unreadable.len()
+                ))
+            }
+            None => return Err(format!("{} holds several series: {}; choose one with --series", dir.display(), listing())),
+        };
+        let files = self.series.get(&number).map(|(_, f)| f.iter().map(|(&i, p)| (i, p.clone())).collect()).unwrap_or_default();
+        Ok((number, files))
+    }
+}
+
+fn or_nothing(s: &str) -> &str {
+    if s.is_empty() {
+        "nothing readable"
+    } else {
+        s
+    }
+}
+
+/// How long a damaged file is waited for (it may still be being written) before it is reported and skipped.
+pub const SETTLE_SECS: f64 = 2.0;
+
+/// A file the watcher has seen but not yet sent or given up on.
+struct Pending {
+    size: u64,
+    /// When the size was last seen to change.
+    changed_at: Instant,
+}
+
+/// What one look at the watched folder found.
+#[derive(Debug, Default)]
+pub struct WatchFindings {
+    /// Volumes of the followed series, ready to send, in the order their files became complete.
+    pub volumes: Vec<MosaicVolume>,
+    /// Files given up on, each message naming the file and why (not DICOM, damaged, a repeated volume index).
+    pub skipped: Vec<String>,
+}
+
+/// Follows a folder the scanner writes one mosaic file per volume into.
+pub struct FolderWatcher {
+    dir: PathBuf,
+    series: Option<i64>,
+    pending: HashMap<PathBuf, Pending>,
+    done: HashSet<PathBuf>,
+    sent_indices: HashSet<usize>,
+}
+
+impl FolderWatcher {
+    /// Starts following `dir`. With `series`, its files already present are sent too; without, the files
+    /// present now are taken as earlier runs and the first series to gain a new file is followed.
+    pub fn new(dir: &Path, series: Option<i64>) -> std::io::Result<FolderWatcher> {
+        let done = if series.is_some() { HashSet::new() } else { folder_files(dir)?.into_iter().collect() };
+        Ok(FolderWatcher { dir: dir.to_path_buf(), series, pending: HashMap::new(), done, sent_indices: HashSet::new() })
+    }
+
+    /// The series followed, once known.
+    pub fn series(&self) -> Option<i64> {
+        self.series
+    }
+
+    /// Looks at the folder once: files whose size did not change since the previous look are read.
+    pub fn poll(&mut self) -> std::io::Result<WatchFindings> {
+        let now = Instant::now();
+        let mut findings = WatchFindings::default();
+        for path in folder_files(&self.dir)? {
+            if self.done.contains(&path) {
+                continue;
+            }
+            let size = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(_) => continue, // removed between listing and looking
+            };
+            let unchanged = match self.pending.get_mut(&path) {
+                Some(p) if p.size == size => true,
+                Some(p) => {
+                    p.size = size;
+                    p.changed_at = now;
+                    false
+                }
+                None => {
+                    self.pending.insert(path.clone(), Pending { size, changed_at: now });
+                    false
+                }
+            };
+            if !unchanged || size == 0 {
+                continue;
+            }
+            let settled = self.pending.get(&path).is_some_and(|p| now.duration_since(p.changed_at) >= Duration::from_secs_f64(SETTLE_SECS));
+            let outcome = match std::fs::read(&path) {
+                Ok(bytes) if !looks_like_dicom(&bytes) && (bytes.len() >= 132 || settled) => Err(format!("{}: not a DICOM file", path.display())),
+                Ok(bytes) if !looks_like_dicom(&bytes) => continue,
+                Ok(bytes) => match crate::dicom::DataSet::parse(&path, &bytes).and_then(|ds| MosaicVolume::from_data_set(&ds)) {
+                    Ok(v) => Ok(v),
+                    // A file cut short may still be being written: wait until it has settled.
+                    Err(DicomError::Malformed { .. }) if !settled => continue,
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) if settled => Err(format!("{}: {e}", path.display())),
+                Err(_) => continue,
+            };
+            self.pending.remove(&path);
+            self.done.insert(path.clone());
+            match outcome {
+                Ok(v) => {
+                    let series = *self.series.get_or_insert(v.series_number);
+                    if v.series_number != series {
+                        continue; // another series written into the same folder
+                    }
+                    if !self.sent_indices.insert(v.index) {
+                        findings.skipped.push(format!("{}: volume {} of series {series} was already sent from another file", path.display(), v.index));
+                        continue;
+                    }
+                    findings.volumes.push(v);
+                }
+                Err(message) => findings.skipped.push(message),
+            }
+        }
+        findings.volumes.sort_by_key(|v| v.index);
+        Ok(findings)
+    }
+}
