@@ -19,6 +19,12 @@ BOUNDARIES = {
 
 FILES = [(PYNEAL + "testSeries.nii.gz", "pyneal/testSeries.nii.gz", None),
          (PYNEAL + "testSeries_mask.nii.gz", "pyneal/testSeries_mask.nii.gz", None)]
+SIEMENS = {  # three volumes of a real Siemens EPI series, one mosaic DICOM file each
+    "001_000013_000001.dcm": "6ddfc76167e3d974658bcb3edd8e59655f4b6c5367d9347b53ec9ddda0e54ad4",
+    "001_000013_000002.dcm": "4a6223c19a854b59652827720ef443310db069c9e1069e0ab1c188b4d4caa444",
+    "001_000013_000003.dcm": "931cd872ac88974110946feb58d2e564b7364d4d7c774607d153767a93cd270f",
+}
+FILES += [(PYNEAL + f"Siemens_env/funcData/{name}", f"pyneal/siemens/{name}", h) for name, h in SIEMENS.items()]
 FILES += [(INTERFACEGAN + f"pggan_celebahq_{a}_boundary.npy", f"interfacegan/pggan_celebahq_{a}_boundary.npy", h)
           for a, h in BOUNDARIES.items()]
 
