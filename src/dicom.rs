@@ -434,7 +434,7 @@ impl MosaicVolume {
         let rows = ds.u16(ROWS, "Rows")? as usize;
         let columns = ds.u16(COLUMNS, "Columns")? as usize;
         let tiles_per_side = (1..=n_slices).find(|t| t * t >= n_slices).unwrap_or(1);
-        if rows % tiles_per_side != 0 || columns % tiles_per_side != 0 || rows == 0 || columns == 0 {
+        if !rows.is_multiple_of(tiles_per_side) || !columns.is_multiple_of(tiles_per_side) || rows == 0 || columns == 0 {
             return Err(ds.invalid(format!(
                 "a {rows} x {columns} mosaic cannot hold {n_slices} slices as {tiles_per_side} x {tiles_per_side} equal tiles"
             )));

@@ -62,10 +62,11 @@ impl FolderScan {
             match MosaicVolume::read(&path) {
                 Ok(v) => {
                     let (_, by_index) = scan.series.entry(v.series_number).or_insert_with(|| (v.series_description.clone(), BTreeMap::new()));
-                    if by_index.contains_key(&v.index) {
-                        scan.duplicates.push(path);
-                    } else {
-                        by_index.insert(v.index, path);
+                    match by_index.entry(v.index) {
+                        std::collections::btree_map::Entry::Occupied(_) => scan.duplicates.push(path),
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(path);
+                        }
                     }
                 }
                 Err(DicomError::NotDicom { .. }) => scan.not_dicom.push(path),
