@@ -288,5 +288,15 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
     let pacing = Pacing { tr_secs: 0.0, speed: f64::INFINITY };
     let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
     stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
+    let unfinished = watcher.unfinished();
+    if let Some(first) = unfinished.first() {
+        tracing::warn!(
+            "{} files in {} were still incomplete or unsettled when sending stopped (first: {}); send them with \
+             `hyper-rt send FOLDER --series N --start-at I` once written",
+            unfinished.len(),
+            args.run.display(),
+            first.display()
+        );
+    }
     Ok(())
 }

@@ -153,6 +153,13 @@ impl FolderWatcher {
         self.series
     }
 
+    /// Files seen but neither sent nor given up on yet (still being written, or not yet settled).
+    pub fn unfinished(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+        paths.sort();
+        paths
+    }
+
     /// Looks at the folder once: files whose size did not change since the previous look are read.
     pub fn poll(&mut self) -> std::io::Result<WatchFindings> {
         let now = Instant::now();
