@@ -112,13 +112,15 @@ fn or_nothing(s: &str) -> &str {
     }
 }
 
-/// How long a damaged file is waited for (it may still be being written) before it is reported and skipped.
+/// How long a file that does not read as a mosaic volume is waited for (it may still be being written, or
+/// have been allocated at full size before being filled) before it is reported and skipped.
 pub const SETTLE_SECS: f64 = 2.0;
 
 /// A file the watcher has seen but not yet sent or given up on.
 struct Pending {
-    size: u64,
-    /// When the size was last seen to change.
+    /// Size and modification time: a file is read once both are unchanged since the previous look.
+    signature: (u64, Option<std::time::SystemTime>),
+    /// When the signature was last seen to change.
     changed_at: Instant,
 }
 
@@ -160,7 +162,9 @@ impl FolderWatcher {
         paths
     }
 
-    /// Looks at the folder once: files whose size did not change since the previous look are read.
+    /// Looks at the folder once: files whose size and modification time did not change since the previous
+    /// look are read. One that does not read as a mosaic volume is retried until it has been unchanged for
+    /// [`SETTLE_SECS`], then reported.
     pub fn poll(&mut self) -> std::io::Result<WatchFindings> {
         let now = Instant::now();
         let mut findings = WatchFindings::default();
@@ -168,38 +172,34 @@ impl FolderWatcher {
             if self.done.contains(&path) {
                 continue;
             }
-            let size = match std::fs::metadata(&path) {
-                Ok(m) => m.len(),
+            let signature = match std::fs::metadata(&path) {
+                Ok(m) => (m.len(), m.modified().ok()),
                 Err(_) => continue, // removed between listing and looking
             };
             let unchanged = match self.pending.get_mut(&path) {
-                Some(p) if p.size == size => true,
+                Some(p) if p.signature == signature => true,
                 Some(p) => {
-                    p.size = size;
+                    p.signature = signature;
                     p.changed_at = now;
                     false
                 }
                 None => {
-                    self.pending.insert(path.clone(), Pending { size, changed_at: now });
+                    self.pending.insert(path.clone(), Pending { signature, changed_at: now });
                     false
                 }
             };
-            if !unchanged || size == 0 {
+            if !unchanged {
                 continue;
             }
             let settled = self.pending.get(&path).is_some_and(|p| now.duration_since(p.changed_at) >= Duration::from_secs_f64(SETTLE_SECS));
             let outcome = match std::fs::read(&path) {
-                Ok(bytes) if !looks_like_dicom(&bytes) && (bytes.len() >= 132 || settled) => Err(format!("{}: not a DICOM file", path.display())),
-                Ok(bytes) if !looks_like_dicom(&bytes) => continue,
-                Ok(bytes) => match crate::dicom::DataSet::parse(&path, &bytes).and_then(|ds| MosaicVolume::from_data_set(&ds)) {
-                    Ok(v) => Ok(v),
-                    // A file cut short may still be being written: wait until it has settled.
-                    Err(DicomError::Malformed { .. }) if !settled => continue,
-                    Err(e) => Err(e.to_string()),
-                },
-                Err(e) if settled => Err(format!("{}: {e}", path.display())),
-                Err(_) => continue,
+                Ok(bytes) if !looks_like_dicom(&bytes) => Err(format!("{}: not a DICOM file", path.display())),
+                Ok(bytes) => crate::dicom::DataSet::parse(&path, &bytes).and_then(|ds| MosaicVolume::from_data_set(&ds)).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{}: {e}", path.display())),
             };
+            if outcome.is_err() && !settled {
+                continue; // perhaps still being written: try again at the next look
+            }
             self.pending.remove(&path);
             self.done.insert(path.clone());
             match outcome {

@@ -170,6 +170,8 @@ def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
     try:
         jsonl = r.session_dir / "messages.jsonl"
         accepted = lambda: sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
+        # files there before the sender started are earlier runs: start writing once it watches
+        wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
         # volumes arrive out of order, one of them written slowly
         copy_slowly(files[1], export / files[1].name)
         wait_for(lambda: accepted() == 1, what="volume 1")
@@ -224,3 +226,31 @@ def test_watch_stops_after_idle_secs(receiver, tmp_path):
     assert "sent 0 volumes" in out.stdout and "no new volume for 0.5 s" in out.stderr
     assert time.time() - started < 10
     r.kill()
+
+
+def test_watch_waits_for_a_file_allocated_before_it_is_filled(receiver, tmp_path):
+    """Some copy tools allocate the whole file, then fill it: the size never changes, only the contents (and the
+    modification time). Such a file is neither rejected nor sent half-filled."""
+    files = siemens_files()
+    export = tmp_path / "export"
+    export.mkdir()
+    r = receiver(expected=1)
+    log = tmp_path / "send.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--series", "13", "--connect", r.endpoint,
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        data = files[0].read_bytes()
+        target = export / files[0].name
+        target.write_bytes(bytes(len(data)))
+        time.sleep(0.6)  # a dozen looks at the folder
+        assert "skipped" not in log.read_text()
+        with open(target, "r+b") as f:
+            f.write(data)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log.read_text()
+    assert "sent 1 volumes" in out and "skipped" not in out
+    s = r.wait()
+    check_recording(r, s, files[:1], "uint16")
