@@ -3,14 +3,16 @@
 //! as its files are written.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
 use hyper_rt::dicom::{looks_like_dicom, MosaicVolume};
-use hyper_rt::ingest::dicom_series::{mosaic_wire_volume, FolderScan, FolderWatcher};
+use hyper_rt::ingest::dicom_series::{mosaic_wire_volume, FolderScan, FolderWatcher, WatchedVolume};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
+use hyper_rt::stats::Percentiles;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,8 +58,9 @@ pub struct Args {
     /// --watch: stop after this many seconds without a new volume (0 = never)
     #[arg(long, default_value_t = 0.0)]
     idle_secs: f64,
-    /// --watch: milliseconds between looks at the folder
-    #[arg(long, default_value_t = 50)]
+    /// --watch: milliseconds between looks at the folder; a volume leaves 1 to 2 intervals after its file is
+    /// written (raise it for a slow network share)
+    #[arg(long, default_value_t = 20)]
     poll_ms: u64,
 }
 
@@ -126,10 +129,12 @@ fn stream_and_report(
     volumes: impl IntoIterator<Item = WireVolume>,
     pacing: Pacing,
     bar: &indicatif::ProgressBar,
+    mut on_reply: impl FnMut(usize),
     skipped: impl Fn() -> usize,
 ) -> anyhow::Result<StreamReport> {
     let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
-    let report = sender::stream(&sender, volumes, pacing, |_, reply| {
+    let report = sender::stream(&sender, volumes, pacing, |index, reply| {
+        on_reply(index);
         bar.inc(1);
         bar.set_message(reply.to_string());
     })?;
@@ -169,7 +174,7 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
     let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
     let bar = progress_bar(args.quiet, Some((img.volumes - args.start_at) as u64));
     let volumes = (args.start_at..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr_secs));
-    stream_and_report(config, volumes, pacing, &bar, || 0)?;
+    stream_and_report(config, volumes, pacing, &bar, |_| {}, || 0)?;
     Ok(())
 }
 
@@ -218,7 +223,7 @@ fn send_dicom_series(args: &Args, config: &Config, tr_override: Option<f64>) -> 
             None
         }
     });
-    stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
+    stream_and_report(config, volumes, pacing, &bar, |_| {}, || skipped.get())?;
     Ok(())
 }
 
@@ -237,6 +242,9 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
         }
     );
     let skipped = std::cell::Cell::new(0usize);
+    // Index -> when its file was last written, and how long after that the receiver acknowledged it.
+    let written = std::cell::RefCell::new(HashMap::new());
+    let mut acknowledged_ms = Vec::new();
     let poll = Duration::from_millis(args.poll_ms.max(1));
     let idle_limit = (args.idle_secs > 0.0).then(|| Duration::from_secs_f64(args.idle_secs));
     let mut queue = std::collections::VecDeque::new();
@@ -271,12 +279,17 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
             tracing::info!("following series {series}");
             announced = true;
         }
-        for v in findings.volumes {
+        for WatchedVolume { volume: v, written_at } in findings.volumes {
             if v.index < args.start_at {
                 continue;
             }
             match tr_override.or(v.tr_secs) {
-                Some(tr_secs) => queue.push_back(mosaic_wire_volume(&v, tr_secs)),
+                Some(tr_secs) => {
+                    if let Some(t) = written_at {
+                        written.borrow_mut().insert(v.index, t);
+                    }
+                    queue.push_back(mosaic_wire_volume(&v, tr_secs));
+                }
                 None => {
                     tracing::warn!("skipped: {} has no RepetitionTime (0018,0080): give --tr-secs", v.path.display());
                     skipped.set(skipped.get() + 1);
@@ -287,7 +300,23 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
     });
     let pacing = Pacing { tr_secs: 0.0, speed: f64::INFINITY };
     let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
-    stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
+    let on_reply = |index: usize| {
+        if let Some(age) = written.borrow().get(&index).and_then(|t| SystemTime::now().duration_since(*t).ok()) {
+            acknowledged_ms.push(age.as_secs_f64() * 1e3);
+        }
+    };
+    stream_and_report(config, volumes, pacing, &bar, on_reply, || skipped.get())?;
+    if !acknowledged_ms.is_empty() {
+        let p = Percentiles::new(&acknowledged_ms);
+        println!(
+            "file written -> volume acknowledged: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms over {} volumes (polling every {} ms)",
+            p.at(50.0),
+            p.at(95.0),
+            p.at(100.0),
+            acknowledged_ms.len(),
+            args.poll_ms
+        );
+    }
     let unfinished = watcher.unfinished();
     if let Some(first) = unfinished.first() {
         tracing::warn!(

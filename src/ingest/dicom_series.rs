@@ -124,11 +124,19 @@ struct Pending {
     changed_at: Instant,
 }
 
+/// A volume read from a watched folder.
+#[derive(Debug)]
+pub struct WatchedVolume {
+    pub volume: MosaicVolume,
+    /// The file's modification time: when the scanner finished writing it (for the latency summary).
+    pub written_at: Option<std::time::SystemTime>,
+}
+
 /// What one look at the watched folder found.
 #[derive(Debug, Default)]
 pub struct WatchFindings {
-    /// Volumes of the followed series, ready to send, in the order their files became complete.
-    pub volumes: Vec<MosaicVolume>,
+    /// Volumes of the followed series, ready to send, by index.
+    pub volumes: Vec<WatchedVolume>,
     /// Files given up on, each message naming the file and why (not DICOM, damaged, a repeated volume index).
     pub skipped: Vec<String>,
 }
@@ -212,12 +220,12 @@ impl FolderWatcher {
                         findings.skipped.push(format!("{}: volume {} of series {series} was already sent from another file", path.display(), v.index));
                         continue;
                     }
-                    findings.volumes.push(v);
+                    findings.volumes.push(WatchedVolume { volume: v, written_at: signature.1 });
                 }
                 Err(message) => findings.skipped.push(message),
             }
         }
-        findings.volumes.sort_by_key(|v| v.index);
+        findings.volumes.sort_by_key(|v| v.volume.index);
         Ok(findings)
     }
 }

@@ -190,6 +190,8 @@ def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
     assert "following series 13" in err
     assert "notes.txt: not a DICOM file" in err
     assert "sent 3 volumes" in out and "2 files skipped" in out
+    latency = out.split("file written -> volume acknowledged: p50 ", 1)[1]
+    assert "over 3 volumes" in latency and 0 <= float(latency.split(" ms")[0]) < 5000, out
     s = r.wait()
     assert s["received"] == 3 and s["rejected"] == 0 and s["missing"] == 0
     check_recording(r, s, files, "uint16")
