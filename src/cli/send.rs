@@ -251,6 +251,7 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
     let mut sent = 0usize;
     let mut last_volume_at = Instant::now();
     let mut announced = false;
+    let mut folder_unreadable_since: Option<Instant> = None;
     let volumes = std::iter::from_fn(|| loop {
         if args.volumes.is_some_and(|n| sent >= n) {
             return None;
@@ -264,11 +265,20 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
             return None;
         }
         std::thread::sleep(poll);
+        // A folder on a network share may vanish for a moment: say so once and keep looking.
         let findings = match watcher.poll() {
-            Ok(f) => f,
+            Ok(f) => {
+                if let Some(since) = folder_unreadable_since.take() {
+                    tracing::info!("{} is readable again after {:.1} s", args.run.display(), since.elapsed().as_secs_f64());
+                }
+                f
+            }
             Err(e) => {
-                tracing::error!("cannot read {}: {e}; stopping", args.run.display());
-                return None;
+                if folder_unreadable_since.is_none() {
+                    tracing::warn!("cannot read {}: {e}; still trying", args.run.display());
+                    folder_unreadable_since = Some(Instant::now());
+                }
+                continue;
             }
         };
         for message in findings.skipped {

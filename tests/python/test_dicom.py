@@ -256,3 +256,30 @@ def test_watch_waits_for_a_file_allocated_before_it_is_filled(receiver, tmp_path
     assert "sent 1 volumes" in out and "skipped" not in out
     s = r.wait()
     check_recording(r, s, files[:1], "uint16")
+
+
+def test_watch_survives_the_folder_vanishing_for_a_moment(receiver, tmp_path):
+    """A network share that drops for a moment: the sender says so once and goes on when it is back."""
+    files = siemens_files()
+    export = tmp_path / "export"
+    export.mkdir()
+    r = receiver(expected=1)
+    log = tmp_path / "send.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--series", "13", "--connect", r.endpoint,
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
+        export.rename(tmp_path / "away")
+        wait_for(lambda: "cannot read" in log.read_text(), what="the sender to notice")
+        (tmp_path / "away").rename(export)
+        shutil.copy(files[0], export / files[0].name)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    assert err.count("cannot read") == 1 and "readable again after" in err
+    assert "sent 1 volumes" in out
+    s = r.wait()
+    check_recording(r, s, files[:1], "uint16")
