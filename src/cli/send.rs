@@ -52,6 +52,9 @@ pub struct Args {
     /// gain a file is followed. Ends when the receiver says STOP, after --volumes, after --idle-secs, or Ctrl-C.
     #[arg(long)]
     watch: bool,
+    /// DICOM: list the series the folder holds (number, volumes, gaps, matrix, TR, description) and exit
+    #[arg(long)]
+    list: bool,
     /// --watch: stop after sending this many volumes
     #[arg(long)]
     volumes: Option<usize>,
@@ -88,12 +91,15 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         None => None,
     };
     if is_dicom(&args.run)? {
+        if args.list {
+            return list_series(&args.run);
+        }
         if args.watch {
             return send_watched_folder(&args, &config, tr_override);
         }
         return send_dicom_series(&args, &config, tr_override);
     }
-    for (given, flag) in [(args.watch, "--watch"), (args.series.is_some(), "--series"), (args.volumes.is_some(), "--volumes")] {
+    for (given, flag) in [(args.watch, "--watch"), (args.series.is_some(), "--series"), (args.volumes.is_some(), "--volumes"), (args.list, "--list")] {
         if given {
             bail!("{flag} is for Siemens DICOM folders; {} is not one", args.run.display());
         }
@@ -175,6 +181,39 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
     let bar = progress_bar(args.quiet, Some((img.volumes - args.start_at) as u64));
     let volumes = (args.start_at..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr_secs));
     stream_and_report(config, volumes, pacing, &bar, |_| {}, || 0)?;
+    Ok(())
+}
+
+/// Prints a table of the series in a DICOM folder.
+fn list_series(run: &Path) -> anyhow::Result<()> {
+    let scan = FolderScan::read(run).with_context(|| format!("reading {}", run.display()))?;
+    println!("{:>6}  {:>7}  {:>11}  {:>7}  {:>14}  {:>7}  {:>6}  description", "series", "volumes", "indices", "missing", "voxels", "dtype", "TR s");
+    for (number, (description, files)) in &scan.series {
+        let (Some((&first_index, first_path)), Some(&last_index)) = (files.iter().next(), files.keys().next_back()) else { continue };
+        let missing = last_index + 1 - first_index - files.len();
+        let (voxels, dtype, tr) = match MosaicVolume::read(first_path) {
+            Ok(v) => (
+                format!("{} x {} x {}", v.dims[0], v.dims[1], v.dims[2]),
+                v.dtype.numpy_name().to_string(),
+                v.tr_secs.map(|t| format!("{t:.3}")).unwrap_or_else(|| "-".into()),
+            ),
+            Err(e) => (format!("unreadable: {e}"), String::new(), String::new()),
+        };
+        println!(
+            "{number:>6}  {:>7}  {:>11}  {missing:>7}  {voxels:>14}  {dtype:>7}  {tr:>6}  {description}",
+            files.len(),
+            format!("{first_index}-{last_index}")
+        );
+    }
+    if scan.series.is_empty() {
+        println!("(no readable Siemens mosaic volume)");
+    }
+    let others = [(scan.not_dicom.len(), "files are not DICOM"), (scan.unreadable.len(), "DICOM files are unreadable (run without --list to see why)"), (scan.duplicates.len(), "files repeat a volume of their series")];
+    for (count, what) in others {
+        if count > 0 {
+            println!("{count} {what}");
+        }
+    }
     Ok(())
 }
 

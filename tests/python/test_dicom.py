@@ -103,6 +103,12 @@ def test_a_folder_with_several_series_needs_series(receiver, tmp_path):
     for f in files:
         shutil.copy(f, tmp_path / f.name)
     with_series(files[0], tmp_path / "other_1.dcm", 14)
+    with_series(files[2], tmp_path / "other_3.dcm", 14)
+    listing = send(tmp_path, "--list")
+    assert listing.returncode == 0, listing.stderr
+    rows = {l.split()[0]: l.split() for l in listing.stdout.splitlines()[1:]}
+    assert rows["13"][1:4] == ["3", "0-2", "0"] and rows["14"][1:4] == ["2", "0-2", "1"], listing.stdout
+    assert rows["13"][4:9] == ["64", "x", "64", "x", "18"] and rows["13"][9:11] == ["uint16", "1.000"], listing.stdout
     out = send(tmp_path, "--connect", "tcp://127.0.0.1:9", "--fast", "--quiet")
     assert out.returncode != 0
     assert "several series" in out.stderr and "series 13" in out.stderr and "series 14" in out.stderr
