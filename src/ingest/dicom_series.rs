@@ -176,7 +176,11 @@ impl FolderWatcher {
     pub fn poll(&mut self) -> std::io::Result<WatchFindings> {
         let now = Instant::now();
         let mut findings = WatchFindings::default();
-        for path in folder_files(&self.dir)? {
+        let listing = folder_files(&self.dir)?;
+        // A file renamed or removed before it was read (a writer's temporary name) is forgotten.
+        let present: HashSet<&PathBuf> = listing.iter().collect();
+        self.pending.retain(|path, _| present.contains(path));
+        for path in listing {
             if self.done.contains(&path) {
                 continue;
             }

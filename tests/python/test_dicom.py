@@ -216,13 +216,19 @@ def test_watch_with_series_sends_the_files_already_there_and_stops_after_volumes
         jsonl = r.session_dir / "messages.jsonl"
         wait_for(lambda: jsonl.exists() and '"accepted"' in jsonl.read_text(), what="the file already there")
         (export / "001_000013_000003.dcm").write_bytes(files[2].read_bytes()[:1000])  # still being written
-        shutil.copy(files[1], export / files[1].name)
+        # written under a temporary name, then renamed: the temporary name is forgotten, not reported
+        (export / "incoming.part").write_bytes(files[1].read_bytes()[:1000])
+        time.sleep(0.1)
+        with open(export / "incoming.part", "ab") as f:
+            f.write(files[1].read_bytes()[1000:])
+        (export / "incoming.part").rename(export / files[1].name)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     assert "sent 2 volumes" in out and "STOP" not in out
     assert "1 files in" in err and "still incomplete" in err and "001_000013_000003.dcm" in err
+    assert "incoming.part" not in err
     r.kill()
 
 
