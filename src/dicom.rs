@@ -84,6 +84,13 @@ pub fn looks_like_dicom(bytes: &[u8]) -> bool {
     bytes.get(128..132) == Some(b"DICM".as_slice())
 }
 
+/// Whether the file at `path` begins like DICOM Part 10 (reads its first 132 bytes).
+pub fn file_looks_like_dicom(path: &Path) -> std::io::Result<bool> {
+    let mut head = Vec::with_capacity(132);
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(path)?, 132), &mut head)?;
+    Ok(looks_like_dicom(&head))
+}
+
 impl DataSet {
     /// Reads and parses a DICOM Part 10 file.
     pub fn read(path: &Path) -> Result<DataSet, DicomError> {

@@ -104,7 +104,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         args.speed
     );
     let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
-    let sender_thread = super::live::stream_run_in_background(img, receiver.endpoint().to_string(), "hello from pynealScanner_sim", args.speed, true);
+    let sender_thread = super::live::stream_run_in_background(super::live::RunStream::nifti(img), receiver.endpoint().to_string(), "hello from pynealScanner_sim", args.speed, true);
     let (stats, session) = hyper_rt::live::run(receiver, inputs, super::interrupt_flag())?;
     sender_thread.join().map_err(|_| anyhow::anyhow!("the scanner simulator panicked"))??;
     super::live::report(&stats, &session)?;

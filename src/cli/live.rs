@@ -9,7 +9,9 @@ use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
 use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
-use hyper_rt::ingest::sender::{self, Pacing, ScannerSender};
+use hyper_rt::dicom::file_looks_like_dicom;
+use hyper_rt::ingest::dicom_series::SeriesRun;
+use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::read_events;
@@ -75,8 +77,12 @@ pub struct Args {
 
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
-    /// A recorded session folder (its volumes.nii[.gz]) or a 4-D NIfTI run
+    /// A recorded session folder (its volumes.nii[.gz]), a 4-D NIfTI run, or a Siemens mosaic DICOM series (a
+    /// folder of one file per volume, as `hyper-rt send` reads it)
     source: PathBuf,
+    /// DICOM: the series to replay (its SeriesNumber) when the folder holds several
+    #[arg(long)]
+    series: Option<i64>,
     #[command(flatten)]
     flags: LiveFlags,
     /// Playback speed relative to the TR
@@ -171,14 +177,28 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
     Ok(LiveInputs { config: l.clone(), bundle, schedule, stimuli, generator, boundaries })
 }
 
-/// Streams a NIfTI run to `endpoint` on a background thread as Pyneal Scanner would, at `speed` times the TR pace.
-pub fn stream_run_in_background(img: NiftiImage, endpoint: String, handshake: &'static str, speed: f64, progress: bool) -> std::thread::JoinHandle<anyhow::Result<()>> {
+/// A run to stream: how many volumes, the TR, and the volumes themselves.
+pub struct RunStream {
+    pub volumes: usize,
+    pub tr_secs: f64,
+    pub wire: Box<dyn Iterator<Item = WireVolume> + Send>,
+}
+
+impl RunStream {
+    /// Every volume of a NIfTI run (TR 1 s when the file has none).
+    pub fn nifti(img: NiftiImage) -> RunStream {
+        let tr_secs = img.tr_secs.unwrap_or(1.0);
+        let volumes = img.volumes;
+        RunStream { volumes, tr_secs, wire: Box::new((0..volumes).map(move |t| sender::nifti_wire_volume(&img, t, tr_secs))) }
+    }
+}
+
+/// Streams a run to `endpoint` on a background thread as Pyneal Scanner would, at `speed` times the TR pace.
+pub fn stream_run_in_background(run: RunStream, endpoint: String, handshake: &'static str, speed: f64, progress: bool) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::spawn(move || {
-        let tr = img.tr_secs.unwrap_or(1.0);
         let scanner = ScannerSender::connect(&endpoint, handshake, 30.0)?;
-        let bar = if progress { indicatif::ProgressBar::new(img.volumes as u64) } else { indicatif::ProgressBar::hidden() };
-        let volumes = (0..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr));
-        sender::stream(&scanner, volumes, Pacing { tr_secs: tr, speed }, |_, _| bar.inc(1))?;
+        let bar = if progress { indicatif::ProgressBar::new(run.volumes as u64) } else { indicatif::ProgressBar::hidden() };
+        sender::stream(&scanner, run.wire, Pacing { tr_secs: run.tr_secs, speed }, |_, _| bar.inc(1))?;
         bar.finish_and_clear();
         Ok(())
     })
@@ -233,23 +253,40 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be positive");
     }
-    let run_path = if args.source.is_dir() {
-        ["volumes.nii.gz", "volumes.nii"].iter().map(|n| args.source.join(n)).find(|p| p.is_file()).with_context(|| format!("{} holds no volumes.nii[.gz] (finalised session?)", args.source.display()))?
-    } else {
-        args.source.clone()
+    let session_volumes = ["volumes.nii.gz", "volumes.nii"].iter().map(|n| args.source.join(n)).find(|p| p.is_file());
+    let is_dicom_series = args.source.is_dir() || file_looks_like_dicom(&args.source).with_context(|| format!("reading {}", args.source.display()))?;
+    let (run, dims) = match session_volumes {
+        None if args.source.join("spool.bin").is_file() => {
+            bail!("{} is a session that was not finalised: run `hyper-rt recover {}` first", args.source.display(), args.source.display())
+        }
+        None if is_dicom_series => {
+            let series = SeriesRun::open(&args.source, args.series, 0).map_err(anyhow::Error::msg)?;
+            for warning in series.folder_warnings() {
+                tracing::warn!("{warning}");
+            }
+            let tr_secs = series.first.tr_secs.unwrap_or(1.0);
+            tracing::info!("replaying {}", series.describe(tr_secs));
+            let (volumes, dims) = (series.files.len(), series.first.dims);
+            let wire = Box::new(series.wire_volumes(tr_secs, |e| tracing::warn!("skipped: {e}")));
+            (RunStream { volumes, tr_secs, wire }, dims)
+        }
+        found => {
+            let img = NiftiImage::read(found.as_deref().unwrap_or(&args.source))?;
+            let dims = img.dims;
+            (RunStream::nifti(img), dims)
+        }
     };
-    let img = NiftiImage::read(&run_path)?;
     let inputs = inputs(&config.live, None)?;
-    if inputs.bundle.dims != img.dims {
+    if inputs.bundle.dims != dims {
         bail!(
             "{} has volumes of {:?} but the decoder was trained on {:?}: every volume would be rejected",
-            run_path.display(),
-            img.dims,
+            args.source.display(),
+            dims,
             inputs.bundle.dims
         );
     }
-    let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
-    let sender_thread = stream_run_in_background(img, receiver.endpoint().to_string(), "hello from hyper-rt replay", args.speed, false);
+    let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", run.volumes, 30.0)?;
+    let sender_thread = stream_run_in_background(run, receiver.endpoint().to_string(), "hello from hyper-rt replay", args.speed, false);
     let (stats, dir) = live::run(receiver, inputs, super::interrupt_flag())?;
     sender_thread.join().map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
     report(&stats, &dir)

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::dicom::{looks_like_dicom, MosaicVolume};
-use hyper_rt::ingest::dicom_series::{mosaic_wire_volume, FolderScan, FolderWatcher, WatchedVolume};
+use hyper_rt::dicom::{file_looks_like_dicom, MosaicVolume};
+use hyper_rt::ingest::dicom_series::{mosaic_wire_volume, FolderScan, FolderWatcher, SeriesRun, WatchedVolume};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::stats::Percentiles;
@@ -109,13 +109,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
 
 /// A folder, or a file that starts like DICOM Part 10.
 fn is_dicom(run: &Path) -> anyhow::Result<bool> {
-    if run.is_dir() {
-        return Ok(true);
-    }
-    let mut head = [0u8; 132];
-    let mut file = std::fs::File::open(run).with_context(|| format!("opening {}", run.display()))?;
-    let n = std::io::Read::read(&mut file, &mut head).with_context(|| format!("reading {}", run.display()))?;
-    Ok(looks_like_dicom(&head[..n]))
+    Ok(run.is_dir() || file_looks_like_dicom(run).with_context(|| format!("reading {}", run.display()))?)
 }
 
 fn progress_bar(quiet: bool, len: Option<u64>) -> indicatif::ProgressBar {
@@ -219,48 +213,21 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
 
 /// A finished series: every volume of the chosen series in index order, at TR pace.
 fn send_dicom_series(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
-    let scan = FolderScan::read(&args.run).with_context(|| format!("reading {}", args.run.display()))?;
-    for message in &scan.unreadable {
-        tracing::warn!("skipped: {message}");
+    let run = SeriesRun::open(&args.run, args.series, args.start_at).map_err(anyhow::Error::msg)?;
+    for warning in run.folder_warnings() {
+        tracing::warn!("{warning}");
     }
-    if !scan.not_dicom.is_empty() {
-        tracing::warn!("skipped {} files that are not DICOM (first: {})", scan.not_dicom.len(), scan.not_dicom[0].display());
-    }
-    for path in &scan.duplicates {
-        tracing::warn!("skipped {}: its series already has a file for the same volume number", path.display());
-    }
-    let (series, files) = scan.choose(&args.run, args.series).map_err(anyhow::Error::msg)?;
-    let files: Vec<(usize, PathBuf)> = files.into_iter().filter(|(index, _)| *index >= args.start_at).collect();
-    let Some((first_index, first_path)) = files.first().cloned() else {
-        bail!("series {series} in {} has no volume from --start-at {} on", args.run.display(), args.start_at);
-    };
-    let first = MosaicVolume::read(&first_path)?;
-    let tr_secs = match tr_override.or(first.tr_secs) {
+    let tr_secs = match tr_override.or(run.first.tr_secs) {
         Some(tr) => tr,
-        None => bail!("{} has no RepetitionTime (0018,0080): give --tr-secs", first_path.display()),
+        None => bail!("{} has no RepetitionTime (0018,0080): give --tr-secs", run.first.path.display()),
     };
-    let last_index = files.last().map(|(i, _)| *i).unwrap_or(first_index);
-    let missing = last_index + 1 - first_index - files.len();
-    tracing::info!(
-        "series {series}{}: {} volumes ({first_index} to {last_index}{}) of {:?} {}, TR {tr_secs} s, slice normal from {}",
-        if first.series_description.is_empty() { String::new() } else { format!(" ({})", first.series_description) },
-        files.len(),
-        if missing > 0 { format!(", {missing} missing") } else { String::new() },
-        first.dims,
-        first.dtype.numpy_name(),
-        if first.slice_normal_from_csa { "the CSA header" } else { "the image orientation (no CSA header)" }
-    );
-    let skipped = std::cell::Cell::new(scan.unreadable.len() + scan.not_dicom.len() + scan.duplicates.len());
+    tracing::info!("{}", run.describe(tr_secs));
+    let skipped = std::cell::Cell::new(run.files_skipped());
     let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
-    let bar = progress_bar(args.quiet, Some(files.len() as u64));
-    // A file that changed or broke since the scan is skipped with a warning; the run goes on.
-    let volumes = files.iter().filter_map(|(_, path)| match MosaicVolume::read(path) {
-        Ok(v) => Some(mosaic_wire_volume(&v, tr_secs)),
-        Err(e) => {
-            tracing::warn!("skipped: {e}");
-            skipped.set(skipped.get() + 1);
-            None
-        }
+    let bar = progress_bar(args.quiet, Some(run.files.len() as u64));
+    let volumes = run.wire_volumes(tr_secs, |e| {
+        tracing::warn!("skipped: {e}");
+        skipped.set(skipped.get() + 1);
     });
     stream_and_report(config, volumes, pacing, &bar, |_| {}, || skipped.get())?;
     Ok(())

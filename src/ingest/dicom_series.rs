@@ -104,6 +104,73 @@ impl FolderScan {
     }
 }
 
+/// A finished series chosen from a folder, ready to be played: its files in volume order and its first volume
+/// (for the geometry, type and TR), with what the folder held besides.
+pub struct SeriesRun {
+    pub number: i64,
+    /// Volume index -> file, ascending.
+    pub files: Vec<(usize, PathBuf)>,
+    pub first: MosaicVolume,
+    pub scan: FolderScan,
+}
+
+impl SeriesRun {
+    /// Reads `path` (a folder, or one file) and chooses `series` (or the only one) from volume `start_at` on.
+    pub fn open(path: &Path, series: Option<i64>, start_at: usize) -> Result<SeriesRun, String> {
+        let scan = FolderScan::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let (number, files) = scan.choose(path, series)?;
+        let files: Vec<(usize, PathBuf)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
+        let Some((_, first_path)) = files.first() else {
+            return Err(format!("series {number} in {} has no volume from index {start_at} on", path.display()));
+        };
+        let first = MosaicVolume::read(first_path).map_err(|e| e.to_string())?;
+        Ok(SeriesRun { number, files, first, scan })
+    }
+
+    /// Warnings for what the folder held that is not sent: files that are not DICOM, unreadable or repeated.
+    pub fn folder_warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self.scan.unreadable.iter().map(|m| format!("skipped: {m}")).collect();
+        if let Some(first) = self.scan.not_dicom.first() {
+            warnings.push(format!("skipped {} files that are not DICOM (first: {})", self.scan.not_dicom.len(), first.display()));
+        }
+        warnings.extend(self.scan.duplicates.iter().map(|p| format!("skipped {}: its series already has a file for the same volume number", p.display())));
+        warnings
+    }
+
+    /// Files left out of the run by [`SeriesRun::folder_warnings`].
+    pub fn files_skipped(&self) -> usize {
+        self.scan.unreadable.len() + self.scan.not_dicom.len() + self.scan.duplicates.len()
+    }
+
+    /// One line for the log: series, volumes, gaps, matrix, type, TR and where the slice normal came from.
+    pub fn describe(&self, tr_secs: f64) -> String {
+        let (first_index, last_index) = (self.files.first().map_or(0, |f| f.0), self.files.last().map_or(0, |f| f.0));
+        let missing = last_index + 1 - first_index - self.files.len();
+        format!(
+            "series {}{}: {} volumes ({first_index} to {last_index}{}) of {:?} {}, TR {tr_secs} s, slice normal from {}",
+            self.number,
+            if self.first.series_description.is_empty() { String::new() } else { format!(" ({})", self.first.series_description) },
+            self.files.len(),
+            if missing > 0 { format!(", {missing} missing") } else { String::new() },
+            self.first.dims,
+            self.first.dtype.numpy_name(),
+            if self.first.slice_normal_from_csa { "the CSA header" } else { "the image orientation (no CSA header)" }
+        )
+    }
+
+    /// The volumes for the wire, read one at a time; a file that changed or broke since the folder was read
+    /// goes to `skipped` and the run goes on.
+    pub fn wire_volumes(self, tr_secs: f64, mut skipped: impl FnMut(DicomError)) -> impl Iterator<Item = WireVolume> {
+        self.files.into_iter().filter_map(move |(_, path)| match MosaicVolume::read(&path) {
+            Ok(v) => Some(mosaic_wire_volume(&v, tr_secs)),
+            Err(e) => {
+                skipped(e);
+                None
+            }
+        })
+    }
+}
+
 fn or_nothing(s: &str) -> &str {
     if s.is_empty() {
         "nothing readable"

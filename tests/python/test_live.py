@@ -296,6 +296,43 @@ def test_replay_of_a_recorded_run_and_of_a_session_folder(subject):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), str(other))
     r = subprocess.run([binary(), "replay", str(other), *common], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "trained on" in r.stderr
+    # a session left unfinalised by a crash: the message says how to finalise it
+    unfinished = tmp / "unfinished-session"
+    unfinished.mkdir()
+    (unfinished / "spool.bin").write_bytes(b"")
+    r = subprocess.run([binary(), "replay", str(unfinished), *common], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not finalised" in r.stderr and "hyper-rt recover" in r.stderr
+
+
+def test_replay_of_a_siemens_dicom_series_matches_the_nifti_run(subject):
+    """The test run written as Siemens mosaic DICOM files (stored int16 + rescale, the CSA slice normal needed to
+    get the slice order right) replays through the live pipeline exactly as the NIfTI run does."""
+    import nibabel as nib
+    from mosaic_writer import write_mosaic
+    tmp, data, dec, run, events = subject
+    img = nib.load(str(run))
+    raw = np.asanyarray(img.dataobj.get_unscaled())
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    assert raw.dtype == np.int16 and slope != 1.0  # the scaled case
+    tr = float(img.header.get_zooms()[3])
+    folder = tmp / "dicom-run"
+    folder.mkdir()
+    for t in range(raw.shape[3]):
+        write_mosaic(folder / f"001_000005_{t + 1:06d}.dcm", raw[..., t], img.affine, tr, t + 1, slope=slope,
+                     intercept=inter)
+    sessions = {}
+    for name, source in [("dicom", folder), ("nifti", run)]:
+        root = tmp / f"replay-{name}"
+        run_ok("replay", str(source), "--speed", "20", "--decoder", str(dec), "--events", str(events), "--headless",
+               "--results-port", "0", "--publish", "tcp://127.0.0.1:*", "--session-root", str(root), timeout=120)
+        (sessions[name],) = list(root.iterdir())
+    recorded = nib.load(str(sessions["dicom"] / "volumes.nii.gz"))
+    np.testing.assert_array_equal(recorded.get_fdata(), img.get_fdata())
+    np.testing.assert_allclose(recorded.affine, img.affine, atol=1e-5)
+    n_trials = len(events.read_text().splitlines()) - 1
+    assert len((sessions["dicom"] / "results.jsonl").read_text().splitlines()) == n_trials
+    np.testing.assert_array_equal(np.load(sessions["dicom"] / "decoded_latents.npy"),
+                                  np.load(sessions["nifti"] / "decoded_latents.npy"))
 
 
 def test_demo_runs_the_whole_product_and_its_live_decoder_finds_the_faces(tmp_path):

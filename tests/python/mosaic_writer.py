@@ -1,0 +1,87 @@
+"""Writes a 3-D volume as a Siemens mosaic DICOM file with pydicom, from the geometry conventions (not from
+hyper-rt's code): slices tiled row by row into a square grid, ImagePositionPatient at the corner of the whole
+mosaic drawn in the first slice's plane and centred on it, LPS patient coordinates, and a CSA2 image header holding
+NumberOfImagesInMosaic and SliceNormalVector. Tests check the writer itself against nibabel's mosaic reader."""
+
+import math
+import struct
+import warnings
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+
+def csa2(entries):
+    """A CSA2 ("SV10") header: entries is a list of (name, vr, [values as strings])."""
+    out = b"SV10" + b"\x04\x03\x02\x01" + struct.pack("<II", len(entries), 77)
+    for name, vr, values in entries:
+        out += name.encode().ljust(64, b"\0")
+        out += struct.pack("<i", len(values)) + vr.encode().ljust(4, b"\0") + struct.pack("<iii", 3, len(values), 77)
+        for value in values:
+            data = value.encode() + b"\0"
+            out += struct.pack("<iiii", len(data), len(data), 77, len(data))
+            out += data.ljust((len(data) + 3) // 4 * 4, b"\0")
+    return out
+
+
+def write_mosaic(path, stored, affine_ras, tr_secs, instance, series=5, slope=1.0, intercept=0.0):
+    """stored: (rows, columns, slices) integer array (axis 0 down a tile's rows, axis 1 along its columns);
+    affine_ras: the 4 x 4 voxel -> RAS+ mm matrix of that array."""
+    rows, columns, slices = stored.shape
+    tiles = math.ceil(math.sqrt(slices))
+    mosaic = np.zeros((rows * tiles, columns * tiles), stored.dtype)
+    for k in range(slices):
+        r, c = divmod(k, tiles)
+        mosaic[r * rows:(r + 1) * rows, c * columns:(c + 1) * columns] = stored[:, :, k]
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine_ras, float)[:3, :]
+    down, across, through, first = lps[:, 0], lps[:, 1], lps[:, 2], lps[:, 3]
+    spacing = [np.linalg.norm(down), np.linalg.norm(across)]
+    col_cos, row_cos = down / spacing[0], across / spacing[1]
+    slice_mm = np.linalg.norm(through)
+    corner = first - col_cos * spacing[0] * (mosaic.shape[0] - rows) / 2 - row_cos * spacing[1] * (mosaic.shape[1] - columns) / 2
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Manufacturer = "SIEMENS"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesNumber = series
+    ds.SeriesDescription = "simulated EPI"
+    ds.InstanceNumber = instance
+    ds.AcquisitionNumber = instance
+    ds.RepetitionTime = f"{tr_secs * 1000:g}"
+    ds.SliceThickness = f"{slice_mm:.6f}"
+    ds.SpacingBetweenSlices = f"{slice_mm:.6f}"
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in corner]
+    ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_cos, col_cos])]
+    ds.PixelSpacing = [f"{v:.6f}" for v in spacing]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = mosaic.shape
+    ds.BitsAllocated = ds.BitsStored = 8 * mosaic.dtype.itemsize
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if mosaic.dtype.kind == "i" else 0
+    if (slope, intercept) != (1.0, 0.0):
+        # Full precision, so that tests can compare exactly with a NIfTI's float32 scaling; pydicom warns that
+        # this is longer than DS's 16 characters, which readers (hyper-rt's, nibabel's) accept.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds.RescaleSlope, ds.RescaleIntercept = repr(float(slope)), repr(float(intercept))
+    ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
+    ds.add_new((0x0019, 0x100A), "US", slices)
+    ds.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")
+    normal = through / slice_mm
+    ds.add_new((0x0029, 0x1010), "OB", csa2([("NumberOfImagesInMosaic", "US", [str(slices)]),
+                                             ("AcquisitionMatrixText", "SH", [f"{rows}p*{columns}"]),
+                                             ("SliceNormalVector", "FD", [f"{v:.8f}" for v in normal])]))
+    ds.PixelData = mosaic.astype(mosaic.dtype.newbyteorder("<")).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
