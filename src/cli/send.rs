@@ -3,13 +3,11 @@
 //! as its files are written.
 
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
 use hyper_rt::dicom::{file_looks_like_dicom, MosaicVolume};
-use hyper_rt::ingest::dicom_series::{mosaic_wire_volume, FolderScan, FolderWatcher, SeriesRun, WatchedVolume};
+use hyper_rt::ingest::dicom_series::{follow_folder, FolderScan, FollowOptions, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::stats::Percentiles;
@@ -129,26 +127,28 @@ fn stream_and_report(
     volumes: impl IntoIterator<Item = WireVolume>,
     pacing: Pacing,
     bar: &indicatif::ProgressBar,
-    mut on_reply: impl FnMut(usize),
     skipped: impl Fn() -> usize,
-) -> anyhow::Result<StreamReport> {
+) -> anyhow::Result<()> {
     let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
-    let report = sender::stream(&sender, volumes, pacing, |index, reply| {
-        on_reply(index);
+    let report = sender::stream(&sender, volumes, pacing, |_, reply| {
         bar.inc(1);
         bar.set_message(reply.to_string());
     })?;
     bar.finish();
-    let skipped = skipped();
+    print_result(config, &report, skipped());
+    Ok(())
+}
+
+/// The one-line result: volumes sent, whether the receiver ended the run, rejections and files skipped.
+fn print_result(config: &Config, report: &StreamReport, files_skipped: usize) {
     println!(
         "sent {} volumes to {}{}{}{}",
         report.sent,
         config.sender.connect,
         if report.stopped_by_receiver { "; the receiver said STOP" } else { "" },
         if report.error_replies > 0 { format!("; {} rejected (see the warnings)", report.error_replies) } else { String::new() },
-        if skipped > 0 { format!("; {skipped} files skipped (see the warnings)") } else { String::new() }
+        if files_skipped > 0 { format!("; {files_skipped} files skipped (see the warnings)") } else { String::new() }
     );
-    Ok(report)
 }
 
 fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
@@ -174,7 +174,7 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
     let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
     let bar = progress_bar(args.quiet, Some((img.volumes - args.start_at) as u64));
     let volumes = (args.start_at..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr_secs));
-    stream_and_report(config, volumes, pacing, &bar, |_| {}, || 0)?;
+    stream_and_report(config, volumes, pacing, &bar, || 0)?;
     Ok(())
 }
 
@@ -229,7 +229,7 @@ fn send_dicom_series(args: &Args, config: &Config, tr_override: Option<f64>) -> 
         tracing::warn!("skipped: {e}");
         skipped.set(skipped.get() + 1);
     });
-    stream_and_report(config, volumes, pacing, &bar, |_| {}, || skipped.get())?;
+    stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
     Ok(())
 }
 
@@ -238,109 +238,32 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
     if !args.run.is_dir() {
         bail!("--watch follows a folder; {} is a file", args.run.display());
     }
-    let mut watcher = FolderWatcher::new(&args.run, args.series).with_context(|| format!("reading {}", args.run.display()))?;
-    tracing::info!(
-        "watching {} for {}",
-        args.run.display(),
-        match args.series {
-            Some(n) => format!("series {n}"),
-            None => "the next series".to_string(),
-        }
-    );
-    let skipped = std::cell::Cell::new(0usize);
-    // Index -> when its file was last written, and how long after that the receiver acknowledged it.
-    let written = std::cell::RefCell::new(HashMap::new());
-    let mut acknowledged_ms = Vec::new();
-    let poll = Duration::from_millis(args.poll_ms.max(1));
-    let idle_limit = (args.idle_secs > 0.0).then(|| Duration::from_secs_f64(args.idle_secs));
-    let mut queue = std::collections::VecDeque::new();
-    let mut sent = 0usize;
-    let mut last_volume_at = Instant::now();
-    let mut announced = false;
-    let mut folder_unreadable_since: Option<Instant> = None;
-    let volumes = std::iter::from_fn(|| loop {
-        if args.volumes.is_some_and(|n| sent >= n) {
-            return None;
-        }
-        if let Some(v) = queue.pop_front() {
-            sent += 1;
-            return Some(v);
-        }
-        if idle_limit.is_some_and(|limit| last_volume_at.elapsed() >= limit) {
-            tracing::info!("no new volume for {} s: stopping", args.idle_secs);
-            return None;
-        }
-        std::thread::sleep(poll);
-        // A folder on a network share may vanish for a moment: say so once and keep looking.
-        let findings = match watcher.poll() {
-            Ok(f) => {
-                if let Some(since) = folder_unreadable_since.take() {
-                    tracing::info!("{} is readable again after {:.1} s", args.run.display(), since.elapsed().as_secs_f64());
-                }
-                f
-            }
-            Err(e) => {
-                if folder_unreadable_since.is_none() {
-                    tracing::warn!("cannot read {}: {e}; still trying", args.run.display());
-                    folder_unreadable_since = Some(Instant::now());
-                }
-                continue;
-            }
-        };
-        for message in findings.skipped {
-            tracing::warn!("skipped: {message}");
-            skipped.set(skipped.get() + 1);
-        }
-        if let (false, Some(series)) = (announced, watcher.series()) {
-            tracing::info!("following series {series}");
-            announced = true;
-        }
-        for WatchedVolume { volume: v, written_at } in findings.volumes {
-            if v.index < args.start_at {
-                continue;
-            }
-            match tr_override.or(v.tr_secs) {
-                Some(tr_secs) => {
-                    if let Some(t) = written_at {
-                        written.borrow_mut().insert(v.index, t);
-                    }
-                    queue.push_back(mosaic_wire_volume(&v, tr_secs));
-                }
-                None => {
-                    tracing::warn!("skipped: {} has no RepetitionTime (0018,0080): give --tr-secs", v.path.display());
-                    skipped.set(skipped.get() + 1);
-                }
-            }
-            last_volume_at = Instant::now();
-        }
-    });
-    let pacing = Pacing { tr_secs: 0.0, speed: f64::INFINITY };
-    let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
-    let on_reply = |index: usize| {
-        if let Some(age) = written.borrow().get(&index).and_then(|t| SystemTime::now().duration_since(*t).ok()) {
-            acknowledged_ms.push(age.as_secs_f64() * 1e3);
-        }
+    let options = FollowOptions {
+        series: args.series,
+        start_at: args.start_at,
+        max_volumes: args.volumes,
+        idle_secs: args.idle_secs,
+        poll_ms: args.poll_ms,
+        tr_override_secs: tr_override,
     };
-    stream_and_report(config, volumes, pacing, &bar, on_reply, || skipped.get())?;
-    if !acknowledged_ms.is_empty() {
-        let p = Percentiles::new(&acknowledged_ms);
+    let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
+    let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
+    let never = std::sync::atomic::AtomicBool::new(false); // Ctrl-C ends the process
+    let report = follow_folder(&args.run, &options, &sender, &never, |_, reply| {
+        bar.inc(1);
+        bar.set_message(reply.to_string());
+    })?;
+    bar.finish();
+    print_result(config, &report.stream, report.files_skipped);
+    if !report.written_to_acknowledged_ms.is_empty() {
+        let p = Percentiles::new(&report.written_to_acknowledged_ms);
         println!(
             "file written -> volume acknowledged: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms over {} volumes (polling every {} ms)",
             p.at(50.0),
             p.at(95.0),
             p.at(100.0),
-            acknowledged_ms.len(),
+            report.written_to_acknowledged_ms.len(),
             args.poll_ms
-        );
-    }
-    let unfinished = watcher.unfinished();
-    if let Some(first) = unfinished.first() {
-        tracing::warn!(
-            "{} files in {} were still incomplete or unsettled when sending stopped (first: {}); send them with \
-             `hyper-rt send FOLDER --series N --start-at I` once written",
-            unfinished.len(),
-            args.run.display(),
-            first.display()
         );
     }
     Ok(())
