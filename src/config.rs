@@ -42,6 +42,10 @@ pub struct LiveConfig {
     pub feedback_attribute: String,
     pub feedback_scale: f64,
     pub boundaries: PathBuf,
+    /// A Siemens DICOM export folder `live` follows itself (empty: none).
+    pub dicom_folder: PathBuf,
+    /// The series to follow there; 0: the first to gain a file after the start.
+    pub dicom_series: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -81,6 +85,8 @@ impl Default for LiveConfig {
             feedback_attribute: "smile".into(),
             feedback_scale: 3.0,
             boundaries: PathBuf::from("../shared/data/interfacegan"),
+            dicom_folder: PathBuf::new(),
+            dicom_series: 0,
         }
     }
 }

@@ -10,11 +10,12 @@ use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
 use hyper_rt::dicom::file_looks_like_dicom;
-use hyper_rt::ingest::dicom_series::SeriesRun;
+use hyper_rt::ingest::dicom_series::{follow_folder, FollowOptions, FollowReport, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::read_events;
+use hyper_rt::stats::Percentiles;
 
 /// Flags shared by `live` and `replay` (each overrides its `[live]` key).
 #[derive(clap::Args, Debug)]
@@ -73,6 +74,14 @@ pub struct Args {
     /// Volumes in the run [receiver.expected_volumes]
     #[arg(long, short = 'n')]
     expected_volumes: Option<usize>,
+    /// Follow a Siemens scanner's DICOM export folder: each volume is sent to this session's receiver as soon as
+    /// its mosaic file is complete (no scanner-side program needed) [live.dicom_folder]
+    #[arg(long)]
+    dicom_folder: Option<PathBuf>,
+    /// The series to follow in --dicom-folder (its files already there are taken too); 0: the next series to
+    /// appear [live.dicom_series]
+    #[arg(long)]
+    dicom_series: Option<i64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -238,13 +247,65 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     if let Some(v) = args.expected_volumes {
         config.receiver.expected_volumes = v;
     }
+    if let Some(v) = args.dicom_folder {
+        config.live.dicom_folder = v;
+    }
+    if let Some(v) = args.dicom_series {
+        config.live.dicom_series = v;
+    }
     config.validate(Path::new("<command line>"))?;
+    let folder = &config.live.dicom_folder;
+    if !folder.as_os_str().is_empty() && !folder.is_dir() {
+        bail!("live.dicom_folder: {} is not a folder", folder.display());
+    }
     let inputs = inputs(&config.live, None)?;
     let receiver = super::bind_receiver(&config, &config.session.root, &config.receiver.bind, config.receiver.expected_volumes, config.receiver.idle_timeout_secs)?;
     println!("listening on {}", receiver.endpoint());
     let stop = super::interrupt_flag();
-    let (stats, dir) = live::run(receiver, inputs, stop)?;
+    let follower = (!config.live.dicom_folder.as_os_str().is_empty()).then(|| follow_in_background(&config, receiver.endpoint(), stop.clone()));
+    let outcome = live::run(receiver, inputs, stop.clone());
+    if let Some(follower) = follower {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if follower.join().is_err() {
+            tracing::error!("the DICOM folder follower panicked");
+        }
+    }
+    let (stats, dir) = outcome?;
     report(&stats, &dir)
+}
+
+/// Follows `[live] dicom_folder` on a background thread, sending each volume to this session's own receiver.
+fn follow_in_background(config: &Config, receiver_endpoint: &str, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    // The receiver may be bound to every interface; the follower reaches it on this machine.
+    let endpoint = receiver_endpoint.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:");
+    let folder = config.live.dicom_folder.clone();
+    let expected = config.receiver.expected_volumes;
+    let options = FollowOptions {
+        series: (config.live.dicom_series != 0).then_some(config.live.dicom_series),
+        max_volumes: (expected > 0).then_some(expected),
+        ..FollowOptions::default()
+    };
+    std::thread::spawn(move || {
+        // Said at once: the session goes on (a scanner-side sender may still connect) but gets nothing from here.
+        let follow = || -> anyhow::Result<FollowReport> {
+            let sender = ScannerSender::connect(&endpoint, "hello from hyper-rt live (DICOM folder)", 30.0)?;
+            Ok(follow_folder(&folder, &options, &sender, &stop, |_, _| {})?)
+        };
+        let report = match follow() {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!("following {} stopped: {}", folder.display(), hyper_rt::error_chain(&e));
+                return;
+            }
+        };
+        let latency = if report.written_to_acknowledged_ms.is_empty() {
+            String::new()
+        } else {
+            let p = Percentiles::new(&report.written_to_acknowledged_ms);
+            format!("; file written -> acknowledged p50 {:.0} ms, max {:.0} ms", p.at(50.0), p.at(100.0))
+        };
+        tracing::info!("{}: {} volumes sent, {} files skipped{latency}", folder.display(), report.stream.sent, report.files_skipped);
+    })
 }
 
 pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {

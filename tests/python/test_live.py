@@ -304,6 +304,47 @@ def test_replay_of_a_recorded_run_and_of_a_session_folder(subject):
     assert r.returncode != 0 and "not finalised" in r.stderr and "hyper-rt recover" in r.stderr
 
 
+def test_live_follows_a_siemens_dicom_export_folder(subject):
+    """`live --dicom-folder`: the scanner's export folder followed by the session itself, files written one by one
+    (an earlier run already there is ignored); every volume recorded exactly, every trial decoded."""
+    import nibabel as nib
+    from mosaic_writer import write_mosaic
+    tmp, data, dec, run, events = subject
+    img = nib.load(str(run))
+    raw = np.asanyarray(img.dataobj.get_unscaled())
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    n_vols = raw.shape[3]
+    staged = tmp / "staged-mosaics"
+    staged.mkdir()
+    for t in range(n_vols):
+        write_mosaic(staged / f"001_000007_{t + 1:06d}.dcm", raw[..., t], img.affine, 0.1, t + 1, series=7,
+                     slope=slope, intercept=inter)
+    export = tmp / "export"
+    export.mkdir()
+    write_mosaic(export / "001_000006_000001.dcm", raw[..., 0], img.affine, 0.1, 1, series=6, slope=slope,
+                 intercept=inter)
+    proc, ports, root = start_live(tmp, dec, events, n_vols, extra=["--dicom-folder", str(export)])
+    try:
+        time.sleep(0.5)
+        for f in sorted(staged.iterdir()):
+            shutil.copy(f, export / f.name)
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "following series 7" in err and f"{n_vols} volumes sent, 0 files skipped" in err
+    session = next(root.iterdir())
+    recorded = nib.load(str(session / "volumes.nii.gz"))
+    np.testing.assert_array_equal(recorded.get_fdata(), img.get_fdata())
+    n_trials = len(events.read_text().splitlines()) - 1
+    assert len((session / "results.jsonl").read_text().splitlines()) == n_trials
+    # a folder that is not there is refused before anything starts
+    r = subprocess.run([binary(), "live", "--decoder", str(dec), "--dicom-folder", str(tmp / "nowhere"), "-n", "3",
+                        "--display", "none"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "live.dicom_folder" in r.stderr and "is not a folder" in r.stderr
+
+
 def test_replay_of_a_siemens_dicom_series_matches_the_nifti_run(subject):
     """The test run written as Siemens mosaic DICOM files (stored int16 + rescale, the CSA slice normal needed to
     get the slice order right) replays through the live pipeline exactly as the NIfTI run does."""
