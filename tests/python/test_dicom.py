@@ -162,17 +162,35 @@ def copy_slowly(src, dst, pause_secs=0.3):
         f.write(data[len(data) // 2:])
 
 
+def empty_folder(path):
+    path.mkdir()
+    return path
+
+
+def start_watch(tmp_path, export, endpoint, *extra):
+    """`send EXPORT --watch` in the background; its log goes to a file the test can read while it runs."""
+    log = tmp_path / "send.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--connect", endpoint, "--quiet", *extra],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return proc, log
+
+
+def finish_watch(proc, log):
+    """Waits for a `start_watch` sender to end by itself; returns its stdout and log after checking it succeeded."""
+    out, _ = proc.communicate(timeout=30)
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    return out, err
+
+
 def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
     files = siemens_files()
-    export = tmp_path / "export"
-    export.mkdir()
+    export = empty_folder(tmp_path / "export")
     # an earlier run already in the folder: not sent, since no --series is given
     with_series(files[0], export / "001_000012_000001.dcm", 12)
     r = receiver(expected=3)
-    log = tmp_path / "send.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--connect", r.endpoint, "--quiet",
-                                 "--idle-secs", "30"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc, log = start_watch(tmp_path, export, r.endpoint, "--idle-secs", "30")
     try:
         jsonl = r.session_dir / "messages.jsonl"
         accepted = lambda: sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
@@ -188,11 +206,9 @@ def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
         wait_for(lambda: "broken.dcm: broken at byte" in log.read_text(), timeout=10, what="the broken file reported")
         assert accepted() == 2
         shutil.copy(files[2], export / files[2].name)
-        out, _ = proc.communicate(timeout=30)
+        out, err = finish_watch(proc, log)
     finally:
         proc.kill()
-    err = log.read_text()
-    assert proc.returncode == 0, err
     assert "following series 13" in err
     assert "notes.txt: not a DICOM file" in err
     assert "sent 3 volumes" in out and "2 files skipped" in out
@@ -205,13 +221,10 @@ def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
 
 def test_watch_with_series_sends_the_files_already_there_and_stops_after_volumes(receiver, tmp_path):
     files = siemens_files()
-    export = tmp_path / "export"
-    export.mkdir()
+    export = empty_folder(tmp_path / "export")
     shutil.copy(files[0], export / files[0].name)
     r = receiver(expected=3)
-    proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--series", "13", "--volumes", "2",
-                             "--connect", r.endpoint, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc, log = start_watch(tmp_path, export, r.endpoint, "--series", "13", "--volumes", "2")
     try:
         jsonl = r.session_dir / "messages.jsonl"
         wait_for(lambda: jsonl.exists() and '"accepted"' in jsonl.read_text(), what="the file already there")
@@ -222,10 +235,9 @@ def test_watch_with_series_sends_the_files_already_there_and_stops_after_volumes
         with open(export / "incoming.part", "ab") as f:
             f.write(files[1].read_bytes()[1000:])
         (export / "incoming.part").rename(export / files[1].name)
-        out, err = proc.communicate(timeout=30)
+        out, err = finish_watch(proc, log)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
     assert "sent 2 volumes" in out and "STOP" not in out
     assert "1 files in" in err and "still incomplete" in err and "001_000013_000003.dcm" in err
     assert "incoming.part" not in err
@@ -246,13 +258,9 @@ def test_watch_waits_for_a_file_allocated_before_it_is_filled(receiver, tmp_path
     """Some copy tools allocate the whole file, then fill it: the size never changes, only the contents (and the
     modification time). Such a file is neither rejected nor sent half-filled."""
     files = siemens_files()
-    export = tmp_path / "export"
-    export.mkdir()
+    export = empty_folder(tmp_path / "export")
     r = receiver(expected=1)
-    log = tmp_path / "send.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--series", "13", "--connect", r.endpoint,
-                                 "--quiet"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc, log = start_watch(tmp_path, export, r.endpoint, "--series", "13")
     try:
         data = files[0].read_bytes()
         target = export / files[0].name
@@ -261,10 +269,9 @@ def test_watch_waits_for_a_file_allocated_before_it_is_filled(receiver, tmp_path
         assert "skipped" not in log.read_text()
         with open(target, "r+b") as f:
             f.write(data)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = finish_watch(proc, log)
     finally:
         proc.kill()
-    assert proc.returncode == 0, log.read_text()
     assert "sent 1 volumes" in out and "skipped" not in out
     s = r.wait()
     check_recording(r, s, files[:1], "uint16")
@@ -273,24 +280,18 @@ def test_watch_waits_for_a_file_allocated_before_it_is_filled(receiver, tmp_path
 def test_watch_survives_the_folder_vanishing_for_a_moment(receiver, tmp_path):
     """A network share that drops for a moment: the sender says so once and goes on when it is back."""
     files = siemens_files()
-    export = tmp_path / "export"
-    export.mkdir()
+    export = empty_folder(tmp_path / "export")
     r = receiver(expected=1)
-    log = tmp_path / "send.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--series", "13", "--connect", r.endpoint,
-                                 "--quiet"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc, log = start_watch(tmp_path, export, r.endpoint, "--series", "13")
     try:
         wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
         export.rename(tmp_path / "away")
         wait_for(lambda: "cannot read" in log.read_text(), what="the sender to notice")
         (tmp_path / "away").rename(export)
         shutil.copy(files[0], export / files[0].name)
-        out, _ = proc.communicate(timeout=30)
+        out, err = finish_watch(proc, log)
     finally:
         proc.kill()
-    err = log.read_text()
-    assert proc.returncode == 0, err
     assert err.count("cannot read") == 1 and "readable again after" in err
     assert "sent 1 volumes" in out
     s = r.wait()
