@@ -49,7 +49,6 @@ const SERIES_DESCRIPTION: Tag = tag(0x0008, 0x103E);
 const SLICE_THICKNESS: Tag = tag(0x0018, 0x0050);
 const REPETITION_TIME: Tag = tag(0x0018, 0x0080);
 const SPACING_BETWEEN_SLICES: Tag = tag(0x0018, 0x0088);
-const SERIES_INSTANCE_UID: Tag = tag(0x0020, 0x000E);
 const SERIES_NUMBER: Tag = tag(0x0020, 0x0011);
 const INSTANCE_NUMBER: Tag = tag(0x0020, 0x0013);
 const IMAGE_POSITION_PATIENT: Tag = tag(0x0020, 0x0032);
@@ -393,8 +392,6 @@ pub struct MosaicVolume {
     pub path: PathBuf,
     /// `SeriesNumber` (0020,0011).
     pub series_number: i64,
-    /// `SeriesInstanceUID` (0020,000E), empty when absent.
-    pub series_uid: String,
     /// `SeriesDescription` (0008,103E), empty when absent.
     pub series_description: String,
     /// 0-based volume index: `InstanceNumber` (0020,0013) minus one.
@@ -545,7 +542,6 @@ impl MosaicVolume {
         Ok(MosaicVolume {
             path: ds.path.clone(),
             series_number: ds.number(SERIES_NUMBER, "SeriesNumber")?.map(|n| n as i64).unwrap_or(0),
-            series_uid: ds.text(SERIES_INSTANCE_UID).unwrap_or_default(),
             series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
             index: instance as usize - 1,
             dims: [tile_rows, tile_columns, n_slices],

@@ -15,7 +15,6 @@ use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::read_events;
-use hyper_rt::stats::Percentiles;
 
 /// Flags shared by `live` and `replay` (each overrides its `[live]` key).
 #[derive(clap::Args, Debug)]
@@ -298,12 +297,7 @@ fn follow_in_background(config: &Config, receiver_endpoint: &str, stop: Arc<std:
                 return;
             }
         };
-        let latency = if report.written_to_acknowledged_ms.is_empty() {
-            String::new()
-        } else {
-            let p = Percentiles::new(&report.written_to_acknowledged_ms);
-            format!("; file written -> acknowledged p50 {:.0} ms, max {:.0} ms", p.at(50.0), p.at(100.0))
-        };
+        let latency = report.latency_summary().map(|s| format!("; {s}")).unwrap_or_default();
         tracing::info!("{}: {} volumes sent, {} files skipped{latency}", folder.display(), report.stream.sent, report.files_skipped);
     })
 }

@@ -10,7 +10,6 @@ use hyper_rt::dicom::{file_looks_like_dicom, MosaicVolume};
 use hyper_rt::ingest::dicom_series::{follow_folder, FolderScan, FollowOptions, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
-use hyper_rt::stats::Percentiles;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -255,16 +254,8 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
     })?;
     bar.finish();
     print_result(config, &report.stream, report.files_skipped);
-    if !report.written_to_acknowledged_ms.is_empty() {
-        let p = Percentiles::new(&report.written_to_acknowledged_ms);
-        println!(
-            "file written -> volume acknowledged: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms over {} volumes (polling every {} ms)",
-            p.at(50.0),
-            p.at(95.0),
-            p.at(100.0),
-            report.written_to_acknowledged_ms.len(),
-            args.poll_ms
-        );
+    if let Some(latency) = report.latency_summary() {
+        println!("{latency} (polling every {} ms)", args.poll_ms);
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use hyper_rt::config::{Config, SimulateConfig};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::simulate::{self, Subject};
-use hyper_rt::volume::{x_fastest_to_c_order, Dtype};
+use hyper_rt::volume::Dtype;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -125,14 +125,7 @@ fn stream(c: &SimulateConfig, endpoint: &str, runs: &[usize], speed: f64) -> any
                     .collect(),
                 hyper_rt::config::SimOutput::Float32 => v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(),
             };
-            WireVolume {
-                index: t,
-                dtype: Dtype::Float64,
-                dims: anat.dims,
-                mm_from_voxel: anat.mm_from_voxel,
-                tr_secs: c.tr_secs,
-                c_order_le: x_fastest_to_c_order(&values, anat.dims, 8),
-            }
+            WireVolume::from_x_fastest(t, Dtype::Float64, anat.dims, anat.mm_from_voxel, c.tr_secs, &values)
         });
         let bar = indicatif::ProgressBar::new(plan.volumes as u64);
         let report = sender::stream(&scanner, wire, Pacing { tr_secs: c.tr_secs, speed }, |_, _| bar.inc(1))?;

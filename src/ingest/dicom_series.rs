@@ -6,7 +6,7 @@
 //! its `SeriesNumber`. The volume index sent is the file's `InstanceNumber` minus one, so the receiver sees
 //! the scanner's own numbering even when files arrive out of order or one is missing.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,18 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::dicom::{looks_like_dicom, DicomError, MosaicVolume};
 use crate::ingest::sender::{self, Pacing, ScannerSender, SendError, StreamReport, WireVolume};
-use crate::volume::x_fastest_to_c_order;
+use crate::stats::Percentiles;
 
 /// The wire form of a mosaic volume, sent with `tr_secs`.
 pub fn mosaic_wire_volume(v: &MosaicVolume, tr_secs: f64) -> WireVolume {
-    WireVolume {
-        index: v.index,
-        dtype: v.dtype,
-        dims: v.dims,
-        mm_from_voxel: v.mm_from_voxel,
-        tr_secs,
-        c_order_le: x_fastest_to_c_order(&v.voxel_bytes, v.dims, v.dtype.itemsize()),
-    }
+    WireVolume::from_x_fastest(v.index, v.dtype, v.dims, v.mm_from_voxel, tr_secs, &v.voxel_bytes)
 }
 
 /// The regular, non-hidden files of a folder, sorted by name.
@@ -189,7 +182,7 @@ pub const SETTLE_SECS: f64 = 2.0;
 /// A file the watcher has seen but not yet sent or given up on.
 struct Pending {
     /// Size and modification time: a file is read once both are unchanged since the previous look.
-    signature: (u64, Option<std::time::SystemTime>),
+    signature: (u64, Option<SystemTime>),
     /// When the signature was last seen to change.
     changed_at: Instant,
 }
@@ -199,7 +192,7 @@ struct Pending {
 pub struct WatchedVolume {
     pub volume: MosaicVolume,
     /// The file's modification time: when the scanner finished writing it (for the latency summary).
-    pub written_at: Option<std::time::SystemTime>,
+    pub written_at: Option<SystemTime>,
 }
 
 /// What one look at the watched folder found.
@@ -335,8 +328,23 @@ pub struct FollowReport {
     pub files_skipped: usize,
     /// For each volume sent: milliseconds from its file's last write to the receiver's reply.
     pub written_to_acknowledged_ms: Vec<f64>,
-    /// Files still incomplete or unsettled when sending stopped (each also named in a warning).
-    pub unfinished: Vec<PathBuf>,
+}
+
+impl FollowReport {
+    /// "file written -> volume acknowledged: p50 .. ms, p95 .. ms, max .. ms over N volumes", if any was sent.
+    pub fn latency_summary(&self) -> Option<String> {
+        let samples = &self.written_to_acknowledged_ms;
+        (!samples.is_empty()).then(|| {
+            let p = Percentiles::new(samples);
+            format!(
+                "file written -> volume acknowledged: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms over {} volumes",
+                p.at(50.0),
+                p.at(95.0),
+                p.at(100.0),
+                samples.len()
+            )
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -367,8 +375,9 @@ pub fn follow_folder(
     let poll = Duration::from_millis(options.poll_ms.max(1));
     let idle_limit = (options.idle_secs > 0.0).then(|| Duration::from_secs_f64(options.idle_secs));
     let skipped = Cell::new(0usize);
-    // Index -> when its file was last written.
-    let written = RefCell::new(HashMap::new());
+    // When the file of the volume last handed to the sender was written: the stream is lock-step, so the next
+    // reply is that volume's.
+    let sent_file_written_at: Cell<Option<SystemTime>> = Cell::new(None);
     let mut written_to_acknowledged_ms = Vec::new();
     let mut queue = VecDeque::new();
     let mut sent = 0usize;
@@ -379,8 +388,9 @@ pub fn follow_folder(
         if options.max_volumes.is_some_and(|n| sent >= n) || stop.load(Ordering::Relaxed) {
             return None;
         }
-        if let Some(v) = queue.pop_front() {
+        if let Some((v, written_at)) = queue.pop_front() {
             sent += 1;
+            sent_file_written_at.set(written_at);
             return Some(v);
         }
         if idle_limit.is_some_and(|limit| last_volume_at.elapsed() >= limit) {
@@ -417,12 +427,7 @@ pub fn follow_folder(
                 continue;
             }
             match options.tr_override_secs.or(volume.tr_secs) {
-                Some(tr_secs) => {
-                    if let Some(t) = written_at {
-                        written.borrow_mut().insert(volume.index, t);
-                    }
-                    queue.push_back(mosaic_wire_volume(&volume, tr_secs));
-                }
+                Some(tr_secs) => queue.push_back((mosaic_wire_volume(&volume, tr_secs), written_at)),
                 None => {
                     tracing::warn!("skipped: {} has no RepetitionTime (0018,0080): give the TR", volume.path.display());
                     skipped.set(skipped.get() + 1);
@@ -433,7 +438,7 @@ pub fn follow_folder(
     });
     let as_fast_as_files_come = Pacing { tr_secs: 0.0, speed: f64::INFINITY };
     let stream = sender::stream(sender, volumes, as_fast_as_files_come, |index, reply| {
-        if let Some(age) = written.borrow().get(&index).and_then(|t| SystemTime::now().duration_since(*t).ok()) {
+        if let Some(age) = sent_file_written_at.get().and_then(|t| SystemTime::now().duration_since(t).ok()) {
             written_to_acknowledged_ms.push(age.as_secs_f64() * 1e3);
         }
         progress(index, reply);
@@ -448,5 +453,5 @@ pub fn follow_folder(
             first.display()
         );
     }
-    Ok(FollowReport { stream, files_skipped: skipped.get(), written_to_acknowledged_ms, unfinished })
+    Ok(FollowReport { stream, files_skipped: skipped.get(), written_to_acknowledged_ms })
 }

@@ -112,6 +112,14 @@ impl ScannerSender {
     }
 }
 
+impl WireVolume {
+    /// A volume for the wire from little-endian voxel bytes stored x fastest (converted to the wire's C order).
+    pub fn from_x_fastest(index: usize, dtype: Dtype, dims: [usize; 3], mm_from_voxel: Affine, tr_secs: f64, x_fastest_le: &[u8]) -> WireVolume {
+        let c_order_le = x_fastest_to_c_order(x_fastest_le, dims, dtype.itemsize());
+        WireVolume { index, dtype, dims, mm_from_voxel, tr_secs, c_order_le }
+    }
+}
+
 /// The values a NIfTI volume is sent with: native type when unscaled; with scaling, float64 computed as
 /// nibabel's `get_fdata` does (`raw * slope + inter` in double precision).
 pub fn nifti_wire_volume(img: &NiftiImage, t: usize, tr_secs: f64) -> WireVolume {
@@ -119,14 +127,7 @@ pub fn nifti_wire_volume(img: &NiftiImage, t: usize, tr_secs: f64) -> WireVolume
         None => (img.dtype, img.volume_bytes(t).to_vec()),
         Some(_) => (Dtype::Float64, img.volume_values(t).iter().flat_map(|v| v.to_le_bytes()).collect()),
     };
-    WireVolume {
-        index: t,
-        dtype,
-        dims: img.dims,
-        mm_from_voxel: img.mm_from_voxel,
-        tr_secs,
-        c_order_le: x_fastest_to_c_order(&x_fastest, img.dims, dtype.itemsize()),
-    }
+    WireVolume::from_x_fastest(t, dtype, img.dims, img.mm_from_voxel, tr_secs, &x_fastest)
 }
 
 /// When each volume leaves: every `tr_secs / speed` seconds from the first, or at once for speed = infinity.

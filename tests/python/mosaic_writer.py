@@ -85,3 +85,14 @@ def write_mosaic(path, stored, affine_ras, tr_secs, instance, series=5, slope=1.
                                              ("SliceNormalVector", "FD", [f"{v:.8f}" for v in normal])]))
     ds.PixelData = mosaic.astype(mosaic.dtype.newbyteorder("<")).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
+
+
+def write_nifti_run(img, folder, tr_secs, series):
+    """Every volume of a 4-D nibabel image as a mosaic file `001_<series>_<volume>.dcm` in `folder`, with its
+    stored values and its scaling as RescaleSlope / RescaleIntercept."""
+    stored = np.asanyarray(img.dataobj.get_unscaled())
+    slope, intercept = float(img.dataobj.slope), float(img.dataobj.inter)
+    for t in range(stored.shape[3]):
+        write_mosaic(folder / f"001_{series:06d}_{t + 1:06d}.dcm", stored[..., t], img.affine, tr_secs, t + 1,
+                     series=series, slope=slope, intercept=intercept)
+    return stored

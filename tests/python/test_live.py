@@ -308,21 +308,17 @@ def test_live_follows_a_siemens_dicom_export_folder(subject):
     """`live --dicom-folder`: the scanner's export folder followed by the session itself, files written one by one
     (an earlier run already there is ignored); every volume recorded exactly, every trial decoded."""
     import nibabel as nib
-    from mosaic_writer import write_mosaic
+    from mosaic_writer import write_mosaic, write_nifti_run
     tmp, data, dec, run, events = subject
     img = nib.load(str(run))
-    raw = np.asanyarray(img.dataobj.get_unscaled())
-    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
-    n_vols = raw.shape[3]
     staged = tmp / "staged-mosaics"
     staged.mkdir()
-    for t in range(n_vols):
-        write_mosaic(staged / f"001_000007_{t + 1:06d}.dcm", raw[..., t], img.affine, 0.1, t + 1, series=7,
-                     slope=slope, intercept=inter)
+    stored = write_nifti_run(img, staged, 0.1, series=7)
+    n_vols = stored.shape[3]
     export = tmp / "export"
     export.mkdir()
-    write_mosaic(export / "001_000006_000001.dcm", raw[..., 0], img.affine, 0.1, 1, series=6, slope=slope,
-                 intercept=inter)
+    write_mosaic(export / "001_000006_000001.dcm", stored[..., 0], img.affine, 0.1, 1, series=6,
+                 slope=float(img.dataobj.slope), intercept=float(img.dataobj.inter))
     proc, ports, root = start_live(tmp, dec, events, n_vols, extra=["--dicom-folder", str(export)])
     try:
         time.sleep(0.5)
@@ -349,18 +345,13 @@ def test_replay_of_a_siemens_dicom_series_matches_the_nifti_run(subject):
     """The test run written as Siemens mosaic DICOM files (stored int16 + rescale, the CSA slice normal needed to
     get the slice order right) replays through the live pipeline exactly as the NIfTI run does."""
     import nibabel as nib
-    from mosaic_writer import write_mosaic
+    from mosaic_writer import write_nifti_run
     tmp, data, dec, run, events = subject
     img = nib.load(str(run))
-    raw = np.asanyarray(img.dataobj.get_unscaled())
-    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
-    assert raw.dtype == np.int16 and slope != 1.0  # the scaled case
-    tr = float(img.header.get_zooms()[3])
     folder = tmp / "dicom-run"
     folder.mkdir()
-    for t in range(raw.shape[3]):
-        write_mosaic(folder / f"001_000005_{t + 1:06d}.dcm", raw[..., t], img.affine, tr, t + 1, slope=slope,
-                     intercept=inter)
+    stored = write_nifti_run(img, folder, float(img.header.get_zooms()[3]), series=5)
+    assert stored.dtype == np.int16 and float(img.dataobj.slope) != 1.0  # the scaled case
     sessions = {}
     for name, source in [("dicom", folder), ("nifti", run)]:
         root = tmp / f"replay-{name}"
