@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod live;
 pub mod nifti;
 pub mod npy;
+pub mod parrec;
 pub mod preprocess;
 pub mod rng;
 pub mod session;
