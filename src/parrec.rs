@@ -458,6 +458,12 @@ impl ParRecRun {
         if by_dynamic.is_empty() {
             return Err(invalid(format!("no dynamic has all {n_slices} slices")));
         }
+        // A whole-run file holding fewer dynamics than its header announces was cut short (the real-time
+        // export announces the run's count in each one-dynamic pair, so that case says nothing).
+        let announced = header.general.numbers(par_path, "max. number of dynamics")?.and_then(|n| n.first().copied()).unwrap_or(0.0) as usize;
+        if by_dynamic.len() > 1 && announced > by_dynamic.len() {
+            notes.push(format!("the header announces {announced} dynamics, the file holds {} complete ones (a recording stopped early?)", by_dynamic.len()));
+        }
         if let Some(&d) = by_dynamic.keys().find(|&&d| d < 1) {
             return Err(invalid(format!("dynamic scan number {d}: they start at 1")));
         }

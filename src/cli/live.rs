@@ -9,8 +9,7 @@ use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
 use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
-use hyper_rt::dicom::file_looks_like_dicom;
-use hyper_rt::ingest::dicom_series::{follow_folder, FollowOptions, FollowReport, SeriesRun};
+use hyper_rt::ingest::scanner_export::{follow_folder, is_scanner_export, FollowOptions, FollowReport, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
@@ -309,12 +308,12 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
         bail!("--speed must be positive");
     }
     let session_volumes = ["volumes.nii.gz", "volumes.nii"].iter().map(|n| args.source.join(n)).find(|p| p.is_file());
-    let is_dicom_series = args.source.is_dir() || file_looks_like_dicom(&args.source).with_context(|| format!("reading {}", args.source.display()))?;
+    let is_export_series = is_scanner_export(&args.source).with_context(|| format!("reading {}", args.source.display()))?;
     let (run, dims) = match session_volumes {
         None if args.source.join("spool.bin").is_file() => {
             bail!("{} is a session that was not finalised: run `hyper-rt recover {}` first", args.source.display(), args.source.display())
         }
-        None if is_dicom_series => {
+        None if is_export_series => {
             let series = SeriesRun::open(&args.source, args.series, 0).map_err(anyhow::Error::msg)?;
             for warning in series.folder_warnings() {
                 tracing::warn!("{warning}");
@@ -322,7 +321,7 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             let tr_secs = series.first.tr_secs.unwrap_or(1.0);
             tracing::info!("replaying {}", series.describe(tr_secs));
             let (volumes, dims) = (series.files.len(), series.first.dims);
-            let wire = Box::new(series.wire_volumes(tr_secs, |e| tracing::warn!("skipped: {e}")));
+            let wire = Box::new(series.wire_volumes(tr_secs, |message| tracing::warn!("skipped: {message}")));
             (RunStream { volumes, tr_secs, wire }, dims)
         }
         found => {

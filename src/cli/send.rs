@@ -1,20 +1,21 @@
 //! `hyper-rt send`: play a run to a receiver exactly as Pyneal Scanner would: a 4-D NIfTI-1 file, a finished
-//! Siemens mosaic DICOM series, or (`--watch`) the folder a Siemens scanner is exporting into, volume by volume
-//! as its files are written.
+//! series of a scanner's export (Siemens mosaic DICOM, Philips PAR/REC), or (`--watch`) the folder a Siemens
+//! or Philips scanner is exporting into, volume by volume as its files are written.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::dicom::{file_looks_like_dicom, MosaicVolume};
-use hyper_rt::ingest::dicom_series::{follow_folder, FolderScan, FollowOptions, SeriesRun};
+use hyper_rt::ingest::scanner_export::{follow_folder, is_scanner_export, read_export_file, FolderScan, FollowOptions, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The run to play: a 4-D (or 3-D, one volume) NIfTI-1 file (.nii, .nii.gz); or Siemens mosaic DICOM: a
-    /// folder holding a series, one file per volume (volume number = InstanceNumber), or one such file.
+    /// The run to play: a 4-D (or 3-D, one volume) NIfTI-1 file (.nii, .nii.gz); or a scanner's export: a
+    /// folder holding a series of Siemens mosaic DICOM files (one per volume, volume number = InstanceNumber)
+    /// or Philips PAR/REC pairs (one per volume, volume number = "Acquisition nr"), one such file, or a PAR
+    /// file holding a whole run (volume number = dynamic).
     run: PathBuf,
     /// Receiver endpoint [config: sender.connect]
     #[arg(long)]
@@ -40,16 +41,17 @@ pub struct Args {
     /// No progress bar
     #[arg(long)]
     quiet: bool,
-    /// DICOM: the series to send (its SeriesNumber) when the folder holds several. With --watch, its files
-    /// already in the folder are sent too (start the sender late without losing volumes).
+    /// Scanner export: the series to send (Siemens SeriesNumber; Philips "Acquisition nr" of a whole-run PAR,
+    /// 0 for one-pair-per-volume files) when the folder holds several. With --watch, its files already in the
+    /// folder are sent too (start the sender late without losing volumes).
     #[arg(long)]
     series: Option<i64>,
-    /// DICOM: follow the folder while the scanner writes into it and send each volume as soon as its file is
+    /// Scanner export: follow the folder while the scanner writes into it and send each volume as soon as its file is
     /// complete (no pacing). Without --series, files already there are earlier runs and the first series to
     /// gain a file is followed. Ends when the receiver says STOP, after --volumes, after --idle-secs, or Ctrl-C.
     #[arg(long)]
     watch: bool,
-    /// DICOM: list the series the folder holds (number, volumes, gaps, matrix, TR, description) and exit
+    /// Scanner export: list the series the folder holds (number, volumes, gaps, matrix, TR, description) and exit
     #[arg(long)]
     list: bool,
     /// --watch: stop after sending this many volumes
@@ -87,26 +89,24 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         Some(tr) => bail!("--tr-secs must be positive, got {tr}"),
         None => None,
     };
-    if is_dicom(&args.run)? {
+    if hyper_rt::parrec::is_rec_path(&args.run) {
+        bail!("{} is a Philips REC file: give its PAR header (or the folder)", args.run.display());
+    }
+    if is_scanner_export(&args.run).with_context(|| format!("reading {}", args.run.display()))? {
         if args.list {
             return list_series(&args.run);
         }
         if args.watch {
             return send_watched_folder(&args, &config, tr_override);
         }
-        return send_dicom_series(&args, &config, tr_override);
+        return send_export_series(&args, &config, tr_override);
     }
     for (given, flag) in [(args.watch, "--watch"), (args.series.is_some(), "--series"), (args.volumes.is_some(), "--volumes"), (args.list, "--list")] {
         if given {
-            bail!("{flag} is for Siemens DICOM folders; {} is not one", args.run.display());
+            bail!("{flag} is for a scanner's export (Siemens DICOM, Philips PAR/REC); {} is neither", args.run.display());
         }
     }
     send_nifti(&args, &config, tr_override)
-}
-
-/// A folder, or a file that starts like DICOM Part 10.
-fn is_dicom(run: &Path) -> anyhow::Result<bool> {
-    Ok(run.is_dir() || file_looks_like_dicom(run).with_context(|| format!("reading {}", run.display()))?)
 }
 
 fn progress_bar(quiet: bool, len: Option<u64>) -> indicatif::ProgressBar {
@@ -177,14 +177,15 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
     Ok(())
 }
 
-/// Prints a table of the series in a DICOM folder.
+/// Prints a table of the series in a scanner's export folder.
 fn list_series(run: &Path) -> anyhow::Result<()> {
     let scan = FolderScan::read(run).with_context(|| format!("reading {}", run.display()))?;
     println!("{:>6}  {:>7}  {:>11}  {:>7}  {:>14}  {:>7}  {:>6}  description", "series", "volumes", "indices", "missing", "voxels", "dtype", "TR s");
     for (number, (description, files)) in &scan.series {
         let (Some((&first_index, first_path)), Some(&last_index)) = (files.iter().next(), files.keys().next_back()) else { continue };
         let missing = last_index + 1 - first_index - files.len();
-        let (voxels, dtype, tr) = match MosaicVolume::read(first_path) {
+        let first = read_export_file(first_path).map_err(|e| e.to_string()).and_then(|f| f.volumes.into_iter().next().ok_or_else(|| "no volume".to_string()));
+        let (voxels, dtype, tr) = match first {
             Ok(v) => (
                 format!("{} x {} x {}", v.dims[0], v.dims[1], v.dims[2]),
                 v.dtype.numpy_name().to_string(),
@@ -199,9 +200,9 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
         );
     }
     if scan.series.is_empty() {
-        println!("(no readable Siemens mosaic volume)");
+        println!("(no readable volume: Siemens mosaic DICOM or Philips PAR/REC)");
     }
-    let others = [(scan.not_dicom.len(), "files are not DICOM"), (scan.unreadable.len(), "DICOM files are unreadable (run without --list to see why)"), (scan.duplicates.len(), "files repeat a volume of their series")];
+    let others = [(scan.not_scanner_files.len(), "files are neither DICOM nor PAR/REC"), (scan.unreadable.len(), "files are unreadable (run without --list to see why)"), (scan.duplicates.len(), "files repeat a volume of their series")];
     for (count, what) in others {
         if count > 0 {
             println!("{count} {what}");
@@ -211,21 +212,21 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
 }
 
 /// A finished series: every volume of the chosen series in index order, at TR pace.
-fn send_dicom_series(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
+fn send_export_series(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
     let run = SeriesRun::open(&args.run, args.series, args.start_at).map_err(anyhow::Error::msg)?;
     for warning in run.folder_warnings() {
         tracing::warn!("{warning}");
     }
     let tr_secs = match tr_override.or(run.first.tr_secs) {
         Some(tr) => tr,
-        None => bail!("{} has no RepetitionTime (0018,0080): give --tr-secs", run.first.path.display()),
+        None => bail!("{} gives no TR: give --tr-secs", run.first.path.display()),
     };
     tracing::info!("{}", run.describe(tr_secs));
     let skipped = std::cell::Cell::new(run.files_skipped());
     let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
     let bar = progress_bar(args.quiet, Some(run.files.len() as u64));
-    let volumes = run.wire_volumes(tr_secs, |e| {
-        tracing::warn!("skipped: {e}");
+    let volumes = run.wire_volumes(tr_secs, |message| {
+        tracing::warn!("skipped: {message}");
         skipped.set(skipped.get() + 1);
     });
     stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;

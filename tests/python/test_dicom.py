@@ -59,7 +59,7 @@ def test_a_real_siemens_series_is_sent_as_nibabel_reads_it(receiver):
     assert out.returncode == 0, out.stderr
     assert "sent 3 volumes" in out.stdout and "the receiver said STOP" in out.stdout
     # the folder also holds the series' mask (NIfTI): named, counted, skipped
-    assert "not DICOM" in out.stderr and "dummyMask.nii.gz" in out.stderr and "1 files skipped" in out.stdout
+    assert "neither DICOM nor PAR/REC" in out.stderr and "dummyMask.nii.gz" in out.stderr and "1 files skipped" in out.stdout
     assert "series 13: 3 volumes" in out.stderr and "slice normal from the CSA header" in out.stderr
     s = r.wait()
     assert s["received"] == 3 and s["rejected"] == 0
@@ -210,7 +210,7 @@ def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
     finally:
         proc.kill()
     assert "following series 13" in err
-    assert "notes.txt: not a DICOM file" in err
+    assert "notes.txt: neither DICOM nor a Philips PAR header" in err
     assert "sent 3 volumes" in out and "2 files skipped" in out
     latency = out.split("file written -> volume acknowledged: p50 ", 1)[1]
     assert "over 3 volumes" in latency and 0 <= float(latency.split(" ms")[0]) < 5000, out
