@@ -4,7 +4,6 @@ scale factors and truncated, and 30 headers of every orientation and angulation)
 
 import json
 import pathlib
-import re
 import shutil
 import subprocess
 import threading
@@ -18,6 +17,7 @@ import zmq
 from nibabel import parrec
 
 from conftest import binary, wait_for
+from parrec_writer import write_realtime_series
 
 NIBABEL_DATA = pathlib.Path(nib.__file__).parent / "tests" / "data"
 EPI_RUN = "phantom_EPI_asc_CLEAR_2_1"
@@ -186,33 +186,10 @@ def test_every_orientation_and_angulation_gets_nibabels_affine(tmp_path):
     assert orientations == {"transverse", "sagittal", "coronal"} and checked >= 25
 
 
-def write_realtime_series(folder, n_volumes):
-    """The real EPI run split into one PAR/REC pair per volume, as Philips' real-time export (XTC) writes it:
-    each pair holds one dynamic and its "Acquisition nr" counts the volumes (Pyneal Scanner's reading)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = nibabel_par(EPI_RUN).read_text(encoding="latin-1")
-    rec = (NIBABEL_DATA / f"{EPI_RUN}.REC").read_bytes()
-    head, _, rest = text.partition("# === IMAGE INFORMATION ====")
-    table_head, _, tail = rest.partition("\n\n")
-    lines = [l for l in tail.splitlines() if l.strip() and not l.startswith("#")]
-    footer = "\n".join(l for l in tail.splitlines() if l.startswith("#"))
-    image_bytes = 64 * 64 * 2
-    pairs = []
-    for t in range(n_volumes):
-        rows = [l.split() for l in lines if int(l.split()[2]) == t + 1]
-        images = b"".join(rec[int(r[6]) * image_bytes:(int(r[6]) + 1) * image_bytes] for r in rows)
-        for k, r in enumerate(rows):
-            r[2], r[6] = "1", str(k)  # one dynamic per pair, images from 0
-        par = re.sub(r"(Acquisition nr\s*:\s*)\d+", rf"\g<1>{t + 1}", head)
-        par = re.sub(r"(Max\. number of dynamics\s*:\s*)\d+", r"\g<1>1", par)
-        par += "# === IMAGE INFORMATION ====" + table_head + "\n\n" + "\n".join("  ".join(r) for r in rows) + "\n\n" + footer + "\n"
-        pairs.append((f"vol_{t + 1:04d}", par, images))
-    return pairs
-
-
 def test_a_finished_realtime_series_folder_is_sent_in_acquisition_order(capture, tmp_path):
     folder = tmp_path / "0003"
-    for name, par, rec in reversed(write_realtime_series(folder, 3)):
+    folder.mkdir()
+    for name, par, rec in reversed(write_realtime_series(nibabel_par(EPI_RUN), 3)):
         (folder / f"{name}.PAR").write_text(par, encoding="latin-1")
         (folder / f"{name}.REC").write_bytes(rec)
     # the split files are a faithful Philips export: nibabel reads each as one volume of the run
@@ -237,7 +214,8 @@ def test_watch_follows_a_new_series_folder_pair_by_pair(receiver, tmp_path):
     writes one PAR/REC pair per volume into it. The REC may come after its PAR: the volume waits for it."""
     session = tmp_path / "session"
     earlier = session / "0001"
-    for name, par, rec in write_realtime_series(earlier, 2):  # an earlier run: not sent
+    earlier.mkdir(parents=True)
+    for name, par, rec in write_realtime_series(nibabel_par(EPI_RUN), 2):  # an earlier run: not sent
         (earlier / f"{name}.PAR").write_text(par, encoding="latin-1")
         (earlier / f"{name}.REC").write_bytes(rec)
     r = receiver(expected=3)
@@ -248,7 +226,8 @@ def test_watch_follows_a_new_series_folder_pair_by_pair(receiver, tmp_path):
     try:
         wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
         series = session / "0002"
-        pairs = write_realtime_series(series, 3)
+        series.mkdir()
+        pairs = write_realtime_series(nibabel_par(EPI_RUN), 3)
         jsonl = r.session_dir / "messages.jsonl"
         accepted = lambda: sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
         for n, (name, par, rec) in enumerate(pairs):

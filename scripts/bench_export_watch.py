@@ -1,0 +1,92 @@
+"""Latency of `hyper-rt send --watch`: a scanner's export written one volume per TR into a folder, followed by
+the sender, acknowledged by `hyper-rt receive`. Prints the sender's "file written -> volume acknowledged" line for
+each polling interval.
+
+    .venv/bin/python scripts/bench_export_watch.py [--vendor siemens|philips] [--volumes 40] [--tr-secs 0.25]
+
+Siemens: one mosaic DICOM file per volume, the three real Siemens files of the test data renumbered
+(InstanceNumber) to make a longer run. Philips: one PAR/REC pair per volume (the real-time export), split from
+the real EPI phantom run nibabel ships (REC written first, then its PAR).
+"""
+
+import argparse
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vendor", choices=["siemens", "philips"], default="siemens")
+    ap.add_argument("--volumes", type=int, default=40)
+    ap.add_argument("--tr-secs", type=float, default=0.25, help="pause between files (the scanner's TR)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--poll-ms", type=int, nargs="+", default=[50, 20])
+    ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "hyper-rt"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        staged = stage_siemens(args, tmp) if args.vendor == "siemens" else stage_philips(args)
+        series = "13" if args.vendor == "siemens" else "0"
+        for poll_ms in args.poll_ms:
+            export = tmp / f"export_{poll_ms}"
+            export.mkdir()
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            receiver = subprocess.Popen([args.binary, "receive", "--bind", endpoint, "--expected-volumes",
+                                         str(args.volumes), "--session-root", str(tmp / f"sessions_{poll_ms}")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            sender = subprocess.Popen([args.binary, "send", str(export), "--watch", "--series", series, "--connect",
+                                       endpoint, "--quiet", "--poll-ms", str(poll_ms)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            time.sleep(0.5)
+            for files in staged:
+                for name, data in files:  # a Philips pair: the REC, then its PAR
+                    (export / name).write_bytes(data)
+                time.sleep(args.tr_secs)
+            out, _ = sender.communicate(timeout=60)
+            receiver.wait(timeout=60)
+            line = [l for l in out.splitlines() if l.startswith("file written")]
+            print(f"{args.vendor}, --poll-ms {poll_ms}: {line[0] if line else out.strip()}")
+
+
+def stage_siemens(args, tmp):
+    """[[(file name, bytes)]] per volume: the real mosaic files renumbered."""
+    import pydicom
+
+    sources = sorted((pathlib.Path(args.data) / "pyneal" / "siemens").glob("*.dcm"))
+    if not sources:
+        sys.exit(f"no Siemens files under {args.data}/pyneal/siemens")
+    staged = []
+    for i in range(args.volumes):
+        ds = pydicom.dcmread(str(sources[i % len(sources)]))
+        ds.InstanceNumber = i + 1
+        path = tmp / f"staged_{i:04d}.dcm"
+        ds.save_as(str(path), enforce_file_format=True)
+        staged.append([(f"001_000013_{i + 1:06d}.dcm", path.read_bytes())])
+    return staged
+
+
+def stage_philips(args):
+    """[[(REC name, bytes), (PAR name, bytes)]] per volume: the real EPI phantom run split into pairs."""
+    import nibabel
+    from parrec_writer import write_realtime_series
+
+    par = pathlib.Path(nibabel.__file__).parent / "tests" / "data" / "phantom_EPI_asc_CLEAR_2_1.PAR"
+    pairs = write_realtime_series(par, args.volumes)
+    return [[(f"{name}.REC", rec), (f"{name}.PAR", text.encode("latin-1"))] for name, text, rec in pairs]
+
+
+if __name__ == "__main__":
+    main()
