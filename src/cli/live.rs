@@ -72,8 +72,9 @@ pub struct Args {
     /// Volumes in the run [receiver.expected_volumes]
     #[arg(long, short = 'n')]
     expected_volumes: Option<usize>,
-    /// Follow a Siemens scanner's DICOM export folder: each volume is sent to this session's receiver as soon as
-    /// its mosaic file is complete (no scanner-side program needed) [live.dicom_folder]
+    /// Follow a scanner's export folder (Siemens mosaic DICOM; Philips PAR/REC, also a session folder that gains
+    /// one subfolder per series): each volume is sent to this session's receiver as soon as its file is complete
+    /// (no scanner-side program needed) [live.dicom_folder]
     #[arg(long)]
     dicom_folder: Option<PathBuf>,
     /// The series to follow in --dicom-folder (its files already there are taken too); 0: the next series to
@@ -84,10 +85,11 @@ pub struct Args {
 
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
-    /// A recorded session folder (its volumes.nii[.gz]), a 4-D NIfTI run, or a Siemens mosaic DICOM series (a
-    /// folder of one file per volume, as `hyper-rt send` reads it)
+    /// A recorded session folder (its volumes.nii[.gz]), a 4-D NIfTI run, or a scanner's export as `hyper-rt
+    /// send` reads it: a Siemens mosaic DICOM series (one file per volume), a Philips PAR file holding the run,
+    /// or a folder of Philips real-time PAR/REC pairs
     source: PathBuf,
-    /// DICOM: the series to replay (its SeriesNumber) when the folder holds several
+    /// Scanner export: the series to replay (as `hyper-rt send --series`) when the folder holds several
     #[arg(long)]
     series: Option<i64>,
     #[command(flatten)]
