@@ -591,7 +591,7 @@ mod tests {
     fn a_short_rec_file_is_an_error_naming_the_sizes() {
         let dir = scratch("short");
         let par = write_pair(&dir, "short", 2, 3, 0);
-        std::fs::write(&dir.join("short.REC"), vec![0u8; 100]).unwrap();
+        std::fs::write(dir.join("short.REC"), vec![0u8; 100]).unwrap();
         let message = ParRecRun::read(&par).unwrap_err().to_string();
         assert!(message.contains("100 bytes") && message.contains("144"), "{message}");
     }
