@@ -1,4 +1,4 @@
-//! Siemens mosaic DICOM reading: one file of an EPI series becomes one 3-D [`MosaicVolume`].
+//! Siemens mosaic DICOM reading: one file of an EPI series becomes one 3-D [`ExportedVolume`].
 //!
 //! Siemens scanners export each fMRI volume as one DICOM file whose image is a *mosaic*: the slices laid out
 //! as tiles of one large 2-D image. This module reads such a file (DICOM Part 10, uncompressed, implicit or
@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::volume::{Affine, Dtype};
+use crate::volume::{Dtype, ExportedVolume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DicomError {
@@ -91,12 +91,6 @@ pub fn file_looks_like_dicom(path: &Path) -> std::io::Result<bool> {
 }
 
 impl DataSet {
-    /// Reads and parses a DICOM Part 10 file.
-    pub fn read(path: &Path) -> Result<DataSet, DicomError> {
-        let bytes = std::fs::read(path).map_err(|source| DicomError::Io { path: path.to_path_buf(), source })?;
-        DataSet::parse(path, &bytes)
-    }
-
     /// Parses the bytes of a DICOM Part 10 file; `path` is only used in messages.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<DataSet, DicomError> {
         if !looks_like_dicom(bytes) {
@@ -386,172 +380,145 @@ impl CsaHeader {
     }
 }
 
-/// One volume of a Siemens EPI series, unpacked from its mosaic.
-#[derive(Debug, Clone)]
-pub struct MosaicVolume {
-    pub path: PathBuf,
-    /// `SeriesNumber` (0020,0011).
-    pub series_number: i64,
-    /// `SeriesDescription` (0008,103E), empty when absent.
-    pub series_description: String,
-    /// 0-based volume index: `InstanceNumber` (0020,0013) minus one.
-    pub index: usize,
-    /// `[rows of a tile, columns of a tile, slices]`.
-    pub dims: [usize; 3],
-    /// Voxel -> millimetre, RAS+.
-    pub mm_from_voxel: Affine,
-    /// `RepetitionTime` (0018,0080) in seconds, if given.
-    pub tr_secs: Option<f64>,
-    pub dtype: Dtype,
-    /// Little-endian voxel values, axis 0 fastest.
-    pub voxel_bytes: Vec<u8>,
-    /// Where the slice normal came from (for the log): the CSA header, or the cross product of the cosines.
-    pub slice_normal_from_csa: bool,
-}
-
-impl MosaicVolume {
-    /// Reads one mosaic file.
-    pub fn read(path: &Path) -> Result<MosaicVolume, DicomError> {
-        MosaicVolume::from_data_set(&DataSet::read(path)?)
-    }
-
-    /// Unpacks the mosaic of a parsed file.
-    pub fn from_data_set(ds: &DataSet) -> Result<MosaicVolume, DicomError> {
-        let csa = ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse);
-        let n_slices = match ds.private(0x0019, "SIEMENS MR HEADER", 0x0A) {
-            Some(v) if v.len() >= 2 => Some(u16::from_le_bytes([v[0], v[1]]) as usize),
-            _ => csa.as_ref().and_then(|c| c.numbers("NumberOfImagesInMosaic").first().map(|&n| n as usize)),
-        };
-        let image_type = ds.text(IMAGE_TYPE).unwrap_or_default();
-        let n_slices = match n_slices {
-            Some(n) if n > 0 => n,
-            _ => {
-                return Err(ds.invalid(format!(
-                    "not a Siemens mosaic: no NumberOfImagesInMosaic in (0019,xx0A) or the CSA header (image type {image_type:?})"
-                )))
-            }
-        };
-        let samples = ds.bytes(SAMPLES_PER_PIXEL).map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel")).transpose()?.unwrap_or(1);
-        if samples != 1 {
-            return Err(ds.invalid(format!("SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes")));
-        }
-        let rows = ds.u16(ROWS, "Rows")? as usize;
-        let columns = ds.u16(COLUMNS, "Columns")? as usize;
-        let tiles_per_side = (1..=n_slices).find(|t| t * t >= n_slices).unwrap_or(1);
-        if !rows.is_multiple_of(tiles_per_side) || !columns.is_multiple_of(tiles_per_side) || rows == 0 || columns == 0 {
+/// Unpacks the Siemens mosaic of a parsed file into one volume. The index is `InstanceNumber` (0020,0013)
+/// minus one, the series `SeriesNumber` (0020,0011), the TR `RepetitionTime` (0018,0080); the geometry note
+/// says where the slice normal came from (the CSA header, or the cross product of the cosines).
+pub fn mosaic_from_data_set(ds: &DataSet) -> Result<ExportedVolume, DicomError> {
+    let csa = ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse);
+    let n_slices = match ds.private(0x0019, "SIEMENS MR HEADER", 0x0A) {
+        Some(v) if v.len() >= 2 => Some(u16::from_le_bytes([v[0], v[1]]) as usize),
+        _ => csa.as_ref().and_then(|c| c.numbers("NumberOfImagesInMosaic").first().map(|&n| n as usize)),
+    };
+    let image_type = ds.text(IMAGE_TYPE).unwrap_or_default();
+    let n_slices = match n_slices {
+        Some(n) if n > 0 => n,
+        _ => {
             return Err(ds.invalid(format!(
-                "a {rows} x {columns} mosaic cannot hold {n_slices} slices as {tiles_per_side} x {tiles_per_side} equal tiles"
-            )));
+                "not a Siemens mosaic: no NumberOfImagesInMosaic in (0019,xx0A) or the CSA header (image type {image_type:?})"
+            )))
         }
-        let (tile_rows, tile_columns) = (rows / tiles_per_side, columns / tiles_per_side);
-
-        let bits = ds.u16(BITS_ALLOCATED, "BitsAllocated")?;
-        let signed = ds.u16(PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
-        let bits_stored = ds.bytes(BITS_STORED).map(|_| ds.u16(BITS_STORED, "BitsStored")).transpose()?.unwrap_or(bits);
-        let stored_dtype = match (bits, signed) {
-            (8, false) => Dtype::Uint8,
-            (8, true) => Dtype::Int8,
-            (16, false) => Dtype::Uint16,
-            (16, true) => Dtype::Int16,
-            (32, false) => Dtype::Uint32,
-            (32, true) => Dtype::Int32,
-            _ => return Err(ds.invalid(format!("BitsAllocated {bits} is not supported (8, 16 or 32)"))),
-        };
-        let itemsize = stored_dtype.itemsize();
-        let pixels = ds.bytes(PIXEL_DATA).ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
-        let needed = rows * columns * itemsize;
-        if pixels.len() < needed {
-            return Err(ds.invalid(format!("PixelData holds {} bytes, a {rows} x {columns} x {bits}-bit image needs {needed}", pixels.len())));
-        }
-
-        let spacing = ds.numbers_n(PIXEL_SPACING, "PixelSpacing", 2)?;
-        let position = ds.numbers_n(IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
-        let orientation = ds.numbers_n(IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
-        let row_cos = [orientation[0], orientation[1], orientation[2]];
-        let col_cos = [orientation[3], orientation[4], orientation[5]];
-        for (name, v) in [("row", row_cos), ("column", col_cos)] {
-            if (norm(v) - 1.0).abs() > 1e-3 {
-                return Err(ds.invalid(format!("ImageOrientationPatient's {name} cosine {v:?} is not a unit vector")));
-            }
-        }
-        if spacing.iter().any(|&s| s <= 0.0) {
-            return Err(ds.invalid(format!("PixelSpacing {spacing:?} must be positive")));
-        }
-        let csa_normal = csa.as_ref().map(|c| c.numbers("SliceNormalVector")).filter(|n| n.len() == 3 && (norm([n[0], n[1], n[2]]) - 1.0).abs() < 1e-3);
-        let slice_normal_from_csa = csa_normal.is_some();
-        let normal = match csa_normal {
-            Some(n) => [n[0], n[1], n[2]],
-            None => cross(row_cos, col_cos),
-        };
-        let slice_spacing = match ds.number(SPACING_BETWEEN_SLICES, "SpacingBetweenSlices")? {
-            Some(s) if s > 0.0 => s,
-            _ => ds
-                .number(SLICE_THICKNESS, "SliceThickness")?
-                .filter(|&s| s > 0.0)
-                .ok_or_else(|| ds.invalid("neither SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050) gives the slice spacing"))?,
-        };
-        // The first voxel: ImagePositionPatient is the corner of the whole mosaic, centred on the first slice.
-        let down_mm = (rows - tile_rows) as f64 / 2.0 * spacing[0];
-        let across_mm = (columns - tile_columns) as f64 / 2.0 * spacing[1];
-        let first_lps: [f64; 3] = std::array::from_fn(|a| position[a] + col_cos[a] * down_mm + row_cos[a] * across_mm);
-        let lps_columns = [
-            col_cos.map(|c| c * spacing[0]),
-            row_cos.map(|c| c * spacing[1]),
-            normal.map(|c| c * slice_spacing),
-        ];
-        let mut mm_from_voxel = [[0.0; 4]; 4];
-        for axis in 0..3 {
-            let ras_sign = if axis < 2 { -1.0 } else { 1.0 }; // LPS -> RAS flips x and y
-            for (v, column) in lps_columns.iter().enumerate() {
-                mm_from_voxel[axis][v] = ras_sign * column[axis];
-            }
-            mm_from_voxel[axis][3] = ras_sign * first_lps[axis];
-        }
-        mm_from_voxel[3][3] = 1.0;
-
-        // Cut the tiles: voxel (i, j, k) is row i, column j of tile k (tiles row by row).
-        let mut stored = vec![0u8; tile_rows * tile_columns * n_slices * itemsize];
-        for k in 0..n_slices {
-            let (tile_row, tile_column) = (k / tiles_per_side, k % tiles_per_side);
-            for j in 0..tile_columns {
-                for i in 0..tile_rows {
-                    let src = ((tile_row * tile_rows + i) * columns + tile_column * tile_columns + j) * itemsize;
-                    let dst = (i + tile_rows * (j + tile_columns * k)) * itemsize;
-                    stored[dst..dst + itemsize].copy_from_slice(&pixels[src..src + itemsize]);
-                }
-            }
-        }
-        if signed && bits_stored < bits {
-            sign_extend(&mut stored, stored_dtype, bits_stored);
-        }
-        let slope = ds.number(RESCALE_SLOPE, "RescaleSlope")?.unwrap_or(1.0);
-        let intercept = ds.number(RESCALE_INTERCEPT, "RescaleIntercept")?.unwrap_or(0.0);
-        let (dtype, voxel_bytes) = if slope == 1.0 && intercept == 0.0 {
-            (stored_dtype, stored)
-        } else {
-            let values = (0..stored.len() / itemsize).flat_map(|n| (stored_dtype.read_f64(&stored, n) * slope + intercept).to_le_bytes());
-            (Dtype::Float64, values.collect())
-        };
-
-        let instance = ds
-            .number(INSTANCE_NUMBER, "InstanceNumber")?
-            .ok_or_else(|| ds.invalid("InstanceNumber (0020,0013), the volume's number in its series, is missing"))?;
-        if instance < 1.0 || instance.fract() != 0.0 {
-            return Err(ds.invalid(format!("InstanceNumber {instance} is not a volume number (1, 2, ...)")));
-        }
-        Ok(MosaicVolume {
-            path: ds.path.clone(),
-            series_number: ds.number(SERIES_NUMBER, "SeriesNumber")?.map(|n| n as i64).unwrap_or(0),
-            series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
-            index: instance as usize - 1,
-            dims: [tile_rows, tile_columns, n_slices],
-            mm_from_voxel,
-            tr_secs: ds.number(REPETITION_TIME, "RepetitionTime")?.filter(|&t| t > 0.0).map(|ms| ms / 1000.0),
-            dtype,
-            voxel_bytes,
-            slice_normal_from_csa,
-        })
+    };
+    let samples = ds.bytes(SAMPLES_PER_PIXEL).map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel")).transpose()?.unwrap_or(1);
+    if samples != 1 {
+        return Err(ds.invalid(format!("SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes")));
     }
+    let rows = ds.u16(ROWS, "Rows")? as usize;
+    let columns = ds.u16(COLUMNS, "Columns")? as usize;
+    let tiles_per_side = (1..=n_slices).find(|t| t * t >= n_slices).unwrap_or(1);
+    if !rows.is_multiple_of(tiles_per_side) || !columns.is_multiple_of(tiles_per_side) || rows == 0 || columns == 0 {
+        return Err(ds.invalid(format!(
+            "a {rows} x {columns} mosaic cannot hold {n_slices} slices as {tiles_per_side} x {tiles_per_side} equal tiles"
+        )));
+    }
+    let (tile_rows, tile_columns) = (rows / tiles_per_side, columns / tiles_per_side);
+
+    let bits = ds.u16(BITS_ALLOCATED, "BitsAllocated")?;
+    let signed = ds.u16(PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
+    let bits_stored = ds.bytes(BITS_STORED).map(|_| ds.u16(BITS_STORED, "BitsStored")).transpose()?.unwrap_or(bits);
+    let stored_dtype = match (bits, signed) {
+        (8, false) => Dtype::Uint8,
+        (8, true) => Dtype::Int8,
+        (16, false) => Dtype::Uint16,
+        (16, true) => Dtype::Int16,
+        (32, false) => Dtype::Uint32,
+        (32, true) => Dtype::Int32,
+        _ => return Err(ds.invalid(format!("BitsAllocated {bits} is not supported (8, 16 or 32)"))),
+    };
+    let itemsize = stored_dtype.itemsize();
+    let pixels = ds.bytes(PIXEL_DATA).ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
+    let needed = rows * columns * itemsize;
+    if pixels.len() < needed {
+        return Err(ds.invalid(format!("PixelData holds {} bytes, a {rows} x {columns} x {bits}-bit image needs {needed}", pixels.len())));
+    }
+
+    let spacing = ds.numbers_n(PIXEL_SPACING, "PixelSpacing", 2)?;
+    let position = ds.numbers_n(IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
+    let orientation = ds.numbers_n(IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
+    let row_cos = [orientation[0], orientation[1], orientation[2]];
+    let col_cos = [orientation[3], orientation[4], orientation[5]];
+    for (name, v) in [("row", row_cos), ("column", col_cos)] {
+        if (norm(v) - 1.0).abs() > 1e-3 {
+            return Err(ds.invalid(format!("ImageOrientationPatient's {name} cosine {v:?} is not a unit vector")));
+        }
+    }
+    if spacing.iter().any(|&s| s <= 0.0) {
+        return Err(ds.invalid(format!("PixelSpacing {spacing:?} must be positive")));
+    }
+    let csa_normal = csa.as_ref().map(|c| c.numbers("SliceNormalVector")).filter(|n| n.len() == 3 && (norm([n[0], n[1], n[2]]) - 1.0).abs() < 1e-3);
+    let slice_normal_from_csa = csa_normal.is_some();
+    let normal = match csa_normal {
+        Some(n) => [n[0], n[1], n[2]],
+        None => cross(row_cos, col_cos),
+    };
+    let slice_spacing = match ds.number(SPACING_BETWEEN_SLICES, "SpacingBetweenSlices")? {
+        Some(s) if s > 0.0 => s,
+        _ => ds
+            .number(SLICE_THICKNESS, "SliceThickness")?
+            .filter(|&s| s > 0.0)
+            .ok_or_else(|| ds.invalid("neither SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050) gives the slice spacing"))?,
+    };
+    // The first voxel: ImagePositionPatient is the corner of the whole mosaic, centred on the first slice.
+    let down_mm = (rows - tile_rows) as f64 / 2.0 * spacing[0];
+    let across_mm = (columns - tile_columns) as f64 / 2.0 * spacing[1];
+    let first_lps: [f64; 3] = std::array::from_fn(|a| position[a] + col_cos[a] * down_mm + row_cos[a] * across_mm);
+    let lps_columns = [
+        col_cos.map(|c| c * spacing[0]),
+        row_cos.map(|c| c * spacing[1]),
+        normal.map(|c| c * slice_spacing),
+    ];
+    let mut mm_from_voxel = [[0.0; 4]; 4];
+    for axis in 0..3 {
+        let ras_sign = if axis < 2 { -1.0 } else { 1.0 }; // LPS -> RAS flips x and y
+        for (v, column) in lps_columns.iter().enumerate() {
+            mm_from_voxel[axis][v] = ras_sign * column[axis];
+        }
+        mm_from_voxel[axis][3] = ras_sign * first_lps[axis];
+    }
+    mm_from_voxel[3][3] = 1.0;
+
+    // Cut the tiles: voxel (i, j, k) is row i, column j of tile k (tiles row by row).
+    let mut stored = vec![0u8; tile_rows * tile_columns * n_slices * itemsize];
+    for k in 0..n_slices {
+        let (tile_row, tile_column) = (k / tiles_per_side, k % tiles_per_side);
+        for j in 0..tile_columns {
+            for i in 0..tile_rows {
+                let src = ((tile_row * tile_rows + i) * columns + tile_column * tile_columns + j) * itemsize;
+                let dst = (i + tile_rows * (j + tile_columns * k)) * itemsize;
+                stored[dst..dst + itemsize].copy_from_slice(&pixels[src..src + itemsize]);
+            }
+        }
+    }
+    if signed && bits_stored < bits {
+        sign_extend(&mut stored, stored_dtype, bits_stored);
+    }
+    let slope = ds.number(RESCALE_SLOPE, "RescaleSlope")?.unwrap_or(1.0);
+    let intercept = ds.number(RESCALE_INTERCEPT, "RescaleIntercept")?.unwrap_or(0.0);
+    let (dtype, voxel_bytes) = if slope == 1.0 && intercept == 0.0 {
+        (stored_dtype, stored)
+    } else {
+        let values = (0..stored.len() / itemsize).flat_map(|n| (stored_dtype.read_f64(&stored, n) * slope + intercept).to_le_bytes());
+        (Dtype::Float64, values.collect())
+    };
+
+    let instance = ds
+        .number(INSTANCE_NUMBER, "InstanceNumber")?
+        .ok_or_else(|| ds.invalid("InstanceNumber (0020,0013), the volume's number in its series, is missing"))?;
+    if instance < 1.0 || instance.fract() != 0.0 {
+        return Err(ds.invalid(format!("InstanceNumber {instance} is not a volume number (1, 2, ...)")));
+    }
+    let geometry = if slice_normal_from_csa { "Siemens mosaic, slice normal from the CSA header" } else { "Siemens mosaic, slice normal from the image orientation (no CSA header)" };
+    Ok(ExportedVolume {
+        path: ds.path.clone(),
+        series_number: ds.number(SERIES_NUMBER, "SeriesNumber")?.map(|n| n as i64).unwrap_or(0),
+        series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
+        index: instance as usize - 1,
+        dims: [tile_rows, tile_columns, n_slices],
+        mm_from_voxel,
+        tr_secs: ds.number(REPETITION_TIME, "RepetitionTime")?.filter(|&t| t > 0.0).map(|ms| ms / 1000.0),
+        dtype,
+        voxel_bytes,
+        geometry: geometry.to_string(),
+    })
 }
 
 fn norm(v: [f64; 3]) -> f64 {
@@ -693,8 +660,8 @@ mod tests {
         elements
     }
 
-    fn mosaic(bytes: &[u8]) -> Result<MosaicVolume, DicomError> {
-        MosaicVolume::from_data_set(&DataSet::parse(Path::new("test.dcm"), bytes)?)
+    fn mosaic(bytes: &[u8]) -> Result<ExportedVolume, DicomError> {
+        mosaic_from_data_set(&DataSet::parse(Path::new("test.dcm"), bytes)?)
     }
 
     #[test]
@@ -715,13 +682,13 @@ mod tests {
         // columns in from the mosaic corner (-10,-20,30): (-10 + 1.5*3, -20 + 1*2, 30) in LPS.
         let expected = [[0.0, -3.0, 0.0, 5.5], [-2.0, 0.0, 0.0, 18.0], [0.0, 0.0, 4.0, 30.0], [0.0, 0.0, 0.0, 1.0]];
         assert_eq!(v.mm_from_voxel, expected);
-        assert!(!v.slice_normal_from_csa);
+        assert!(v.geometry.contains("no CSA header"), "{}", v.geometry);
     }
 
     #[test]
     fn the_csa_slice_normal_wins_over_the_cross_product() {
         let v = mosaic(&file_bytes("1.2.840.10008.1.2.1", true, &mosaic_elements(Some([0.0, 0.0, -1.0]), vec![]))).expect("reads");
-        assert!(v.slice_normal_from_csa);
+        assert!(v.geometry.contains("from the CSA header"), "{}", v.geometry);
         assert_eq!([v.mm_from_voxel[0][2], v.mm_from_voxel[1][2], v.mm_from_voxel[2][2]], [0.0, 0.0, -4.0]);
     }
 

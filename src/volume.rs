@@ -15,6 +15,31 @@ pub type Affine = [[f64; 4]; 4];
 pub const IDENTITY_AFFINE: Affine =
     [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
 
+/// One volume read from a scanner's exported files (a Siemens mosaic DICOM file, one dynamic of a Philips
+/// PAR/REC pair), before it is sent: what the readers in [`crate::dicom`] and [`crate::parrec`] produce for
+/// [`crate::ingest::scanner_export`].
+#[derive(Debug, Clone)]
+pub struct ExportedVolume {
+    /// The file it was read from (for a Philips pair, the PAR header).
+    pub path: std::path::PathBuf,
+    pub series_number: i64,
+    /// Siemens `SeriesDescription`, Philips protocol name; empty when absent.
+    pub series_description: String,
+    /// 0-based volume index (see [`crate::ingest::scanner_export`] for each vendor's numbering).
+    pub index: usize,
+    /// `[x, y, slices]`.
+    pub dims: [usize; 3],
+    /// Voxel -> millimetre, RAS+.
+    pub mm_from_voxel: Affine,
+    /// The TR the file gives, in seconds.
+    pub tr_secs: Option<f64>,
+    pub dtype: Dtype,
+    /// Little-endian voxel values, axis 0 fastest.
+    pub voxel_bytes: Vec<u8>,
+    /// Where the geometry came from, for the log.
+    pub geometry: String,
+}
+
 /// Numeric element types, named as NumPy names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

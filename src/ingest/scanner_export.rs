@@ -2,7 +2,7 @@
 //! at TR pace) or a folder the scanner is writing into (followed as files arrive).
 //!
 //! Two exports are read, each with its own reader: Siemens mosaic DICOM (one file per volume,
-//! [`MosaicVolume`]) and Philips PAR/REC ([`ParRecRun`]: one pair per volume from the real-time export,
+//! [`crate::dicom`]) and Philips PAR/REC ([`ParRecRun`]: one pair per volume from the real-time export,
 //! or one pair holding a whole run). A file that is neither, or is damaged, never stops the run: it is named
 //! in a warning, counted, and skipped. A folder may hold several series; one is chosen by its number.
 //!
@@ -25,55 +25,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::dicom::{looks_like_dicom, DicomError, MosaicVolume};
+use crate::dicom::{looks_like_dicom, mosaic_from_data_set, DicomError};
 use crate::ingest::sender::{self, Pacing, ScannerSender, SendError, StreamReport, WireVolume};
 use crate::parrec::{is_par_path, is_rec_path, rec_path_for, ParRecError, ParRecRun};
 use crate::stats::Percentiles;
-use crate::volume::{Affine, Dtype};
+use crate::volume::{Dtype, ExportedVolume};
 
-/// One volume read from a scanner's export.
-#[derive(Debug, Clone)]
-pub struct ExportedVolume {
-    /// The file it was read from (for a Philips pair, the PAR header).
-    pub path: PathBuf,
-    pub series_number: i64,
-    /// Siemens `SeriesDescription`, Philips protocol name; empty when absent.
-    pub series_description: String,
-    /// 0-based volume index (see the module paragraph).
-    pub index: usize,
-    /// `[x, y, slices]`.
-    pub dims: [usize; 3],
-    /// Voxel -> millimetre, RAS+.
-    pub mm_from_voxel: Affine,
-    /// The TR the file gives, in seconds.
-    pub tr_secs: Option<f64>,
-    pub dtype: Dtype,
-    /// Little-endian voxel values, axis 0 fastest.
-    pub voxel_bytes: Vec<u8>,
-    /// Where the geometry came from, for the log.
-    pub geometry: String,
-}
-
+/// Sending and Philips numbering, for the volume type the readers share.
 impl ExportedVolume {
     /// The wire form, sent with `tr_secs`.
     pub fn wire_volume(&self, tr_secs: f64) -> WireVolume {
         WireVolume::from_x_fastest(self.index, self.dtype, self.dims, self.mm_from_voxel, tr_secs, &self.voxel_bytes)
-    }
-
-    fn from_mosaic(v: MosaicVolume) -> ExportedVolume {
-        let geometry = if v.slice_normal_from_csa { "Siemens mosaic, slice normal from the CSA header" } else { "Siemens mosaic, slice normal from the image orientation (no CSA header)" };
-        ExportedVolume {
-            path: v.path,
-            series_number: v.series_number,
-            series_description: v.series_description,
-            index: v.index,
-            dims: v.dims,
-            mm_from_voxel: v.mm_from_voxel,
-            tr_secs: v.tr_secs,
-            dtype: v.dtype,
-            voxel_bytes: v.voxel_bytes,
-            geometry: geometry.to_string(),
-        }
     }
 
     fn from_parrec(run: ParRecRun) -> Result<Vec<ExportedVolume>, ExportError> {
@@ -139,8 +101,8 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
     if !looks_like_dicom(&bytes) {
         return Err(ExportError::NotScannerFile { path: path.to_path_buf() });
     }
-    let volume = crate::dicom::DataSet::parse(path, &bytes).and_then(|ds| MosaicVolume::from_data_set(&ds))?;
-    Ok(ExportFile { volumes: vec![ExportedVolume::from_mosaic(volume)], notes: Vec::new() })
+    let volume = crate::dicom::DataSet::parse(path, &bytes).and_then(|ds| mosaic_from_data_set(&ds))?;
+    Ok(ExportFile { volumes: vec![volume], notes: Vec::new() })
 }
 
 /// Whether `path` is something [`read_export_file`] or a folder scan reads: a folder, a PAR header, a REC
