@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::volume::{Dtype, ExportedVolume};
+use crate::volume::{Affine, Dtype, ExportedVolume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DicomError {
@@ -51,6 +51,8 @@ const REPETITION_TIME: Tag = tag(0x0018, 0x0080);
 const SPACING_BETWEEN_SLICES: Tag = tag(0x0018, 0x0088);
 const SERIES_NUMBER: Tag = tag(0x0020, 0x0011);
 const INSTANCE_NUMBER: Tag = tag(0x0020, 0x0013);
+const IMAGES_IN_ACQUISITION: Tag = tag(0x0020, 0x1002);
+const IN_STACK_POSITION_NUMBER: Tag = tag(0x0020, 0x9057);
 const IMAGE_POSITION_PATIENT: Tag = tag(0x0020, 0x0032);
 const IMAGE_ORIENTATION_PATIENT: Tag = tag(0x0020, 0x0037);
 const SAMPLES_PER_PIXEL: Tag = tag(0x0028, 0x0002);
@@ -398,83 +400,29 @@ pub fn mosaic_from_data_set(ds: &DataSet) -> Result<ExportedVolume, DicomError> 
             )))
         }
     };
-    let samples = ds.bytes(SAMPLES_PER_PIXEL).map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel")).transpose()?.unwrap_or(1);
-    if samples != 1 {
-        return Err(ds.invalid(format!("SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes")));
-    }
-    let rows = ds.u16(ROWS, "Rows")? as usize;
-    let columns = ds.u16(COLUMNS, "Columns")? as usize;
+    let pixels = stored_pixels(ds)?;
+    let (rows, columns, itemsize) = (pixels.rows, pixels.columns, pixels.dtype.itemsize());
     let tiles_per_side = (1..=n_slices).find(|t| t * t >= n_slices).unwrap_or(1);
-    if !rows.is_multiple_of(tiles_per_side) || !columns.is_multiple_of(tiles_per_side) || rows == 0 || columns == 0 {
+    if !rows.is_multiple_of(tiles_per_side) || !columns.is_multiple_of(tiles_per_side) {
         return Err(ds.invalid(format!(
             "a {rows} x {columns} mosaic cannot hold {n_slices} slices as {tiles_per_side} x {tiles_per_side} equal tiles"
         )));
     }
     let (tile_rows, tile_columns) = (rows / tiles_per_side, columns / tiles_per_side);
 
-    let bits = ds.u16(BITS_ALLOCATED, "BitsAllocated")?;
-    let signed = ds.u16(PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
-    let bits_stored = ds.bytes(BITS_STORED).map(|_| ds.u16(BITS_STORED, "BitsStored")).transpose()?.unwrap_or(bits);
-    let stored_dtype = match (bits, signed) {
-        (8, false) => Dtype::Uint8,
-        (8, true) => Dtype::Int8,
-        (16, false) => Dtype::Uint16,
-        (16, true) => Dtype::Int16,
-        (32, false) => Dtype::Uint32,
-        (32, true) => Dtype::Int32,
-        _ => return Err(ds.invalid(format!("BitsAllocated {bits} is not supported (8, 16 or 32)"))),
-    };
-    let itemsize = stored_dtype.itemsize();
-    let pixels = ds.bytes(PIXEL_DATA).ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
-    let needed = rows * columns * itemsize;
-    if pixels.len() < needed {
-        return Err(ds.invalid(format!("PixelData holds {} bytes, a {rows} x {columns} x {bits}-bit image needs {needed}", pixels.len())));
-    }
-
-    let spacing = ds.numbers_n(PIXEL_SPACING, "PixelSpacing", 2)?;
-    let position = ds.numbers_n(IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
-    let orientation = ds.numbers_n(IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
-    let row_cos = [orientation[0], orientation[1], orientation[2]];
-    let col_cos = [orientation[3], orientation[4], orientation[5]];
-    for (name, v) in [("row", row_cos), ("column", col_cos)] {
-        if (norm(v) - 1.0).abs() > 1e-3 {
-            return Err(ds.invalid(format!("ImageOrientationPatient's {name} cosine {v:?} is not a unit vector")));
-        }
-    }
-    if spacing.iter().any(|&s| s <= 0.0) {
-        return Err(ds.invalid(format!("PixelSpacing {spacing:?} must be positive")));
-    }
+    let plane = PlaneGeometry::read(ds)?;
     let csa_normal = csa.as_ref().map(|c| c.numbers("SliceNormalVector")).filter(|n| n.len() == 3 && (norm([n[0], n[1], n[2]]) - 1.0).abs() < 1e-3);
     let slice_normal_from_csa = csa_normal.is_some();
     let normal = match csa_normal {
         Some(n) => [n[0], n[1], n[2]],
-        None => cross(row_cos, col_cos),
+        None => cross(plane.row_cos, plane.col_cos),
     };
-    let slice_spacing = match ds.number(SPACING_BETWEEN_SLICES, "SpacingBetweenSlices")? {
-        Some(s) if s > 0.0 => s,
-        _ => ds
-            .number(SLICE_THICKNESS, "SliceThickness")?
-            .filter(|&s| s > 0.0)
-            .ok_or_else(|| ds.invalid("neither SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050) gives the slice spacing"))?,
-    };
+    let slice_spacing = slice_spacing_mm(ds)?;
     // The first voxel: ImagePositionPatient is the corner of the whole mosaic, centred on the first slice.
-    let down_mm = (rows - tile_rows) as f64 / 2.0 * spacing[0];
-    let across_mm = (columns - tile_columns) as f64 / 2.0 * spacing[1];
-    let first_lps: [f64; 3] = std::array::from_fn(|a| position[a] + col_cos[a] * down_mm + row_cos[a] * across_mm);
-    let lps_columns = [
-        col_cos.map(|c| c * spacing[0]),
-        row_cos.map(|c| c * spacing[1]),
-        normal.map(|c| c * slice_spacing),
-    ];
-    let mut mm_from_voxel = [[0.0; 4]; 4];
-    for axis in 0..3 {
-        let ras_sign = if axis < 2 { -1.0 } else { 1.0 }; // LPS -> RAS flips x and y
-        for (v, column) in lps_columns.iter().enumerate() {
-            mm_from_voxel[axis][v] = ras_sign * column[axis];
-        }
-        mm_from_voxel[axis][3] = ras_sign * first_lps[axis];
-    }
-    mm_from_voxel[3][3] = 1.0;
+    let down_mm = (rows - tile_rows) as f64 / 2.0 * plane.spacing[0];
+    let across_mm = (columns - tile_columns) as f64 / 2.0 * plane.spacing[1];
+    let first_lps: [f64; 3] = std::array::from_fn(|a| plane.position[a] + plane.col_cos[a] * down_mm + plane.row_cos[a] * across_mm);
+    let mm_from_voxel = plane.ras_affine(first_lps, normal.map(|c| c * slice_spacing));
 
     // Cut the tiles: voxel (i, j, k) is row i, column j of tile k (tiles row by row).
     let mut stored = vec![0u8; tile_rows * tile_columns * n_slices * itemsize];
@@ -484,41 +432,295 @@ pub fn mosaic_from_data_set(ds: &DataSet) -> Result<ExportedVolume, DicomError> 
             for i in 0..tile_rows {
                 let src = ((tile_row * tile_rows + i) * columns + tile_column * tile_columns + j) * itemsize;
                 let dst = (i + tile_rows * (j + tile_columns * k)) * itemsize;
-                stored[dst..dst + itemsize].copy_from_slice(&pixels[src..src + itemsize]);
+                stored[dst..dst + itemsize].copy_from_slice(&pixels.bytes[src..src + itemsize]);
             }
         }
     }
-    if signed && bits_stored < bits {
-        sign_extend(&mut stored, stored_dtype, bits_stored);
-    }
-    let slope = ds.number(RESCALE_SLOPE, "RescaleSlope")?.unwrap_or(1.0);
-    let intercept = ds.number(RESCALE_INTERCEPT, "RescaleIntercept")?.unwrap_or(0.0);
-    let (dtype, voxel_bytes) = if slope == 1.0 && intercept == 0.0 {
-        (stored_dtype, stored)
-    } else {
-        let values = (0..stored.len() / itemsize).flat_map(|n| (stored_dtype.read_f64(&stored, n) * slope + intercept).to_le_bytes());
-        (Dtype::Float64, values.collect())
-    };
-
-    let instance = ds
-        .number(INSTANCE_NUMBER, "InstanceNumber")?
-        .ok_or_else(|| ds.invalid("InstanceNumber (0020,0013), the volume's number in its series, is missing"))?;
-    if instance < 1.0 || instance.fract() != 0.0 {
-        return Err(ds.invalid(format!("InstanceNumber {instance} is not a volume number (1, 2, ...)")));
-    }
+    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, stored)?;
     let geometry = if slice_normal_from_csa { "Siemens mosaic, slice normal from the CSA header" } else { "Siemens mosaic, slice normal from the image orientation (no CSA header)" };
     Ok(ExportedVolume {
         path: ds.path.clone(),
-        series_number: ds.number(SERIES_NUMBER, "SeriesNumber")?.map(|n| n as i64).unwrap_or(0),
+        series_number: series_number(ds)?,
         series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
-        index: instance as usize - 1,
+        index: instance_number(ds)? - 1,
         dims: [tile_rows, tile_columns, n_slices],
         mm_from_voxel,
-        tr_secs: ds.number(REPETITION_TIME, "RepetitionTime")?.filter(|&t| t > 0.0).map(|ms| ms / 1000.0),
+        tr_secs: tr_secs(ds)?,
         dtype,
         voxel_bytes,
         geometry: geometry.to_string(),
     })
+}
+
+/// Whether a parsed file is a Siemens mosaic (it says how many slices its image holds).
+pub fn is_mosaic(ds: &DataSet) -> bool {
+    ds.private(0x0019, "SIEMENS MR HEADER", 0x0A).is_some()
+        || ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse).is_some_and(|c| !c.numbers("NumberOfImagesInMosaic").is_empty())
+}
+
+/// One 2-D slice of a series stored one slice per file (GE, Siemens with mosaic off).
+#[derive(Debug, Clone)]
+pub struct DicomSlice {
+    pub path: PathBuf,
+    pub series_number: i64,
+    pub series_description: String,
+    /// `InstanceNumber`, counting the slices of the whole series from 1.
+    pub instance_number: usize,
+    /// `ImagesInAcquisition` (0020,1002): the slices of one volume.
+    pub slices_per_volume: usize,
+    /// `InStackPositionNumber` (0020,9057), the slice's place in its volume from 1, when given.
+    pub in_stack_position: Option<usize>,
+    plane: PlaneGeometry,
+    pub tr_secs: Option<f64>,
+    pub dtype: Dtype,
+    /// Rows x columns values of `dtype`, little endian, row index fastest (voxel axis 0 runs down the rows).
+    pub voxel_bytes: Vec<u8>,
+}
+
+impl DicomSlice {
+    /// The 0-based volume this slice belongs to: `(InstanceNumber - 1) / ImagesInAcquisition`.
+    pub fn volume_index(&self) -> usize {
+        (self.instance_number - 1) / self.slices_per_volume
+    }
+
+    /// `[rows, columns]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.plane.rows, self.plane.columns]
+    }
+}
+
+/// Reads one slice of a series stored one slice per file.
+pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
+    let slices_per_volume = match ds.number(IMAGES_IN_ACQUISITION, "ImagesInAcquisition")? {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
+        Some(n) => return Err(ds.invalid(format!("ImagesInAcquisition {n} is not a slice count"))),
+        None => {
+            return Err(ds.invalid(
+                "neither a Siemens mosaic nor a slice with ImagesInAcquisition (0020,1002): cannot tell which volume it belongs to",
+            ))
+        }
+    };
+    let in_stack_position = match ds.bytes(IN_STACK_POSITION_NUMBER) {
+        Some(b) if b.len() == 4 => Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).filter(|&p| p >= 1),
+        Some(_) => return Err(ds.invalid("InStackPositionNumber (0020,9057) is not one 4-byte number")),
+        None => None,
+    };
+    let pixels = stored_pixels(ds)?;
+    let plane = PlaneGeometry::read(ds)?;
+    let (rows, columns, itemsize) = (pixels.rows, pixels.columns, pixels.dtype.itemsize());
+    let mut transposed = vec![0u8; pixels.bytes.len()];
+    for i in 0..rows {
+        for j in 0..columns {
+            let (src, dst) = ((i * columns + j) * itemsize, (i + rows * j) * itemsize);
+            transposed[dst..dst + itemsize].copy_from_slice(&pixels.bytes[src..src + itemsize]);
+        }
+    }
+    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, transposed)?;
+    Ok(DicomSlice {
+        path: ds.path.clone(),
+        series_number: series_number(ds)?,
+        series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
+        instance_number: instance_number(ds)?,
+        slices_per_volume,
+        in_stack_position,
+        plane,
+        tr_secs: tr_secs(ds)?,
+        dtype,
+        voxel_bytes,
+    })
+}
+
+/// Stacks the slices of one volume (any order) into a volume. The slices are ordered by
+/// `InStackPositionNumber` where every slice has one, else along the slice normal; the slice axis runs from
+/// the first slice's `ImagePositionPatient` to the last one's.
+pub fn stack_slices(mut slices: Vec<DicomSlice>) -> Result<ExportedVolume, DicomError> {
+    let Some(first) = slices.first() else {
+        return Err(DicomError::Invalid { path: PathBuf::new(), reason: "no slice to stack".into() });
+    };
+    let mismatch = |s: &DicomSlice, what: &str| DicomError::Invalid { path: s.path.clone(), reason: format!("its {what} differs from {}'s, in the same volume", first.path.display()) };
+    for s in &slices[1..] {
+        if s.shape() != first.shape() || s.dtype != first.dtype {
+            return Err(mismatch(s, "matrix or pixel type"));
+        }
+        let same_plane = (0..3).all(|a| (s.plane.row_cos[a] - first.plane.row_cos[a]).abs() < 1e-4 && (s.plane.col_cos[a] - first.plane.col_cos[a]).abs() < 1e-4);
+        if !same_plane || s.plane.spacing != first.plane.spacing {
+            return Err(mismatch(s, "ImageOrientationPatient or PixelSpacing"));
+        }
+    }
+    let normal = cross(first.plane.row_cos, first.plane.col_cos);
+    let along_normal = |s: &DicomSlice| (0..3).map(|a| s.plane.position[a] * normal[a]).sum::<f64>();
+    if slices.iter().all(|s| s.in_stack_position.is_some()) {
+        slices.sort_by_key(|s| s.in_stack_position);
+    } else {
+        slices.sort_by(|a, b| along_normal(a).total_cmp(&along_normal(b)));
+    }
+    let (first, last) = (&slices[0], &slices[slices.len() - 1]);
+    let n = slices.len();
+    let slice_step: [f64; 3] = if n > 1 {
+        std::array::from_fn(|a| (last.plane.position[a] - first.plane.position[a]) / (n - 1) as f64)
+    } else {
+        normal.map(|c| c * first.plane.slice_spacing_mm)
+    };
+    let mm_from_voxel = first.plane.ras_affine(first.plane.position, slice_step);
+    let [rows, columns] = first.shape();
+    let mut voxel_bytes = Vec::with_capacity(first.voxel_bytes.len() * n);
+    for s in &slices {
+        voxel_bytes.extend_from_slice(&s.voxel_bytes);
+    }
+    Ok(ExportedVolume {
+        path: first.path.clone(),
+        series_number: first.series_number,
+        series_description: first.series_description.clone(),
+        index: first.volume_index(),
+        dims: [rows, columns, n],
+        mm_from_voxel,
+        tr_secs: first.tr_secs,
+        dtype: first.dtype,
+        voxel_bytes,
+        geometry: format!("{n} single-slice files, slice axis from the first to the last ImagePositionPatient"),
+    })
+}
+
+/// The image plane of a file: pixel spacing, the first pixel's position and the direction cosines (LPS).
+#[derive(Debug, Clone, Copy)]
+struct PlaneGeometry {
+    rows: usize,
+    columns: usize,
+    /// `PixelSpacing`: between rows, between columns (mm).
+    spacing: [f64; 2],
+    position: [f64; 3],
+    row_cos: [f64; 3],
+    col_cos: [f64; 3],
+    /// `SpacingBetweenSlices`, else `SliceThickness`, else 0 (for a volume of one slice).
+    slice_spacing_mm: f64,
+}
+
+impl PlaneGeometry {
+    fn read(ds: &DataSet) -> Result<PlaneGeometry, DicomError> {
+        let spacing = ds.numbers_n(PIXEL_SPACING, "PixelSpacing", 2)?;
+        let position = ds.numbers_n(IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
+        let orientation = ds.numbers_n(IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
+        let row_cos = [orientation[0], orientation[1], orientation[2]];
+        let col_cos = [orientation[3], orientation[4], orientation[5]];
+        for (name, v) in [("row", row_cos), ("column", col_cos)] {
+            if (norm(v) - 1.0).abs() > 1e-3 {
+                return Err(ds.invalid(format!("ImageOrientationPatient's {name} cosine {v:?} is not a unit vector")));
+            }
+        }
+        if spacing.iter().any(|&s| s <= 0.0) {
+            return Err(ds.invalid(format!("PixelSpacing {spacing:?} must be positive")));
+        }
+        Ok(PlaneGeometry {
+            rows: ds.u16(ROWS, "Rows")? as usize,
+            columns: ds.u16(COLUMNS, "Columns")? as usize,
+            spacing: [spacing[0], spacing[1]],
+            position: [position[0], position[1], position[2]],
+            row_cos,
+            col_cos,
+            slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
+        })
+    }
+
+    /// The RAS+ affine of voxels (i down the rows, j along the columns, k along `slice_step_lps`) whose first
+    /// voxel is at `first_lps`.
+    fn ras_affine(&self, first_lps: [f64; 3], slice_step_lps: [f64; 3]) -> Affine {
+        let lps_columns = [self.col_cos.map(|c| c * self.spacing[0]), self.row_cos.map(|c| c * self.spacing[1]), slice_step_lps];
+        let mut mm_from_voxel = [[0.0; 4]; 4];
+        for axis in 0..3 {
+            let ras_sign = if axis < 2 { -1.0 } else { 1.0 }; // LPS -> RAS flips x and y
+            for (v, column) in lps_columns.iter().enumerate() {
+                mm_from_voxel[axis][v] = ras_sign * column[axis];
+            }
+            mm_from_voxel[axis][3] = ras_sign * first_lps[axis];
+        }
+        mm_from_voxel[3][3] = 1.0;
+        mm_from_voxel
+    }
+}
+
+/// `SpacingBetweenSlices`, else `SliceThickness`.
+fn slice_spacing_mm(ds: &DataSet) -> Result<f64, DicomError> {
+    match ds.number(SPACING_BETWEEN_SLICES, "SpacingBetweenSlices")? {
+        Some(s) if s > 0.0 => Ok(s),
+        _ => ds
+            .number(SLICE_THICKNESS, "SliceThickness")?
+            .filter(|&s| s > 0.0)
+            .ok_or_else(|| ds.invalid("neither SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050) gives the slice spacing")),
+    }
+}
+
+/// The grey-scale pixels of a file, row by row (columns fastest), signed values sign-extended.
+struct StoredPixels {
+    rows: usize,
+    columns: usize,
+    dtype: Dtype,
+    bytes: Vec<u8>,
+}
+
+fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
+    let samples = ds.bytes(SAMPLES_PER_PIXEL).map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel")).transpose()?.unwrap_or(1);
+    if samples != 1 {
+        return Err(ds.invalid(format!("SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes")));
+    }
+    let rows = ds.u16(ROWS, "Rows")? as usize;
+    let columns = ds.u16(COLUMNS, "Columns")? as usize;
+    if rows == 0 || columns == 0 {
+        return Err(ds.invalid(format!("a {rows} x {columns} image")));
+    }
+    let bits = ds.u16(BITS_ALLOCATED, "BitsAllocated")?;
+    let signed = ds.u16(PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
+    let bits_stored = ds.bytes(BITS_STORED).map(|_| ds.u16(BITS_STORED, "BitsStored")).transpose()?.unwrap_or(bits);
+    let dtype = match (bits, signed) {
+        (8, false) => Dtype::Uint8,
+        (8, true) => Dtype::Int8,
+        (16, false) => Dtype::Uint16,
+        (16, true) => Dtype::Int16,
+        (32, false) => Dtype::Uint32,
+        (32, true) => Dtype::Int32,
+        _ => return Err(ds.invalid(format!("BitsAllocated {bits} is not supported (8, 16 or 32)"))),
+    };
+    let pixels = ds.bytes(PIXEL_DATA).ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
+    let needed = rows * columns * dtype.itemsize();
+    if pixels.len() < needed {
+        return Err(ds.invalid(format!("PixelData holds {} bytes, a {rows} x {columns} x {bits}-bit image needs {needed}", pixels.len())));
+    }
+    let mut bytes = pixels[..needed].to_vec();
+    if signed && bits_stored < bits {
+        sign_extend(&mut bytes, dtype, bits_stored);
+    }
+    Ok(StoredPixels { rows, columns, dtype, bytes })
+}
+
+/// The stored values as they are, or as float64 `stored * RescaleSlope + RescaleIntercept` when the file
+/// asks for rescaling.
+fn rescaled(ds: &DataSet, dtype: Dtype, stored: Vec<u8>) -> Result<(Dtype, Vec<u8>), DicomError> {
+    let slope = ds.number(RESCALE_SLOPE, "RescaleSlope")?.unwrap_or(1.0);
+    let intercept = ds.number(RESCALE_INTERCEPT, "RescaleIntercept")?.unwrap_or(0.0);
+    if slope == 1.0 && intercept == 0.0 {
+        return Ok((dtype, stored));
+    }
+    let itemsize = dtype.itemsize();
+    let values = (0..stored.len() / itemsize).flat_map(|n| (dtype.read_f64(&stored, n) * slope + intercept).to_le_bytes());
+    Ok((Dtype::Float64, values.collect()))
+}
+
+fn series_number(ds: &DataSet) -> Result<i64, DicomError> {
+    Ok(ds.number(SERIES_NUMBER, "SeriesNumber")?.map(|n| n as i64).unwrap_or(0))
+}
+
+fn instance_number(ds: &DataSet) -> Result<usize, DicomError> {
+    let instance = ds
+        .number(INSTANCE_NUMBER, "InstanceNumber")?
+        .ok_or_else(|| ds.invalid("InstanceNumber (0020,0013), the image's number in its series, is missing"))?;
+    if instance < 1.0 || instance.fract() != 0.0 {
+        return Err(ds.invalid(format!("InstanceNumber {instance} is not an image number (1, 2, ...)")));
+    }
+    Ok(instance as usize)
+}
+
+/// `RepetitionTime` (ms) in seconds, when given and positive.
+fn tr_secs(ds: &DataSet) -> Result<Option<f64>, DicomError> {
+    Ok(ds.number(REPETITION_TIME, "RepetitionTime")?.filter(|&t| t > 0.0).map(|ms| ms / 1000.0))
 }
 
 fn norm(v: [f64; 3]) -> f64 {
