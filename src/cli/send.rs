@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::ingest::scanner_export::{follow_folder, is_scanner_export, read_export_file, FolderScan, FollowOptions, SeriesRun};
+use hyper_rt::ingest::scanner_export::{follow_folder, is_scanner_export, read_volume, FolderScan, FollowOptions, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to play: a 4-D (or 3-D, one volume) NIfTI-1 file (.nii, .nii.gz); or a scanner's export: a
-    /// folder holding a series of Siemens mosaic DICOM files (one per volume, volume number = InstanceNumber)
-    /// or Philips PAR/REC pairs (one per volume, volume number = "Acquisition nr"), one such file, or a PAR
-    /// file holding a whole run (volume number = dynamic).
+    /// folder holding a series of Siemens mosaic DICOM files (one per volume, volume number = InstanceNumber),
+    /// of DICOM slices (one slice per file, as GE writes them; volume number = (InstanceNumber - 1) /
+    /// ImagesInAcquisition + 1) or of Philips PAR/REC pairs (one per volume, volume number = "Acquisition
+    /// nr"), one such file, or a PAR file holding a whole run (volume number = dynamic).
     run: PathBuf,
     /// Receiver endpoint [config: sender.connect]
     #[arg(long)]
@@ -41,7 +42,7 @@ pub struct Args {
     /// No progress bar
     #[arg(long)]
     quiet: bool,
-    /// Scanner export: the series to send (Siemens SeriesNumber; Philips "Acquisition nr" of a whole-run PAR,
+    /// Scanner export: the series to send (DICOM SeriesNumber; Philips "Acquisition nr" of a whole-run PAR,
     /// 0 for one-pair-per-volume files) when the folder holds several. With --watch, its files already in the
     /// folder are sent too (start the sender late without losing volumes).
     #[arg(long)]
@@ -184,8 +185,7 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
     for (number, (description, files)) in &scan.series {
         let (Some((&first_index, first_path)), Some(&last_index)) = (files.iter().next(), files.keys().next_back()) else { continue };
         let missing = last_index + 1 - first_index - files.len();
-        let first = read_export_file(first_path).map_err(|e| e.to_string()).and_then(|f| f.volumes.into_iter().next().ok_or_else(|| "no volume".to_string()));
-        let (voxels, dtype, tr) = match first {
+        let (voxels, dtype, tr) = match read_volume(first_path, first_index) {
             Ok(v) => (
                 format!("{} x {} x {}", v.dims[0], v.dims[1], v.dims[2]),
                 v.dtype.numpy_name().to_string(),
@@ -200,9 +200,9 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
         );
     }
     if scan.series.is_empty() {
-        println!("(no readable volume: Siemens mosaic DICOM or Philips PAR/REC)");
+        println!("(no readable volume: Siemens mosaic DICOM, DICOM one slice per file, or Philips PAR/REC)");
     }
-    let others = [(scan.not_scanner_files.len(), "files are neither DICOM nor PAR/REC"), (scan.unreadable.len(), "files are unreadable (run without --list to see why)"), (scan.duplicates.len(), "files repeat a volume of their series")];
+    let others = [(scan.not_scanner_files.len(), "files are neither DICOM nor PAR/REC"), (scan.unreadable.len(), "files are unreadable (run without --list to see why)"), (scan.duplicates.len(), "files repeat a volume (or slice) of their series"), (scan.incomplete.len(), "volumes lack slice files (run without --list to see which)")];
     for (count, what) in others {
         if count > 0 {
             println!("{count} {what}");

@@ -1,14 +1,17 @@
 //! A scanner's exported files as a source of volumes for the sender: a finished series in a folder (replayed
 //! at TR pace) or a folder the scanner is writing into (followed as files arrive).
 //!
-//! Two exports are read, each with its own reader: Siemens mosaic DICOM (one file per volume,
-//! [`crate::dicom`]) and Philips PAR/REC ([`ParRecRun`]: one pair per volume from the real-time export,
+//! Three layouts are read, with the readers of [`crate::dicom`] and [`crate::parrec`]: Siemens mosaic DICOM
+//! (one file per volume), DICOM stored one slice per file (GE; Siemens with mosaic off), whose slices are
+//! gathered into volumes, and Philips PAR/REC ([`ParRecRun`]: one pair per volume from the real-time export,
 //! or one pair holding a whole run). A file that is neither, or is damaged, never stops the run: it is named
 //! in a warning, counted, and skipped. A folder may hold several series; one is chosen by its number.
 //!
 //! Volume and series numbers, so that the receiver sees the scanner's own numbering even when files arrive
 //! out of order or one is missing:
-//! - Siemens: the volume index is `InstanceNumber - 1`, the series its `SeriesNumber`;
+//! - Siemens mosaic: the volume index is `InstanceNumber - 1`, the series its `SeriesNumber`;
+//! - one slice per file: the volume index is `(InstanceNumber - 1) / ImagesInAcquisition` (Pyneal Scanner's
+//!   reading of GE series), the series its `SeriesNumber`; a volume is complete when all its slices are there;
 //! - Philips, a pair holding several dynamics (an offline export): the index is the dynamic number minus
 //!   one, the series the "Acquisition nr";
 //! - Philips, a pair holding one dynamic (the real-time export, XTC, one pair per volume): the index is
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::dicom::{looks_like_dicom, mosaic_from_data_set, DicomError};
+use crate::dicom::{is_mosaic, looks_like_dicom, mosaic_from_data_set, slice_from_data_set, stack_slices, DicomError, DicomSlice};
 use crate::ingest::sender::{self, Pacing, ScannerSender, SendError, StreamReport, WireVolume};
 use crate::parrec::{is_par_path, is_rec_path, rec_path_for, ParRecError, ParRecRun};
 use crate::stats::Percentiles;
@@ -81,8 +84,10 @@ pub enum ExportError {
 #[derive(Debug, Default)]
 pub struct ExportFile {
     /// Its volumes: one for a mosaic file, one per complete dynamic for a PAR/REC pair, none for a REC file
-    /// (read through its PAR header).
+    /// (read through its PAR header) or a single-slice file.
     pub volumes: Vec<ExportedVolume>,
+    /// A single-slice file's slice, to be stacked with the rest of its volume.
+    pub slice: Option<DicomSlice>,
     /// What the reader left out of the file (other echoes, incomplete dynamics), to be said once.
     pub notes: Vec<String>,
 }
@@ -95,14 +100,37 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
     if is_par_path(path) {
         let mut run = ParRecRun::read(path)?;
         let notes = std::mem::take(&mut run.notes).into_iter().map(|n| format!("{}: {n}", path.display())).collect();
-        return Ok(ExportFile { volumes: ExportedVolume::from_parrec(run)?, notes });
+        return Ok(ExportFile { volumes: ExportedVolume::from_parrec(run)?, slice: None, notes });
     }
     let bytes = std::fs::read(path).map_err(|source| DicomError::Io { path: path.to_path_buf(), source })?;
     if !looks_like_dicom(&bytes) {
         return Err(ExportError::NotScannerFile { path: path.to_path_buf() });
     }
-    let volume = crate::dicom::DataSet::parse(path, &bytes).and_then(|ds| mosaic_from_data_set(&ds))?;
-    Ok(ExportFile { volumes: vec![volume], notes: Vec::new() })
+    let ds = crate::dicom::DataSet::parse(path, &bytes)?;
+    if is_mosaic(&ds) {
+        return Ok(ExportFile { volumes: vec![mosaic_from_data_set(&ds)?], ..ExportFile::default() });
+    }
+    Ok(ExportFile { slice: Some(slice_from_data_set(&ds)?), ..ExportFile::default() })
+}
+
+/// Reads the volume `index` made of `files`: one file (a mosaic, or a PAR/REC pair holding it), or the
+/// single-slice files of one volume, stacked.
+pub fn read_volume(files: &[PathBuf], index: usize) -> Result<ExportedVolume, String> {
+    if let [one] = files {
+        let file = read_export_file(one).map_err(|e| e.to_string())?;
+        if let Some(slice) = file.slice {
+            return stack_slices(vec![slice]).map_err(|e| e.to_string());
+        }
+        return file.volumes.into_iter().find(|v| v.index == index).ok_or_else(|| format!("{}: volume {index} is no longer in it", one.display()));
+    }
+    let mut slices = Vec::with_capacity(files.len());
+    for path in files {
+        match read_export_file(path).map_err(|e| e.to_string())?.slice {
+            Some(slice) => slices.push(slice),
+            None => return Err(format!("{}: no longer a single-slice image", path.display())),
+        }
+    }
+    stack_slices(slices).map_err(|e| e.to_string())
 }
 
 /// Whether `path` is something [`read_export_file`] or a folder scan reads: a folder, a PAR header, a REC
@@ -137,11 +165,11 @@ fn folder_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// What a folder holds: one entry per series, each volume's file by index.
+/// What a folder holds: one entry per series, each volume's files by index.
 #[derive(Debug, Default)]
 pub struct FolderScan {
-    /// Series number -> (description, index -> file).
-    pub series: BTreeMap<i64, (String, BTreeMap<usize, PathBuf>)>,
+    /// Series number -> (description, index -> the volume's file, or its slices' files).
+    pub series: BTreeMap<i64, (String, BTreeMap<usize, Vec<PathBuf>>)>,
     /// Files that are neither DICOM nor PAR/REC.
     pub not_scanner_files: Vec<PathBuf>,
     /// Files that could not be read as volumes: the message names the file and the reason.
@@ -150,6 +178,8 @@ pub struct FolderScan {
     pub duplicates: Vec<PathBuf>,
     /// What readers left out of files, each said once per distinct note.
     pub notes: Vec<String>,
+    /// Volumes of single-slice files that lack slices: series, index, slices there, slices wanted.
+    pub incomplete: Vec<(i64, usize, usize, usize)>,
 }
 
 impl FolderScan {
@@ -157,6 +187,8 @@ impl FolderScan {
     pub fn read(dir: &Path) -> std::io::Result<FolderScan> {
         let files = if dir.is_dir() { folder_files(dir)? } else { vec![dir.to_path_buf()] };
         let mut scan = FolderScan::default();
+        // (series, volume) -> (description, slices wanted, instance number -> file)
+        let mut slice_groups: BTreeMap<(i64, usize), (String, usize, BTreeMap<usize, PathBuf>)> = BTreeMap::new();
         for path in files {
             match read_export_file(&path) {
                 Ok(file) => {
@@ -168,8 +200,14 @@ impl FolderScan {
                         match by_index.entry(v.index) {
                             std::collections::btree_map::Entry::Occupied(_) => scan.duplicates.push(path.clone()),
                             std::collections::btree_map::Entry::Vacant(slot) => {
-                                slot.insert(path.clone());
+                                slot.insert(vec![path.clone()]);
                             }
+                        }
+                    }
+                    if let Some(s) = file.slice {
+                        let group = slice_groups.entry((s.series_number, s.volume_index())).or_insert_with(|| (s.series_description.clone(), s.slices_per_volume, BTreeMap::new()));
+                        if group.2.insert(s.instance_number, path.clone()).is_some() {
+                            scan.duplicates.push(path);
                         }
                     }
                 }
@@ -177,11 +215,19 @@ impl FolderScan {
                 Err(e) => scan.unreadable.push(e.to_string()),
             }
         }
+        for ((series, index), (description, wanted, files)) in slice_groups {
+            if files.len() != wanted {
+                scan.incomplete.push((series, index, files.len(), wanted));
+                continue;
+            }
+            let (_, by_index) = scan.series.entry(series).or_insert_with(|| (description, BTreeMap::new()));
+            by_index.insert(index, files.into_values().collect());
+        }
         Ok(scan)
     }
 
     /// The files of the chosen series in volume order: `series` if given, else the only one present.
-    pub fn choose(&self, dir: &Path, series: Option<i64>) -> Result<(i64, Vec<(usize, PathBuf)>), String> {
+    pub fn choose(&self, dir: &Path, series: Option<i64>) -> Result<(i64, Vec<(usize, Vec<PathBuf>)>), String> {
         let listing = || {
             self.series
                 .iter()
@@ -196,10 +242,11 @@ impl FolderScan {
             None if self.series.is_empty() => {
                 let reasons: String = self.unreadable.iter().take(3).map(|m| format!("\n  {m}")).collect();
                 return Err(format!(
-                    "{} holds no readable volume (Siemens mosaic DICOM or Philips PAR/REC; {} files are neither, {} unreadable){reasons}",
+                    "{} holds no readable volume (DICOM, mosaic or one slice per file, or Philips PAR/REC; {} files are neither, {} unreadable, {} volumes lack slices){reasons}",
                     dir.display(),
                     self.not_scanner_files.len(),
-                    self.unreadable.len()
+                    self.unreadable.len(),
+                    self.incomplete.len()
                 ));
             }
             None => return Err(format!("{} holds several series: {}; choose one with --series", dir.display(), listing())),
@@ -213,8 +260,9 @@ impl FolderScan {
 /// (for the geometry, type and TR), with what the folder held besides.
 pub struct SeriesRun {
     pub number: i64,
-    /// Volume index -> file, ascending (a Philips pair holding a whole run is listed once per volume).
-    pub files: Vec<(usize, PathBuf)>,
+    /// Volume index -> its file or its slices' files, ascending (a Philips pair holding a whole run is
+    /// listed once per volume).
+    pub files: Vec<(usize, Vec<PathBuf>)>,
     pub first: ExportedVolume,
     pub scan: FolderScan,
 }
@@ -227,16 +275,11 @@ impl SeriesRun {
             return Err(only_error.clone()); // one file given: its own error says it all
         }
         let (number, files) = scan.choose(path, series)?;
-        let files: Vec<(usize, PathBuf)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
-        let Some((first_index, first_path)) = files.first() else {
+        let files: Vec<(usize, Vec<PathBuf>)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
+        let Some((first_index, first_files)) = files.first() else {
             return Err(format!("series {number} in {} has no volume from index {start_at} on", path.display()));
         };
-        let first = read_export_file(first_path)
-            .map_err(|e| e.to_string())?
-            .volumes
-            .into_iter()
-            .find(|v| v.index == *first_index)
-            .ok_or_else(|| format!("{} changed while it was being read", first_path.display()))?;
+        let first = read_volume(first_files, *first_index)?;
         Ok(SeriesRun { number, files, first, scan })
     }
 
@@ -247,7 +290,8 @@ impl SeriesRun {
         if let Some(first) = self.scan.not_scanner_files.first() {
             warnings.push(format!("skipped {} files that are neither DICOM nor PAR/REC (first: {})", self.scan.not_scanner_files.len(), first.display()));
         }
-        warnings.extend(self.scan.duplicates.iter().map(|p| format!("skipped {}: its series already has a file for the same volume number", p.display())));
+        warnings.extend(self.scan.duplicates.iter().map(|p| format!("skipped {}: its series already has a file for the same volume (or slice) number", p.display())));
+        warnings.extend(self.scan.incomplete.iter().map(|(series, index, there, wanted)| format!("skipped volume {index} of series {series}: {there} of its {wanted} slice files are there")));
         let distinct_notes: std::collections::BTreeSet<&String> = self.scan.notes.iter().collect();
         warnings.extend(distinct_notes.into_iter().take(3).cloned());
         warnings
@@ -255,7 +299,7 @@ impl SeriesRun {
 
     /// Files left out of the run by [`SeriesRun::folder_warnings`].
     pub fn files_skipped(&self) -> usize {
-        self.scan.unreadable.len() + self.scan.not_scanner_files.len() + self.scan.duplicates.len()
+        self.scan.unreadable.len() + self.scan.not_scanner_files.len() + self.scan.duplicates.len() + self.scan.incomplete.iter().map(|i| i.2).sum::<usize>()
     }
 
     /// One line for the log: series, volumes, gaps, matrix, type, TR and where the geometry came from.
@@ -274,26 +318,37 @@ impl SeriesRun {
         )
     }
 
-    /// The volumes for the wire, read one file at a time (a pair holding the whole run is read once); a file
-    /// that changed or broke since the folder was read goes to `skipped` and the run goes on.
+    /// The volumes for the wire, read one at a time (a pair holding the whole run is read once); a file that
+    /// changed or broke since the folder was read goes to `skipped` and the run goes on.
     pub fn wire_volumes(self, tr_secs: f64, mut skipped: impl FnMut(String)) -> impl Iterator<Item = WireVolume> {
-        let mut last_read: Option<(PathBuf, Vec<ExportedVolume>)> = None;
-        self.files.into_iter().filter_map(move |(index, path)| {
-            if last_read.as_ref().is_none_or(|(p, _)| *p != path) {
-                match read_export_file(&path) {
-                    Ok(file) => last_read = Some((path.clone(), file.volumes)),
-                    Err(e) => {
-                        skipped(e.to_string());
-                        last_read = None;
-                        return None;
+        let mut whole_run: Option<(PathBuf, Vec<ExportedVolume>)> = None;
+        self.files.into_iter().filter_map(move |(index, files)| {
+            // A PAR/REC pair holding the whole run is read once, its volumes kept for the next indices.
+            if let [path] = files.as_slice() {
+                if crate::parrec::is_par_path(path) {
+                    if whole_run.as_ref().is_none_or(|(p, _)| p != path) {
+                        whole_run = match read_export_file(path) {
+                            Ok(file) => Some((path.clone(), file.volumes)),
+                            Err(e) => {
+                                skipped(e.to_string());
+                                return None;
+                            }
+                        };
                     }
+                    let volume = whole_run.as_ref().and_then(|(_, volumes)| volumes.iter().find(|v| v.index == index));
+                    if volume.is_none() {
+                        skipped(format!("{}: volume {index} is no longer in it", path.display()));
+                    }
+                    return volume.map(|v| v.wire_volume(tr_secs));
                 }
             }
-            let volume = last_read.as_ref().and_then(|(_, volumes)| volumes.iter().find(|v| v.index == index));
-            if volume.is_none() {
-                skipped(format!("{}: volume {index} is no longer in it", path.display()));
+            match read_volume(&files, index) {
+                Ok(v) => Some(v.wire_volume(tr_secs)),
+                Err(message) => {
+                    skipped(message);
+                    None
+                }
             }
-            volume.map(|v| v.wire_volume(tr_secs))
         })
     }
 }
@@ -358,6 +413,8 @@ pub struct FolderWatcher {
     done: HashSet<PathBuf>,
     sent_indices: HashSet<usize>,
     notes_said: bool,
+    /// Single-slice files read so far, by volume index, with their files' modification times.
+    partial_volumes: BTreeMap<usize, Vec<(DicomSlice, Option<SystemTime>)>>,
 }
 
 impl FolderWatcher {
@@ -365,7 +422,7 @@ impl FolderWatcher {
     /// present now are taken as earlier runs and the first series to gain a new file is followed.
     pub fn new(dir: &Path, series: Option<i64>) -> std::io::Result<FolderWatcher> {
         let done = if series.is_some() { HashSet::new() } else { folder_files(dir)?.into_iter().collect() };
-        Ok(FolderWatcher { dir: dir.to_path_buf(), series, pending: HashMap::new(), done, sent_indices: HashSet::new(), notes_said: false })
+        Ok(FolderWatcher { dir: dir.to_path_buf(), series, pending: HashMap::new(), done, sent_indices: HashSet::new(), notes_said: false, partial_volumes: BTreeMap::new() })
     }
 
     /// The series followed, once known.
@@ -373,9 +430,11 @@ impl FolderWatcher {
         self.series
     }
 
-    /// Files seen but neither sent nor given up on yet (still being written, or not yet settled).
+    /// Files seen but neither sent nor given up on yet: still being written, not yet settled, or slices of
+    /// a volume whose other slices have not come.
     pub fn unfinished(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+        paths.extend(self.partial_volumes.values().flatten().map(|(s, _)| s.path.clone()));
         paths.sort();
         paths
     }
@@ -442,9 +501,45 @@ impl FolderWatcher {
                 }
                 findings.volumes.push(WatchedVolume { volume: v, written_at });
             }
+            if let Some(slice) = file.slice {
+                self.add_slice(slice, written_at, &mut findings);
+            }
         }
         findings.volumes.sort_by_key(|v| v.volume.index);
         Ok(findings)
+    }
+}
+
+impl FolderWatcher {
+    /// Keeps a slice of the followed series until its volume is complete, then stacks the volume.
+    fn add_slice(&mut self, slice: DicomSlice, written_at: Option<SystemTime>, findings: &mut WatchFindings) {
+        let series = *self.series.get_or_insert(slice.series_number);
+        if slice.series_number != series {
+            return; // another series written into the same folder
+        }
+        let index = slice.volume_index();
+        let path = slice.path.clone();
+        if self.sent_indices.contains(&index) {
+            findings.skipped.push(format!("{}: a slice of volume {index} of series {series}, which was already sent", path.display()));
+            return;
+        }
+        let wanted = slice.slices_per_volume;
+        let slices = self.partial_volumes.entry(index).or_default();
+        if slices.iter().any(|(s, _)| s.instance_number == slice.instance_number) {
+            findings.skipped.push(format!("{}: image {} of series {series} came already in another file", path.display(), slice.instance_number));
+            return;
+        }
+        slices.push((slice, written_at));
+        if slices.len() < wanted {
+            return;
+        }
+        let slices = self.partial_volumes.remove(&index).unwrap_or_default();
+        let written_at = slices.iter().filter_map(|(_, t)| *t).max();
+        self.sent_indices.insert(index);
+        match stack_slices(slices.into_iter().map(|(s, _)| s).collect()) {
+            Ok(volume) => findings.volumes.push(WatchedVolume { volume, written_at }),
+            Err(e) => findings.skipped.push(format!("volume {index} of series {series}: {e}")),
+        }
     }
 }
 

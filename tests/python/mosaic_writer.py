@@ -1,7 +1,12 @@
-"""Writes a 3-D volume as a Siemens mosaic DICOM file with pydicom, from the geometry conventions (not from
-hyper-rt's code): slices tiled row by row into a square grid, ImagePositionPatient at the corner of the whole
-mosaic drawn in the first slice's plane and centred on it, LPS patient coordinates, and a CSA2 image header holding
-NumberOfImagesInMosaic and SliceNormalVector. Tests check the writer itself against nibabel's mosaic reader."""
+"""Writes volumes as scanner DICOM files with pydicom, from the geometry conventions (not from hyper-rt's code).
+
+- `write_mosaic`: a Siemens mosaic: slices tiled row by row into a square grid, ImagePositionPatient at the
+  corner of the whole mosaic drawn in the first slice's plane and centred on it, LPS patient coordinates, and a
+  CSA2 image header holding NumberOfImagesInMosaic and SliceNormalVector. Tests check the writer itself against
+  nibabel's mosaic reader.
+- `write_slice_series`: one file per slice as GE writes an fMRI series: each slice's own ImagePositionPatient,
+  InstanceNumber counting the images of the whole series, ImagesInAcquisition slices per volume and
+  InStackPositionNumber the slice's place in its volume."""
 
 import math
 import struct
@@ -96,3 +101,56 @@ def write_nifti_run(img, folder, tr_secs, series):
         write_mosaic(folder / f"001_{series:06d}_{t + 1:06d}.dcm", stored[..., t], img.affine, tr_secs, t + 1,
                      series=series, slope=slope, intercept=intercept)
     return stored
+
+
+def write_slice_series(folder, stored, affine_ras, tr_secs, series=7, slope=1.0, intercept=0.0, in_stack=True,
+                       name="i{instance:05d}.MRDC.{instance}"):
+    """stored: (rows, columns, slices, volumes) integer array (axis 0 down the rows, axis 1 along the columns);
+    affine_ras: the voxel -> RAS+ mm matrix of each volume. Returns the paths written, in instance order."""
+    rows, columns, slices, volumes = stored.shape
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine_ras, float)[:3, :]
+    down, across, through, first = lps[:, 0], lps[:, 1], lps[:, 2], lps[:, 3]
+    spacing = [np.linalg.norm(down), np.linalg.norm(across)]
+    col_cos, row_cos = down / spacing[0], across / spacing[1]
+    paths = []
+    for t in range(volumes):
+        for k in range(slices):
+            instance = t * slices + k + 1
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = MRImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID = MRImageStorage
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.Modality = "MR"
+            ds.Manufacturer = "GE MEDICAL SYSTEMS"
+            ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+            ds.SeriesNumber = series
+            ds.SeriesDescription = "rt EPI"
+            ds.InstanceNumber = instance
+            ds.ImagesInAcquisition = slices
+            if in_stack:
+                ds.InStackPositionNumber = k + 1
+            ds.RepetitionTime = f"{tr_secs * 1000:g}"
+            ds.SliceThickness = f"{np.linalg.norm(through):.6f}"
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in first + through * k]
+            ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_cos, col_cos])]
+            ds.PixelSpacing = [f"{v:.6f}" for v in spacing]
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.Rows, ds.Columns = rows, columns
+            ds.BitsAllocated = ds.BitsStored = 8 * stored.dtype.itemsize
+            ds.HighBit = ds.BitsStored - 1
+            ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
+            if (slope, intercept) != (1.0, 0.0):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    ds.RescaleSlope, ds.RescaleIntercept = repr(float(slope)), repr(float(intercept))
+            image = np.ascontiguousarray(stored[:, :, k, t])  # rows x columns, columns fastest
+            ds.PixelData = image.astype(image.dtype.newbyteorder("<")).tobytes()
+            path = folder / name.format(instance=instance)
+            ds.save_as(str(path), enforce_file_format=True)
+            paths.append(path)
+    return paths

@@ -139,7 +139,7 @@ def test_bad_files_get_a_clear_error(tmp_path):
     for tag in [t for t in ds.keys() if t.group == 0x0029]:
         del ds[tag]
     ds.save_as(str(tmp_path / "single.dcm"), enforce_file_format=True)
-    cases["single.dcm"] = "not a Siemens mosaic"
+    cases["single.dcm"] = "neither a Siemens mosaic nor a slice with ImagesInAcquisition (0020,1002)"
     ds = pydicom.dcmread(str(files[0]))
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     del ds.ImageOrientationPatient
