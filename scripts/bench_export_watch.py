@@ -2,11 +2,13 @@
 the sender, acknowledged by `hyper-rt receive`. Prints the sender's "file written -> volume acknowledged" line for
 each polling interval.
 
-    .venv/bin/python scripts/bench_export_watch.py [--vendor siemens|philips] [--volumes 40] [--tr-secs 0.25]
+    .venv/bin/python scripts/bench_export_watch.py [--vendor siemens|philips|ge] [--volumes 40] [--tr-secs 0.25]
 
 Siemens: one mosaic DICOM file per volume, the three real Siemens files of the test data renumbered
 (InstanceNumber) to make a longer run. Philips: one PAR/REC pair per volume (the real-time export), split from
-the real EPI phantom run nibabel ships (REC written first, then its PAR).
+the real EPI phantom run nibabel ships (REC written first, then its PAR). GE: one DICOM file per slice, nibabel's
+real example4d run (24 slices of 128 x 96) written as GE writes it, each volume's 24 files in a burst, one volume
+per TR (the latency is from the volume's last slice file).
 """
 
 import argparse
@@ -29,7 +31,7 @@ def free_port():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vendor", choices=["siemens", "philips"], default="siemens")
+    ap.add_argument("--vendor", choices=["siemens", "philips", "ge"], default="siemens")
     ap.add_argument("--volumes", type=int, default=40)
     ap.add_argument("--tr-secs", type=float, default=0.25, help="pause between files (the scanner's TR)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -38,8 +40,9 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        staged = stage_siemens(args, tmp) if args.vendor == "siemens" else stage_philips(args)
-        series = "13" if args.vendor == "siemens" else "0"
+        stage = {"siemens": stage_siemens, "philips": stage_philips, "ge": stage_ge}[args.vendor]
+        staged = stage(args, tmp)
+        series = {"siemens": "13", "philips": "0", "ge": "7"}[args.vendor]
         for poll_ms in args.poll_ms:
             export = tmp / f"export_{poll_ms}"
             export.mkdir()
@@ -78,7 +81,23 @@ def stage_siemens(args, tmp):
     return staged
 
 
-def stage_philips(args):
+def stage_ge(args, tmp):
+    """[[(slice file name, bytes) per slice]] per volume: nibabel's example4d volumes, cycled, as slice files."""
+    import nibabel
+    import numpy as np
+    from mosaic_writer import write_slice_series
+
+    img = nibabel.load(str(pathlib.Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"))
+    stored = np.asanyarray(img.dataobj.get_unscaled())
+    stored = stored[..., [t % stored.shape[3] for t in range(args.volumes)]]
+    folder = tmp / "staged_ge"
+    folder.mkdir()
+    paths = write_slice_series(folder, stored, img.affine, 2.0, series=7)
+    n = stored.shape[2]
+    return [[(p.name, p.read_bytes()) for p in paths[t * n:(t + 1) * n]] for t in range(args.volumes)]
+
+
+def stage_philips(args, tmp):
     """[[(REC name, bytes), (PAR name, bytes)]] per volume: the real EPI phantom run split into pairs."""
     import nibabel
     from parrec_writer import write_realtime_series

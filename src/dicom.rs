@@ -56,6 +56,7 @@ const IN_STACK_POSITION_NUMBER: Tag = tag(0x0020, 0x9057);
 const IMAGE_POSITION_PATIENT: Tag = tag(0x0020, 0x0032);
 const IMAGE_ORIENTATION_PATIENT: Tag = tag(0x0020, 0x0037);
 const SAMPLES_PER_PIXEL: Tag = tag(0x0028, 0x0002);
+const NUMBER_OF_FRAMES: Tag = tag(0x0028, 0x0008);
 const ROWS: Tag = tag(0x0028, 0x0010);
 const COLUMNS: Tag = tag(0x0028, 0x0011);
 const PIXEL_SPACING: Tag = tag(0x0028, 0x0030);
@@ -661,6 +662,9 @@ fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
     let samples = ds.bytes(SAMPLES_PER_PIXEL).map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel")).transpose()?.unwrap_or(1);
     if samples != 1 {
         return Err(ds.invalid(format!("SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes")));
+    }
+    if let Some(frames) = ds.number(NUMBER_OF_FRAMES, "NumberOfFrames")?.filter(|&n| n > 1.0) {
+        return Err(ds.invalid(format!("a multi-frame (enhanced) image of {frames} frames: not read; export one image per file")));
     }
     let rows = ds.u16(ROWS, "Rows")? as usize;
     let columns = ds.u16(COLUMNS, "Columns")? as usize;

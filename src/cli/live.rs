@@ -323,7 +323,7 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             let tr_secs = series.first.tr_secs.unwrap_or(1.0);
             tracing::info!("replaying {}", series.describe(tr_secs));
             let (volumes, dims) = (series.files.len(), series.first.dims);
-            let wire = Box::new(series.wire_volumes(tr_secs, |message| tracing::warn!("skipped: {message}")));
+            let wire = Box::new(series.wire_volumes(tr_secs, |message, _| tracing::warn!("skipped: {message}")));
             (RunStream { volumes, tr_secs, wire }, dims)
         }
         found => {

@@ -225,9 +225,9 @@ fn send_export_series(args: &Args, config: &Config, tr_override: Option<f64>) ->
     let skipped = std::cell::Cell::new(run.files_skipped());
     let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
     let bar = progress_bar(args.quiet, Some(run.files.len() as u64));
-    let volumes = run.wire_volumes(tr_secs, |message| {
+    let volumes = run.wire_volumes(tr_secs, |message, files| {
         tracing::warn!("skipped: {message}");
-        skipped.set(skipped.get() + 1);
+        skipped.set(skipped.get() + files);
     });
     stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
     Ok(())

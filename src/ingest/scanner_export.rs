@@ -265,6 +265,8 @@ pub struct SeriesRun {
     pub files: Vec<(usize, Vec<PathBuf>)>,
     pub first: ExportedVolume,
     pub scan: FolderScan,
+    /// Volumes at the start of the run that did not read (the message, the files left out with them).
+    pub unreadable_volumes: Vec<(String, usize)>,
 }
 
 impl SeriesRun {
@@ -275,12 +277,23 @@ impl SeriesRun {
             return Err(only_error.clone()); // one file given: its own error says it all
         }
         let (number, files) = scan.choose(path, series)?;
-        let files: Vec<(usize, Vec<PathBuf>)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
-        let Some((first_index, first_files)) = files.first() else {
-            return Err(format!("series {number} in {} has no volume from index {start_at} on", path.display()));
+        let mut files: VecDeque<(usize, Vec<PathBuf>)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
+        // The first volume that reads gives the run's geometry; any before it are reported and left out.
+        let mut unreadable_volumes = Vec::new();
+        let first = loop {
+            let Some((first_index, first_files)) = files.front() else {
+                let last_error = unreadable_volumes.last().map(|(m, _): &(String, usize)| format!(": {m}")).unwrap_or_default();
+                return Err(format!("series {number} in {} has no readable volume from index {start_at} on{last_error}", path.display()));
+            };
+            match read_volume(first_files, *first_index) {
+                Ok(volume) => break volume,
+                Err(message) => {
+                    unreadable_volumes.push((message, first_files.len()));
+                    files.pop_front();
+                }
+            }
         };
-        let first = read_volume(first_files, *first_index)?;
-        Ok(SeriesRun { number, files, first, scan })
+        Ok(SeriesRun { number, files: files.into(), first, scan, unreadable_volumes })
     }
 
     /// Warnings for what the folder held that is not sent: files that are neither DICOM nor PAR/REC,
@@ -292,6 +305,7 @@ impl SeriesRun {
         }
         warnings.extend(self.scan.duplicates.iter().map(|p| format!("skipped {}: its series already has a file for the same volume (or slice) number", p.display())));
         warnings.extend(self.scan.incomplete.iter().map(|(series, index, there, wanted)| format!("skipped volume {index} of series {series}: {there} of its {wanted} slice files are there")));
+        warnings.extend(self.unreadable_volumes.iter().map(|(m, _)| format!("skipped: {m}")));
         let distinct_notes: std::collections::BTreeSet<&String> = self.scan.notes.iter().collect();
         warnings.extend(distinct_notes.into_iter().take(3).cloned());
         warnings
@@ -299,7 +313,9 @@ impl SeriesRun {
 
     /// Files left out of the run by [`SeriesRun::folder_warnings`].
     pub fn files_skipped(&self) -> usize {
-        self.scan.unreadable.len() + self.scan.not_scanner_files.len() + self.scan.duplicates.len() + self.scan.incomplete.iter().map(|i| i.2).sum::<usize>()
+        let scan = &self.scan;
+        let volumes_left_out: usize = scan.incomplete.iter().map(|i| i.2).sum::<usize>() + self.unreadable_volumes.iter().map(|u| u.1).sum::<usize>();
+        scan.unreadable.len() + scan.not_scanner_files.len() + scan.duplicates.len() + volumes_left_out
     }
 
     /// One line for the log: series, volumes, gaps, matrix, type, TR and where the geometry came from.
@@ -318,9 +334,10 @@ impl SeriesRun {
         )
     }
 
-    /// The volumes for the wire, read one at a time (a pair holding the whole run is read once); a file that
-    /// changed or broke since the folder was read goes to `skipped` and the run goes on.
-    pub fn wire_volumes(self, tr_secs: f64, mut skipped: impl FnMut(String)) -> impl Iterator<Item = WireVolume> {
+    /// The volumes for the wire, read one at a time (a pair holding the whole run is read once); a volume
+    /// whose files changed or broke since the folder was read goes to `skipped` (the message, the number of
+    /// files left out) and the run goes on.
+    pub fn wire_volumes(self, tr_secs: f64, mut skipped: impl FnMut(String, usize)) -> impl Iterator<Item = WireVolume> {
         let mut whole_run: Option<(PathBuf, Vec<ExportedVolume>)> = None;
         self.files.into_iter().filter_map(move |(index, files)| {
             // A PAR/REC pair holding the whole run is read once, its volumes kept for the next indices.
@@ -330,14 +347,14 @@ impl SeriesRun {
                         whole_run = match read_export_file(path) {
                             Ok(file) => Some((path.clone(), file.volumes)),
                             Err(e) => {
-                                skipped(e.to_string());
+                                skipped(e.to_string(), 1);
                                 return None;
                             }
                         };
                     }
                     let volume = whole_run.as_ref().and_then(|(_, volumes)| volumes.iter().find(|v| v.index == index));
                     if volume.is_none() {
-                        skipped(format!("{}: volume {index} is no longer in it", path.display()));
+                        skipped(format!("{}: volume {index} is no longer in it", path.display()), 1);
                     }
                     return volume.map(|v| v.wire_volume(tr_secs));
                 }
@@ -345,7 +362,7 @@ impl SeriesRun {
             match read_volume(&files, index) {
                 Ok(v) => Some(v.wire_volume(tr_secs)),
                 Err(message) => {
-                    skipped(message);
+                    skipped(message, files.len());
                     None
                 }
             }

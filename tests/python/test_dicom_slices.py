@@ -179,3 +179,28 @@ def test_a_volume_missing_slices_is_named_and_left_out(receiver, tmp_path):
     assert "skipped volume 1 of series 7: 23 of its 24 slice files are there" in out.stderr
     assert "sent 1 volumes" in out.stdout and "23 files skipped" in out.stdout
     r.wait()
+
+
+def test_bad_slice_files_get_a_clear_error(receiver, tmp_path):
+    img, stored, slope, inter = example_run()
+    folder = tmp_path / "series"
+    folder.mkdir()
+    paths = write_slice_series(folder, stored[:, :, :4, :], img.affine, 2.0, slope=slope, intercept=inter)
+    # a slice of volume 0 tilted against the others: that volume is named and left out, the run goes on
+    ds = pydicom.dcmread(str(paths[1]))
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0.6]
+    ds.save_as(str(paths[1]), enforce_file_format=True)
+    r = receiver(expected=2, idle=1.0)
+    out = send(folder, "--connect", r.endpoint, "--fast", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert f"{paths[1].name}: its ImageOrientationPatient or PixelSpacing differs from" in out.stderr, out.stderr
+    assert "sent 1 volumes" in out.stdout and "4 files skipped" in out.stdout  # the four slices of volume 0
+    assert r.wait()["received"] == 1
+    # a multi-frame (enhanced) image is refused, not read as its first frame
+    ds = pydicom.dcmread(str(paths[0]))
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    multi = tmp_path / "multi.dcm"
+    ds.save_as(str(multi), enforce_file_format=True)
+    out = send(multi, "--connect", "tcp://127.0.0.1:9", "--fast")
+    assert out.returncode != 0 and "multi.dcm: a multi-frame (enhanced) image of 2 frames: not read" in out.stderr, out.stderr
