@@ -165,11 +165,23 @@ fn folder_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The single-slice files of one volume found by a folder scan.
+struct SliceGroup {
+    description: String,
+    /// `ImagesInAcquisition`.
+    wanted: usize,
+    /// Instance number -> file.
+    files: BTreeMap<usize, PathBuf>,
+}
+
+/// Volume index -> the volume's file, or its slices' files.
+pub type VolumeFiles = BTreeMap<usize, Vec<PathBuf>>;
+
 /// What a folder holds: one entry per series, each volume's files by index.
 #[derive(Debug, Default)]
 pub struct FolderScan {
     /// Series number -> (description, index -> the volume's file, or its slices' files).
-    pub series: BTreeMap<i64, (String, BTreeMap<usize, Vec<PathBuf>>)>,
+    pub series: BTreeMap<i64, (String, VolumeFiles)>,
     /// Files that are neither DICOM nor PAR/REC.
     pub not_scanner_files: Vec<PathBuf>,
     /// Files that could not be read as volumes: the message names the file and the reason.
@@ -187,8 +199,7 @@ impl FolderScan {
     pub fn read(dir: &Path) -> std::io::Result<FolderScan> {
         let files = if dir.is_dir() { folder_files(dir)? } else { vec![dir.to_path_buf()] };
         let mut scan = FolderScan::default();
-        // (series, volume) -> (description, slices wanted, instance number -> file)
-        let mut slice_groups: BTreeMap<(i64, usize), (String, usize, BTreeMap<usize, PathBuf>)> = BTreeMap::new();
+        let mut slice_groups: BTreeMap<(i64, usize), SliceGroup> = BTreeMap::new();
         for path in files {
             match read_export_file(&path) {
                 Ok(file) => {
@@ -205,8 +216,12 @@ impl FolderScan {
                         }
                     }
                     if let Some(s) = file.slice {
-                        let group = slice_groups.entry((s.series_number, s.volume_index())).or_insert_with(|| (s.series_description.clone(), s.slices_per_volume, BTreeMap::new()));
-                        if group.2.insert(s.instance_number, path.clone()).is_some() {
+                        let group = slice_groups.entry((s.series_number, s.volume_index())).or_insert_with(|| SliceGroup {
+                            description: s.series_description.clone(),
+                            wanted: s.slices_per_volume,
+                            files: BTreeMap::new(),
+                        });
+                        if group.files.insert(s.instance_number, path.clone()).is_some() {
                             scan.duplicates.push(path);
                         }
                     }
@@ -215,7 +230,7 @@ impl FolderScan {
                 Err(e) => scan.unreadable.push(e.to_string()),
             }
         }
-        for ((series, index), (description, wanted, files)) in slice_groups {
+        for ((series, index), SliceGroup { description, wanted, files }) in slice_groups {
             if files.len() != wanted {
                 scan.incomplete.push((series, index, files.len(), wanted));
                 continue;
@@ -227,7 +242,7 @@ impl FolderScan {
     }
 
     /// The files of the chosen series in volume order: `series` if given, else the only one present.
-    pub fn choose(&self, dir: &Path, series: Option<i64>) -> Result<(i64, Vec<(usize, Vec<PathBuf>)>), String> {
+    pub fn choose(&self, dir: &Path, series: Option<i64>) -> Result<(i64, VolumeFiles), String> {
         let listing = || {
             self.series
                 .iter()
@@ -251,8 +266,7 @@ impl FolderScan {
             }
             None => return Err(format!("{} holds several series: {}; choose one with --series", dir.display(), listing())),
         };
-        let files = self.series.get(&number).map(|(_, f)| f.iter().map(|(&i, p)| (i, p.clone())).collect()).unwrap_or_default();
-        Ok((number, files))
+        Ok((number, self.series.get(&number).map(|(_, f)| f.clone()).unwrap_or_default()))
     }
 }
 

@@ -72,6 +72,11 @@ class ReceiverProcess:
     def summary(self):
         return json.loads((self.session_dir / "summary.json").read_text())
 
+    def accepted(self):
+        """Volumes accepted so far, from the session's message log (readable while the receiver runs)."""
+        jsonl = self.session_dir / "messages.jsonl"
+        return sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -109,3 +114,22 @@ def rotation(deg):
     ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
     rz = np.array([[np.cos(g), -np.sin(g), 0], [np.sin(g), np.cos(g), 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def start_watch(tmp_path, export, endpoint, *extra):
+    """`hyper-rt send EXPORT --watch` in the background, once it watches; its log goes to a file the test can read
+    while it runs."""
+    log = tmp_path / "send.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--connect", endpoint, "--quiet", *extra],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    wait_for(lambda: "watching" in log.read_text() or proc.poll() is not None, what="the sender to start watching")
+    return proc, log
+
+
+def finish_watch(proc, log):
+    """Waits for a `start_watch` sender to end by itself; returns its stdout and log after checking it succeeded."""
+    out, _ = proc.communicate(timeout=30)
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    return out, err

@@ -31,6 +31,44 @@ def csa2(entries):
     return out
 
 
+def mr_image(image, manufacturer, series_uid, series, description, instance, tr_secs, position_lps, row_cos,
+             col_cos, spacing, slice_mm, slope, intercept):
+    """An MR image file's data set: `image` (rows x columns, integer) at `position_lps` with the given cosines."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Manufacturer = manufacturer
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series
+    ds.SeriesDescription = description
+    ds.InstanceNumber = instance
+    ds.RepetitionTime = f"{tr_secs * 1000:g}"
+    ds.SliceThickness = f"{slice_mm:.6f}"
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in position_lps]
+    ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_cos, col_cos])]
+    ds.PixelSpacing = [f"{v:.6f}" for v in spacing]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape
+    ds.BitsAllocated = ds.BitsStored = 8 * image.dtype.itemsize
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if image.dtype.kind == "i" else 0
+    if (slope, intercept) != (1.0, 0.0):
+        # Full precision, so that tests can compare exactly with a NIfTI's float32 scaling; pydicom warns that
+        # this is longer than DS's 16 characters, which readers (hyper-rt's, nibabel's) accept.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds.RescaleSlope, ds.RescaleIntercept = repr(float(slope)), repr(float(intercept))
+    ds.PixelData = image.astype(image.dtype.newbyteorder("<")).tobytes()
+    return ds
+
+
 def write_mosaic(path, stored, affine_ras, tr_secs, instance, series=5, slope=1.0, intercept=0.0):
     """stored: (rows, columns, slices) integer array (axis 0 down a tile's rows, axis 1 along its columns);
     affine_ras: the 4 x 4 voxel -> RAS+ mm matrix of that array."""
@@ -47,40 +85,11 @@ def write_mosaic(path, stored, affine_ras, tr_secs, instance, series=5, slope=1.
     slice_mm = np.linalg.norm(through)
     corner = first - col_cos * spacing[0] * (mosaic.shape[0] - rows) / 2 - row_cos * spacing[1] * (mosaic.shape[1] - columns) / 2
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.Manufacturer = "SIEMENS"
+    ds = mr_image(mosaic, "SIEMENS", "1.2.826.0.1.3680043.8.498.1", series, "simulated EPI", instance, tr_secs,
+                  corner, row_cos, col_cos, spacing, slice_mm, slope, intercept)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-    ds.SeriesNumber = series
-    ds.SeriesDescription = "simulated EPI"
-    ds.InstanceNumber = instance
     ds.AcquisitionNumber = instance
-    ds.RepetitionTime = f"{tr_secs * 1000:g}"
-    ds.SliceThickness = f"{slice_mm:.6f}"
     ds.SpacingBetweenSlices = f"{slice_mm:.6f}"
-    ds.ImagePositionPatient = [f"{v:.6f}" for v in corner]
-    ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_cos, col_cos])]
-    ds.PixelSpacing = [f"{v:.6f}" for v in spacing]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = mosaic.shape
-    ds.BitsAllocated = ds.BitsStored = 8 * mosaic.dtype.itemsize
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if mosaic.dtype.kind == "i" else 0
-    if (slope, intercept) != (1.0, 0.0):
-        # Full precision, so that tests can compare exactly with a NIfTI's float32 scaling; pydicom warns that
-        # this is longer than DS's 16 characters, which readers (hyper-rt's, nibabel's) accept.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            ds.RescaleSlope, ds.RescaleIntercept = repr(float(slope)), repr(float(intercept))
     ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
     ds.add_new((0x0019, 0x100A), "US", slices)
     ds.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")
@@ -88,7 +97,6 @@ def write_mosaic(path, stored, affine_ras, tr_secs, instance, series=5, slope=1.
     ds.add_new((0x0029, 0x1010), "OB", csa2([("NumberOfImagesInMosaic", "US", [str(slices)]),
                                              ("AcquisitionMatrixText", "SH", [f"{rows}p*{columns}"]),
                                              ("SliceNormalVector", "FD", [f"{v:.8f}" for v in normal])]))
-    ds.PixelData = mosaic.astype(mosaic.dtype.newbyteorder("<")).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
 
 
@@ -116,40 +124,13 @@ def write_slice_series(folder, stored, affine_ras, tr_secs, series=7, slope=1.0,
     for t in range(volumes):
         for k in range(slices):
             instance = t * slices + k + 1
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = pydicom.Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = MRImageStorage
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.Modality = "MR"
-            ds.Manufacturer = "GE MEDICAL SYSTEMS"
-            ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
-            ds.SeriesNumber = series
-            ds.SeriesDescription = "rt EPI"
-            ds.InstanceNumber = instance
+            image = np.ascontiguousarray(stored[:, :, k, t])  # rows x columns, columns fastest
+            ds = mr_image(image, "GE MEDICAL SYSTEMS", "1.2.826.0.1.3680043.8.498.2", series, "rt EPI", instance,
+                          tr_secs, first + through * k, row_cos, col_cos, spacing, np.linalg.norm(through), slope,
+                          intercept)
             ds.ImagesInAcquisition = slices
             if in_stack:
                 ds.InStackPositionNumber = k + 1
-            ds.RepetitionTime = f"{tr_secs * 1000:g}"
-            ds.SliceThickness = f"{np.linalg.norm(through):.6f}"
-            ds.ImagePositionPatient = [f"{v:.6f}" for v in first + through * k]
-            ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_cos, col_cos])]
-            ds.PixelSpacing = [f"{v:.6f}" for v in spacing]
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = rows, columns
-            ds.BitsAllocated = ds.BitsStored = 8 * stored.dtype.itemsize
-            ds.HighBit = ds.BitsStored - 1
-            ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
-            if (slope, intercept) != (1.0, 0.0):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    ds.RescaleSlope, ds.RescaleIntercept = repr(float(slope)), repr(float(intercept))
-            image = np.ascontiguousarray(stored[:, :, k, t])  # rows x columns, columns fastest
-            ds.PixelData = image.astype(image.dtype.newbyteorder("<")).tobytes()
             path = folder / name.format(instance=instance)
             ds.save_as(str(path), enforce_file_format=True)
             paths.append(path)

@@ -13,7 +13,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
-from conftest import binary, data_dir, wait_for
+from conftest import binary, data_dir, finish_watch, start_watch, wait_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -167,23 +167,6 @@ def empty_folder(path):
     return path
 
 
-def start_watch(tmp_path, export, endpoint, *extra):
-    """`send EXPORT --watch` in the background; its log goes to a file the test can read while it runs."""
-    log = tmp_path / "send.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--connect", endpoint, "--quiet", *extra],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True)
-    return proc, log
-
-
-def finish_watch(proc, log):
-    """Waits for a `start_watch` sender to end by itself; returns its stdout and log after checking it succeeded."""
-    out, _ = proc.communicate(timeout=30)
-    err = log.read_text()
-    assert proc.returncode == 0, err
-    return out, err
-
-
 def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
     files = siemens_files()
     export = empty_folder(tmp_path / "export")
@@ -192,10 +175,8 @@ def test_watch_sends_each_volume_as_its_file_is_written(receiver, tmp_path):
     r = receiver(expected=3)
     proc, log = start_watch(tmp_path, export, r.endpoint, "--idle-secs", "30")
     try:
-        jsonl = r.session_dir / "messages.jsonl"
-        accepted = lambda: sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
+        accepted = r.accepted
         # files there before the sender started are earlier runs: start writing once it watches
-        wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
         # volumes arrive out of order, one of them written slowly
         copy_slowly(files[1], export / files[1].name)
         wait_for(lambda: accepted() == 1, what="volume 1")
@@ -226,8 +207,7 @@ def test_watch_with_series_sends_the_files_already_there_and_stops_after_volumes
     r = receiver(expected=3)
     proc, log = start_watch(tmp_path, export, r.endpoint, "--series", "13", "--volumes", "2")
     try:
-        jsonl = r.session_dir / "messages.jsonl"
-        wait_for(lambda: jsonl.exists() and '"accepted"' in jsonl.read_text(), what="the file already there")
+        wait_for(lambda: r.accepted() >= 1, what="the file already there")
         (export / "001_000013_000003.dcm").write_bytes(files[2].read_bytes()[:1000])  # still being written
         # written under a temporary name, then renamed: the temporary name is forgotten, not reported
         (export / "incoming.part").write_bytes(files[1].read_bytes()[:1000])
@@ -284,7 +264,6 @@ def test_watch_survives_the_folder_vanishing_for_a_moment(receiver, tmp_path):
     r = receiver(expected=1)
     proc, log = start_watch(tmp_path, export, r.endpoint, "--series", "13")
     try:
-        wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
         export.rename(tmp_path / "away")
         wait_for(lambda: "cannot read" in log.read_text(), what="the sender to notice")
         (tmp_path / "away").rename(export)

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import binary, wait_for
+from conftest import binary, finish_watch, start_watch, wait_for
 from mosaic_writer import write_slice_series
 
 with warnings.catch_warnings():
@@ -137,14 +137,9 @@ def test_watch_sends_a_volume_once_all_its_slices_are_written(receiver, tmp_path
     export = tmp_path / "export"
     export.mkdir()
     r = receiver(expected=2)
-    log = tmp_path / "send.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([binary(), "send", str(export), "--watch", "--connect", r.endpoint, "--quiet"],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc, log = start_watch(tmp_path, export, r.endpoint)
     try:
-        wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
-        jsonl = r.session_dir / "messages.jsonl"
-        accepted = lambda: sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
+        accepted = r.accepted
         first_volume = paths[:n]
         random.Random(1).shuffle(first_volume)
         for path in first_volume[:-1]:  # all but one slice of volume 0: nothing is sent yet
@@ -155,9 +150,7 @@ def test_watch_sends_a_volume_once_all_its_slices_are_written(receiver, tmp_path
         wait_for(lambda: accepted() == 1, what="volume 0 once complete")
         for path in paths[n:]:
             shutil.copy(path, export / path.name)
-        out, _ = proc.communicate(timeout=30)
-        err = log.read_text()
-        assert proc.returncode == 0, err
+        out, err = finish_watch(proc, log)
     finally:
         proc.kill()
     assert "following series 9" in err and "the receiver said STOP" in out and "skipped" not in out

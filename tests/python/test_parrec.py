@@ -16,7 +16,7 @@ import pytest
 import zmq
 from nibabel import parrec
 
-from conftest import binary, wait_for
+from conftest import binary, finish_watch, start_watch, wait_for
 from parrec_writer import write_realtime_series
 
 NIBABEL_DATA = pathlib.Path(nib.__file__).parent / "tests" / "data"
@@ -219,17 +219,12 @@ def test_watch_follows_a_new_series_folder_pair_by_pair(receiver, tmp_path):
         (earlier / f"{name}.PAR").write_text(par, encoding="latin-1")
         (earlier / f"{name}.REC").write_bytes(rec)
     r = receiver(expected=3)
-    log = tmp_path / "send.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([binary(), "send", str(session), "--watch", "--connect", r.endpoint, "--quiet"],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc, log = start_watch(tmp_path, session, r.endpoint)
     try:
-        wait_for(lambda: "watching" in log.read_text(), what="the sender to start watching")
         series = session / "0002"
         series.mkdir()
         pairs = write_realtime_series(nibabel_par(EPI_RUN), 3)
-        jsonl = r.session_dir / "messages.jsonl"
-        accepted = lambda: sum(1 for l in jsonl.read_text().splitlines() if '"accepted"' in l) if jsonl.exists() else 0
+        accepted = r.accepted
         for n, (name, par, rec) in enumerate(pairs):
             (series / f"{name}.PAR").write_text(par, encoding="latin-1")
             if n == 1:  # the header first, its pixels a moment later
@@ -237,9 +232,7 @@ def test_watch_follows_a_new_series_folder_pair_by_pair(receiver, tmp_path):
                 time.sleep(0.3)
                 assert accepted() == 1
             (series / f"{name}.REC").write_bytes(rec)
-        out, _ = proc.communicate(timeout=30)
-        err = log.read_text()
-        assert proc.returncode == 0, err
+        out, err = finish_watch(proc, log)
     finally:
         proc.kill()
     assert "following series 2" in err and "the receiver said STOP" in out and "skipped" not in out
