@@ -1,4 +1,6 @@
-//! Siemens mosaic DICOM reading: one file of an EPI series becomes one 3-D [`ExportedVolume`].
+//! DICOM reading for fMRI exports: a Siemens mosaic file becomes one 3-D [`ExportedVolume`]; a series stored
+//! one slice per file (GE, Siemens with mosaic off) becomes [`DicomSlice`]s that [`stack_slices`] makes into
+//! volumes.
 //!
 //! Siemens scanners export each fMRI volume as one DICOM file whose image is a *mosaic*: the slices laid out
 //! as tiles of one large 2-D image. This module reads such a file (DICOM Part 10, uncompressed, implicit or
@@ -12,6 +14,10 @@
 //! - `ImagePositionPatient` of a mosaic is the corner of the whole mosaic drawn in the first slice's plane
 //!   and centred on it, so the first voxel lies half the difference of mosaic and tile sizes further in;
 //! - DICOM's patient coordinates are LPS+; the affine returned is RAS+ like every other one in the project.
+//!
+//! A slice file belongs to volume `(InstanceNumber - 1) / ImagesInAcquisition`; a volume's slices are stacked
+//! in `InStackPositionNumber` order (else along the slice normal) with the same in-plane axes as a mosaic, the
+//! slice axis running from the first slice's `ImagePositionPatient` to the last one's.
 //!
 //! The voxels keep their stored type (`uint16` from Siemens) unless the file asks for rescaling, in which
 //! case they become float64 computed as `stored * slope + intercept`. Everything a file lacks or gets wrong
