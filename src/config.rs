@@ -42,7 +42,7 @@ pub struct LiveConfig {
     pub feedback_attribute: String,
     pub feedback_scale: f64,
     pub boundaries: PathBuf,
-    /// A scanner export folder (Siemens DICOM, Philips PAR/REC) `live` follows itself (empty: none).
+    /// A scanner export folder (Siemens or GE DICOM, Philips PAR/REC) `live` follows itself (empty: none).
     pub dicom_folder: PathBuf,
     /// The series to follow there; 0: the first to gain a file after the start.
     pub dicom_series: i64,

@@ -4,7 +4,7 @@
 //! - [`simulate`]: a synthetic subject and its scanner runs with known ground truth (stands in for the scanner);
 //! - [`ingest`]: the Pyneal-Scanner-compatible ZeroMQ receiver ([`ingest::receiver`]), the wire protocol
 //!   ([`ingest::protocol`]) and the scanner-side sender ([`ingest::sender`]), which plays NIfTI files and
-//!   scanner exports (Siemens DICOM, Philips PAR/REC), finished or still being written ([`ingest::scanner_export`]);
+//!   scanner exports (Siemens and GE DICOM, Philips PAR/REC), finished or still being written ([`ingest::scanner_export`]);
 //! - [`preprocess`]: realignment, masking, detrending, z-scoring and trial patterns, one volume at a time;
 //! - [`decode`]: decoder training and evaluation (ridge from trial patterns to latents, HYPER's metrics);
 //! - [`session`]: crash-safe recording of everything received, finalised into NIfTI + summary;
@@ -12,7 +12,7 @@
 //! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
 //!
 //! Shared pieces: [`volume`] (the `Volume` type and element types), [`nifti`] (NIfTI-1 files), [`dicom`]
-//! (Siemens mosaic DICOM files), [`parrec`] (Philips PAR/REC files),
+//! (Siemens mosaic and single-slice DICOM files), [`parrec`] (Philips PAR/REC files),
 //! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`spatial`] (rigid-body geometry), [`npy`] (NumPy arrays), [`rng`],
 //! and [`error_chain`] (how an error is said).
 

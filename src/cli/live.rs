@@ -72,8 +72,8 @@ pub struct Args {
     /// Volumes in the run [receiver.expected_volumes]
     #[arg(long, short = 'n')]
     expected_volumes: Option<usize>,
-    /// Follow a scanner's export folder (Siemens mosaic DICOM; Philips PAR/REC, also a session folder that gains
-    /// one subfolder per series): each volume is sent to this session's receiver as soon as its file is complete
+    /// Follow a scanner's export folder (Siemens mosaic DICOM, GE DICOM one slice per file, Philips PAR/REC;
+    /// also a session folder that gains one subfolder per series): each volume is sent to this session's receiver as soon as its file is complete
     /// (no scanner-side program needed) [live.dicom_folder]
     #[arg(long)]
     dicom_folder: Option<PathBuf>,
@@ -86,8 +86,8 @@ pub struct Args {
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     /// A recorded session folder (its volumes.nii[.gz]), a 4-D NIfTI run, or a scanner's export as `hyper-rt
-    /// send` reads it: a Siemens mosaic DICOM series (one file per volume), a Philips PAR file holding the run,
-    /// or a folder of Philips real-time PAR/REC pairs
+    /// send` reads it: a Siemens mosaic DICOM series (one file per volume), a GE series (one slice per file), a
+    /// Philips PAR file holding the run, or a folder of Philips real-time PAR/REC pairs
     source: PathBuf,
     /// Scanner export: the series to replay (as `hyper-rt send --series`) when the folder holds several
     #[arg(long)]

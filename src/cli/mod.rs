@@ -49,7 +49,7 @@ pub struct Cli {
 enum Command {
     /// Receive volumes from Pyneal Scanner (or `hyper-rt send`) over ZeroMQ and record the session.
     Receive(receive::Args),
-    /// Play a run to a receiver exactly as Pyneal Scanner would: a NIfTI file or a Siemens DICOM series, also live (--watch).
+    /// Play a run to a receiver exactly as Pyneal Scanner would: a NIfTI file or a scanner export (Siemens or GE DICOM, Philips PAR/REC), also live (--watch).
     Send(send::Args),
     /// Finalise a session folder left unfinalised by a crash (or every such folder under a root).
     Recover(recover::Args),

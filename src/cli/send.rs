@@ -1,6 +1,6 @@
 //! `hyper-rt send`: play a run to a receiver exactly as Pyneal Scanner would: a 4-D NIfTI-1 file, a finished
-//! series of a scanner's export (Siemens mosaic DICOM, Philips PAR/REC), or (`--watch`) the folder a Siemens
-//! or Philips scanner is exporting into, volume by volume as its files are written.
+//! series of a scanner's export (Siemens mosaic DICOM, GE DICOM one slice per file, Philips PAR/REC), or
+//! (`--watch`) the folder a scanner is exporting into, volume by volume as its files are written.
 
 use std::path::{Path, PathBuf};
 
@@ -104,7 +104,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     }
     for (given, flag) in [(args.watch, "--watch"), (args.series.is_some(), "--series"), (args.volumes.is_some(), "--volumes"), (args.list, "--list")] {
         if given {
-            bail!("{flag} is for a scanner's export (Siemens DICOM, Philips PAR/REC); {} is neither", args.run.display());
+            bail!("{flag} is for a scanner's export (DICOM, Philips PAR/REC); {} is neither", args.run.display());
         }
     }
     send_nifti(&args, &config, tr_override)

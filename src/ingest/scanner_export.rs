@@ -20,7 +20,8 @@
 //!   number.
 //!
 //! A folder is read with its subfolders one level down, so that a session folder with one subfolder per
-//! series (the Philips real-time export) can be followed as well as a flat export folder (Siemens).
+//! series (GE's `s1923`, ...; the Philips real-time export's `0000`, ...) can be followed as well as a flat
+//! export folder (Siemens).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
