@@ -607,6 +607,47 @@ mod tests {
     }
 
     #[test]
+    fn angulated_headers_get_the_affine_nibabel_computes() {
+        // nibabel 5.4.2's PARRECHeader.get_affine() for two of the real headers it ships.
+        let cases: [(&str, [usize; 3], [f64; 3], i64, [f64; 3], [f64; 3], [[f64; 4]; 3]); 2] = [
+            (
+                "ASL_3D_Multiecho.PAR (transverse, angulated about all three axes)",
+                [80, 80, 8],
+                [2.8, 2.8, 3.0],
+                1,
+                [5.0, 15.0, 30.0],
+                [-4.81, 3.5, -3.607],
+                [
+                    [-2.694300523317363, 0.7219356493896386, -0.2614672282429745, 82.43054781899552],
+                    [-0.7454632064787544, -2.3106650579074524, 1.4942920471376182, 120.2970442782735],
+                    [0.15820650377970497, 1.4069953476489927, 2.588189746988463, -67.38413724589317],
+                ],
+            ),
+            (
+                "Phantom_EPI_3mm_cor_20APtrans_15RLrot_SENSE_15_1.PAR (coronal)",
+                [80, 80, 40],
+                [3.0, 3.0, 3.3],
+                3,
+                [0.0, 0.0, 15.0],
+                [20.0, 0.0, 0.0],
+                [
+                    [-3.0, 0.0, 0.0, 118.5],
+                    [0.0, -0.7764571353075622, -3.187555226753925, 72.82738376635025],
+                    [0.0, -2.897777478867205, 0.8541028488383184, 97.80720486290738],
+                ],
+            ),
+        ];
+        for (name, dims, voxel_mm, orientation, angulation, off_centre, expected) in cases {
+            let a = philips_affine(dims, voxel_mm, orientation, angulation, off_centre).unwrap();
+            for r in 0..3 {
+                for c in 0..4 {
+                    assert!((a[r][c] - expected[r][c]).abs() < 1e-9, "{name}: [{r}][{c}] {} vs {}", a[r][c], expected[r][c]);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn transverse_without_angulation_maps_x_to_left_and_y_to_posterior() {
         // Transverse voxel axes are (L, P, S) in PSL terms: x -> -R, y -> -A, slices -> +S.
         let a = philips_affine([4, 4, 3], [2.0, 2.0, 3.0], 1, [0.0; 3], [0.0; 3]).unwrap();
