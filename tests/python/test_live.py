@@ -341,30 +341,36 @@ def test_live_follows_a_siemens_dicom_export_folder(subject):
     assert r.returncode != 0 and "live.dicom_folder" in r.stderr and "is not a folder" in r.stderr
 
 
-def test_replay_of_a_siemens_dicom_series_matches_the_nifti_run(subject):
+def test_replay_of_the_run_as_scanner_dicom_matches_the_nifti_run(subject):
     """The test run written as Siemens mosaic DICOM files (stored int16 + rescale, the CSA slice normal needed to
-    get the slice order right) replays through the live pipeline exactly as the NIfTI run does."""
+    get the slice order right) and as GE slice files (one file per slice) replays through the live pipeline
+    exactly as the NIfTI run does."""
     import nibabel as nib
-    from mosaic_writer import write_nifti_run
+    from mosaic_writer import write_nifti_run, write_slice_series
     tmp, data, dec, run, events = subject
     img = nib.load(str(run))
-    folder = tmp / "dicom-run"
-    folder.mkdir()
-    stored = write_nifti_run(img, folder, float(img.header.get_zooms()[3]), series=5)
+    tr_secs = float(img.header.get_zooms()[3])
+    mosaic_folder, slice_folder = tmp / "dicom-run", tmp / "ge-run"
+    mosaic_folder.mkdir()
+    slice_folder.mkdir()
+    stored = write_nifti_run(img, mosaic_folder, tr_secs, series=5)
     assert stored.dtype == np.int16 and float(img.dataobj.slope) != 1.0  # the scaled case
+    write_slice_series(slice_folder, stored, img.affine, tr_secs, series=9, slope=float(img.dataobj.slope),
+                       intercept=float(img.dataobj.inter))
     sessions = {}
-    for name, source in [("dicom", folder), ("nifti", run)]:
+    for name, source in [("mosaic", mosaic_folder), ("slices", slice_folder), ("nifti", run)]:
         root = tmp / f"replay-{name}"
         run_ok("replay", str(source), "--speed", "20", "--decoder", str(dec), "--events", str(events), "--headless",
                "--results-port", "0", "--publish", "tcp://127.0.0.1:*", "--session-root", str(root), timeout=120)
         (sessions[name],) = list(root.iterdir())
-    recorded = nib.load(str(sessions["dicom"] / "volumes.nii.gz"))
-    np.testing.assert_array_equal(recorded.get_fdata(), img.get_fdata())
-    np.testing.assert_allclose(recorded.affine, img.affine, atol=1e-5)
     n_trials = len(events.read_text().splitlines()) - 1
-    assert len((sessions["dicom"] / "results.jsonl").read_text().splitlines()) == n_trials
-    np.testing.assert_array_equal(np.load(sessions["dicom"] / "decoded_latents.npy"),
-                                  np.load(sessions["nifti"] / "decoded_latents.npy"))
+    for name in ["mosaic", "slices"]:
+        recorded = nib.load(str(sessions[name] / "volumes.nii.gz"))
+        np.testing.assert_array_equal(recorded.get_fdata(), img.get_fdata(), err_msg=name)
+        np.testing.assert_allclose(recorded.affine, img.affine, atol=1e-5, err_msg=name)
+        assert len((sessions[name] / "results.jsonl").read_text().splitlines()) == n_trials, name
+        np.testing.assert_array_equal(np.load(sessions[name] / "decoded_latents.npy"),
+                                      np.load(sessions["nifti"] / "decoded_latents.npy"), err_msg=name)
 
 
 def test_demo_runs_the_whole_product_and_its_live_decoder_finds_the_faces(tmp_path):
