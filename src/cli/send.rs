@@ -42,9 +42,10 @@ pub struct Args {
     /// No progress bar
     #[arg(long)]
     quiet: bool,
-    /// Scanner export: the series to send (DICOM SeriesNumber; Philips "Acquisition nr" of a whole-run PAR,
-    /// 0 for one-pair-per-volume files) when the folder holds several. With --watch, its files already in the
-    /// folder are sent too (start the sender late without losing volumes).
+    /// Scanner export: the series to send when the folder holds several (DICOM SeriesNumber; Philips
+    /// "Acquisition nr" of a whole-run PAR, or for one-pair-per-volume files the number their folder is named
+    /// by, 0 if the name is not a number). With --watch, its files already in the folder are sent too (start
+    /// the sender late without losing volumes).
     #[arg(long)]
     series: Option<i64>,
     /// Scanner export: follow the folder while the scanner writes into it and send each volume as soon as its file is
