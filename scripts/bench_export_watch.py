@@ -12,6 +12,7 @@ per TR (the latency is from the volume's last slice file).
 """
 
 import argparse
+import os
 import pathlib
 import socket
 import subprocess
@@ -37,6 +38,9 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--poll-ms", type=int, nargs="+", default=[50, 20])
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "hyper-rt"))
+    ap.add_argument("--earlier-files", type=int, default=0,
+                    help="empty files of earlier runs to put in subfolders first (5000 per subfolder), to measure "
+                         "what watching a busy session folder costs; the sender then follows the next series")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
@@ -46,22 +50,36 @@ def main():
         for poll_ms in args.poll_ms:
             export = tmp / f"export_{poll_ms}"
             export.mkdir()
+            for n in range(args.earlier_files):
+                folder = export / f"earlier_{n // 5000:03d}"
+                folder.mkdir(exist_ok=True)
+                (folder / f"i{n:06d}.MRDC.{n}").touch()
+            follow = ["--series", series] if args.earlier_files == 0 else []
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             receiver = subprocess.Popen([args.binary, "receive", "--bind", endpoint, "--expected-volumes",
                                          str(args.volumes), "--session-root", str(tmp / f"sessions_{poll_ms}")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            sender = subprocess.Popen([args.binary, "send", str(export), "--watch", "--series", series, "--connect",
-                                       endpoint, "--quiet", "--poll-ms", str(poll_ms)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            time.sleep(0.5)
+            out_path, log_path = tmp / f"send_{poll_ms}.out", tmp / f"send_{poll_ms}.log"
+            with open(out_path, "w") as out_file, open(log_path, "w") as log_file:
+                sender = subprocess.Popen([args.binary, "send", str(export), "--watch", *follow, "--connect",
+                                           endpoint, "--quiet", "--poll-ms", str(poll_ms)],
+                                          stdout=out_file, stderr=log_file, text=True)
+            started = time.time()
+            while "watching" not in log_path.read_text() and time.time() - started < 60:
+                time.sleep(0.05)
             for files in staged:
                 for name, data in files:  # a Philips pair: the REC, then its PAR
                     (export / name).write_bytes(data)
                 time.sleep(args.tr_secs)
-            out, _ = sender.communicate(timeout=60)
+            _, status, usage = os.wait4(sender.pid, 0)
+            sender.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.time() - started
             receiver.wait(timeout=60)
+            out = out_path.read_text()
             line = [l for l in out.splitlines() if l.startswith("file written")]
-            print(f"{args.vendor}, --poll-ms {poll_ms}: {line[0] if line else out.strip()}")
+            cpu = usage.ru_utime + usage.ru_stime
+            print(f"{args.vendor}, --poll-ms {poll_ms}, {args.earlier_files} earlier files: "
+                  f"{line[0] if line else out.strip()}; sender CPU {cpu:.2f} s over {wall:.1f} s")
 
 
 def stage_siemens(args, tmp):

@@ -143,27 +143,55 @@ pub fn is_scanner_export(path: &Path) -> std::io::Result<bool> {
 /// The regular, non-hidden files of a folder and of its non-hidden subfolders (one level down), sorted by
 /// path. A subfolder that vanishes while being listed is passed over.
 fn folder_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let kind = entry.file_type()?;
-        if kind.is_file() {
-            files.push(entry.path());
-        } else if kind.is_dir() {
-            let Ok(inner) = std::fs::read_dir(entry.path()) else { continue };
-            for inner in inner.flatten() {
-                let visible = !inner.file_name().to_string_lossy().starts_with('.');
-                if visible && inner.file_type().is_ok_and(|k| k.is_file()) {
-                    files.push(inner.path());
-                }
-            }
+    let top = FolderListing::read(dir, Instant::now())?;
+    let mut files = top.files;
+    for sub in top.subfolders {
+        if let Ok(inner) = FolderListing::read(&sub, Instant::now()) {
+            files.extend(inner.files);
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// How often the watcher lists a folder again even though its modification time says nothing was added or
+/// removed: some file systems (network shares) keep coarse or cached times.
+const FULL_LISTING_SECS: f64 = 1.0;
+
+/// One folder's visible regular files and subfolders, as listed at `listed_at`.
+struct FolderListing {
+    modified: Option<SystemTime>,
+    listed_at: Instant,
+    files: Vec<PathBuf>,
+    subfolders: Vec<PathBuf>,
+    /// Every file was sent or given up on at the last look: nothing to do while the folder is unchanged.
+    all_done: bool,
+}
+
+impl FolderListing {
+    fn read(dir: &Path, now: Instant) -> std::io::Result<FolderListing> {
+        let modified = std::fs::metadata(dir)?.modified().ok();
+        let (mut files, mut subfolders) = (Vec::new(), Vec::new());
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(kind) if kind.is_file() => files.push(entry.path()),
+                Ok(kind) if kind.is_dir() => subfolders.push(entry.path()),
+                _ => {}
+            }
+        }
+        Ok(FolderListing { modified, listed_at: now, files, subfolders, all_done: false })
+    }
+
+    /// Whether this listing still holds: the folder's modification time is unchanged (and known) and the
+    /// listing is younger than [`FULL_LISTING_SECS`].
+    fn still_holds(&self, dir: &Path, now: Instant) -> bool {
+        let modified = std::fs::metadata(dir).ok().and_then(|m| m.modified().ok());
+        modified.is_some() && modified == self.modified && now.duration_since(self.listed_at).as_secs_f64() < FULL_LISTING_SECS
+    }
 }
 
 /// The single-slice files of one volume found by a folder scan.
@@ -447,6 +475,10 @@ pub struct FolderWatcher {
     notes_said: bool,
     /// Single-slice files read so far, by volume index, with their files' modification times.
     partial_volumes: BTreeMap<usize, Vec<(DicomSlice, Option<SystemTime>)>>,
+    /// The folder the followed series is written into, once known: only it is looked at from then on.
+    focus: Option<PathBuf>,
+    /// The last listing of each folder looked at, reused while the folder is unchanged.
+    listings: HashMap<PathBuf, FolderListing>,
 }
 
 impl FolderWatcher {
@@ -454,7 +486,7 @@ impl FolderWatcher {
     /// present now are taken as earlier runs and the first series to gain a new file is followed.
     pub fn new(dir: &Path, series: Option<i64>) -> std::io::Result<FolderWatcher> {
         let done = if series.is_some() { HashSet::new() } else { folder_files(dir)?.into_iter().collect() };
-        Ok(FolderWatcher { dir: dir.to_path_buf(), series, pending: HashMap::new(), done, sent_indices: HashSet::new(), notes_said: false, partial_volumes: BTreeMap::new() })
+        Ok(FolderWatcher { dir: dir.to_path_buf(), series, pending: HashMap::new(), done, sent_indices: HashSet::new(), notes_said: false, partial_volumes: BTreeMap::new(), focus: None, listings: HashMap::new() })
     }
 
     /// The series followed, once known.
@@ -477,14 +509,11 @@ impl FolderWatcher {
     pub fn poll(&mut self) -> std::io::Result<WatchFindings> {
         let now = Instant::now();
         let mut findings = WatchFindings::default();
-        let listing = folder_files(&self.dir)?;
+        let listing = self.files_to_look_at(now)?;
         // A file renamed or removed before it was read (a writer's temporary name) is forgotten.
         let present: HashSet<&PathBuf> = listing.iter().collect();
         self.pending.retain(|path, _| present.contains(path));
         for path in listing {
-            if self.done.contains(&path) {
-                continue;
-            }
             let Some(signature) = signature(&path) else {
                 continue; // removed between listing and looking
             };
@@ -527,6 +556,7 @@ impl FolderWatcher {
                 if v.series_number != series {
                     continue; // another series written into the same folder
                 }
+                self.focus_on(&path);
                 if !self.sent_indices.insert(v.index) {
                     findings.skipped.push(format!("{}: volume {} of series {series} was already sent from another file", path.display(), v.index));
                     continue;
@@ -543,6 +573,47 @@ impl FolderWatcher {
 }
 
 impl FolderWatcher {
+    /// The files not yet sent or given up on: in the followed series' folder once it is known, else in the
+    /// watched folder and its subfolders. A folder whose listing still holds and whose files were all done at
+    /// the last look is passed over, so an export folder holding many earlier runs costs little to watch.
+    fn files_to_look_at(&mut self, now: Instant) -> std::io::Result<Vec<PathBuf>> {
+        let top = self.focus.clone().unwrap_or_else(|| self.dir.clone());
+        let mut folders = vec![top.clone()];
+        let mut candidates = Vec::new();
+        let mut index = 0;
+        while index < folders.len() {
+            let dir = folders[index].clone();
+            index += 1;
+            let listing = match self.listings.remove(&dir) {
+                Some(l) if l.still_holds(&dir, now) => l,
+                _ => match FolderListing::read(&dir, now) {
+                    Ok(l) => l,
+                    Err(e) if dir == top => return Err(e), // the watched folder itself: said by the caller
+                    Err(_) => continue,                   // a subfolder removed meanwhile
+                },
+            };
+            if dir == top && self.focus.is_none() {
+                folders.extend(listing.subfolders.iter().cloned());
+            }
+            let mut listing = listing;
+            if !listing.all_done {
+                let before = candidates.len();
+                candidates.extend(listing.files.iter().filter(|p| !self.done.contains(*p)).cloned());
+                listing.all_done = candidates.len() == before;
+            }
+            self.listings.insert(dir, listing);
+        }
+        candidates.sort();
+        Ok(candidates)
+    }
+
+    /// From the first volume of the followed series on, only the folder it came from is looked at.
+    fn focus_on(&mut self, path: &Path) {
+        if self.focus.is_none() {
+            self.focus = path.parent().map(Path::to_path_buf);
+        }
+    }
+
     /// Keeps a slice of the followed series until its volume is complete, then stacks the volume.
     fn add_slice(&mut self, slice: DicomSlice, written_at: Option<SystemTime>, findings: &mut WatchFindings) {
         let series = *self.series.get_or_insert(slice.series_number);
@@ -551,6 +622,7 @@ impl FolderWatcher {
         }
         let index = slice.volume_index();
         let path = slice.path.clone();
+        self.focus_on(&path);
         if self.sent_indices.contains(&index) {
             findings.skipped.push(format!("{}: a slice of volume {index} of series {series}, which was already sent", path.display()));
             return;
