@@ -608,8 +608,10 @@ mod tests {
 
     #[test]
     fn angulated_headers_get_the_affine_nibabel_computes() {
-        // nibabel 5.4.2's PARRECHeader.get_affine() for two of the real headers it ships.
-        let cases: [(&str, [usize; 3], [f64; 3], i64, [f64; 3], [f64; 3], [[f64; 4]; 3]); 2] = [
+        // nibabel 5.4.2's PARRECHeader.get_affine() for two of the real headers it ships: name, dims, voxel
+        // size, slice orientation, angulation, off-centre, the affine's first three rows.
+        type Case = (&'static str, [usize; 3], [f64; 3], i64, [f64; 3], [f64; 3], [[f64; 4]; 3]);
+        let cases: [Case; 2] = [
             (
                 "ASL_3D_Multiecho.PAR (transverse, angulated about all three axes)",
                 [80, 80, 8],
