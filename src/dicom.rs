@@ -393,11 +393,8 @@ impl CsaHeader {
 /// minus one, the series `SeriesNumber` (0020,0011), the TR `RepetitionTime` (0018,0080); the geometry note
 /// says where the slice normal came from (the CSA header, or the cross product of the cosines).
 pub fn mosaic_from_data_set(ds: &DataSet) -> Result<ExportedVolume, DicomError> {
-    let csa = ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse);
-    let n_slices = match ds.private(0x0019, "SIEMENS MR HEADER", 0x0A) {
-        Some(v) if v.len() >= 2 => Some(u16::from_le_bytes([v[0], v[1]]) as usize),
-        _ => csa.as_ref().and_then(|c| c.numbers("NumberOfImagesInMosaic").first().map(|&n| n as usize)),
-    };
+    let csa = csa_header(ds);
+    let n_slices = mosaic_slice_count(ds, csa.as_ref());
     let image_type = ds.text(IMAGE_TYPE).unwrap_or_default();
     let n_slices = match n_slices {
         Some(n) if n > 0 => n,
@@ -461,8 +458,20 @@ pub fn mosaic_from_data_set(ds: &DataSet) -> Result<ExportedVolume, DicomError> 
 
 /// Whether a parsed file is a Siemens mosaic (it says how many slices its image holds).
 pub fn is_mosaic(ds: &DataSet) -> bool {
-    ds.private(0x0019, "SIEMENS MR HEADER", 0x0A).is_some()
-        || ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse).is_some_and(|c| !c.numbers("NumberOfImagesInMosaic").is_empty())
+    mosaic_slice_count(ds, csa_header(ds).as_ref()).is_some()
+}
+
+/// The Siemens CSA image header (0029,xx10), when the file has one that parses.
+fn csa_header(ds: &DataSet) -> Option<CsaHeader> {
+    ds.private(0x0029, "SIEMENS CSA HEADER", 0x10).and_then(CsaHeader::parse)
+}
+
+/// The slices a mosaic holds: NumberOfImagesInMosaic from (0019,xx0A), else from the CSA header.
+fn mosaic_slice_count(ds: &DataSet, csa: Option<&CsaHeader>) -> Option<usize> {
+    match ds.private(0x0019, "SIEMENS MR HEADER", 0x0A) {
+        Some(v) if v.len() >= 2 => Some(u16::from_le_bytes([v[0], v[1]]) as usize),
+        _ => csa.and_then(|c| c.numbers("NumberOfImagesInMosaic").first().map(|&n| n as usize)),
+    }
 }
 
 /// One 2-D slice of a series stored one slice per file (GE, Siemens with mosaic off).
@@ -478,6 +487,8 @@ pub struct DicomSlice {
     /// `InStackPositionNumber` (0020,9057), the slice's place in its volume from 1, when given.
     pub in_stack_position: Option<usize>,
     plane: PlaneGeometry,
+    /// `SpacingBetweenSlices`, else `SliceThickness`, else 0: the slice axis of a volume of one slice.
+    slice_spacing_mm: f64,
     pub tr_secs: Option<f64>,
     pub dtype: Dtype,
     /// Rows x columns values of `dtype`, little endian, row index fastest (voxel axis 0 runs down the rows).
@@ -531,6 +542,7 @@ pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
         slices_per_volume,
         in_stack_position,
         plane,
+        slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
         tr_secs: tr_secs(ds)?,
         dtype,
         voxel_bytes,
@@ -566,7 +578,7 @@ pub fn stack_slices(mut slices: Vec<DicomSlice>) -> Result<ExportedVolume, Dicom
     let slice_step: [f64; 3] = if n > 1 {
         std::array::from_fn(|a| (last.plane.position[a] - first.plane.position[a]) / (n - 1) as f64)
     } else {
-        normal.map(|c| c * first.plane.slice_spacing_mm)
+        normal.map(|c| c * first.slice_spacing_mm)
     };
     let mm_from_voxel = first.plane.ras_affine(first.plane.position, slice_step);
     let [rows, columns] = first.shape();
@@ -598,8 +610,6 @@ struct PlaneGeometry {
     position: [f64; 3],
     row_cos: [f64; 3],
     col_cos: [f64; 3],
-    /// `SpacingBetweenSlices`, else `SliceThickness`, else 0 (for a volume of one slice).
-    slice_spacing_mm: f64,
 }
 
 impl PlaneGeometry {
@@ -624,7 +634,6 @@ impl PlaneGeometry {
             position: [position[0], position[1], position[2]],
             row_cos,
             col_cos,
-            slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
         })
     }
 

@@ -73,8 +73,8 @@ pub struct Args {
     #[arg(long, short = 'n')]
     expected_volumes: Option<usize>,
     /// Follow a scanner's export folder (Siemens mosaic DICOM, GE DICOM one slice per file, Philips PAR/REC;
-    /// also a session folder that gains one subfolder per series): each volume is sent to this session's receiver as soon as its file is complete
-    /// (no scanner-side program needed) [live.dicom_folder]
+    /// also a session folder that gains one subfolder per series): each volume is sent to this session's
+    /// receiver as soon as its file is complete (no scanner-side program needed) [live.dicom_folder]
     #[arg(long)]
     dicom_folder: Option<PathBuf>,
     /// The series to follow in --dicom-folder (its files already there are taken too); 0: the next series to

@@ -48,8 +48,8 @@ pub struct Args {
     /// the sender late without losing volumes).
     #[arg(long)]
     series: Option<i64>,
-    /// Scanner export: follow the folder while the scanner writes into it and send each volume as soon as its file is
-    /// complete (no pacing). Without --series, files already there are earlier runs and the first series to
+    /// Scanner export: follow the folder while the scanner writes into it and send each volume as soon as its
+    /// file is complete (no pacing). Without --series, files already there are earlier runs and the first series to
     /// gain a file is followed. Ends when the receiver says STOP, after --volumes, after --idle-secs, or Ctrl-C.
     #[arg(long)]
     watch: bool,

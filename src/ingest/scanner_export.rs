@@ -117,21 +117,40 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
 /// Reads the volume `index` made of `files`: one file (a mosaic, or a PAR/REC pair holding it), or the
 /// single-slice files of one volume, stacked.
 pub fn read_volume(files: &[PathBuf], index: usize) -> Result<ExportedVolume, String> {
-    if let [one] = files {
-        let file = read_export_file(one).map_err(|e| e.to_string())?;
-        if let Some(slice) = file.slice {
-            return stack_slices(vec![slice]).map_err(|e| e.to_string());
+    VolumeReader::default().read(files, index)
+}
+
+/// Reads volumes one after another, keeping the volumes of the last single file read, so that a PAR/REC pair
+/// holding a whole run is read once however many of its volumes are asked for.
+#[derive(Default)]
+pub struct VolumeReader {
+    last_file: Option<(PathBuf, Vec<ExportedVolume>)>,
+}
+
+impl VolumeReader {
+    /// As [`read_volume`].
+    pub fn read(&mut self, files: &[PathBuf], index: usize) -> Result<ExportedVolume, String> {
+        if let [one] = files {
+            if self.last_file.as_ref().is_none_or(|(path, _)| path != one) {
+                self.last_file = None;
+                let file = read_export_file(one).map_err(|e| e.to_string())?;
+                if let Some(slice) = file.slice {
+                    return stack_slices(vec![slice]).map_err(|e| e.to_string());
+                }
+                self.last_file = Some((one.clone(), file.volumes));
+            }
+            let volumes = self.last_file.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
+            return volumes.iter().find(|v| v.index == index).cloned().ok_or_else(|| format!("{}: volume {index} is no longer in it", one.display()));
         }
-        return file.volumes.into_iter().find(|v| v.index == index).ok_or_else(|| format!("{}: volume {index} is no longer in it", one.display()));
-    }
-    let mut slices = Vec::with_capacity(files.len());
-    for path in files {
-        match read_export_file(path).map_err(|e| e.to_string())?.slice {
-            Some(slice) => slices.push(slice),
-            None => return Err(format!("{}: no longer a single-slice image", path.display())),
+        let mut slices = Vec::with_capacity(files.len());
+        for path in files {
+            match read_export_file(path).map_err(|e| e.to_string())?.slice {
+                Some(slice) => slices.push(slice),
+                None => return Err(format!("{}: no longer a single-slice image", path.display())),
+            }
         }
+        stack_slices(slices).map_err(|e| e.to_string())
     }
-    stack_slices(slices).map_err(|e| e.to_string())
 }
 
 /// Whether `path` is something [`read_export_file`] or a folder scan reads: a folder, a PAR header, a REC
@@ -310,6 +329,8 @@ pub struct SeriesRun {
     pub scan: FolderScan,
     /// Volumes at the start of the run that did not read (the message, the files left out with them).
     pub unreadable_volumes: Vec<(String, usize)>,
+    /// The reader that read `first`, handed on to [`SeriesRun::wire_volumes`].
+    reader: VolumeReader,
 }
 
 impl SeriesRun {
@@ -323,12 +344,13 @@ impl SeriesRun {
         let mut files: VecDeque<(usize, Vec<PathBuf>)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
         // The first volume that reads gives the run's geometry; any before it are reported and left out.
         let mut unreadable_volumes = Vec::new();
+        let mut reader = VolumeReader::default();
         let first = loop {
             let Some((first_index, first_files)) = files.front() else {
                 let last_error = unreadable_volumes.last().map(|(m, _): &(String, usize)| format!(": {m}")).unwrap_or_default();
                 return Err(format!("series {number} in {} has no readable volume from index {start_at} on{last_error}", path.display()));
             };
-            match read_volume(first_files, *first_index) {
+            match reader.read(first_files, *first_index) {
                 Ok(volume) => break volume,
                 Err(message) => {
                     unreadable_volumes.push((message, first_files.len()));
@@ -336,7 +358,7 @@ impl SeriesRun {
                 }
             }
         };
-        Ok(SeriesRun { number, files: files.into(), first, scan, unreadable_volumes })
+        Ok(SeriesRun { number, files: files.into(), first, scan, unreadable_volumes, reader })
     }
 
     /// Warnings for what the folder held that is not sent: files that are neither DICOM nor PAR/REC,
@@ -381,33 +403,12 @@ impl SeriesRun {
     /// whose files changed or broke since the folder was read goes to `skipped` (the message, the number of
     /// files left out) and the run goes on.
     pub fn wire_volumes(self, tr_secs: f64, mut skipped: impl FnMut(String, usize)) -> impl Iterator<Item = WireVolume> {
-        let mut whole_run: Option<(PathBuf, Vec<ExportedVolume>)> = None;
-        self.files.into_iter().filter_map(move |(index, files)| {
-            // A PAR/REC pair holding the whole run is read once, its volumes kept for the next indices.
-            if let [path] = files.as_slice() {
-                if crate::parrec::is_par_path(path) {
-                    if whole_run.as_ref().is_none_or(|(p, _)| p != path) {
-                        whole_run = match read_export_file(path) {
-                            Ok(file) => Some((path.clone(), file.volumes)),
-                            Err(e) => {
-                                skipped(e.to_string(), 1);
-                                return None;
-                            }
-                        };
-                    }
-                    let volume = whole_run.as_ref().and_then(|(_, volumes)| volumes.iter().find(|v| v.index == index));
-                    if volume.is_none() {
-                        skipped(format!("{}: volume {index} is no longer in it", path.display()), 1);
-                    }
-                    return volume.map(|v| v.wire_volume(tr_secs));
-                }
-            }
-            match read_volume(&files, index) {
-                Ok(v) => Some(v.wire_volume(tr_secs)),
-                Err(message) => {
-                    skipped(message, files.len());
-                    None
-                }
+        let mut reader = self.reader;
+        self.files.into_iter().filter_map(move |(index, files)| match reader.read(&files, index) {
+            Ok(v) => Some(v.wire_volume(tr_secs)),
+            Err(message) => {
+                skipped(message, files.len());
+                None
             }
         })
     }
