@@ -31,6 +31,8 @@ pub struct LiveConfig {
     pub stimuli: PathBuf,
     pub weights: PathBuf,
     pub device: crate::generate::DeviceChoice,
+    /// The GPU to run on, in CUDA's numbering.
+    pub gpu: usize,
     pub precision: crate::generate::Precision,
     pub upsample: crate::generate::UpsampleConv,
     pub launch: crate::generate::GpuLaunch,
@@ -74,6 +76,7 @@ impl Default for LiveConfig {
             stimuli: PathBuf::new(),
             weights: PathBuf::new(),
             device: crate::generate::DeviceChoice::Auto,
+            gpu: 0,
             precision: crate::generate::Precision::F32,
             upsample: crate::generate::UpsampleConv::Phased,
             launch: crate::generate::GpuLaunch::Graph,

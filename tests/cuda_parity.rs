@@ -36,9 +36,9 @@ fn cuda_matches_the_cpu() {
         let mut rng = Rng::new(11);
         let z: Vec<f32> = (0..batch * 512).map(|_| rng.normal() as f32).collect();
         let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct).generate(&z).unwrap();
-        let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32).unwrap();
+        let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32, 0).unwrap();
         let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
-        let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+        let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32, 0).unwrap();
         let tf32 = tf32_gen.generate(&z).unwrap();
         // the default queues the forward pass as a CUDA graph; a capture that fails falls back with a warning, which
         // on a GPU under test is a failure
@@ -140,8 +140,8 @@ fn the_cuda_graph_replays_the_kernels_exactly() {
     let m = Arc::new(model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 3)).unwrap());
     let mut failures = Vec::new();
     for precision in [Precision::Tf32, Precision::F32] {
-        let mut graph = CudaGenerator::new(m.clone(), precision).unwrap();
-        let mut stream = CudaGenerator::new(m.clone(), precision).unwrap();
+        let mut graph = CudaGenerator::new(m.clone(), precision, 0).unwrap();
+        let mut stream = CudaGenerator::new(m.clone(), precision, 0).unwrap();
         stream.use_launch(GpuLaunch::Stream);
         let mut rng = Rng::new(21);
         let mut previous: Option<Vec<f32>> = None;
@@ -178,7 +178,7 @@ fn the_cuda_graph_replays_the_kernels_exactly() {
 #[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
 fn bad_latents_are_an_error_on_the_gpu_too() {
     let m = Arc::new(model::PgganModel::from_checkpoint(&model::random_checkpoint(16, 256, 32, 512, 1)).unwrap());
-    let mut g = CudaGenerator::new(m, Precision::F32).unwrap();
+    let mut g = CudaGenerator::new(m, Precision::F32, 0).unwrap();
     let err = g.generate(&[0.0; 500]).unwrap_err().to_string();
     assert!(err.contains("512") && err.contains("500"), "{err}");
     // the staged kernels are TF32 kernels: asking for them on the float32 path is an error that says so
@@ -195,11 +195,11 @@ fn each_layer_matches_the_cpu_on_every_kernel_family() {
     let ck = model::random_checkpoint(1024, 8192, 512, 512, 1024);
     let m = Arc::new(model::PgganModel::from_checkpoint(&ck).unwrap());
     let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct);
-    let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32).unwrap();
-    let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
-    let mut staged_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+    let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32, 0).unwrap();
+    let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32, 0).unwrap();
+    let mut staged_gen = CudaGenerator::new(m.clone(), Precision::Tf32, 0).unwrap();
     staged_gen.use_conv_kernels(ConvKernels::Staged).unwrap();
-    let mut folded_gen = CudaGenerator::new(m.clone(), Precision::Tf32).unwrap();
+    let mut folded_gen = CudaGenerator::new(m.clone(), Precision::Tf32, 0).unwrap();
     folded_gen.use_upsample(UpsampleConv::Folded);
     println!(
         "{:<20} {:>5} {:>12} {:>12} {:>13} {:>13}  staged kernel",

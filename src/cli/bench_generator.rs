@@ -21,6 +21,8 @@ pub struct Args {
     precision: Precision,
     #[command(flatten)]
     gpu: super::GpuRunArgs,
+    #[command(flatten)]
+    which_gpu: super::GpuIndexArg,
     /// GPU: forward passes per timed repetition
     #[arg(long, default_value_t = 20)]
     iterations: usize,
@@ -105,7 +107,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
 
 /// Times the GPU backend: the forward pass alone (latents on the device), back-to-back passes.
 fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) -> anyhow::Result<()> {
-    let mut backend = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
+    let mut backend = Backend::open(model.clone(), args.device, args.which_gpu.gpu_index, args.algorithm, args.precision)?;
     args.gpu.apply(&mut backend)?;
     #[cfg(feature = "cuda")]
     if let Backend::Cuda(mut generator) = backend {

@@ -33,15 +33,18 @@ pub struct Args {
     /// Random images in the image measures' permutation test
     #[arg(long, default_value_t = 100)]
     image_permutations: usize,
+    /// Where the generator runs: auto (GPU if usable, else CPU with a warning), cpu, or cuda
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    #[command(flatten)]
+    which_gpu: super::GpuIndexArg,
 }
 
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let data = Dataset::open(&args.data, args.subject.as_deref())?;
     let bundle = DecoderBundle::load(&args.decoder)?;
     let model = std::sync::Arc::new(generate::load_model(args.weights.as_deref())?);
-    let mut generator = Backend::open(model, args.device, CpuAlgorithm::Winograd, Precision::F32)?;
+    let mut generator = Backend::open(model, args.device, args.which_gpu.gpu_index, CpuAlgorithm::Winograd, Precision::F32)?;
     let settings = EvalSettings { boundaries: args.boundaries.clone(), permutations: args.permutations, image_permutations: args.image_permutations, seed: 7 };
     let report = evaluate(&data, &bundle, &mut generator, &settings, &args.out, &|step| eprintln!("{step} ..."))?;
     let a = &report.averaged;

@@ -20,6 +20,8 @@ pub struct Args {
     precision: Precision,
     #[command(flatten)]
     gpu: super::GpuRunArgs,
+    #[command(flatten)]
+    which_gpu: super::GpuIndexArg,
     /// Converted checkpoint (.safetensors from scripts/convert_pggan.py). Without it: the built-in random-weight
     /// network, which draws abstract textures, not faces.
     #[arg(long)]
@@ -66,7 +68,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     };
     let n = latents.len() / latent;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut generator = Backend::open(model.clone(), args.device, args.algorithm, args.precision)?;
+    let mut generator = Backend::open(model.clone(), args.device, args.which_gpu.gpu_index, args.algorithm, args.precision)?;
     args.gpu.apply(&mut generator)?;
     tracing::info!("generating on {}", generator.describe());
     let bar = indicatif::ProgressBar::new(n as u64);

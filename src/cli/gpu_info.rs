@@ -9,12 +9,15 @@ pub struct Args {
     /// Print the report as one JSON object instead of a table
     #[arg(long)]
     json: bool,
-    /// Also draw on the first GPU as the live pipeline does (the built-in network, two images, float32 and, where
+    /// Also draw on the GPU --gpu names as the live pipeline does (the built-in network, two images, float32 and, where
     /// the GPU has it, TF32, as a CUDA graph) and compare with the CPU: the relative difference, whether the graph
     /// ran, milliseconds per image. Fails when a difference is over its bound (1e-5 float32, 1e-2 TF32) or
     /// there is no GPU to draw on
     #[arg(long, conflicts_with = "json")]
     check: bool,
+    /// The GPU that --check draws on and that "--device auto" is reported for
+    #[command(flatten)]
+    which_gpu: super::GpuIndexArg,
 }
 
 /// The parity bounds of the GPU against the CPU (relative L2 of the float images), as in tests/cuda_parity.rs.
@@ -22,10 +25,10 @@ pub struct Args {
 const BOUNDS: [(hyper_rt::generate::Precision, f64); 2] =
     [(hyper_rt::generate::Precision::F32, 1e-5), (hyper_rt::generate::Precision::Tf32, 1e-2)];
 
-/// Draws two images of the built-in network on the GPU with each precision the GPU has and compares them with the
-/// CPU's direct path; prints a line per precision and fails when one is out of bounds.
+/// Draws two images of the built-in network on GPU `gpu_index` with each precision the GPU has and compares them
+/// with the CPU's direct path; prints a line per precision and fails when one is out of bounds.
 #[cfg(feature = "cuda")]
-fn check_drawing(tf32_available: bool) -> anyhow::Result<()> {
+fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
     use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
     use hyper_rt::generate::cuda::{relative_l2, CudaGenerator, Precision};
     use hyper_rt::generate::model::PgganModel;
@@ -40,14 +43,14 @@ fn check_drawing(tf32_available: bool) -> anyhow::Result<()> {
             println!("draw TF32        skipped: this GPU has no TF32 tensor cores");
             continue;
         }
-        let mut generator = CudaGenerator::new(model.clone(), precision)?;
+        let mut generator = CudaGenerator::new(model.clone(), precision, gpu_index)?;
         let image = generator.generate(&z)?;
         let difference = relative_l2(&image, &cpu);
         let ms = generator.time_forward(&z[..model.latent_size], 10, 3)? * 1e3;
         let (launch, graph_failure) = generator.launch_in_use();
         let verdict = if difference <= bound { "yes" } else { "no " };
         println!(
-            "draw {:<11} {verdict} relative difference from the CPU {difference:.2e} (bound {bound:e}), {launch:?}, {ms:.3} ms per {} px image",
+            "draw {:<11} {verdict} GPU {gpu_index}: relative difference from the CPU {difference:.2e} (bound {bound:e}), {launch:?}, {ms:.3} ms per {} px image",
             format!("{precision:?}"),
             model.resolution
         );
@@ -66,7 +69,8 @@ fn check_drawing(tf32_available: bool) -> anyhow::Result<()> {
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     use hyper_rt::generate::cuda_report::{cuda_report, Check};
 
-    let report = cuda_report();
+    let gpu_index = args.which_gpu.gpu_index;
+    let report = cuda_report(gpu_index);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -93,15 +97,16 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     if !args.check {
         return Ok(());
     }
-    match report.devices.first() {
-        Some(gpu) if gpu.float32.ok => check_drawing(gpu.tf32.ok),
+    match report.devices.get(gpu_index) {
+        Some(gpu) if gpu.float32.ok => check_drawing(gpu_index, gpu.tf32.ok),
         Some(gpu) => anyhow::bail!("GPU {} cannot run the kernels: {}", gpu.index, gpu.float32.detail),
-        None => anyhow::bail!("no GPU to draw on: --device auto uses {}", report.auto_choice),
+        None => anyhow::bail!("no GPU {gpu_index} to draw on: --device auto uses {}", report.auto_choice),
     }
 }
 
 #[cfg(not(feature = "cuda"))]
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
+    let _ = args.which_gpu;
     let why = "this build has no CUDA support (cargo feature `cuda`)";
     if args.json {
         println!("{}", serde_json::json!({ "auto_choice": format!("the CPU: {why}") }));

@@ -48,6 +48,9 @@ pub struct LiveFlags {
     /// auto, cpu or cuda [live.device]
     #[arg(long, value_enum)]
     device: Option<DeviceChoice>,
+    /// The GPU to run on, in CUDA's numbering (`hyper-rt gpu-info` lists them) [live.gpu]
+    #[arg(long, value_name = "INDEX")]
+    gpu: Option<usize>,
     /// GPU arithmetic: f32 (the CPU's image to about 1e-6) or tf32 (tensor cores, faster) [live.precision]
     #[arg(long, value_enum)]
     precision: Option<Precision>,
@@ -131,6 +134,9 @@ fn apply(flags: &LiveFlags, config: &mut Config) {
     if let Some(v) = flags.device {
         l.device = v;
     }
+    if let Some(v) = flags.gpu {
+        l.gpu = v;
+    }
     if let Some(v) = flags.precision {
         l.precision = v;
     }
@@ -174,7 +180,7 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
         bail!("the decoder gives {}-d latents but the generator takes {}", bundle.latent_size(), model.latent_size);
     }
     tracing::info!("generator: {}", model.label);
-    let mut generator = Backend::open(model, l.device, CpuAlgorithm::Winograd, l.precision)?;
+    let mut generator = Backend::open(model, l.device, l.gpu, CpuAlgorithm::Winograd, l.precision)?;
     generator.use_gpu_settings(generate::GpuSettings { upsample: l.upsample, launch: l.launch, ..Default::default() })?;
     // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
     let warm_up = Instant::now();

@@ -166,6 +166,15 @@ impl GpuRunArgs {
     }
 }
 
+/// Which GPU a command that draws runs on, when it runs on one.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct GpuIndexArg {
+    /// The GPU to run on, in CUDA's numbering (`hyper-rt gpu-info` lists them; CUDA_VISIBLE_DEVICES hides and
+    /// renumbers, CUDA_DEVICE_ORDER=PCI_BUS_ID gives nvidia-smi's order). Ignored on the CPU
+    #[arg(long = "gpu", value_name = "INDEX", default_value_t = 0)]
+    pub gpu_index: usize,
+}
+
 /// A flag set by Ctrl-C (SIGINT / SIGTERM).
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));

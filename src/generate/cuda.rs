@@ -116,8 +116,9 @@ pub fn compile_ptx(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, GenerateErr
     cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), opts).map_err(|e| GenerateError::Cuda(format!("NVRTC: {e}")))
 }
 
-/// Why CUDA cannot be used here, or `Ok` when the driver and NVRTC libraries load (cudarc panics on use otherwise).
-pub fn probe() -> Result<(), String> {
+/// Why CUDA cannot be used here for GPU `gpu_index` (CUDA's numbering), or `Ok` when the driver and NVRTC
+/// libraries load (cudarc panics on use otherwise) and that GPU exists.
+pub fn probe(gpu_index: usize) -> Result<(), String> {
     // SAFETY: these only try to dlopen the libraries.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("the NVIDIA driver library (libcuda) was not found".into());
@@ -126,9 +127,23 @@ pub fn probe() -> Result<(), String> {
         return Err("the NVRTC library (libnvrtc) was not found; set LD_LIBRARY_PATH to the CUDA toolkit's lib64".into());
     }
     match CudaContext::device_count() {
-        Ok(n) if n > 0 => Ok(()),
-        Ok(_) => Err("no CUDA device".into()),
+        Ok(n) => check_gpu_index(gpu_index, n.max(0) as usize),
         Err(e) => Err(format!("CUDA driver: {e}")),
+    }
+}
+
+/// Whether GPU `gpu_index` is among the `count` GPUs CUDA sees, with a message that says how they are numbered.
+pub fn check_gpu_index(gpu_index: usize, count: usize) -> Result<(), String> {
+    match count {
+        0 => Err("no CUDA device".into()),
+        _ if gpu_index < count => Ok(()),
+        1 => Err(format!("GPU {gpu_index} was asked for, but CUDA sees one GPU, GPU 0 (`hyper-rt gpu-info` lists it)")),
+        _ => Err(format!(
+            "GPU {gpu_index} was asked for, but CUDA sees {count} GPUs, numbered 0 to {} (`hyper-rt gpu-info` lists \
+             them; CUDA_VISIBLE_DEVICES hides some and renumbers the rest, and CUDA numbers the fastest first unless \
+             CUDA_DEVICE_ORDER=PCI_BUS_ID, which gives nvidia-smi's order)",
+            count - 1
+        )),
     }
 }
 
@@ -391,6 +406,8 @@ pub struct CudaGenerator {
     precision: Precision,
     buffers: Option<Buffers>,
     device_name: String,
+    /// The GPU in CUDA's numbering.
+    gpu_index: usize,
 }
 
 /// With `marks` (a profile being taken), records an event named `name` on the stream now.
@@ -473,11 +490,12 @@ pub(super) fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kerne
 }
 
 impl CudaGenerator {
-    /// Probes the libraries, creates a context on device 0, compiles the kernels (or takes them from the kernel
-    /// cache, see [`super::ptx_cache`]) and uploads the weights.
-    pub fn new(model: Arc<PgganModel>, precision: Precision) -> Result<CudaGenerator, GenerateError> {
-        probe().map_err(GenerateError::Cuda)?;
-        let ctx = CudaContext::new(0).map_err(cuda_err("creating a context"))?;
+    /// Probes the libraries, creates a context on GPU `gpu_index` (CUDA's numbering, as `hyper-rt gpu-info` lists
+    /// the GPUs), compiles the kernels (or takes them from the kernel cache, see [`super::ptx_cache`]) and uploads
+    /// the weights.
+    pub fn new(model: Arc<PgganModel>, precision: Precision, gpu_index: usize) -> Result<CudaGenerator, GenerateError> {
+        probe(gpu_index).map_err(GenerateError::Cuda)?;
+        let ctx = CudaContext::new(gpu_index).map_err(cuda_err("creating a context"))?;
         // SAFETY: called before anything is allocated in this context object; all of this generator's device work
         // then runs in order on its one stream, so no buffer needs events to order its uses across streams (and
         // events recorded outside a graph capture cannot be waited on inside one).
@@ -514,6 +532,7 @@ impl CudaGenerator {
             precision,
             buffers: None,
             device_name,
+            gpu_index,
             model,
             stream,
             ctx,
@@ -594,6 +613,11 @@ impl CudaGenerator {
 
     pub fn device_name(&self) -> &str {
         &self.device_name
+    }
+
+    /// The GPU this generator runs on, in CUDA's numbering.
+    pub fn gpu_index(&self) -> usize {
+        self.gpu_index
     }
 
     pub fn model(&self) -> &PgganModel {
@@ -892,6 +916,18 @@ impl CudaGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_index_outside_the_gpus_cuda_sees_is_refused_with_the_numbering() {
+        assert_eq!(check_gpu_index(0, 1), Ok(()));
+        assert_eq!(check_gpu_index(3, 4), Ok(()));
+        assert_eq!(check_gpu_index(0, 0), Err("no CUDA device".to_string()));
+        let one = check_gpu_index(1, 1).unwrap_err();
+        assert!(one.starts_with("GPU 1 was asked for, but CUDA sees one GPU, GPU 0"), "{one}");
+        let four = check_gpu_index(4, 4).unwrap_err();
+        assert!(four.starts_with("GPU 4 was asked for, but CUDA sees 4 GPUs, numbered 0 to 3"), "{four}");
+        assert!(four.contains("CUDA_VISIBLE_DEVICES") && four.contains("CUDA_DEVICE_ORDER=PCI_BUS_ID"), "{four}");
+    }
 
     #[test]
     fn the_architecture_is_checked_against_the_precision_and_nvrtc() {

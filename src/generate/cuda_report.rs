@@ -50,13 +50,13 @@ pub struct CudaReport {
     pub driver: Check,
     pub nvrtc: Check,
     pub devices: Vec<DeviceReport>,
-    /// What `--device auto` does here.
+    /// What `--device auto` does here (with the `--gpu` asked for).
     pub auto_choice: String,
 }
 
 /// Checks the driver, NVRTC and every GPU (compiling the kernels for each architecture present, or reading them
-/// from the kernel cache).
-pub fn cuda_report() -> CudaReport {
+/// from the kernel cache); `auto_choice` is what `--device auto --gpu gpu_index` does.
+pub fn cuda_report(gpu_index: usize) -> CudaReport {
     // SAFETY: these only try to load the libraries.
     let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
     let nvrtc_present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
@@ -78,11 +78,11 @@ pub fn cuda_report() -> CudaReport {
             devices.push(device_report(index, nvrtc_present));
         }
     }
-    let auto_choice = match (probe(), devices.first()) {
+    let auto_choice = match (probe(gpu_index), devices.get(gpu_index)) {
         (Err(why), _) => format!("the CPU: {why}"),
-        (Ok(()), Some(d)) if d.float32.ok => format!("GPU 0 ({})", d.name),
-        (Ok(()), Some(d)) => format!("the CPU: GPU 0 ({}): {}", d.name, d.float32.detail),
-        (Ok(()), None) => "the CPU: no CUDA device".to_string(),
+        (Ok(()), Some(d)) if d.float32.ok => format!("GPU {gpu_index} ({})", d.name),
+        (Ok(()), Some(d)) => format!("the CPU: GPU {gpu_index} ({}): {}", d.name, d.float32.detail),
+        (Ok(()), None) => format!("the CPU: no GPU {gpu_index}"),
     };
     CudaReport { driver, nvrtc, devices, auto_choice }
 }

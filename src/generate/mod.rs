@@ -123,17 +123,19 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Opens the backend `device` asks for; `auto` falls back to the CPU with one warning naming the reason.
+    /// Opens the backend `device` asks for, on GPU `gpu_index` (CUDA's numbering) where it is a GPU; `auto` falls
+    /// back to the CPU with one warning naming the reason.
     pub fn open(
         model: std::sync::Arc<model::PgganModel>,
         device: DeviceChoice,
+        gpu_index: usize,
         algorithm: cpu::CpuAlgorithm,
         precision: Precision,
     ) -> Result<Backend, GenerateError> {
         #[cfg(feature = "cuda")]
         {
             if device != DeviceChoice::Cpu {
-                match cuda::CudaGenerator::new(model.clone(), precision) {
+                match cuda::CudaGenerator::new(model.clone(), precision, gpu_index) {
                     Ok(g) => return Ok(Backend::Cuda(Box::new(g))),
                     Err(e) if device == DeviceChoice::Cuda => return Err(e),
                     Err(e) => tracing::warn!("GPU not used, generating on the CPU: {e} (`hyper-rt gpu-info` checks the set-up)"),
@@ -142,7 +144,7 @@ impl Backend {
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = precision;
+            let _ = (precision, gpu_index);
             if device == DeviceChoice::Cuda {
                 return Err(GenerateError::Cuda("this build has no CUDA support (cargo feature `cuda`)".into()));
             }
@@ -197,12 +199,12 @@ impl Backend {
         }
     }
 
-    /// "CPU (2 threads, winograd)" or "NVIDIA H100 80GB HBM3 (tf32)".
+    /// "CPU (2 threads, winograd)" or "GPU 0, NVIDIA H100 80GB HBM3 (tf32)".
     pub fn describe(&self) -> String {
         match self {
             Backend::Cpu(g) => format!("CPU ({} threads, {:?})", rayon::current_num_threads(), g.algorithm()),
             #[cfg(feature = "cuda")]
-            Backend::Cuda(g) => format!("{} ({:?})", g.device_name(), g.precision()),
+            Backend::Cuda(g) => format!("GPU {}, {} ({:?})", g.gpu_index(), g.device_name(), g.precision()),
         }
     }
 }

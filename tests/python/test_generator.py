@@ -213,4 +213,28 @@ def test_gpu_info_reports_what_this_machine_has(library_path):
     if report["devices"] and report["devices"][0]["float32"]["ok"]:
         assert checked.returncode == 0 and "draw F32         yes" in checked.stdout, checked.stdout + checked.stderr
     else:
-        assert checked.returncode != 0 and "no GPU to draw on" in checked.stderr, checked.stderr
+        assert checked.returncode != 0 and "no GPU 0 to draw on" in checked.stderr, checked.stderr
+
+
+def test_a_gpu_that_is_not_there_is_named_and_auto_draws_on_the_cpu(tmp_path):
+    """--gpu INDEX past the GPUs CUDA sees (here: past any this machine has): gpu-info reports the CPU for
+    --device auto with the reason, --check fails naming the GPU, auto falls back with one warning, cuda fails."""
+    env = dict(os.environ)
+    report = json.loads(subprocess.run([binary(), "gpu-info", "--json", "--gpu", "64"], env=env, capture_output=True,
+                                       text=True, timeout=300, check=True).stdout)
+    assert len(report["devices"]) < 64
+    if report["driver"]["ok"] and report["nvrtc"]["ok"] and report["devices"]:
+        assert report["auto_choice"].startswith("the CPU: GPU 64 was asked for, but CUDA sees"), report
+    else:
+        assert report["auto_choice"].startswith("the CPU: the N"), report  # the driver's or NVRTC's absence
+    checked = subprocess.run([binary(), "gpu-info", "--check", "--gpu", "64"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode != 0 and "no GPU 64 to draw on" in checked.stderr, checked.stderr
+    auto = run_ok("generate", "--seed", "3", "--count", "1", "--device", "auto", "--gpu", "64", "--out",
+                  str(tmp_path / "auto"), timeout=120)
+    assert auto.stderr.count("GPU not used, generating on the CPU") == 1, auto.stderr
+    assert (tmp_path / "auto" / "image_0000.png").exists()
+    cuda = subprocess.run([binary(), "generate", "--seed", "3", "--count", "1", "--device", "cuda", "--gpu", "64",
+                           "--out", str(tmp_path / "cuda")], env=env, capture_output=True, text=True, timeout=120)
+    assert cuda.returncode != 0 and "CUDA backend: " in cuda.stderr, cuda.stderr
+    assert not (tmp_path / "cuda" / "image_0000.png").exists()
