@@ -230,6 +230,9 @@ pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
         "frames           {} drawn, {} shown, {} latents skipped by the generator, {} failed",
         stats.frames_drawn, stats.frames_shown, stats.latents_skipped_by_generator, stats.generator_errors
     );
+    if let Some(why) = &stats.generator_fell_back_to_cpu {
+        println!("generator        moved to the CPU: {why}");
+    }
     if stats.stimulus_images_drawn + stats.stimulus_images_reused > 0 {
         println!("stimuli          {} drawn, {} repeats taken from the cache", stats.stimulus_images_drawn, stats.stimulus_images_reused);
     }

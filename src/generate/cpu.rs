@@ -80,6 +80,11 @@ impl CpuGenerator {
         &self.model
     }
 
+    /// The model, shared (for another generator on the same network).
+    pub fn shared_model(&self) -> std::sync::Arc<PgganModel> {
+        self.model.clone()
+    }
+
     /// Generates `latents.len() / latent_size` images; returns float32 NCHW `[N, 3, H, W]`.
     pub fn generate(&self, latents: &[f32]) -> Result<Vec<f32>, GenerateError> {
         let latent = self.model.latent_size;

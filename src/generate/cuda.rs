@@ -624,6 +624,11 @@ impl CudaGenerator {
         &self.model
     }
 
+    /// The model, shared (for a CPU generator on the same network).
+    pub fn shared_model(&self) -> Arc<PgganModel> {
+        self.model.clone()
+    }
+
     fn ensure_buffers(&mut self, batch: usize) -> Result<(), GenerateError> {
         if self.buffers.as_ref().is_some_and(|b| b.batch == batch) {
             return Ok(());

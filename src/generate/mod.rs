@@ -120,6 +120,10 @@ pub enum Backend {
     Cpu(cpu::CpuGenerator),
     #[cfg(feature = "cuda")]
     Cuda(Box<cuda::CudaGenerator>),
+    /// For the tests of what happens when a GPU fails mid-run: the CPU's images for `passes_before_failure`
+    /// passes, then the error a failed GPU (device lost, memory taken) gives.
+    #[cfg(test)]
+    FailingGpu { cpu: cpu::CpuGenerator, passes_before_failure: usize },
 }
 
 impl Backend {
@@ -158,12 +162,12 @@ impl Backend {
     /// Sets how the GPU runs (see [`GpuSettings`]); the CPU has its own algorithms and ignores them.
     pub fn use_gpu_settings(&mut self, settings: GpuSettings) -> Result<(), GenerateError> {
         match self {
-            Backend::Cpu(_) => {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => g.use_settings(settings),
+            _ => {
                 let _ = settings;
                 Ok(())
             }
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(g) => g.use_settings(settings),
         }
     }
 
@@ -173,6 +177,14 @@ impl Backend {
             Backend::Cpu(g) => g.generate(latents),
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.generate(latents),
+            #[cfg(test)]
+            Backend::FailingGpu { cpu, passes_before_failure } => match passes_before_failure.checked_sub(1) {
+                Some(left) => {
+                    *passes_before_failure = left;
+                    cpu.generate(latents)
+                }
+                None => Err(GenerateError::Cuda("launching conv3x3_f32_n64: an illegal memory access was encountered (test)".into())),
+            },
         }
     }
 
@@ -180,13 +192,33 @@ impl Backend {
     /// images; the GPU writes them itself and only they are downloaded).
     pub fn generate_display(&mut self, latents: &[f32]) -> Result<Vec<u32>, GenerateError> {
         match self {
-            Backend::Cpu(g) => {
-                let side = g.model().resolution;
-                let images = g.generate(latents)?;
-                Ok((0..images.len() / (3 * side * side).max(1)).flat_map(|i| image_0rgb(&images, i, side)).collect())
-            }
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.generate_display(latents),
+            _ => {
+                let side = self.model().resolution;
+                let images = self.generate(latents)?;
+                Ok((0..images.len() / (3 * side * side).max(1)).flat_map(|i| image_0rgb(&images, i, side)).collect())
+            }
+        }
+    }
+
+    /// After the GPU failed: replaces this GPU backend with the CPU's on the same network (with `algorithm`) and
+    /// returns the description of the GPU it replaced. `None` on the CPU: there is nothing to fall back to.
+    pub fn fall_back_to_cpu(&mut self, algorithm: cpu::CpuAlgorithm) -> Option<String> {
+        let model = self.gpu_model()?;
+        let gpu = self.describe();
+        *self = Backend::Cpu(cpu::CpuGenerator::new(model, algorithm));
+        Some(gpu)
+    }
+
+    /// The model a GPU backend runs; `None` on the CPU.
+    fn gpu_model(&self) -> Option<std::sync::Arc<model::PgganModel>> {
+        match self {
+            Backend::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(g) => Some(g.shared_model()),
+            #[cfg(test)]
+            Backend::FailingGpu { cpu, .. } => Some(cpu.shared_model()),
         }
     }
 
@@ -196,6 +228,8 @@ impl Backend {
             Backend::Cpu(g) => g.model(),
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.model(),
+            #[cfg(test)]
+            Backend::FailingGpu { cpu, .. } => cpu.model(),
         }
     }
 
@@ -205,6 +239,8 @@ impl Backend {
             Backend::Cpu(g) => format!("CPU ({} threads, {:?})", rayon::current_num_threads(), g.algorithm()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => format!("GPU {}, {} ({:?})", g.gpu_index(), g.device_name(), g.precision()),
+            #[cfg(test)]
+            Backend::FailingGpu { .. } => "GPU 0, a GPU that fails (test)".to_string(),
         }
     }
 }

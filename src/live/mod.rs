@@ -4,7 +4,8 @@
 //! newest frame. The run ends when the receiver ends (run complete, idle timeout), on Ctrl-C, or when the window
 //! is closed: each stage sees its input channel close, finishes, and the session is finalised. A stage that fails
 //! takes only the stages after it down: the intake keeps receiving and recording, decoding goes on without the
-//! generator (which first tolerates a few failed frames), and the failures are in the summary.
+//! generator (which first tolerates a few failed frames), and the failures are in the summary. A generator whose
+//! GPU fails moves to the CPU and goes on drawing.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,8 @@ use crate::decode::eval::{read_boundary, ATTRIBUTES};
 use crate::decode::metrics::attribute_score;
 use crate::display::{Frame, Overlay, Sink, View};
 use crate::feedback::{Publisher, ResultsServer, ResultsStore};
-use crate::generate::{rgb8_from_0rgb, Backend};
+use crate::generate::cpu::CpuAlgorithm;
+use crate::generate::{rgb8_from_0rgb, Backend, GenerateError};
 use crate::ingest::receiver::Receiver;
 use crate::preprocess::trials::{ScheduledTrial, TrialAverager};
 use crate::preprocess::Preprocessor;
@@ -54,6 +56,8 @@ pub struct LiveStats {
     pub frames_shown: usize,
     /// Frames the generator failed to draw (each logged with its volume).
     pub generator_errors: usize,
+    /// Why the generator moved from the GPU to the CPU during the run (the GPU, the volume, the error), if it did.
+    pub generator_fell_back_to_cpu: Option<String>,
     /// Stages that stopped before the end of the run, with the error that stopped them.
     pub stage_failures: Vec<String>,
     pub preprocess_ms: Vec<f64>,
@@ -82,6 +86,24 @@ impl LiveStats {
 
 /// The generator stops (decoding and recording go on) after this many frames in a row failed.
 pub const GENERATOR_FAILURES_IN_A_ROW: usize = 3;
+
+/// Draws `latents` as display pixels. When the GPU fails (device lost, its memory taken by another process), the
+/// generator moves to the CPU for the rest of the run, said once in the log and in `stats`, and the frame is drawn
+/// there: a GPU failure costs speed, not frames. A failure on the CPU is returned.
+fn draw_display(generator: &mut Backend, latents: &[f32], volume_index: usize, stats: &Mutex<LiveStats>) -> Result<Vec<u32>, GenerateError> {
+    match generator.generate_display(latents) {
+        Err(gpu_error @ GenerateError::Cuda(_)) => {
+            let Some(gpu) = generator.fall_back_to_cpu(CpuAlgorithm::Winograd) else { return Err(gpu_error) };
+            let why = format!("{gpu} failed at volume {volume_index}: {gpu_error}");
+            tracing::error!("{why}; the generator draws on the CPU ({}) from now on", generator.describe());
+            if let Ok(mut s) = stats.lock() {
+                s.generator_fell_back_to_cpu = Some(why);
+            }
+            generator.generate_display(latents)
+        }
+        drawn => drawn,
+    }
+}
 
 /// Memory the cache of true-stimulus images may take (64 images at 1024 x 1024).
 const STIMULUS_CACHE_BYTES: usize = 256 << 20;
@@ -324,13 +346,13 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
             }
             let started = Instant::now();
             let mut draw = || -> anyhow::Result<(Vec<u32>, Option<StimulusImage>)> {
-                let reconstruction = generator.generate_display(&d.latent)?;
+                let reconstruction = draw_display(&mut generator, &d.latent, d.volume_index, &gen_stats)?;
                 let png = frames_dir.join(format!("recon_vol{:05}.png", d.volume_index.min(99_999)));
                 crate::generate::write_png(&png, &rgb8_from_0rgb(&reconstruction), side)?;
                 let stimulus = match (&stimuli, d.trial.as_ref().and_then(|t| t.stim_id)) {
-                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => {
-                        Some(stimulus_cache.get_or_draw(s, || Ok(generator.generate_display(&z[s * latent_size..(s + 1) * latent_size])?))?)
-                    }
+                    (Some(z), Some(s)) if (s + 1) * latent_size <= z.len() => Some(stimulus_cache.get_or_draw(s, || {
+                        Ok(draw_display(&mut generator, &z[s * latent_size..(s + 1) * latent_size], d.volume_index, &gen_stats)?)
+                    })?),
                     _ => None,
                 };
                 Ok((reconstruction, stimulus))
@@ -353,6 +375,7 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                 }
             };
             let generate_ms = started.elapsed().as_secs_f64() * 1e3;
+            let on_cpu_since_gpu_failed = gen_stats.lock().is_ok_and(|s| s.generator_fell_back_to_cpu.is_some());
             let stimulus_was_cached = stimulus.as_ref().map(|s| s.cached);
             let latency = vec![("ARRIVAL-GEN".to_string(), d.arrived_at.elapsed().as_secs_f64() * 1e3), ("GEN".to_string(), generate_ms)];
             let frame = Frame {
@@ -368,7 +391,12 @@ pub fn run(mut receiver: Receiver, inputs: LiveInputs, stop: Arc<AtomicBool>) ->
                     latency_ms: latency,
                     attributes: d.attributes,
                     feedback: d.feedback,
-                    status: if skipped > 0 { format!("GENERATOR BEHIND: SKIPPED {skipped}") } else { "OK".into() },
+                    status: match (skipped, on_cpu_since_gpu_failed) {
+                        (0, false) => "OK".into(),
+                        (0, true) => "GPU FAILED: DRAWING ON THE CPU".into(),
+                        (_, false) => format!("GENERATOR BEHIND: SKIPPED {skipped}"),
+                        (_, true) => format!("GPU FAILED: DRAWING ON THE CPU, SKIPPED {skipped}"),
+                    },
                     label: label.clone(),
                 },
             };
@@ -555,6 +583,44 @@ pub fn load_boundaries(dir: &Path, latent_size: usize) -> Vec<(String, Vec<f64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::cpu::CpuGenerator;
+    use crate::generate::model::PgganModel;
+
+    #[test]
+    fn a_gpu_that_fails_mid_run_hands_over_to_the_cpu_without_losing_the_frame() {
+        let model = Arc::new(PgganModel::builtin_random());
+        let mut reference = Backend::Cpu(CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd));
+        let mut generator = Backend::FailingGpu { cpu: CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd), passes_before_failure: 2 };
+        let stats = Mutex::new(LiveStats::default());
+        let mut rng = crate::rng::Rng::new(5);
+        for volume in 0..4 {
+            let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
+            let drawn = draw_display(&mut generator, &z, volume, &stats).unwrap();
+            assert!(drawn == reference.generate_display(&z).unwrap(), "volume {volume}: not the network's image");
+            let fell_back = stats.lock().unwrap().generator_fell_back_to_cpu.clone();
+            match volume {
+                0 | 1 => assert!(fell_back.is_none() && matches!(generator, Backend::FailingGpu { .. })),
+                _ => {
+                    assert!(matches!(generator, Backend::Cpu(_)), "volume {volume}: not on the CPU");
+                    let why = fell_back.expect("the fall-back is recorded");
+                    assert!(
+                        why.starts_with("GPU 0, a GPU that fails (test) failed at volume 2: CUDA backend: launching conv3x3_f32_n64"),
+                        "{why}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_on_the_cpu_is_returned() {
+        let model = Arc::new(PgganModel::builtin_random());
+        let mut generator = Backend::Cpu(CpuGenerator::new(model, CpuAlgorithm::Winograd));
+        let stats = Mutex::new(LiveStats::default());
+        let e = draw_display(&mut generator, &[0.5; 3], 7, &stats).unwrap_err();
+        assert!(matches!(e, GenerateError::Latent { actual: 3, .. }), "{e}");
+        assert!(stats.lock().unwrap().generator_fell_back_to_cpu.is_none());
+    }
 
     #[test]
     fn a_repeated_stimulus_is_drawn_once_and_the_oldest_goes_when_the_cache_is_full() {
