@@ -184,9 +184,7 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
     generator.use_gpu_settings(generate::GpuSettings { upsample: l.upsample, launch: l.launch, ..Default::default() })?;
     // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
     let warm_up = Instant::now();
-    let mut rng = hyper_rt::rng::Rng::new(1);
-    let latent: Vec<f32> = (0..generator.model().latent_size).map(|_| rng.normal() as f32).collect();
-    generator.generate(&latent)?;
+    generator.warm_up(l.device, CpuAlgorithm::Winograd)?;
     tracing::info!("generating on {} (first frame {:.0} ms)", generator.describe(), warm_up.elapsed().as_secs_f64() * 1e3);
     let boundaries = live::load_boundaries(&l.boundaries, bundle.latent_size());
     Ok(LiveInputs { config: l.clone(), bundle, schedule, stimuli, generator, boundaries })

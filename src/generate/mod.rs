@@ -202,6 +202,22 @@ impl Backend {
         }
     }
 
+    /// Draws one image, so that buffers, lazily loaded kernels and caches are ready before the first real one (the
+    /// live pipeline does this before the scanner connects). With `auto`, a GPU that fails it is replaced by the
+    /// CPU, with one warning naming the reason, as when it cannot be opened; with `cuda` that is an error.
+    pub fn warm_up(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
+        let mut rng = crate::rng::Rng::new(1);
+        let latent: Vec<f32> = (0..self.model().latent_size).map(|_| rng.normal() as f32).collect();
+        match self.generate(&latent) {
+            Err(e @ GenerateError::Cuda(_)) if device == DeviceChoice::Auto => {
+                let Some(gpu) = self.fall_back_to_cpu(algorithm) else { return Err(e) };
+                tracing::warn!("GPU not used, generating on the CPU: {gpu} failed its first image: {e} (`hyper-rt gpu-info --check` checks the set-up)");
+                self.generate(&latent).map(drop)
+            }
+            drawn => drawn.map(drop),
+        }
+    }
+
     /// After the GPU failed: replaces this GPU backend with the CPU's on the same network (with `algorithm`) and
     /// returns the description of the GPU it replaced. `None` on the CPU: there is nothing to fall back to.
     pub fn fall_back_to_cpu(&mut self, algorithm: cpu::CpuAlgorithm) -> Option<String> {
@@ -319,6 +335,21 @@ mod tests {
             assert_eq!(packed[p], (rgb[3 * p] as u32) << 16 | (rgb[3 * p + 1] as u32) << 8 | rgb[3 * p + 2] as u32);
         }
         assert_eq!(rgb8_from_0rgb(&packed), rgb);
+    }
+
+    #[test]
+    fn a_gpu_that_fails_its_first_image_is_replaced_by_the_cpu_only_under_auto() {
+        let model = std::sync::Arc::new(model::PgganModel::builtin_random());
+        let failing = || Backend::FailingGpu { cpu: cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct), passes_before_failure: 0 };
+        let mut auto = failing();
+        auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
+        assert!(matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Direct), "{}", auto.describe());
+        let mut cuda = failing();
+        let e = cuda.warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Direct).unwrap_err();
+        assert!(matches!(e, GenerateError::Cuda(_)) && matches!(cuda, Backend::FailingGpu { .. }), "{e}");
+        let mut working = Backend::FailingGpu { cpu: cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct), passes_before_failure: 1 };
+        working.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
+        assert!(matches!(working, Backend::FailingGpu { .. }), "a GPU that draws is kept");
     }
 
     #[test]
