@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: CUDA-vs-CPU parity tests and the generator benchmark beside PyTorch CUDA, ending with a short table.
+# GPU check: CUDA-vs-CPU parity tests, the generator benchmark beside PyTorch CUDA and the live pipeline drawing on
+# the GPU, ending with a short table.
 #
 #   scripts/gpu_check.sh --prepare   # on the build machine (has cargo): builds into .gpu/ (git-ignored)
 #   scripts/gpu_check.sh             # on the GPU machine (no Rust, no network): runs from .gpu/
@@ -70,11 +71,34 @@ timeout "$(cap 90 150)" "$GPU_DIR/hyper-rt" bench-generator --device cuda --prec
     --weights "$weights" --batch 1 --repeats 3 --layers > "$OUT/layers.log" 2>&1
 sed -n '/^kernel tuning/,/^sum/p' "$OUT/layers.log" > "$OUT/layers.txt"
 
-log "benchmark (hyper-rt CUDA, then PyTorch CUDA on the same weights), at most $(left_s 10) s"
-timeout "$(left_s 10)" python3 scripts/bench_generator.py --device cuda --weights "$weights" --batch 1,8 --repeats 5 \
+log "benchmark (hyper-rt CUDA, then PyTorch CUDA on the same weights), at most $(left_s 40) s"
+timeout "$(left_s 40)" python3 scripts/bench_generator.py --device cuda --weights "$weights" --batch 1,8 --repeats 5 \
     --variants "${TORCH_VARIANTS:-compile-tf32,eager-tf32,eager}" --binary "$GPU_DIR/hyper-rt" --variant-timeout 150 \
     2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
+
+# The live pipeline as a lab runs it, drawing on the GPU in its generator thread: the demo (simulated subject,
+# decoder, the test run streamed over ZeroMQ at 20x) with [live] device = "cuda", so that a GPU failure is an error
+# at the start, and a failure mid-run shows as the generator's move to the CPU.
+live_s=$(left_s 5); [ "$live_s" -gt 60 ] && live_s=60
+live_dir=$(mktemp -d)
+printf '[live]\ndevice = "cuda"\n' > "$live_dir/gpu.toml"
+if [ "$live_s" -ge 20 ]; then
+    log "the live pipeline on the GPU (demo at 20x, [live] device = cuda), at most $live_s s"
+    timeout "$live_s" "$GPU_DIR/hyper-rt" demo --config "$live_dir/gpu.toml" --headless --speed 20 \
+        --data "$live_dir/data" --session-root "$live_dir/sessions" > "$OUT/live.log" 2>&1
+    live=$?
+    cp "$live_dir"/sessions/*/live_summary.json "$OUT/" 2>/dev/null
+    # it must have drawn on the GPU from start to end
+    if [ "$live" -eq 0 ] && { ! grep -q "generating on GPU" "$OUT/live.log" || grep -q "moved to the CPU" "$OUT/live.log"; }; then
+        live=1
+    fi
+    tail -25 "$OUT/live.log"
+else
+    live=124
+    echo "no time left for the live pipeline check" > "$OUT/live.log"
+fi
+rm -rf "$live_dir"
 
 log "summary"
 cat "$OUT/device.txt"
@@ -85,4 +109,6 @@ grep -E "^test result" "$OUT/parity.log" || echo "parity tests did not finish (e
 grep -E "^(variant|pytorch|hyper-rt|batch)" "$OUT/bench.log" || echo "benchmark measured nothing (exit $bench)"
 [ "$bench" -eq 0 ] || echo "benchmark did not finish (exit $bench): the rows above are what it measured"
 if [ -s "$OUT/layers.txt" ]; then cat "$OUT/layers.txt"; else echo "kernel tuning did not finish:"; tail -5 "$OUT/layers.log"; fi
-[ "$parity" -eq 0 ] && [ "$bench" -eq 0 ]
+grep -E "generating on|^frames|^generate |moved to the CPU|trials decoded live|no time left" "$OUT/live.log" || true
+[ "$live" -eq 0 ] && echo "live pipeline on the GPU: ok" || echo "live pipeline on the GPU: FAILED (exit $live, see live.log)"
+[ "$parity" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$live" -eq 0 ]
