@@ -15,7 +15,7 @@ pub struct Args {
     /// there is no GPU to draw on
     #[arg(long, conflicts_with = "json")]
     check: bool,
-    /// The GPU that --check draws on and that "--device auto" is reported for
+    // the GPU that --check draws on and that "--device auto" is reported for
     #[command(flatten)]
     which_gpu: super::GpuIndexArg,
 }
