@@ -81,9 +81,9 @@ bench=${PIPESTATUS[0]}
 # decoder, the test run streamed over ZeroMQ at 20x) with [live] device = "cuda", so that a GPU failure is an error
 # at the start, and a failure mid-run shows as the generator's move to the CPU.
 live_s=$(left_s 5); [ "$live_s" -gt 60 ] && live_s=60
-live_dir=$(mktemp -d)
-printf '[live]\ndevice = "cuda"\n' > "$live_dir/gpu.toml"
 if [ "$live_s" -ge 20 ]; then
+    live_dir=$(mktemp -d)
+    printf '[live]\ndevice = "cuda"\n' > "$live_dir/gpu.toml"
     log "the live pipeline on the GPU (demo at 20x, [live] device = cuda), at most $live_s s"
     timeout "$live_s" "$GPU_DIR/hyper-rt" demo --config "$live_dir/gpu.toml" --headless --speed 20 \
         --data "$live_dir/data" --session-root "$live_dir/sessions" > "$OUT/live.log" 2>&1
@@ -94,11 +94,11 @@ if [ "$live_s" -ge 20 ]; then
         live=1
     fi
     tail -25 "$OUT/live.log"
+    rm -rf "$live_dir"
 else
     live=124
     echo "no time left for the live pipeline check" > "$OUT/live.log"
 fi
-rm -rf "$live_dir"
 
 log "summary"
 cat "$OUT/device.txt"

@@ -208,23 +208,36 @@ impl Backend {
     pub fn warm_up(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
         let mut rng = crate::rng::Rng::new(1);
         let latent: Vec<f32> = (0..self.model().latent_size).map(|_| rng.normal() as f32).collect();
-        match self.generate(&latent) {
-            Err(e @ GenerateError::Cuda(_)) if device == DeviceChoice::Auto => {
-                let Some(gpu) = self.fall_back_to_cpu(algorithm) else { return Err(e) };
-                tracing::warn!("GPU not used, generating on the CPU: {gpu} failed its first image: {e} (`hyper-rt gpu-info --check` checks the set-up)");
-                self.generate(&latent).map(drop)
-            }
-            drawn => drawn.map(drop),
+        if device != DeviceChoice::Auto {
+            return self.generate(&latent).map(drop);
         }
+        let (drawn, fell_back) = self.draw_falling_back_to_cpu(algorithm, |b| b.generate(&latent));
+        if let Some((gpu, e)) = fell_back {
+            tracing::warn!("GPU not used, generating on the CPU: {gpu} failed its first image: {e} (`hyper-rt gpu-info --check` checks the set-up)");
+        }
+        drawn.map(drop)
     }
 
-    /// After the GPU failed: replaces this GPU backend with the CPU's on the same network (with `algorithm`) and
-    /// returns the description of the GPU it replaced. `None` on the CPU: there is nothing to fall back to.
-    pub fn fall_back_to_cpu(&mut self, algorithm: cpu::CpuAlgorithm) -> Option<String> {
-        let model = self.gpu_model()?;
-        let gpu = self.describe();
-        *self = Backend::Cpu(cpu::CpuGenerator::new(model, algorithm));
-        Some(gpu)
+    /// Runs `draw` on this backend. When it fails on the GPU (a CUDA error: the device lost, its memory taken),
+    /// the GPU is replaced by the CPU on the same network (with `algorithm`) and `draw` runs again there. Returns
+    /// the result and, when the backend moved, the GPU's description and its error. A failure on the CPU is
+    /// returned as it is.
+    pub fn draw_falling_back_to_cpu<T>(
+        &mut self,
+        algorithm: cpu::CpuAlgorithm,
+        mut draw: impl FnMut(&mut Backend) -> Result<T, GenerateError>,
+    ) -> (Result<T, GenerateError>, Option<(String, GenerateError)>) {
+        match draw(self) {
+            Err(gpu_error @ GenerateError::Cuda(_)) => match self.gpu_model() {
+                Some(model) => {
+                    let gpu = self.describe();
+                    *self = Backend::Cpu(cpu::CpuGenerator::new(model, algorithm));
+                    (draw(self), Some((gpu, gpu_error)))
+                }
+                None => (Err(gpu_error), None),
+            },
+            drawn => (drawn, None),
+        }
     }
 
     /// The model a GPU backend runs; `None` on the CPU.

@@ -91,18 +91,15 @@ pub const GENERATOR_FAILURES_IN_A_ROW: usize = 3;
 /// generator moves to the CPU for the rest of the run, said once in the log and in `stats`, and the frame is drawn
 /// there: a GPU failure costs speed, not frames. A failure on the CPU is returned.
 fn draw_display(generator: &mut Backend, latents: &[f32], volume_index: usize, stats: &Mutex<LiveStats>) -> Result<Vec<u32>, GenerateError> {
-    match generator.generate_display(latents) {
-        Err(gpu_error @ GenerateError::Cuda(_)) => {
-            let Some(gpu) = generator.fall_back_to_cpu(CpuAlgorithm::Winograd) else { return Err(gpu_error) };
-            let why = format!("{gpu} failed at volume {volume_index}: {gpu_error}");
-            tracing::error!("{why}; the generator draws on the CPU ({}) from now on", generator.describe());
-            if let Ok(mut s) = stats.lock() {
-                s.generator_fell_back_to_cpu = Some(why);
-            }
-            generator.generate_display(latents)
+    let (drawn, fell_back) = generator.draw_falling_back_to_cpu(CpuAlgorithm::Winograd, |g| g.generate_display(latents));
+    if let Some((gpu, gpu_error)) = fell_back {
+        let why = format!("{gpu} failed at volume {volume_index}: {gpu_error}");
+        tracing::error!("{why}; the generator draws on the CPU ({}) from now on", generator.describe());
+        if let Ok(mut s) = stats.lock() {
+            s.generator_fell_back_to_cpu = Some(why);
         }
-        drawn => drawn,
     }
+    drawn
 }
 
 /// Memory the cache of true-stimulus images may take (64 images at 1024 x 1024).
