@@ -221,6 +221,7 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
     let voxel_size_mm = [pixdim[1].abs(), pixdim[2].abs(), pixdim[3].abs()];
     let sform_code = h.i16(254);
     let qform_code = h.i16(252);
+    let affine_source = if sform_code > 0 { "sform" } else if qform_code > 0 { "qform and pixdim" } else { "pixdim (no sform or qform)" };
     let mm_from_voxel = if sform_code > 0 {
         let mut a = [[0.0; 4]; 4];
         for (r, row) in a.iter_mut().enumerate().take(3) {
@@ -248,6 +249,8 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
         a[3][3] = 1.0;
         a
     };
+    crate::spatial::check_affine(&mm_from_voxel)
+        .map_err(|why| NiftiError::Invalid { path: path.to_path_buf(), reason: format!("the voxel-to-mm affine from the {affine_source}: {why}") })?;
 
     let n_bytes = dims.iter().product::<usize>() * dtype.itemsize();
     let available = bytes.len().saturating_sub(offset);
@@ -434,6 +437,24 @@ mod tests {
             assert_eq!(img.mm_from_voxel, affine);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_singular_affine_is_refused_naming_the_file_and_its_source() {
+        let path = std::env::temp_dir().join(format!("hyper-rt-singular-{}.nii", std::process::id()));
+        let spec = NiftiSpec {
+            dims: [2, 2, 2],
+            volumes: 1,
+            dtype: Dtype::Int16,
+            mm_from_voxel: [[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            tr_secs: 1.0,
+            scaling: None,
+            description: "singular".into(),
+        };
+        write(&path, &spec, &[0u8; 16]).unwrap();
+        let err = NiftiImage::read(&path).unwrap_err().to_string();
+        assert!(err.contains(path.to_str().unwrap()) && err.contains("affine from the sform") && err.contains("singular"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

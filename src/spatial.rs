@@ -53,20 +53,35 @@ pub struct MotionSampler {
     b: [f64; 3],
 }
 
-/// Inverse of the 3 x 3 part and translation of an affine.
-pub fn affine_inverse(m: &Affine) -> Affine {
-    let a = [[m[0][0], m[0][1], m[0][2]], [m[1][0], m[1][1], m[1][2]], [m[2][0], m[2][1], m[2][2]]];
-    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
-    let inv_det = 1.0 / det;
-    let mut inv = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            let (i1, i2) = ((j + 1) % 3, (j + 2) % 3);
-            let (j1, j2) = ((i + 1) % 3, (i + 2) % 3);
-            inv[i][j] = (a[i1][j1] * a[i2][j2] - a[i1][j2] * a[i2][j1]) * inv_det;
-        }
+/// The inverse of a 3 x 3 matrix, `None` when it is singular.
+pub fn invert_3x3(a: &Mat3) -> Option<Mat3> {
+    let inverse = nalgebra::Matrix3::from_fn(|i, j| a[i][j]).try_inverse()?;
+    Some(std::array::from_fn(|i| std::array::from_fn(|j| inverse[(i, j)])))
+}
+
+/// Why `mm_from_voxel` cannot place voxels in scanner space (a non-finite entry, or a singular 3 x 3 part, as a
+/// header with zero voxel sizes gives), or `Ok` when it can. Realignment needs the inverse.
+pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), String> {
+    if let Some((r, c)) = (0..4).flat_map(|r| (0..4).map(move |c| (r, c))).find(|&(r, c)| !mm_from_voxel[r][c].is_finite()) {
+        return Err(format!("its entry [{r}][{c}] is {}", mm_from_voxel[r][c]));
     }
+    let det = nalgebra::Matrix3::from_fn(|i, j| mm_from_voxel[i][j]).determinant();
+    let voxel_sizes_mm: [f64; 3] = std::array::from_fn(|j| (0..3).map(|i| mm_from_voxel[i][j].powi(2)).sum::<f64>().sqrt());
+    // relative to the voxel sizes (the columns' lengths), so that small voxels are not taken for a singular affine
+    if det.abs() <= 1e-9 * voxel_sizes_mm.iter().product::<f64>() || voxel_sizes_mm.contains(&0.0) {
+        let [x, y, z] = voxel_sizes_mm;
+        return Err(format!(
+            "its 3 x 3 part is singular (determinant {det:e}, voxel sizes {x:.3} x {y:.3} x {z:.3} mm): voxels have no distinct positions in scanner space"
+        ));
+    }
+    Ok(())
+}
+
+/// Inverse of the 3 x 3 part and translation of an affine. The affine must have passed [`check_affine`]; a
+/// singular one gives NaN.
+pub fn affine_inverse(m: &Affine) -> Affine {
+    let a: Mat3 = std::array::from_fn(|i| std::array::from_fn(|j| m[i][j]));
+    let inv = invert_3x3(&a).unwrap_or([[f64::NAN; 3]; 3]);
     let t = [m[0][3], m[1][3], m[2][3]];
     let mut out = [[0.0; 4]; 4];
     for i in 0..3 {
@@ -255,10 +270,27 @@ mod tests {
     }
 
     #[test]
+    fn an_affine_is_refused_only_when_it_places_no_voxel() {
+        let diag = |x: f64, y: f64, z: f64| [[x, 0.0, 0.0, 1.0], [0.0, y, 0.0, 2.0], [0.0, 0.0, z, 3.0], [0.0, 0.0, 0.0, 1.0]];
+        assert_eq!(check_affine(&diag(-3.0, 3.0, 3.5)), Ok(()));
+        // small voxels are voxels: the test is relative to their size
+        assert_eq!(check_affine(&diag(1e-4, 1e-4, 1e-4)), Ok(()));
+        let zero = check_affine(&diag(3.0, 0.0, 3.0)).unwrap_err();
+        assert!(zero.contains("singular") && zero.contains("3.000 x 0.000 x 3.000 mm"), "{zero}");
+        let mut parallel = diag(2.0, 2.0, 2.0);
+        (parallel[0][2], parallel[2][2]) = (2.0, 1e-12);
+        assert!(check_affine(&parallel).unwrap_err().contains("singular"));
+        let mut nan = diag(2.0, 2.0, 2.0);
+        nan[1][3] = f64::NAN;
+        assert_eq!(check_affine(&nan), Err("its entry [1][3] is NaN".into()));
+    }
+
+    #[test]
     fn affine_inverse_inverts() {
         let m = [[2.0, 0.1, 0.0, 5.0], [0.0, 3.0, 0.2, -4.0], [0.3, 0.0, 2.5, 1.0], [0.0, 0.0, 0.0, 1.0]];
         let inv = affine_inverse(&m);
         let p = apply(&inv, apply(&m, [1.0, 2.0, 3.0]));
         assert!((p[0] - 1.0).abs() < 1e-12 && (p[1] - 2.0).abs() < 1e-12 && (p[2] - 3.0).abs() < 1e-12);
+        assert_eq!(invert_3x3(&[[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 0.0, 1.0]]), None);
     }
 }

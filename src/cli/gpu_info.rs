@@ -57,7 +57,7 @@ fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
         if let Some(why) = graph_failure {
             println!("                 the CUDA graph could not be used, kernels queued one by one: {why}");
         }
-        if !(difference <= bound) {
+        if difference.is_nan() || difference > bound {
             failures.push(format!("{precision:?}: relative difference {difference:.2e} > {bound:e}"));
         }
     }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use hyper_rt::config::Config;
 use hyper_rt::nifti::{self, NiftiImage, NiftiSpec};
 use hyper_rt::preprocess::realign::{Interpolation, RealignSettings};
-use hyper_rt::preprocess::{mean_volume, nifti_volume, PreprocessSettings, Preprocessor};
+use hyper_rt::preprocess::{mean_volume, nifti_volume, PreprocessSettings, Preprocessor, Realigned};
 use hyper_rt::volume::Dtype;
 
 #[derive(clap::Args, Debug)]
@@ -57,7 +57,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     for t in 0..img.volumes {
         let volume = nifti_volume(&img, t, tr_secs);
         let started = std::time::Instant::now();
-        let (resliced, a, fd, replaced, [ms_align, ms_reslice]) = pre.realign_only(&volume)?;
+        let Realigned { resliced, alignment: a, fd_mm: fd, non_finite_replaced: replaced, timing_ms: [ms_align, ms_reslice] } = pre.realign_only(&volume)?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         times.push(ms);
         if args.verbose_timing {

@@ -186,7 +186,7 @@ pub fn session_reference(img: &NiftiImage, tr_secs: f64, settings: &PreprocessSe
     let mut pre = Preprocessor::new(&first, img.dims, img.mm_from_voxel, all, tr_secs, settings.clone())?;
     let mut acc = vec![0.0f64; img.voxels_per_volume()];
     for t in 0..img.volumes {
-        let (resliced, ..) = pre.realign_only(&nifti_volume(img, t, tr_secs))?;
+        let resliced = pre.realign_only(&nifti_volume(img, t, tr_secs))?.resliced;
         for (a, v) in acc.iter_mut().zip(resliced) {
             *a += v as f64;
         }
@@ -203,6 +203,7 @@ pub fn candidate_voxels(reference: &[f32]) -> Vec<usize> {
 }
 
 /// Trial patterns of `trial_type` trials from the given runs, preprocessed against `reference` with `mask`.
+#[allow(clippy::too_many_arguments)]
 pub fn dataset_patterns(
     data: &Dataset,
     runs: &[RunFiles],

@@ -48,6 +48,7 @@ fn centre(m: &mut DMatrix<f64>) -> Vec<f64> {
 
 /// Fits `Y ~ X W + b` with the penalty from `penalties` that minimises the `folds`-fold CV error.
 /// `x`: `[n, p]`, `y`: `[n, q]`, row major. `progress(done, total)` is called per fold.
+#[allow(clippy::too_many_arguments)]
 pub fn fit_ridge_cv(x: &[f32], y: &[f32], n: usize, p: usize, q: usize, penalties: &[f64], folds: usize, progress: &dyn Fn(usize, usize)) -> Result<RidgeFit, RidgeError> {
     if x.len() != n * p {
         return Err(RidgeError::Shape { rows: n, cols: p, values: x.len() });
@@ -150,8 +151,8 @@ mod tests {
         }
         let fit = fit_ridge_cv(&x, &y, n, p, q, &log_grid(1e-3, 1e3, 13), 5, &|_, _| {}).unwrap();
         assert!(fit.penalty < 1.0, "penalty {}", fit.penalty);
-        for j in 0..p * q {
-            assert!((fit.weights[j] as f64 - w_true[j]).abs() < 0.1, "weight {j}");
+        for (j, (&fitted, &truth)) in fit.weights.iter().zip(&w_true).enumerate() {
+            assert!((fitted as f64 - truth).abs() < 0.1, "weight {j}");
         }
         let pred = predict(&x[..p], &fit.weights, &fit.intercept);
         assert!((pred[0] - y[0]).abs() < 0.5);

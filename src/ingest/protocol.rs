@@ -208,6 +208,7 @@ fn parse_affine(value: &Value) -> Result<Affine, ProtocolError> {
             a[r][c] = x;
         }
     }
+    crate::spatial::check_affine(&a).map_err(|why| ProtocolError::new(BadAffine, format!("affine: {why}")))?;
     Ok(a)
 }
 
@@ -318,6 +319,7 @@ mod tests {
         assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[1,0,0,0],[0,1,0,0],[0,0,1,0]]\"", "\"1.0\"")), Rejection::BadAffine);
         assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[NaN,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"", "\"1.0\"")), Rejection::BadAffine);
         assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[1e999,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"", "\"1.0\"")), Rejection::BadAffine);
+        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[2,0,0,0],[0,2,0,0],[2,0,0,0],[0,0,0,1]]\"", "\"1.0\"")), Rejection::BadAffine);
         assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"0\"")), Rejection::BadTr);
         assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"fast\"")), Rejection::BadTr);
         assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"-2\"")), Rejection::BadTr);

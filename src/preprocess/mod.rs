@@ -65,6 +65,19 @@ pub struct Preprocessed {
     pub timing_ms: [f64; 3],
 }
 
+/// One volume realigned and resliced into the reference grid, before masking and normalisation.
+#[derive(Debug, Clone)]
+pub struct Realigned {
+    /// The whole volume on the reference grid, x fastest.
+    pub resliced: Vec<f32>,
+    pub alignment: Alignment,
+    /// Framewise displacement from the previous volume, mm.
+    pub fd_mm: f64,
+    pub non_finite_replaced: usize,
+    /// Milliseconds spent: realign (estimate), reslice.
+    pub timing_ms: [f64; 2],
+}
+
 /// Counters of a run, for the summary.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PreprocessCounts {
@@ -122,8 +135,8 @@ impl Preprocessor {
     }
 
     /// Aligns and reslices one volume into the reference grid (no masking or normalisation), replacing non-finite
-    /// voxels first. Returns the resliced volume.
-    pub fn realign_only(&mut self, volume: &Volume) -> Result<(Vec<f32>, Alignment, f64, usize, [f64; 2]), PreprocessError> {
+    /// voxels first.
+    pub fn realign_only(&mut self, volume: &Volume) -> Result<Realigned, PreprocessError> {
         let r = &self.reference;
         if volume.dims != r.dims {
             self.counts.rejected_geometry += 1;
@@ -156,14 +169,20 @@ impl Preprocessor {
         let t1 = Instant::now();
         let resliced = r.reslice(&values, &alignment.motion);
         let t2 = Instant::now();
-        let fd = self.previous.map(|p| alignment.motion.framewise_displacement(&p, self.settings.fd_radius_mm)).unwrap_or(0.0);
+        let fd_mm = self.previous.map(|p| alignment.motion.framewise_displacement(&p, self.settings.fd_radius_mm)).unwrap_or(0.0);
         self.previous = Some(alignment.motion);
-        Ok((resliced, alignment, fd, replaced, [(t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3]))
+        Ok(Realigned {
+            resliced,
+            alignment,
+            fd_mm,
+            non_finite_replaced: replaced,
+            timing_ms: [(t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3],
+        })
     }
 
     /// The full chain for one volume.
     pub fn process(&mut self, volume: &Volume) -> Result<Preprocessed, PreprocessError> {
-        let (resliced, alignment, fd_mm, replaced, [t_align, t_reslice]) = self.realign_only(volume)?;
+        let Realigned { resliced, alignment, fd_mm, non_finite_replaced, timing_ms: [t_align, t_reslice] } = self.realign_only(volume)?;
         let t0 = Instant::now();
         let mut values: Vec<f32> = self.mask.iter().map(|&i| resliced[i]).collect();
         self.detrender.apply(&mut values);
@@ -175,7 +194,7 @@ impl Preprocessor {
             fd_mm,
             values,
             baseline: !ready,
-            non_finite_replaced: replaced,
+            non_finite_replaced,
             timing_ms: [t_align, t_reslice, t0.elapsed().as_secs_f64() * 1e3],
         })
     }

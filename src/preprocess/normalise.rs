@@ -66,7 +66,7 @@ impl Detrender {
                 // normal equations of [1, t, t^2] over t = 0..count
                 let s = |p: i32| (0..=self.count).map(|i| (i as f64).powi(p)).sum::<f64>();
                 let m = [[n, s(1), s(2)], [s(1), s(2), s(3)], [s(2), s(3), s(4)]];
-                let inv = invert3(&m);
+                let inv = crate::spatial::invert_3x3(&m);
                 for (v, acc) in x.iter_mut().zip(self.sums.iter_mut()) {
                     let xv = *v as f64;
                     acc[0] += xv;
@@ -87,22 +87,6 @@ impl Detrender {
     }
 }
 
-fn invert3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-    if det.abs() < 1e-9 {
-        return None;
-    }
-    let mut inv = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            let (i1, i2) = ((j + 1) % 3, (j + 2) % 3);
-            let (j1, j2) = ((i + 1) % 3, (i + 2) % 3);
-            inv[i][j] = (m[i1][j1] * m[i2][j2] - m[i1][j2] * m[i2][j1]) / det;
-        }
-    }
-    Some(inv)
-}
 
 /// Where z-scoring statistics come from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -104,6 +104,8 @@ def test_every_bad_input_gets_an_error_reply_and_a_counter(receiver):
     bad([with_(dtype="complex128"), buf], "unknown or non-numeric dtype")
     bad([with_(affine=json.dumps([[float("nan"), 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])), buf], "affine")
     bad([with_(affine=json.dumps([[1, 0, 0, 0]])), buf], "affine must be a 4 x 4 list")
+    bad([with_(affine=json.dumps([[3, 0, 0, 0], [0, 0, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]])), buf],
+        "affine: its 3 x 3 part is singular")
     bad([with_(TR="0"), buf], "TR 0 must be a positive number")
     bad([with_(TR="-1.5"), buf], "must be a positive number")
     bad([with_(), buf, b"extra"], "expected 2 frames")
@@ -118,17 +120,17 @@ def test_every_bad_input_gets_an_error_reply_and_a_counter(receiver):
     assert c.send_volume(2, good + 3) == "received volIdx 2 - STOP"
     s = r.wait()
     assert s["received"] == 3 and s["duplicates"] == 1 and s["missing"] == 0
-    assert s["rejected"] == 17
+    assert s["rejected"] == 18
     assert s["rejected_by_kind"] == {
         "invalid_json": 1, "missing_key": 1, "wrong_type": 1, "bad_shape": 2, "too_large": 1, "buffer_length": 1,
-        "unknown_dtype": 1, "bad_affine": 2, "bad_tr": 2, "frame_count": 2, "index_beyond_expected": 1,
+        "unknown_dtype": 1, "bad_affine": 3, "bad_tr": 2, "frame_count": 2, "index_beyond_expected": 1,
         "bad_index": 1, "geometry_changed": 1}
     _, data = recorded(r, s)
     np.testing.assert_array_equal(data[..., 1], good)  # the first copy of the duplicate is kept
     np.testing.assert_array_equal(data[..., 0], good + 2)
     lines = [json.loads(l) for l in (r.session_dir / "messages.jsonl").read_text().splitlines()]
-    assert len(lines) == s["messages"] == 1 + 17 + 4
-    assert sum(1 for l in lines if l["outcome"] == "rejected") == 17
+    assert len(lines) == s["messages"] == 1 + 18 + 4
+    assert sum(1 for l in lines if l["outcome"] == "rejected") == 18
 
 
 def test_out_of_order_volumes_and_gaps(receiver):

@@ -1,6 +1,7 @@
 """Realignment against known rigid transforms applied independently (SciPy), on the real Pyneal series and on
 simulated runs whose motion truth is known."""
 
+import struct
 import subprocess
 
 import nibabel as nib
@@ -114,3 +115,36 @@ def test_non_finite_voxels_are_replaced_and_counted(tmp_path):
     assert np.isfinite(resliced.get_fdata()).all()
     flags = [l.split("\t")[-1] for l in (tmp_path / "out" / "motion.tsv").read_text().splitlines()[1:]]
     assert flags == ["ok", "non_finite_replaced", "non_finite_replaced"]
+
+
+def test_a_header_that_places_no_voxel_is_refused_by_name(tmp_path):
+    """A NIfTI whose voxel sizes are zero (no sform, no qform) or whose sform is singular cannot be realigned: the
+    reader says which file, where the affine came from and why, before any work starts."""
+    series = data_dir() / "pyneal" / "testSeries.nii.gz"
+    good = nib.load(str(series))
+    img = nib.Nifti1Image(np.asanyarray(good.dataobj)[..., :3], np.diag([3.0, 3.0, 3.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(tmp_path / "good.nii"))
+    raw = (tmp_path / "good.nii").read_bytes()
+
+    def patched(name, **fields):
+        b = bytearray(raw)
+        for offset, (fmt, value) in fields.items():
+            struct.pack_into(fmt, b, int(offset[1:]), *value)
+        path = tmp_path / name
+        path.write_bytes(bytes(b))
+        return path
+
+    cases = {
+        # no sform or qform: nibabel's fallback from pixdim, whose y size is zero
+        "pixdim": patched("pixdim.nii", o252=("<hh", (0, 0)), o80=("<3f", (3.0, 0.0, 3.0))),
+        # an sform whose third axis runs along the first: every slice at the same place
+        "sform": patched("sform.nii", o252=("<hh", (0, 1)), o280=("<12f", (3, 0, 3, 0, 0, 3, 0, 0, 0, 0, 0, 0))),
+    }
+    assert run_ok("realign", str(tmp_path / "good.nii"), "--out", str(tmp_path / "good")).returncode == 0
+    for source, path in cases.items():
+        res = subprocess.run([binary(), "realign", str(path), "--out", str(tmp_path / source)], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode != 0
+        assert str(path) in res.stderr and f"affine from the {source}" in res.stderr and "singular" in res.stderr, res.stderr
+        assert not (tmp_path / source / "motion.tsv").exists()
