@@ -79,7 +79,8 @@ bench=${PIPESTATUS[0]}
 
 # The live pipeline as a lab runs it, drawing on the GPU in its generator thread: the demo (simulated subject,
 # decoder, the test run streamed over ZeroMQ at 20x) with [live] device = "cuda", so that a GPU failure is an error
-# at the start, and a failure mid-run shows as the generator's move to the CPU.
+# at the start (as is a first image that differs from the CPU's), and a failure mid-run shows as the generator's move
+# to the CPU.
 live_s=$(left_s 5); [ "$live_s" -gt 60 ] && live_s=60
 if [ "$live_s" -ge 20 ]; then
     live_dir=$(mktemp -d)
@@ -109,6 +110,6 @@ grep -E "^test result" "$OUT/parity.log" || echo "parity tests did not finish (e
 grep -E "^(variant|pytorch|hyper-rt|batch)" "$OUT/bench.log" || echo "benchmark measured nothing (exit $bench)"
 [ "$bench" -eq 0 ] || echo "benchmark did not finish (exit $bench): the rows above are what it measured"
 if [ -s "$OUT/layers.txt" ]; then cat "$OUT/layers.txt"; else echo "kernel tuning did not finish:"; tail -5 "$OUT/layers.log"; fi
-grep -E "generating on|^frames|^generate |moved to the CPU|trials decoded live|no time left" "$OUT/live.log" || true
+grep -E "generating on|agrees with the CPU|differs from the CPU|^frames|^generate |moved to the CPU|trials decoded live|no time left" "$OUT/live.log" || true
 [ "$live" -eq 0 ] && echo "live pipeline on the GPU: ok" || echo "live pipeline on the GPU: FAILED (exit $live, see live.log)"
 [ "$parity" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$live" -eq 0 ]

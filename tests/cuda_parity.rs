@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
-use hyper_rt::generate::cuda::{relative_l2, CudaGenerator, Precision};
-use hyper_rt::generate::{image_0rgb, model, ConvKernels, GpuLaunch, UpsampleConv};
+use hyper_rt::generate::cuda::{CudaGenerator, Precision};
+use hyper_rt::generate::{image_0rgb, model, relative_l2, ConvKernels, GpuLaunch, UpsampleConv};
 use hyper_rt::rng::Rng;
 
 /// Whether a relative error is within its bound; NaN (a kernel that wrote NaN or nothing) never is.

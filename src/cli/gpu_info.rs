@@ -20,17 +20,13 @@ pub struct Args {
     which_gpu: super::GpuIndexArg,
 }
 
-/// The parity bounds of the GPU against the CPU (relative L2 of the float images), as in tests/cuda_parity.rs.
-#[cfg(feature = "cuda")]
-const BOUNDS: [(hyper_rt::generate::Precision, f64); 2] =
-    [(hyper_rt::generate::Precision::F32, 1e-5), (hyper_rt::generate::Precision::Tf32, 1e-2)];
-
 /// Draws two images of the built-in network on GPU `gpu_index` with each precision the GPU has and compares them
 /// with the CPU's direct path; prints a line per precision and fails when one is out of bounds.
 #[cfg(feature = "cuda")]
 fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
     use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
-    use hyper_rt::generate::cuda::{relative_l2, CudaGenerator, Precision};
+    use hyper_rt::generate::cuda::{CudaGenerator, Precision};
+    use hyper_rt::generate::{gpu_parity_bound, relative_l2};
     use hyper_rt::generate::model::PgganModel;
 
     let model = std::sync::Arc::new(PgganModel::builtin_random());
@@ -38,7 +34,8 @@ fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
     let z: Vec<f32> = (0..2 * model.latent_size).map(|_| rng.normal() as f32).collect();
     let cpu = CpuGenerator::new(model.clone(), CpuAlgorithm::Direct).generate(&z)?;
     let mut failures = Vec::new();
-    for (precision, bound) in BOUNDS {
+    for precision in [Precision::F32, Precision::Tf32] {
+        let bound = gpu_parity_bound(precision);
         if precision == Precision::Tf32 && !tf32_available {
             println!("draw TF32        skipped: this GPU has no TF32 tensor cores");
             continue;

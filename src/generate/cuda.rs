@@ -28,7 +28,7 @@ use super::launch::{
 };
 use super::model::PgganModel;
 use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version};
-use super::{ConvKernels, GenerateError, GpuLaunch, GpuSettings, UpsampleConv};
+use super::{relative_l2, ConvKernels, GenerateError, GpuLaunch, GpuSettings, UpsampleConv};
 use crate::rng::Rng;
 
 /// Kernel sources, concatenated into one NVRTC program (`common.cuh` first; the `#include` lines, which serve
@@ -340,17 +340,6 @@ fn choose_candidate(reference_ms: f64, others: &[Result<(f64, f64), String>]) ->
         reason = format!("{reason}; {}", rejected.join("; "));
     }
     (best, reason)
-}
-
-/// Relative L2 difference of `a` from `reference` (NaN anywhere makes it NaN): the measure of the GPU's agreement
-/// with the CPU in the tuning and the parity tests.
-pub fn relative_l2(a: &[f32], reference: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(reference) {
-        num += (f64::from(*x) - f64::from(*y)).powi(2);
-        den += f64::from(*y).powi(2);
-    }
-    (num / den).sqrt()
 }
 
 /// The first `n` values of a device buffer.
@@ -987,12 +976,5 @@ mod tests {
         let (chosen, why) = decide(&[Ok((0.40, 1e-3)), Ok((0.20, 0.5)), Ok((0.30, 2e-3)), Ok((0.297, 1e-3))]);
         assert_eq!(chosen, 3, "{why}");
         assert!(why.starts_with("1.67x faster") && why.contains("#2 disagrees"), "{why}");
-    }
-
-    #[test]
-    fn relative_l2_is_nan_when_an_output_is() {
-        assert_eq!(relative_l2(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
-        assert!((relative_l2(&[3.0, 4.5], &[3.0, 4.0]) - 0.1).abs() < 1e-12);
-        assert!(relative_l2(&[f32::NAN, 4.0], &[3.0, 4.0]).is_nan());
     }
 }

@@ -39,6 +39,10 @@ pub enum GenerateError {
     Latent { expected: usize, actual: usize },
     #[error("CUDA backend: {0}")]
     Cuda(String),
+    #[error(
+        "{gpu}: its image differs from the CPU's by {difference:.2e} (relative L2; at most {bound:e} expected), so a kernel computes wrongly on this GPU; `hyper-rt gpu-info --check` compares the two, `--device cpu` draws without the GPU"
+    )]
+    GpuDisagrees { gpu: String, difference: f64, bound: f64 },
 }
 
 /// Where the generator runs.
@@ -61,6 +65,26 @@ pub use cuda::Precision;
 pub enum Precision {
     F32,
     Tf32,
+}
+
+/// The largest relative L2 difference a GPU image may have from the CPU's (direct path) at `precision`: the parity
+/// bounds of issue 5, used by tests/cuda_parity.rs, `hyper-rt gpu-info --check` and the live warm-up.
+pub fn gpu_parity_bound(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 1e-5,
+        Precision::Tf32 => 1e-2,
+    }
+}
+
+/// Relative L2 difference of `a` from `reference` (NaN anywhere makes it NaN): the measure of the GPU's agreement
+/// with the CPU.
+pub fn relative_l2(a: &[f32], reference: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(reference) {
+        num += (f64::from(*x) - f64::from(*y)).powi(2);
+        den += f64::from(*y).powi(2);
+    }
+    (num / den).sqrt()
 }
 
 /// Which kernels run the GPU's TF32 convolutions (the float32 path always uses the gather kernels).
@@ -120,10 +144,11 @@ pub enum Backend {
     Cpu(cpu::CpuGenerator),
     #[cfg(feature = "cuda")]
     Cuda(Box<cuda::CudaGenerator>),
-    /// For the tests of what happens when a GPU fails mid-run: the CPU's images for `passes_before_failure`
-    /// passes, then the error a failed GPU (device lost, memory taken) gives.
+    /// For the tests of what happens when a GPU fails or computes wrongly: for `passes_before_failure` passes the
+    /// CPU's images times `1 + scale_error` (float32 precision), then the error a failed GPU (device lost, memory
+    /// taken) gives.
     #[cfg(test)]
-    FailingGpu { cpu: cpu::CpuGenerator, passes_before_failure: usize },
+    TestGpu { cpu: cpu::CpuGenerator, passes_before_failure: usize, scale_error: f32 },
 }
 
 impl Backend {
@@ -178,10 +203,10 @@ impl Backend {
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.generate(latents),
             #[cfg(test)]
-            Backend::FailingGpu { cpu, passes_before_failure } => match passes_before_failure.checked_sub(1) {
+            Backend::TestGpu { cpu, passes_before_failure, scale_error } => match passes_before_failure.checked_sub(1) {
                 Some(left) => {
                     *passes_before_failure = left;
-                    cpu.generate(latents)
+                    Ok(cpu.generate(latents)?.into_iter().map(|v| v * (1.0 + *scale_error)).collect())
                 }
                 None => Err(GenerateError::Cuda("launching conv3x3_f32_n64: an illegal memory access was encountered (test)".into())),
             },
@@ -203,19 +228,39 @@ impl Backend {
     }
 
     /// Draws one image, so that buffers, lazily loaded kernels and caches are ready before the first real one (the
-    /// live pipeline does this before the scanner connects). With `auto`, a GPU that fails it is replaced by the
-    /// CPU, with one warning naming the reason, as when it cannot be opened; with `cuda` that is an error.
+    /// live pipeline does this before the scanner connects). On a GPU that image is also drawn on the CPU (direct
+    /// path) and the two compared ([`gpu_parity_bound`]): the kernels have been checked on few GPU models, and a
+    /// wrong image on the display would be worse than a slower one. With `auto`, a GPU that fails the image or
+    /// disagrees with the CPU is replaced by the CPU, with one warning naming the reason, as when it cannot be
+    /// opened; with `cuda` either is an error.
     pub fn warm_up(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
         let mut rng = crate::rng::Rng::new(1);
         let latent: Vec<f32> = (0..self.model().latent_size).map(|_| rng.normal() as f32).collect();
+        let image = if device == DeviceChoice::Auto {
+            let (drawn, fell_back) = self.draw_falling_back_to_cpu(algorithm, |b| b.generate(&latent));
+            if let Some((gpu, e)) = fell_back {
+                tracing::warn!("GPU not used, generating on the CPU: {gpu} failed its first image: {e} (`hyper-rt gpu-info --check` checks the set-up)");
+            }
+            drawn?
+        } else {
+            self.generate(&latent)?
+        };
+        let Some((model, precision)) = self.gpu_model_and_precision() else {
+            return Ok(());
+        };
+        let reference = cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct).generate(&latent)?;
+        let (difference, bound) = (relative_l2(&image, &reference), gpu_parity_bound(precision));
+        if difference <= bound {
+            tracing::info!("{}: its first image agrees with the CPU's (relative L2 {difference:.1e}, bound {bound:e})", self.describe());
+            return Ok(());
+        }
+        let disagrees = GenerateError::GpuDisagrees { gpu: self.describe(), difference, bound };
         if device != DeviceChoice::Auto {
-            return self.generate(&latent).map(drop);
+            return Err(disagrees);
         }
-        let (drawn, fell_back) = self.draw_falling_back_to_cpu(algorithm, |b| b.generate(&latent));
-        if let Some((gpu, e)) = fell_back {
-            tracing::warn!("GPU not used, generating on the CPU: {gpu} failed its first image: {e} (`hyper-rt gpu-info --check` checks the set-up)");
-        }
-        drawn.map(drop)
+        tracing::warn!("GPU not used, generating on the CPU: {disagrees}");
+        *self = Backend::Cpu(cpu::CpuGenerator::new(model, algorithm));
+        Ok(())
     }
 
     /// Runs `draw` on this backend. When it fails on the GPU (a CUDA error: the device lost, its memory taken),
@@ -228,8 +273,8 @@ impl Backend {
         mut draw: impl FnMut(&mut Backend) -> Result<T, GenerateError>,
     ) -> (Result<T, GenerateError>, Option<(String, GenerateError)>) {
         match draw(self) {
-            Err(gpu_error @ GenerateError::Cuda(_)) => match self.gpu_model() {
-                Some(model) => {
+            Err(gpu_error @ GenerateError::Cuda(_)) => match self.gpu_model_and_precision() {
+                Some((model, _)) => {
                     let gpu = self.describe();
                     *self = Backend::Cpu(cpu::CpuGenerator::new(model, algorithm));
                     (draw(self), Some((gpu, gpu_error)))
@@ -240,14 +285,14 @@ impl Backend {
         }
     }
 
-    /// The model a GPU backend runs; `None` on the CPU.
-    fn gpu_model(&self) -> Option<std::sync::Arc<model::PgganModel>> {
+    /// The model a GPU backend runs and its precision; `None` on the CPU.
+    fn gpu_model_and_precision(&self) -> Option<(std::sync::Arc<model::PgganModel>, Precision)> {
         match self {
             Backend::Cpu(_) => None,
             #[cfg(feature = "cuda")]
-            Backend::Cuda(g) => Some(g.shared_model()),
+            Backend::Cuda(g) => Some((g.shared_model(), g.precision())),
             #[cfg(test)]
-            Backend::FailingGpu { cpu, .. } => Some(cpu.shared_model()),
+            Backend::TestGpu { cpu, .. } => Some((cpu.shared_model(), Precision::F32)),
         }
     }
 
@@ -258,7 +303,7 @@ impl Backend {
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.model(),
             #[cfg(test)]
-            Backend::FailingGpu { cpu, .. } => cpu.model(),
+            Backend::TestGpu { cpu, .. } => cpu.model(),
         }
     }
 
@@ -269,7 +314,7 @@ impl Backend {
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => format!("GPU {}, {} ({:?})", g.gpu_index(), g.device_name(), g.precision()),
             #[cfg(test)]
-            Backend::FailingGpu { .. } => "GPU 0, a GPU that fails (test)".to_string(),
+            Backend::TestGpu { .. } => "GPU 0, a test stand-in".to_string(),
         }
     }
 }
@@ -353,16 +398,50 @@ mod tests {
     #[test]
     fn a_gpu_that_fails_its_first_image_is_replaced_by_the_cpu_only_under_auto() {
         let model = std::sync::Arc::new(model::PgganModel::builtin_random());
-        let failing = || Backend::FailingGpu { cpu: cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct), passes_before_failure: 0 };
-        let mut auto = failing();
+        let gpu = |passes_before_failure, scale_error| Backend::TestGpu {
+            cpu: cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Winograd),
+            passes_before_failure,
+            scale_error,
+        };
+        let mut auto = gpu(0, 0.0);
         auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
         assert!(matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Direct), "{}", auto.describe());
-        let mut cuda = failing();
+        let mut cuda = gpu(0, 0.0);
         let e = cuda.warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Direct).unwrap_err();
-        assert!(matches!(e, GenerateError::Cuda(_)) && matches!(cuda, Backend::FailingGpu { .. }), "{e}");
-        let mut working = Backend::FailingGpu { cpu: cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct), passes_before_failure: 1 };
-        working.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
-        assert!(matches!(working, Backend::FailingGpu { .. }), "a GPU that draws is kept");
+        assert!(matches!(e, GenerateError::Cuda(_)) && matches!(cuda, Backend::TestGpu { .. }), "{e}");
+        // a GPU that draws and agrees with the CPU is kept: Winograd against the direct path, and a scale error
+        // within the float32 bound
+        for scale_error in [0.0, 3e-6] {
+            let mut working = gpu(1, scale_error);
+            working.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
+            assert!(matches!(working, Backend::TestGpu { .. }), "a GPU that draws right is kept ({scale_error})");
+        }
+    }
+
+    #[test]
+    fn a_gpu_whose_first_image_differs_from_the_cpus_is_not_used() {
+        let model = std::sync::Arc::new(model::PgganModel::builtin_random());
+        let wrong = || Backend::TestGpu {
+            cpu: cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct),
+            passes_before_failure: usize::MAX,
+            scale_error: 2e-5,
+        };
+        let mut auto = wrong();
+        auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Winograd).unwrap();
+        assert!(matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Winograd), "{}", auto.describe());
+        let mut cuda = wrong();
+        let e = cuda.warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Winograd).unwrap_err();
+        let GenerateError::GpuDisagrees { difference, bound, .. } = e else { panic!("{e}") };
+        assert!((difference - 2e-5).abs() < 1e-6 && bound == 1e-5, "{difference} {bound}");
+        assert!(e.to_string().starts_with("GPU 0, a test stand-in: its image differs from the CPU's by 2.00e-5"), "{e}");
+        assert!(matches!(cuda, Backend::TestGpu { .. }));
+    }
+
+    #[test]
+    fn relative_l2_is_nan_when_an_output_is() {
+        assert_eq!(relative_l2(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
+        assert!((relative_l2(&[3.0, 4.5], &[3.0, 4.0]) - 0.1).abs() < 1e-12);
+        assert!(relative_l2(&[f32::NAN, 4.0], &[3.0, 4.0]).is_nan());
     }
 
     #[test]

@@ -587,7 +587,7 @@ mod tests {
     fn a_gpu_that_fails_mid_run_hands_over_to_the_cpu_without_losing_the_frame() {
         let model = Arc::new(PgganModel::builtin_random());
         let mut reference = Backend::Cpu(CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd));
-        let mut generator = Backend::FailingGpu { cpu: CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd), passes_before_failure: 2 };
+        let mut generator = Backend::TestGpu { cpu: CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd), passes_before_failure: 2, scale_error: 0.0 };
         let stats = Mutex::new(LiveStats::default());
         let mut rng = crate::rng::Rng::new(5);
         for volume in 0..4 {
@@ -596,12 +596,12 @@ mod tests {
             assert!(drawn == reference.generate_display(&z).unwrap(), "volume {volume}: not the network's image");
             let fell_back = stats.lock().unwrap().generator_fell_back_to_cpu.clone();
             match volume {
-                0 | 1 => assert!(fell_back.is_none() && matches!(generator, Backend::FailingGpu { .. })),
+                0 | 1 => assert!(fell_back.is_none() && matches!(generator, Backend::TestGpu { .. })),
                 _ => {
                     assert!(matches!(generator, Backend::Cpu(_)), "volume {volume}: not on the CPU");
                     let why = fell_back.expect("the fall-back is recorded");
                     assert!(
-                        why.starts_with("GPU 0, a GPU that fails (test) failed at volume 2: CUDA backend: launching conv3x3_f32_n64"),
+                        why.starts_with("GPU 0, a test stand-in failed at volume 2: CUDA backend: launching conv3x3_f32_n64"),
                         "{why}"
                     );
                 }
