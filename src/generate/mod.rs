@@ -228,11 +228,11 @@ impl Backend {
     }
 
     /// Draws one image, so that buffers, lazily loaded kernels and caches are ready before the first real one (the
-    /// live pipeline does this before the scanner connects). On a GPU that image is also drawn on the CPU (direct
-    /// path) and the two compared ([`gpu_parity_bound`]): the kernels have been checked on few GPU models, and a
-    /// wrong image on the display would be worse than a slower one. With `auto`, a GPU that fails the image or
-    /// disagrees with the CPU is replaced by the CPU, with one warning naming the reason, as when it cannot be
-    /// opened; with `cuda` either is an error.
+    /// live pipeline does this before the scanner connects; `generate` and `eval` do it on a GPU, for the check).
+    /// On a GPU that image is also drawn on the CPU (direct path) and the two compared ([`gpu_parity_bound`]): the
+    /// kernels have been checked on few GPU models, and a wrong image would be worse than a slower one. With
+    /// `auto`, a GPU that fails the image or disagrees with the CPU is replaced by the CPU, with one warning naming
+    /// the reason, as when it cannot be opened; with `cuda` either is an error.
     pub fn warm_up(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
         let mut rng = crate::rng::Rng::new(1);
         let latent: Vec<f32> = (0..self.model().latent_size).map(|_| rng.normal() as f32).collect();
@@ -283,6 +283,11 @@ impl Backend {
             },
             drawn => (drawn, None),
         }
+    }
+
+    /// Whether this backend draws on a GPU.
+    pub fn is_gpu(&self) -> bool {
+        self.gpu_model_and_precision().is_some()
     }
 
     /// The model a GPU backend runs and its precision; `None` on the CPU.
