@@ -221,8 +221,7 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
     let voxel_size_mm = [pixdim[1].abs(), pixdim[2].abs(), pixdim[3].abs()];
     let sform_code = h.i16(254);
     let qform_code = h.i16(252);
-    let affine_source = if sform_code > 0 { "sform" } else if qform_code > 0 { "qform and pixdim" } else { "pixdim (no sform or qform)" };
-    let mm_from_voxel = if sform_code > 0 {
+    let (mm_from_voxel, affine_source) = if sform_code > 0 {
         let mut a = [[0.0; 4]; 4];
         for (r, row) in a.iter_mut().enumerate().take(3) {
             for (c, v) in row.iter_mut().enumerate() {
@@ -230,14 +229,15 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
             }
         }
         a[3][3] = 1.0;
-        a
+        (a, "sform")
     } else if qform_code > 0 {
-        qform_affine(
+        let a = qform_affine(
             [h.f32(256), h.f32(260), h.f32(264)],
             [h.f32(268), h.f32(272), h.f32(276)],
             voxel_size_mm,
             if pixdim[0] < 0.0 { -1.0 } else { 1.0 },
-        )
+        );
+        (a, "qform and pixdim")
     } else {
         // nibabel's fallback: x flipped, origin at the volume centre
         let mut a = [[0.0; 4]; 4];
@@ -247,7 +247,7 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
             a[axis][3] = -((dims[axis] as f64 - 1.0) / 2.0) * zooms[axis];
         }
         a[3][3] = 1.0;
-        a
+        (a, "pixdim (no sform or qform)")
     };
     crate::spatial::check_affine(&mm_from_voxel)
         .map_err(|why| NiftiError::Invalid { path: path.to_path_buf(), reason: format!("the voxel-to-mm affine from the {affine_source}: {why}") })?;

@@ -68,7 +68,7 @@ pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), String> {
     let det = nalgebra::Matrix3::from_fn(|i, j| mm_from_voxel[i][j]).determinant();
     let voxel_sizes_mm: [f64; 3] = std::array::from_fn(|j| (0..3).map(|i| mm_from_voxel[i][j].powi(2)).sum::<f64>().sqrt());
     // relative to the voxel sizes (the columns' lengths), so that small voxels are not taken for a singular affine
-    if det.abs() <= 1e-9 * voxel_sizes_mm.iter().product::<f64>() || voxel_sizes_mm.contains(&0.0) {
+    if det.abs() <= 1e-9 * voxel_sizes_mm.iter().product::<f64>() {
         let [x, y, z] = voxel_sizes_mm;
         return Err(format!(
             "its 3 x 3 part is singular (determinant {det:e}, voxel sizes {x:.3} x {y:.3} x {z:.3} mm): voxels have no distinct positions in scanner space"

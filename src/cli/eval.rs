@@ -45,10 +45,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let bundle = DecoderBundle::load(&args.decoder)?;
     let model = std::sync::Arc::new(generate::load_model(args.weights.as_deref())?);
     let mut generator = Backend::open(model, args.device, args.which_gpu.gpu_index, CpuAlgorithm::Winograd, Precision::F32)?;
-    if generator.is_gpu() {
-        // the GPU's first image checked against the CPU's; under auto a GPU that fails it hands over to the CPU
-        generator.warm_up(args.device, CpuAlgorithm::Winograd)?;
-    }
+    generator.check_gpu_against_cpu(args.device, CpuAlgorithm::Winograd)?;
     let settings = EvalSettings { boundaries: args.boundaries.clone(), permutations: args.permutations, image_permutations: args.image_permutations, seed: 7 };
     let report = evaluate(&data, &bundle, &mut generator, &settings, &args.out, &|step| eprintln!("{step} ..."))?;
     let a = &report.averaged;

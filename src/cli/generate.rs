@@ -70,10 +70,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut generator = Backend::open(model.clone(), args.device, args.which_gpu.gpu_index, args.algorithm, args.precision)?;
     args.gpu.apply(&mut generator)?;
-    if generator.is_gpu() {
-        // the GPU's first image checked against the CPU's; under auto a GPU that fails it hands over to the CPU
-        generator.warm_up(args.device, args.algorithm)?;
-    }
+    generator.check_gpu_against_cpu(args.device, args.algorithm)?;
     tracing::info!("generating on {}", generator.describe());
     let bar = indicatif::ProgressBar::new(n as u64);
     let side = model.resolution;

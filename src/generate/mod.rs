@@ -228,7 +228,8 @@ impl Backend {
     }
 
     /// Draws one image, so that buffers, lazily loaded kernels and caches are ready before the first real one (the
-    /// live pipeline does this before the scanner connects; `generate` and `eval` do it on a GPU, for the check).
+    /// live pipeline does this before the scanner connects; `generate` and `eval`, on a GPU only, through
+    /// [`Backend::check_gpu_against_cpu`]).
     /// On a GPU that image is also drawn on the CPU (direct path) and the two compared ([`gpu_parity_bound`]): the
     /// kernels have been checked on few GPU models, and a wrong image would be worse than a slower one. With
     /// `auto`, a GPU that fails the image or disagrees with the CPU is replaced by the CPU, with one warning naming
@@ -263,6 +264,15 @@ impl Backend {
         Ok(())
     }
 
+    /// On a GPU, [`Backend::warm_up`] for its check against the CPU (for commands that need no warm frame); on the
+    /// CPU nothing.
+    pub fn check_gpu_against_cpu(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
+        match self.gpu_model_and_precision() {
+            Some(_) => self.warm_up(device, algorithm),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `draw` on this backend. When it fails on the GPU (a CUDA error: the device lost, its memory taken),
     /// the GPU is replaced by the CPU on the same network (with `algorithm`) and `draw` runs again there. Returns
     /// the result and, when the backend moved, the GPU's description and its error. A failure on the CPU is
@@ -283,11 +293,6 @@ impl Backend {
             },
             drawn => (drawn, None),
         }
-    }
-
-    /// Whether this backend draws on a GPU.
-    pub fn is_gpu(&self) -> bool {
-        self.gpu_model_and_precision().is_some()
     }
 
     /// The model a GPU backend runs and its precision; `None` on the CPU.

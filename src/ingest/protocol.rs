@@ -201,13 +201,10 @@ fn parse_affine(value: &Value) -> Result<Affine, ProtocolError> {
             .filter(|c| c.len() == 4)
             .ok_or_else(|| ProtocolError::new(BadAffine, format!("affine row {r} must have 4 numbers")))?;
         for (c, v) in cols.iter().enumerate() {
-            let x = v.as_f64().ok_or_else(|| ProtocolError::new(BadAffine, format!("affine[{r}][{c}] is not a number: {v}")))?;
-            if !x.is_finite() {
-                return Err(ProtocolError::new(BadAffine, format!("affine[{r}][{c}] is not finite")));
-            }
-            a[r][c] = x;
+            a[r][c] = v.as_f64().ok_or_else(|| ProtocolError::new(BadAffine, format!("affine[{r}][{c}] is not a number: {v}")))?;
         }
     }
+    // a non-finite entry, or a 3 x 3 part that gives voxels no distinct place
     crate::spatial::check_affine(&a).map_err(|why| ProtocolError::new(BadAffine, format!("affine: {why}")))?;
     Ok(a)
 }

@@ -87,7 +87,6 @@ impl Detrender {
     }
 }
 
-
 /// Where z-scoring statistics come from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
