@@ -128,7 +128,11 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { root: PathBuf::from("sessions"), compress: true, recover_on_start: true }
+        SessionConfig {
+            root: PathBuf::from("sessions"),
+            compress: true,
+            recover_on_start: true,
+        }
     }
 }
 
@@ -231,7 +235,9 @@ impl Default for SimulateConfig {
 impl SimulateConfig {
     /// Volumes in a run of `trials` trials.
     pub fn volumes_for(&self, trials: usize) -> usize {
-        let secs = self.lead_in_secs + trials as f64 * (self.stim_secs + self.blank_secs) + self.lead_out_secs;
+        let secs = self.lead_in_secs
+            + trials as f64 * (self.stim_secs + self.blank_secs)
+            + self.lead_out_secs;
         (secs / self.tr_secs).ceil() as usize
     }
 
@@ -270,22 +276,40 @@ impl SimulateConfig {
             }
         }
         if !(0.0..1.0).contains(&self.ar1) {
-            return Err(("simulate.ar1", format!("must be in [0, 1), got {}", self.ar1)));
+            return Err((
+                "simulate.ar1",
+                format!("must be in [0, 1), got {}", self.ar1),
+            ));
         }
         if !(0.0..=1.0).contains(&self.jerk_probability) {
-            return Err(("simulate.jerk_probability", format!("must be in [0, 1], got {}", self.jerk_probability)));
+            return Err((
+                "simulate.jerk_probability",
+                format!("must be in [0, 1], got {}", self.jerk_probability),
+            ));
         }
         if self.dims.iter().any(|&d| !(4..=512).contains(&d)) {
-            return Err(("simulate.dims", format!("each size must be 4 to 512 voxels, got {:?}", self.dims)));
+            return Err((
+                "simulate.dims",
+                format!("each size must be 4 to 512 voxels, got {:?}", self.dims),
+            ));
         }
         if self.latent_size == 0 || self.responsive_voxels == 0 || self.clusters == 0 {
-            return Err(("simulate.responsive_voxels", "latent_size, responsive_voxels and clusters must be positive".into()));
+            return Err((
+                "simulate.responsive_voxels",
+                "latent_size, responsive_voxels and clusters must be positive".into(),
+            ));
         }
         if self.train_runs == 0 || self.train_trials_per_run == 0 {
-            return Err(("simulate.train_runs", "at least one training run with one trial is needed".into()));
+            return Err((
+                "simulate.train_runs",
+                "at least one training run with one trial is needed".into(),
+            ));
         }
         if self.test_runs > 0 && (self.test_faces == 0 || self.test_repeats == 0) {
-            return Err(("simulate.test_faces", "test runs need test_faces and test_repeats > 0".into()));
+            return Err((
+                "simulate.test_faces",
+                "test runs need test_faces and test_repeats > 0".into(),
+            ));
         }
         let longest = self.volumes_for(self.train_trials_per_run.max(self.test_trials_per_run()));
         if longest > i16::MAX as usize {
@@ -301,36 +325,57 @@ impl SimulateConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {key} {problem}")]
-    Invalid { path: PathBuf, key: &'static str, problem: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
 }
 
 impl Config {
     /// Loads `path` over the built-in defaults, or returns the defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let Some(path) = path else { return Ok(Config::default()) };
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let config = Config::parse(&text, path)?;
         Ok(config)
     }
 
     /// Parses TOML text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.validate(origin)?;
         Ok(config)
     }
 
     /// Checks value ranges that types alone do not express.
     pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, problem: &str| ConfigError::Invalid { path: origin.to_path_buf(), key, problem: problem.into() };
-        if !(self.receiver.idle_timeout_secs.is_finite() && self.receiver.idle_timeout_secs >= 0.0) {
-            return Err(invalid("receiver.idle_timeout_secs", "must be a finite number >= 0"));
+        let invalid = |key: &'static str, problem: &str| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            key,
+            problem: problem.into(),
+        };
+        if !(self.receiver.idle_timeout_secs.is_finite() && self.receiver.idle_timeout_secs >= 0.0)
+        {
+            return Err(invalid(
+                "receiver.idle_timeout_secs",
+                "must be a finite number >= 0",
+            ));
         }
         if self.receiver.max_volume_bytes == 0 {
             return Err(invalid("receiver.max_volume_bytes", "must be positive"));
@@ -342,12 +387,20 @@ impl Config {
             return Err(invalid("receiver.bind", "must start with tcp:// or ipc://"));
         }
         if !(self.sender.reply_timeout_secs.is_finite() && self.sender.reply_timeout_secs >= 0.0) {
-            return Err(invalid("sender.reply_timeout_secs", "must be a finite number >= 0"));
+            return Err(invalid(
+                "sender.reply_timeout_secs",
+                "must be a finite number >= 0",
+            ));
         }
         if self.sender.handshake.is_empty() || self.sender.handshake.trim_start().starts_with('{') {
-            return Err(invalid("sender.handshake", "must be a non-empty string that is not JSON"));
+            return Err(invalid(
+                "sender.handshake",
+                "must be a non-empty string that is not JSON",
+            ));
         }
-        self.simulate.validate().map_err(|(key, problem)| invalid(key, &problem))?;
+        self.simulate
+            .validate()
+            .map_err(|(key, problem)| invalid(key, &problem))?;
         if self.live.sliding_volumes == 0 {
             return Err(invalid("live.sliding_volumes", "must be at least 1"));
         }
@@ -371,25 +424,48 @@ mod tests {
         let defaults = toml::to_string(&Config::default()).unwrap();
         for line in defaults.lines().filter(|l| l.contains(" = ")) {
             let key = line.split(" = ").next().unwrap();
-            assert!(text.contains(&format!("\n{key} = ")), "config/default.toml lacks {key}");
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "config/default.toml lacks {key}"
+            );
         }
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key_and_file() {
-        let err = Config::parse("[receiver]\nbindd = \"x\"\n", Path::new("my.toml")).unwrap_err().to_string();
+        let err = Config::parse("[receiver]\nbindd = \"x\"\n", Path::new("my.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("my.toml") && err.contains("bindd"), "{err}");
-        let err = Config::parse("[receiver]\nexpected_volumes = \"ten\"\n", Path::new("my.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("my.toml") && err.contains("expected_volumes"), "{err}");
-        let err = Config::parse("[receiver]\nidle_timeout_secs = -1.0\n", Path::new("my.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[receiver]\nexpected_volumes = \"ten\"\n",
+            Path::new("my.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("my.toml") && err.contains("expected_volumes"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[receiver]\nidle_timeout_secs = -1.0\n",
+            Path::new("my.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("receiver.idle_timeout_secs"), "{err}");
-        for bad in ["tr_secs = -1.5", "snr = nan", "test_repeats = 20000\ntest_runs = 1"] {
-            let err = Config::parse(&format!("[simulate]\n{bad}\n"), Path::new("s.toml")).unwrap_err().to_string();
-            assert!(err.contains("s.toml") && err.contains("simulate."), "{bad}: {err}");
+        for bad in [
+            "tr_secs = -1.5",
+            "snr = nan",
+            "test_repeats = 20000\ntest_runs = 1",
+        ] {
+            let err = Config::parse(&format!("[simulate]\n{bad}\n"), Path::new("s.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("s.toml") && err.contains("simulate."),
+                "{bad}: {err}"
+            );
         }
     }
 

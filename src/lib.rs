@@ -58,12 +58,28 @@ mod tests {
     #[test]
     fn each_cause_of_an_error_is_said_once() {
         let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        let err = anyhow::Error::new(crate::generate::GenerateError::Io { path: "w.safetensors".into(), source: io() });
-        assert_eq!(error_chain(&err), "w.safetensors: No such file or directory");
+        let err = anyhow::Error::new(crate::generate::GenerateError::Io {
+            path: "w.safetensors".into(),
+            source: io(),
+        });
+        assert_eq!(
+            error_chain(&err),
+            "w.safetensors: No such file or directory"
+        );
         // a context that does not repeat its cause keeps it
         let err = anyhow::Error::new(io()).context("reading the run");
-        assert_eq!(error_chain(&err), "reading the run: No such file or directory");
-        let err = anyhow::Error::new(crate::generate::GenerateError::Io { path: "w".into(), source: io() }).context("loading the generator");
-        assert_eq!(error_chain(&err), "loading the generator: w: No such file or directory");
+        assert_eq!(
+            error_chain(&err),
+            "reading the run: No such file or directory"
+        );
+        let err = anyhow::Error::new(crate::generate::GenerateError::Io {
+            path: "w".into(),
+            source: io(),
+        })
+        .context("loading the generator");
+        assert_eq!(
+            error_chain(&err),
+            "loading the generator: w: No such file or directory"
+        );
     }
 }

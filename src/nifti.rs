@@ -22,13 +22,22 @@ pub const DATA_OFFSET: usize = 352;
 #[derive(Debug, thiserror::Error)]
 pub enum NiftiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a NIfTI-1 file ({reason})")]
     NotNifti { path: PathBuf, reason: String },
-    #[error("{path}: unsupported NIfTI datatype code {code} (supported: integers, float32, float64)")]
+    #[error(
+        "{path}: unsupported NIfTI datatype code {code} (supported: integers, float32, float64)"
+    )]
     UnsupportedDatatype { path: PathBuf, code: i16 },
     #[error("{path}: file holds {actual} bytes of voxel data but the header needs {expected}")]
-    Truncated { path: PathBuf, expected: usize, actual: usize },
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        actual: usize,
+    },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
@@ -85,11 +94,16 @@ impl NiftiImage {
 
     /// Reads a `.nii` or `.nii.gz` file.
     pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
-        let io = |source| NiftiError::Io { path: path.to_path_buf(), source };
+        let io = |source| NiftiError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let raw = std::fs::read(path).map_err(io)?;
         let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
             let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .map_err(io)?;
             out
         } else {
             raw
@@ -112,7 +126,12 @@ impl HeaderReader<'_> {
         }
     }
     fn i32(&self, at: usize) -> i32 {
-        let b = [self.bytes[at], self.bytes[at + 1], self.bytes[at + 2], self.bytes[at + 3]];
+        let b = [
+            self.bytes[at],
+            self.bytes[at + 1],
+            self.bytes[at + 2],
+            self.bytes[at + 3],
+        ];
         match self.order {
             ByteOrder::Little => i32::from_le_bytes(b),
             ByteOrder::Big => i32::from_be_bytes(b),
@@ -158,26 +177,44 @@ pub fn code_from_dtype(dtype: Dtype) -> Option<i16> {
 }
 
 fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
-    let not_nifti = |reason: &str| NiftiError::NotNifti { path: path.to_path_buf(), reason: reason.to_string() };
+    let not_nifti = |reason: &str| NiftiError::NotNifti {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
     if bytes.len() < HEADER_BYTES {
-        return Err(not_nifti(&format!("only {} bytes, a header needs 348", bytes.len())));
+        return Err(not_nifti(&format!(
+            "only {} bytes, a header needs 348",
+            bytes.len()
+        )));
     }
     let order = if i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == 348 {
         ByteOrder::Little
     } else if i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == 348 {
         ByteOrder::Big
     } else {
-        return Err(not_nifti("sizeof_hdr is not 348 (NIfTI-2 and ANALYZE files are not supported)"));
+        return Err(not_nifti(
+            "sizeof_hdr is not 348 (NIfTI-2 and ANALYZE files are not supported)",
+        ));
     };
     match &bytes[344..348] {
         b"n+1\0" => {}
-        b"ni1\0" => return Err(not_nifti("a header/image pair (.hdr/.img); convert it to a single .nii file")),
+        b"ni1\0" => {
+            return Err(not_nifti(
+                "a header/image pair (.hdr/.img); convert it to a single .nii file",
+            ))
+        }
         _ => return Err(not_nifti("magic is not \"n+1\"")),
     }
-    let h = HeaderReader { bytes: &bytes, order };
+    let h = HeaderReader {
+        bytes: &bytes,
+        order,
+    };
     let ndim = h.i16(40);
     if !(1..=7).contains(&ndim) {
-        return Err(NiftiError::Invalid { path: path.to_path_buf(), reason: format!("dim[0] = {ndim}") });
+        return Err(NiftiError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("dim[0] = {ndim}"),
+        });
     }
     let mut dims = [1usize; 4];
     for (axis, d) in dims.iter_mut().enumerate().take(ndim.min(4) as usize) {
@@ -199,10 +236,17 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
         }
     }
     let code = h.i16(70);
-    let dtype = dtype_from_code(code).ok_or(NiftiError::UnsupportedDatatype { path: path.to_path_buf(), code })?;
+    let dtype = dtype_from_code(code).ok_or(NiftiError::UnsupportedDatatype {
+        path: path.to_path_buf(),
+        code,
+    })?;
     let pixdim: Vec<f64> = (0..8).map(|i| h.f32(76 + 4 * i)).collect();
     let vox_offset = h.f32(108);
-    let offset = if vox_offset < DATA_OFFSET as f64 { DATA_OFFSET } else { vox_offset as usize };
+    let offset = if vox_offset < DATA_OFFSET as f64 {
+        DATA_OFFSET
+    } else {
+        vox_offset as usize
+    };
     let slope = h.f32(112);
     let inter = h.f32(116);
     let scaling = if slope.is_finite() && slope != 0.0 {
@@ -249,13 +293,19 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<NiftiImage, NiftiError> {
         a[3][3] = 1.0;
         (a, "pixdim (no sform or qform)")
     };
-    crate::spatial::check_affine(&mm_from_voxel)
-        .map_err(|why| NiftiError::Invalid { path: path.to_path_buf(), reason: format!("the voxel-to-mm affine from the {affine_source}: {why}") })?;
+    crate::spatial::check_affine(&mm_from_voxel).map_err(|why| NiftiError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("the voxel-to-mm affine from the {affine_source}: {why}"),
+    })?;
 
     let n_bytes = dims.iter().product::<usize>() * dtype.itemsize();
     let available = bytes.len().saturating_sub(offset);
     if available < n_bytes {
-        return Err(NiftiError::Truncated { path: path.to_path_buf(), expected: n_bytes, actual: available });
+        return Err(NiftiError::Truncated {
+            path: path.to_path_buf(),
+            expected: n_bytes,
+            actual: available,
+        });
     }
     let mut data_le = bytes[offset..offset + n_bytes].to_vec();
     if order == ByteOrder::Big {
@@ -294,9 +344,21 @@ pub fn qform_affine(bcd: [f64; 3], offset: [f64; 3], voxel_size_mm: [f64; 3], qf
     let a2 = 1.0 - (b * b + c * c + d * d);
     let a = if a2 > 0.0 { a2.sqrt() } else { 0.0 };
     let r = [
-        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
     ];
     let zooms = [voxel_size_mm[0], voxel_size_mm[1], voxel_size_mm[2] * qfac];
     let mut out = [[0.0; 4]; 4];
@@ -326,16 +388,30 @@ pub struct NiftiSpec {
 
 /// Builds the 352-byte header (NIfTI-1 header plus an empty extension flag) for `spec`, little endian.
 pub fn header_bytes(spec: &NiftiSpec) -> Result<Vec<u8>, String> {
-    let code = code_from_dtype(spec.dtype)
-        .ok_or_else(|| format!("{} has no NIfTI datatype; convert it first", spec.dtype.numpy_name()))?;
-    for (axis, &d) in spec.dims.iter().chain(std::iter::once(&spec.volumes)).enumerate() {
+    let code = code_from_dtype(spec.dtype).ok_or_else(|| {
+        format!(
+            "{} has no NIfTI datatype; convert it first",
+            spec.dtype.numpy_name()
+        )
+    })?;
+    for (axis, &d) in spec
+        .dims
+        .iter()
+        .chain(std::iter::once(&spec.volumes))
+        .enumerate()
+    {
         if d == 0 || d > i16::MAX as usize {
-            return Err(format!("dimension {axis} = {d} does not fit a NIfTI-1 header (1 to 32767)"));
+            return Err(format!(
+                "dimension {axis} = {d} does not fit a NIfTI-1 header (1 to 32767)"
+            ));
         }
     }
     let mut h = vec![0u8; DATA_OFFSET];
-    let put_i16 = |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let put_f32 = |h: &mut Vec<u8>, at: usize, v: f64| h[at..at + 4].copy_from_slice(&(v as f32).to_le_bytes());
+    let put_i16 =
+        |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 = |h: &mut Vec<u8>, at: usize, v: f64| {
+        h[at..at + 4].copy_from_slice(&(v as f32).to_le_bytes())
+    };
     h[0..4].copy_from_slice(&348i32.to_le_bytes());
     put_i16(&mut h, 40, 4);
     for (axis, &d) in spec.dims.iter().enumerate() {
@@ -379,12 +455,20 @@ pub fn write(path: &Path, spec: &NiftiSpec, volumes_le: &[u8]) -> Result<(), Nif
     if volumes_le.len() != expected {
         return Err(NiftiError::Invalid {
             path: path.to_path_buf(),
-            reason: format!("{} bytes of voxels given, {expected} expected", volumes_le.len()),
+            reason: format!(
+                "{} bytes of voxels given, {expected} expected",
+                volumes_le.len()
+            ),
         });
     }
-    let header =
-        header_bytes(spec).map_err(|reason| NiftiError::Invalid { path: path.to_path_buf(), reason })?;
-    let io = |source| NiftiError::Io { path: path.to_path_buf(), source };
+    let header = header_bytes(spec).map_err(|reason| NiftiError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let io = |source| NiftiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("partial");
     {
         let file = std::fs::File::create(&tmp).map_err(io)?;
@@ -414,7 +498,12 @@ mod tests {
     fn write_then_read_round_trips() {
         let dir = std::env::temp_dir().join(format!("hyper-rt-nifti-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let affine = [[2.0, 0.0, 0.0, -10.0], [0.0, 3.0, 0.5, 4.0], [0.0, -0.5, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]];
+        let affine = [
+            [2.0, 0.0, 0.0, -10.0],
+            [0.0, 3.0, 0.5, 4.0],
+            [0.0, -0.5, 3.0, 7.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let spec = NiftiSpec {
             dims: [3, 4, 2],
             volumes: 2,
@@ -424,7 +513,9 @@ mod tests {
             scaling: None,
             description: "test".into(),
         };
-        let data: Vec<u8> = (0..48i16).flat_map(|v| (v * 7 - 100).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..48i16)
+            .flat_map(|v| (v * 7 - 100).to_le_bytes())
+            .collect();
         for name in ["a.nii", "a.nii.gz"] {
             let path = dir.join(name);
             write(&path, &spec, &data).unwrap();
@@ -441,19 +532,30 @@ mod tests {
 
     #[test]
     fn a_singular_affine_is_refused_naming_the_file_and_its_source() {
-        let path = std::env::temp_dir().join(format!("hyper-rt-singular-{}.nii", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("hyper-rt-singular-{}.nii", std::process::id()));
         let spec = NiftiSpec {
             dims: [2, 2, 2],
             volumes: 1,
             dtype: Dtype::Int16,
-            mm_from_voxel: [[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            mm_from_voxel: [
+                [2.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, 2.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
             tr_secs: 1.0,
             scaling: None,
             description: "singular".into(),
         };
         write(&path, &spec, &[0u8; 16]).unwrap();
         let err = NiftiImage::read(&path).unwrap_err().to_string();
-        assert!(err.contains(path.to_str().unwrap()) && err.contains("affine from the sform") && err.contains("singular"), "{err}");
+        assert!(
+            err.contains(path.to_str().unwrap())
+                && err.contains("affine from the sform")
+                && err.contains("singular"),
+            "{err}"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -474,7 +576,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_the_path_in_the_message() {
-        let path = std::env::temp_dir().join(format!("hyper-rt-garbage-{}.nii", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("hyper-rt-garbage-{}.nii", std::process::id()));
         std::fs::write(&path, vec![7u8; 400]).unwrap();
         let err = NiftiImage::read(&path).unwrap_err().to_string();
         assert!(err.contains("not a NIfTI-1 file"), "{err}");

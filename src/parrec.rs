@@ -32,36 +32,65 @@ use crate::volume::Affine;
 #[derive(Debug, thiserror::Error)]
 pub enum ParRecError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}, line {line}: {reason}")]
-    Header { path: PathBuf, line: usize, reason: String },
+    Header {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{path}: no REC file beside it ({expected} or its lower/upper-case twin)")]
     NoRec { path: PathBuf, expected: String },
     #[error("{path}: {size} bytes, but its PAR file places images up to byte {needed} (still being written, or truncated)")]
-    RecTooShort { path: PathBuf, size: u64, needed: u64 },
+    RecTooShort {
+        path: PathBuf,
+        size: u64,
+        needed: u64,
+    },
 }
 
 /// Whether `path` names a PAR header (extension `.par` in any case).
 pub fn is_par_path(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("par"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("par"))
 }
 
 /// Whether `path` names a REC pixel file (extension `.rec` in any case): read through its PAR file.
 pub fn is_rec_path(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("rec"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("rec"))
 }
 
 /// The REC file of a PAR header: the same name with `.REC` (or `.rec`), preferring the PAR's own case.
 pub fn rec_path_for(par_path: &Path) -> Result<PathBuf, ParRecError> {
-    let upper = par_path.extension().is_some_and(|e| e.to_string_lossy().chars().all(|c| c.is_ascii_uppercase()));
-    let (first, second) = if upper { ("REC", "rec") } else { ("rec", "REC") };
-    let candidates = [par_path.with_extension(first), par_path.with_extension(second)];
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| ParRecError::NoRec {
-        path: par_path.to_path_buf(),
-        expected: candidates[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-    })
+    let upper = par_path
+        .extension()
+        .is_some_and(|e| e.to_string_lossy().chars().all(|c| c.is_ascii_uppercase()));
+    let (first, second) = if upper {
+        ("REC", "rec")
+    } else {
+        ("rec", "REC")
+    };
+    let candidates = [
+        par_path.with_extension(first),
+        par_path.with_extension(second),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| ParRecError::NoRec {
+            path: par_path.to_path_buf(),
+            expected: candidates[0]
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        })
 }
 
 /// One dynamic of a PAR/REC run.
@@ -101,23 +130,38 @@ struct GeneralInfo {
 
 impl GeneralInfo {
     fn find(&self, key_start: &str) -> Option<&(usize, String)> {
-        self.values.iter().find(|(k, _)| k.starts_with(key_start)).map(|(_, v)| v)
+        self.values
+            .iter()
+            .find(|(k, _)| k.starts_with(key_start))
+            .map(|(_, v)| v)
     }
 
     fn numbers(&self, path: &Path, key_start: &str) -> Result<Option<Vec<f64>>, ParRecError> {
-        let Some((line, text)) = self.find(key_start) else { return Ok(None) };
+        let Some((line, text)) = self.find(key_start) else {
+            return Ok(None);
+        };
         let numbers: Result<Vec<f64>, _> = text.split_whitespace().map(str::parse::<f64>).collect();
         match numbers {
             Ok(n) if !n.is_empty() && n.iter().all(|v| v.is_finite()) => Ok(Some(n)),
-            _ => Err(ParRecError::Header { path: path.to_path_buf(), line: *line, reason: format!("\"{key_start}\" is not a list of numbers: {text:?}") }),
+            _ => Err(ParRecError::Header {
+                path: path.to_path_buf(),
+                line: *line,
+                reason: format!("\"{key_start}\" is not a list of numbers: {text:?}"),
+            }),
         }
     }
 
     fn triple(&self, path: &Path, key_start: &str) -> Result<[f64; 3], ParRecError> {
         match self.numbers(path, key_start)? {
             Some(n) if n.len() == 3 => Ok([n[0], n[1], n[2]]),
-            Some(n) => Err(ParRecError::Invalid { path: path.to_path_buf(), reason: format!("\"{key_start}\" has {} values, not 3", n.len()) }),
-            None => Err(ParRecError::Invalid { path: path.to_path_buf(), reason: format!("no \"{key_start}\" line in the general information") }),
+            Some(n) => Err(ParRecError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("\"{key_start}\" has {} values, not 3", n.len()),
+            }),
+            None => Err(ParRecError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("no \"{key_start}\" line in the general information"),
+            }),
         }
     }
 }
@@ -140,7 +184,11 @@ struct ParHeader {
 }
 
 fn parse_header(path: &Path, text: &str) -> Result<ParHeader, ParRecError> {
-    let header_error = |line: usize, reason: String| ParRecError::Header { path: path.to_path_buf(), line, reason };
+    let header_error = |line: usize, reason: String| ParRecError::Header {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
     let mut version = String::new();
     let mut general = HashMap::new();
     let mut columns: Vec<Column> = Vec::new();
@@ -155,12 +203,18 @@ fn parse_header(path: &Path, text: &str) -> Result<ParHeader, ParRecError> {
         if let Some(comment) = line.strip_prefix('#') {
             let comment = comment.trim();
             if comment.to_ascii_lowercase().contains("image export tool") {
-                version = comment.split_whitespace().last().unwrap_or_default().to_string();
+                version = comment
+                    .split_whitespace()
+                    .last()
+                    .unwrap_or_default()
+                    .to_string();
             }
             if comment.starts_with("===") {
                 in_definitions = comment.contains("IMAGE INFORMATION DEFINITION");
             } else if in_definitions {
-                if let Some(column) = definition_column(comment, columns.last().map_or(0, |c| c.start + c.width)) {
+                if let Some(column) =
+                    definition_column(comment, columns.last().map_or(0, |c| c.start + c.width))
+                {
                     columns.push(column);
                 }
             }
@@ -168,16 +222,30 @@ fn parse_header(path: &Path, text: &str) -> Result<ParHeader, ParRecError> {
         }
         if let Some(entry) = line.strip_prefix('.') {
             let Some((key, value)) = entry.split_once(':') else {
-                return Err(header_error(line_number, format!("general information line without ':': {line:?}")));
+                return Err(header_error(
+                    line_number,
+                    format!("general information line without ':': {line:?}"),
+                ));
             };
-            let key = key.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
+            let key = key
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_ascii_lowercase();
             general.insert(key, (line_number, value.trim().to_string()));
             continue;
         }
-        images.push((line_number, line.split_whitespace().map(str::to_string).collect()));
+        images.push((
+            line_number,
+            line.split_whitespace().map(str::to_string).collect(),
+        ));
     }
     if columns.is_empty() {
-        return Err(ParRecError::Invalid { path: path.to_path_buf(), reason: "no IMAGE INFORMATION DEFINITION block: not a PAR file of version 4 or later".into() });
+        return Err(ParRecError::Invalid {
+            path: path.to_path_buf(),
+            reason: "no IMAGE INFORMATION DEFINITION block: not a PAR file of version 4 or later"
+                .into(),
+        });
     }
     let expected_tokens = columns.last().map_or(0, |c| c.start + c.width);
     for (line_number, tokens) in &images {
@@ -186,9 +254,17 @@ fn parse_header(path: &Path, text: &str) -> Result<ParHeader, ParRecError> {
         }
     }
     if images.is_empty() {
-        return Err(ParRecError::Invalid { path: path.to_path_buf(), reason: "no image lines".into() });
+        return Err(ParRecError::Invalid {
+            path: path.to_path_buf(),
+            reason: "no image lines".into(),
+        });
     }
-    Ok(ParHeader { version, general: GeneralInfo { values: general }, columns, images })
+    Ok(ParHeader {
+        version,
+        general: GeneralInfo { values: general },
+        columns,
+        images,
+    })
 }
 
 /// `name  (N*type)` from the definition block, starting at token `start`.
@@ -202,7 +278,11 @@ fn definition_column(comment: &str, start: usize) -> Option<Column> {
     if !matches!(base, "integer" | "float" | "string") || width == 0 {
         return None;
     }
-    Some(Column { name: comment[..open].trim().to_ascii_lowercase(), start, width })
+    Some(Column {
+        name: comment[..open].trim().to_ascii_lowercase(),
+        start,
+        width,
+    })
 }
 
 /// The values of one image line the reader uses.
@@ -239,32 +319,70 @@ impl ColumnReader<'_> {
     }
 
     fn required(&self, name: &str) -> Result<&Column, ParRecError> {
-        self.find(name).ok_or_else(|| ParRecError::Invalid { path: self.path.to_path_buf(), reason: format!("the image definition block has no \"{name}\" column") })
-    }
-
-    fn number(&self, line: usize, tokens: &[String], column: &Column, k: usize) -> Result<f64, ParRecError> {
-        let token = &tokens[column.start + k];
-        token.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| ParRecError::Header {
+        self.find(name).ok_or_else(|| ParRecError::Invalid {
             path: self.path.to_path_buf(),
-            line,
-            reason: format!("{} is {token:?}, not a number", column.name),
+            reason: format!("the image definition block has no \"{name}\" column"),
         })
     }
 
-    fn integer(&self, line: usize, tokens: &[String], column: &Column, k: usize) -> Result<i64, ParRecError> {
+    fn number(
+        &self,
+        line: usize,
+        tokens: &[String],
+        column: &Column,
+        k: usize,
+    ) -> Result<f64, ParRecError> {
+        let token = &tokens[column.start + k];
+        token
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| ParRecError::Header {
+                path: self.path.to_path_buf(),
+                line,
+                reason: format!("{} is {token:?}, not a number", column.name),
+            })
+    }
+
+    fn integer(
+        &self,
+        line: usize,
+        tokens: &[String],
+        column: &Column,
+        k: usize,
+    ) -> Result<i64, ParRecError> {
         let value = self.number(line, tokens, column, k)?;
         if value.fract() != 0.0 {
-            return Err(ParRecError::Header { path: self.path.to_path_buf(), line, reason: format!("{} is {value}, not a whole number", column.name) });
+            return Err(ParRecError::Header {
+                path: self.path.to_path_buf(),
+                line,
+                reason: format!("{} is {value}, not a whole number", column.name),
+            });
         }
         Ok(value as i64)
     }
 
-    fn count(&self, line: usize, tokens: &[String], column: &Column, k: usize) -> Result<usize, ParRecError> {
+    fn count(
+        &self,
+        line: usize,
+        tokens: &[String],
+        column: &Column,
+        k: usize,
+    ) -> Result<usize, ParRecError> {
         let value = self.integer(line, tokens, column, k)?;
-        usize::try_from(value).map_err(|_| ParRecError::Header { path: self.path.to_path_buf(), line, reason: format!("{} is {value}, below zero", column.name) })
+        usize::try_from(value).map_err(|_| ParRecError::Header {
+            path: self.path.to_path_buf(),
+            line,
+            reason: format!("{} is {value}, below zero", column.name),
+        })
     }
 
-    fn optional_integer(&self, line: usize, tokens: &[String], name: &str) -> Result<i64, ParRecError> {
+    fn optional_integer(
+        &self,
+        line: usize,
+        tokens: &[String],
+        name: &str,
+    ) -> Result<i64, ParRecError> {
         match self.find(name) {
             Some(column) => self.integer(line, tokens, column, 0),
             None => Ok(0),
@@ -302,13 +420,19 @@ impl ColumnReader<'_> {
                     gradient: self.optional_integer(line, t, "gradient orientation number")?,
                     rec_index: self.count(line, t, rec_index, 0)?,
                     bits: self.count(line, t, bits, 0)?,
-                    recon: [self.count(line, t, recon, 0)?, self.count(line, t, recon, 1)?],
+                    recon: [
+                        self.count(line, t, recon, 0)?,
+                        self.count(line, t, recon, 1)?,
+                    ],
                     rescale_intercept: self.number(line, t, intercept, 0)?,
                     rescale_slope: self.number(line, t, slope, 0)?,
                     thickness_mm: self.number(line, t, thickness, 0)?,
                     gap_mm: self.number(line, t, gap, 0)?,
                     orientation: self.integer(line, t, orientation, 0)?,
-                    spacing_mm: [self.number(line, t, spacing, 0)?, self.number(line, t, spacing, 1)?],
+                    spacing_mm: [
+                        self.number(line, t, spacing, 0)?,
+                        self.number(line, t, spacing, 1)?,
+                    ],
                 })
             })
             .collect()
@@ -334,7 +458,10 @@ fn keep_one_kind(lines: Vec<ImageLine>) -> (Vec<ImageLine>, Vec<String>) {
         let values: BTreeSet<i64> = kept.iter().map(key).collect();
         if values.len() > 1 {
             let keep = wanted.unwrap_or_else(|| *values.iter().next().unwrap_or(&0));
-            notes.push(format!("the file holds {} {what} ({values:?}): only {keep} is read", values.len()));
+            notes.push(format!(
+                "the file holds {} {what} ({values:?}): only {keep} is read",
+                values.len()
+            ));
             kept.retain(|l| key(l) == keep);
         }
     }
@@ -365,7 +492,13 @@ fn mat3_mul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
 ///
 /// `angulation_deg` and `off_centre_mm` are the header's mid-slice values in (ap, fh, rl) order;
 /// `orientation` is the slice orientation code (1 transverse, 2 sagittal, 3 coronal).
-pub fn philips_affine(dims: [usize; 3], voxel_mm: [f64; 3], orientation: i64, angulation_deg: [f64; 3], off_centre_mm: [f64; 3]) -> Option<Affine> {
+pub fn philips_affine(
+    dims: [usize; 3],
+    voxel_mm: [f64; 3],
+    orientation: i64,
+    angulation_deg: [f64; 3],
+    off_centre_mm: [f64; 3],
+) -> Option<Affine> {
     // Voxel axis (x, y, slice) -> PSL axis and sign, per slice orientation.
     let to_psl: [[f64; 3]; 3] = match orientation {
         1 => [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
@@ -374,7 +507,10 @@ pub fn philips_affine(dims: [usize; 3], voxel_mm: [f64; 3], orientation: i64, an
         _ => return None,
     };
     let [ap, fh, rl] = angulation_deg;
-    let rotate = mat3_mul(&mat3_mul(&rotation(2, rl), &rotation(0, ap)), &rotation(1, fh));
+    let rotate = mat3_mul(
+        &mat3_mul(&rotation(2, rl), &rotation(0, ap)),
+        &rotation(1, fh),
+    );
     let psl_from_scaled = mat3_mul(&rotate, &to_psl);
     // PSL -> RAS: R = -L, A = -P, S = S.
     let ras_from_psl = [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]];
@@ -387,9 +523,16 @@ pub fn philips_affine(dims: [usize; 3], voxel_mm: [f64; 3], orientation: i64, an
         }
     }
     // The centre of the field of view lies at the off-centre (ap, fh, rl, i.e. PSL order); then into RAS.
-    let psl_translation: [f64; 3] = std::array::from_fn(|r| (0..3).map(|c| -psl_from_scaled[r][c] * centre[c]).sum::<f64>() + off_centre_mm[r]);
+    let psl_translation: [f64; 3] = std::array::from_fn(|r| {
+        (0..3)
+            .map(|c| -psl_from_scaled[r][c] * centre[c])
+            .sum::<f64>()
+            + off_centre_mm[r]
+    });
     for r in 0..3 {
-        affine[r][3] = (0..3).map(|k| ras_from_psl[r][k] * psl_translation[k]).sum();
+        affine[r][3] = (0..3)
+            .map(|k| ras_from_psl[r][k] * psl_translation[k])
+            .sum();
     }
     affine[3][3] = 1.0;
     Some(affine)
@@ -398,11 +541,20 @@ pub fn philips_affine(dims: [usize; 3], voxel_mm: [f64; 3], orientation: i64, an
 impl ParRecRun {
     /// Reads a PAR header and its REC file.
     pub fn read(par_path: &Path) -> Result<ParRecRun, ParRecError> {
-        let bytes = std::fs::read(par_path).map_err(|source| ParRecError::Io { path: par_path.to_path_buf(), source })?;
+        let bytes = std::fs::read(par_path).map_err(|source| ParRecError::Io {
+            path: par_path.to_path_buf(),
+            source,
+        })?;
         let text = String::from_utf8_lossy(&bytes);
         let header = parse_header(par_path, &text)?;
-        let invalid = |reason: String| ParRecError::Invalid { path: par_path.to_path_buf(), reason };
-        let reader = ColumnReader { path: par_path, columns: &header.columns };
+        let invalid = |reason: String| ParRecError::Invalid {
+            path: par_path.to_path_buf(),
+            reason,
+        };
+        let reader = ColumnReader {
+            path: par_path,
+            columns: &header.columns,
+        };
         let (lines, mut notes) = keep_one_kind(reader.image_lines(&header.images)?);
 
         // Properties every kept image must share.
@@ -417,42 +569,73 @@ impl ParRecRun {
                 (line.orientation != first.orientation, "slice orientation"),
             ];
             if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
-                return Err(ParRecError::Header { path: par_path.to_path_buf(), line: line.line, reason: format!("{what} differs from the first image's (line {}): not supported", first.line) });
+                return Err(ParRecError::Header {
+                    path: par_path.to_path_buf(),
+                    line: line.line,
+                    reason: format!(
+                        "{what} differs from the first image's (line {}): not supported",
+                        first.line
+                    ),
+                });
             }
         }
         let bytes_per_pixel = match first.bits {
             8 => 1,
             16 => 2,
-            bits => return Err(invalid(format!("{bits}-bit images: only 8 and 16 bits are read"))),
+            bits => {
+                return Err(invalid(format!(
+                    "{bits}-bit images: only 8 and 16 bits are read"
+                )))
+            }
         };
         let [nx, ny] = first.recon;
         if nx == 0 || ny == 0 {
             return Err(invalid(format!("recon resolution {nx} x {ny}")));
         }
         let slice_numbers: BTreeSet<i64> = lines.iter().map(|l| l.slice).collect();
-        let max_slices = header.general.numbers(par_path, "max. number of slices/locations")?.and_then(|n| n.first().copied()).map(|n| n as i64);
+        let max_slices = header
+            .general
+            .numbers(par_path, "max. number of slices/locations")?
+            .and_then(|n| n.first().copied())
+            .map(|n| n as i64);
         let n_slices = match max_slices {
             Some(n) if n >= 1 => n,
             _ => slice_numbers.len() as i64,
         };
         if let Some(&outside) = slice_numbers.iter().find(|&&s| s < 1 || s > n_slices) {
-            return Err(invalid(format!("slice number {outside} outside 1 to {n_slices}")));
+            return Err(invalid(format!(
+                "slice number {outside} outside 1 to {n_slices}"
+            )));
         }
 
         // Dynamic -> slice -> image line; a repeated (dynamic, slice) is an error.
         let mut by_dynamic: BTreeMap<i64, BTreeMap<i64, &ImageLine>> = BTreeMap::new();
         for line in &lines {
-            if by_dynamic.entry(line.dynamic).or_default().insert(line.slice, line).is_some() {
+            if by_dynamic
+                .entry(line.dynamic)
+                .or_default()
+                .insert(line.slice, line)
+                .is_some()
+            {
                 return Err(ParRecError::Header {
                     path: par_path.to_path_buf(),
                     line: line.line,
-                    reason: format!("a second image for dynamic {} slice {}", line.dynamic, line.slice),
+                    reason: format!(
+                        "a second image for dynamic {} slice {}",
+                        line.dynamic, line.slice
+                    ),
                 });
             }
         }
-        let incomplete: Vec<i64> = by_dynamic.iter().filter(|(_, s)| s.len() as i64 != n_slices).map(|(&d, _)| d).collect();
+        let incomplete: Vec<i64> = by_dynamic
+            .iter()
+            .filter(|(_, s)| s.len() as i64 != n_slices)
+            .map(|(&d, _)| d)
+            .collect();
         if !incomplete.is_empty() {
-            notes.push(format!("dynamics {incomplete:?} lack slices (a recording stopped early?): left out"));
+            notes.push(format!(
+                "dynamics {incomplete:?} lack slices (a recording stopped early?): left out"
+            ));
             by_dynamic.retain(|d, _| !incomplete.contains(d));
         }
         if by_dynamic.is_empty() {
@@ -460,7 +643,11 @@ impl ParRecRun {
         }
         // A whole-run file holding fewer dynamics than its header announces was cut short (the real-time
         // export announces the run's count in each one-dynamic pair, so that case says nothing).
-        let announced = header.general.numbers(par_path, "max. number of dynamics")?.and_then(|n| n.first().copied()).unwrap_or(0.0) as usize;
+        let announced = header
+            .general
+            .numbers(par_path, "max. number of dynamics")?
+            .and_then(|n| n.first().copied())
+            .unwrap_or(0.0) as usize;
         if by_dynamic.len() > 1 && announced > by_dynamic.len() {
             notes.push(format!("the header announces {announced} dynamics, the file holds {} complete ones (a recording stopped early?)", by_dynamic.len()));
         }
@@ -469,11 +656,23 @@ impl ParRecRun {
         }
 
         let rec_path = rec_path_for(par_path)?;
-        let rec = std::fs::read(&rec_path).map_err(|source| ParRecError::Io { path: rec_path.clone(), source })?;
+        let rec = std::fs::read(&rec_path).map_err(|source| ParRecError::Io {
+            path: rec_path.clone(),
+            source,
+        })?;
         let image_bytes = nx * ny * bytes_per_pixel;
-        let needed = by_dynamic.values().flat_map(|s| s.values()).map(|l| (l.rec_index + 1) * image_bytes).max().unwrap_or(0);
+        let needed = by_dynamic
+            .values()
+            .flat_map(|s| s.values())
+            .map(|l| (l.rec_index + 1) * image_bytes)
+            .max()
+            .unwrap_or(0);
         if rec.len() < needed {
-            return Err(ParRecError::RecTooShort { path: rec_path, size: rec.len() as u64, needed: needed as u64 });
+            return Err(ParRecError::RecTooShort {
+                path: rec_path,
+                size: rec.len() as u64,
+                needed: needed as u64,
+            });
         }
 
         let n_slices = n_slices as usize;
@@ -482,32 +681,72 @@ impl ParRecRun {
             .map(|(&dynamic, slices)| {
                 let mut values = Vec::with_capacity(nx * ny * n_slices);
                 for line in slices.values() {
-                    let image = &rec[line.rec_index * image_bytes..(line.rec_index + 1) * image_bytes];
+                    let image =
+                        &rec[line.rec_index * image_bytes..(line.rec_index + 1) * image_bytes];
                     let (slope, intercept) = (line.rescale_slope, line.rescale_intercept);
                     if bytes_per_pixel == 1 {
                         values.extend(image.iter().map(|&pv| f64::from(pv) * slope + intercept));
                     } else {
-                        values.extend(image.chunks_exact(2).map(|b| f64::from(u16::from_le_bytes([b[0], b[1]])) * slope + intercept));
+                        values.extend(image.chunks_exact(2).map(|b| {
+                            f64::from(u16::from_le_bytes([b[0], b[1]])) * slope + intercept
+                        }));
                     }
                 }
-                ParRecVolume { dynamic: dynamic as usize, values }
+                ParRecVolume {
+                    dynamic: dynamic as usize,
+                    values,
+                }
             })
             .collect();
 
         let dims = [nx, ny, n_slices];
-        let voxel_mm = [first.spacing_mm[0], first.spacing_mm[1], first.thickness_mm + first.gap_mm];
+        let voxel_mm = [
+            first.spacing_mm[0],
+            first.spacing_mm[1],
+            first.thickness_mm + first.gap_mm,
+        ];
         let angulation = header.general.triple(par_path, "angulation midslice")?;
         let off_centre = header.general.triple(par_path, "off centre midslice")?;
-        let mm_from_voxel = philips_affine(dims, voxel_mm, first.orientation, angulation, off_centre)
-            .ok_or_else(|| invalid(format!("slice orientation {} (known: 1 transverse, 2 sagittal, 3 coronal)", first.orientation)))?;
-        let tr_secs = header.general.numbers(par_path, "repetition time")?.and_then(|n| n.first().copied()).filter(|&ms| ms > 0.0).map(|ms| ms / 1000.0);
+        let mm_from_voxel =
+            philips_affine(dims, voxel_mm, first.orientation, angulation, off_centre).ok_or_else(
+                || {
+                    invalid(format!(
+                        "slice orientation {} (known: 1 transverse, 2 sagittal, 3 coronal)",
+                        first.orientation
+                    ))
+                },
+            )?;
+        let tr_secs = header
+            .general
+            .numbers(par_path, "repetition time")?
+            .and_then(|n| n.first().copied())
+            .filter(|&ms| ms > 0.0)
+            .map(|ms| ms / 1000.0);
         let acquisition_number = match header.general.numbers(par_path, "acquisition nr")? {
             Some(n) if n.len() == 1 && n[0].fract() == 0.0 => n[0] as i64,
             Some(_) => return Err(invalid("\"Acquisition nr\" is not one whole number".into())),
-            None => return Err(invalid("no \"Acquisition nr\" line in the general information".into())),
+            None => {
+                return Err(invalid(
+                    "no \"Acquisition nr\" line in the general information".into(),
+                ))
+            }
         };
-        let protocol_name = header.general.find("protocol name").map(|(_, v)| v.clone()).unwrap_or_default();
-        Ok(ParRecRun { par_path: par_path.to_path_buf(), version: header.version, protocol_name, acquisition_number, tr_secs, dims, mm_from_voxel, volumes, notes })
+        let protocol_name = header
+            .general
+            .find("protocol name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok(ParRecRun {
+            par_path: par_path.to_path_buf(),
+            version: header.version,
+            protocol_name,
+            acquisition_number,
+            tr_secs,
+            dims,
+            mm_from_voxel,
+            volumes,
+            notes,
+        })
     }
 }
 
@@ -516,13 +755,20 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hyper-rt-parrec-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("hyper-rt-parrec-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     /// A small V4.2-style PAR: `dynamics` x `slices` images of 4 x 3 pixels, 16 bits.
-    fn write_pair(dir: &Path, name: &str, dynamics: usize, slices: usize, lines_to_drop: usize) -> PathBuf {
+    fn write_pair(
+        dir: &Path,
+        name: &str,
+        dynamics: usize,
+        slices: usize,
+        lines_to_drop: usize,
+    ) -> PathBuf {
         let mut par = String::from(
             "# CLINICAL TRYOUT             Research image export tool     V4.2\n\
              .    Protocol name                      :   test EPI\n\
@@ -552,7 +798,10 @@ mod tests {
         let mut index = 0;
         for d in 1..=dynamics {
             for s in 1..=slices {
-                par.push_str(&format!("{s} 1 {d} 1 0 {index} 16 4 3 {} 2.0 3.0 1.0 1 2.5 2.5\n", d as f64));
+                par.push_str(&format!(
+                    "{s} 1 {d} 1 0 {index} 16 4 3 {} 2.0 3.0 1.0 1 2.5 2.5\n",
+                    d as f64
+                ));
                 index += 1;
             }
         }
@@ -560,7 +809,9 @@ mod tests {
         let par: String = par.lines().take(keep).map(|l| format!("{l}\n")).collect();
         let par_path = dir.join(format!("{name}.PAR"));
         std::fs::write(&par_path, par).unwrap();
-        let rec: Vec<u8> = (0..index * 12).flat_map(|v| (v as u16).to_le_bytes()).collect();
+        let rec: Vec<u8> = (0..index * 12)
+            .flat_map(|v| (v as u16).to_le_bytes())
+            .collect();
         std::fs::write(dir.join(format!("{name}.REC")), rec).unwrap();
         par_path
     }
@@ -583,8 +834,15 @@ mod tests {
     fn leaves_out_a_dynamic_missing_slices_and_says_so() {
         let dir = scratch("cut");
         let run = ParRecRun::read(&write_pair(&dir, "cut", 3, 3, 1)).unwrap();
-        assert_eq!(run.volumes.iter().map(|v| v.dynamic).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(run.notes.iter().any(|n| n.contains("[3]")), "{:?}", run.notes);
+        assert_eq!(
+            run.volumes.iter().map(|v| v.dynamic).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert!(
+            run.notes.iter().any(|n| n.contains("[3]")),
+            "{:?}",
+            run.notes
+        );
     }
 
     #[test]
@@ -593,24 +851,40 @@ mod tests {
         let par = write_pair(&dir, "short", 2, 3, 0);
         std::fs::write(dir.join("short.REC"), vec![0u8; 100]).unwrap();
         let message = ParRecRun::read(&par).unwrap_err().to_string();
-        assert!(message.contains("100 bytes") && message.contains("144"), "{message}");
+        assert!(
+            message.contains("100 bytes") && message.contains("144"),
+            "{message}"
+        );
     }
 
     #[test]
     fn a_damaged_image_line_is_named_by_its_line_number() {
         let dir = scratch("bad");
         let par = write_pair(&dir, "bad", 1, 2, 0);
-        let text = std::fs::read_to_string(&par).unwrap().replace("2 1 1 1 0 1 16", "2 1 x 1 0 1 16");
+        let text = std::fs::read_to_string(&par)
+            .unwrap()
+            .replace("2 1 1 1 0 1 16", "2 1 x 1 0 1 16");
         std::fs::write(&par, text).unwrap();
         let message = ParRecRun::read(&par).unwrap_err().to_string();
-        assert!(message.contains("line 25") && message.contains("dynamic scan number"), "{message}");
+        assert!(
+            message.contains("line 25") && message.contains("dynamic scan number"),
+            "{message}"
+        );
     }
 
     #[test]
     fn angulated_headers_get_the_affine_nibabel_computes() {
         // nibabel 5.4.2's PARRECHeader.get_affine() for two of the real headers it ships: name, dims, voxel
         // size, slice orientation, angulation, off-centre, the affine's first three rows.
-        type Case = (&'static str, [usize; 3], [f64; 3], i64, [f64; 3], [f64; 3], [[f64; 4]; 3]);
+        type Case = (
+            &'static str,
+            [usize; 3],
+            [f64; 3],
+            i64,
+            [f64; 3],
+            [f64; 3],
+            [[f64; 4]; 3],
+        );
         let cases: [Case; 2] = [
             (
                 "ASL_3D_Multiecho.PAR (transverse, angulated about all three axes)",
@@ -620,9 +894,24 @@ mod tests {
                 [5.0, 15.0, 30.0],
                 [-4.81, 3.5, -3.607],
                 [
-                    [-2.694300523317363, 0.7219356493896386, -0.2614672282429745, 82.43054781899552],
-                    [-0.7454632064787544, -2.3106650579074524, 1.4942920471376182, 120.2970442782735],
-                    [0.15820650377970497, 1.4069953476489927, 2.588189746988463, -67.38413724589317],
+                    [
+                        -2.694300523317363,
+                        0.7219356493896386,
+                        -0.2614672282429745,
+                        82.43054781899552,
+                    ],
+                    [
+                        -0.7454632064787544,
+                        -2.3106650579074524,
+                        1.4942920471376182,
+                        120.2970442782735,
+                    ],
+                    [
+                        0.15820650377970497,
+                        1.4069953476489927,
+                        2.588189746988463,
+                        -67.38413724589317,
+                    ],
                 ],
             ),
             (
@@ -634,8 +923,18 @@ mod tests {
                 [20.0, 0.0, 0.0],
                 [
                     [-3.0, 0.0, 0.0, 118.5],
-                    [0.0, -0.7764571353075622, -3.187555226753925, 72.82738376635025],
-                    [0.0, -2.897777478867205, 0.8541028488383184, 97.80720486290738],
+                    [
+                        0.0,
+                        -0.7764571353075622,
+                        -3.187555226753925,
+                        72.82738376635025,
+                    ],
+                    [
+                        0.0,
+                        -2.897777478867205,
+                        0.8541028488383184,
+                        97.80720486290738,
+                    ],
                 ],
             ),
         ];
@@ -643,7 +942,12 @@ mod tests {
             let a = philips_affine(dims, voxel_mm, orientation, angulation, off_centre).unwrap();
             for r in 0..3 {
                 for c in 0..4 {
-                    assert!((a[r][c] - expected[r][c]).abs() < 1e-9, "{name}: [{r}][{c}] {} vs {}", a[r][c], expected[r][c]);
+                    assert!(
+                        (a[r][c] - expected[r][c]).abs() < 1e-9,
+                        "{name}: [{r}][{c}] {} vs {}",
+                        a[r][c],
+                        expected[r][c]
+                    );
                 }
             }
         }

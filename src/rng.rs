@@ -10,7 +10,10 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed ^ 0x9E37_79B9_7F4A_7C15, spare_normal: None }
+        Rng {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            spare_normal: None,
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -50,7 +53,10 @@ mod tests {
         let xs: Vec<f64> = (0..200_000).map(|_| rng.normal()).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
+            "mean {mean} var {var}"
+        );
         assert_eq!(Rng::new(7).next_u64(), Rng::new(7).next_u64());
         assert_ne!(Rng::new(7).next_u64(), Rng::new(8).next_u64());
     }

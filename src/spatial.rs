@@ -30,17 +30,33 @@ impl Rigid {
     /// `R = Rz Ry Rx`.
     pub fn rotation(&self) -> Mat3 {
         let [a, b, g] = self.rot_deg.map(f64::to_radians);
-        let rx = [[1.0, 0.0, 0.0], [0.0, a.cos(), -a.sin()], [0.0, a.sin(), a.cos()]];
-        let ry = [[b.cos(), 0.0, b.sin()], [0.0, 1.0, 0.0], [-b.sin(), 0.0, b.cos()]];
-        let rz = [[g.cos(), -g.sin(), 0.0], [g.sin(), g.cos(), 0.0], [0.0, 0.0, 1.0]];
+        let rx = [
+            [1.0, 0.0, 0.0],
+            [0.0, a.cos(), -a.sin()],
+            [0.0, a.sin(), a.cos()],
+        ];
+        let ry = [
+            [b.cos(), 0.0, b.sin()],
+            [0.0, 1.0, 0.0],
+            [-b.sin(), 0.0, b.cos()],
+        ];
+        let rz = [
+            [g.cos(), -g.sin(), 0.0],
+            [g.sin(), g.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ];
         mul3(&rz, &mul3(&ry, &rx))
     }
 
     /// Framewise displacement between two parameter sets (Power et al. 2012: sum of absolute differences, rotations
     /// as arc length on a sphere of `radius_mm`).
     pub fn framewise_displacement(&self, previous: &Rigid, radius_mm: f64) -> f64 {
-        let t: f64 = (0..3).map(|i| (self.trans_mm[i] - previous.trans_mm[i]).abs()).sum();
-        let r: f64 = (0..3).map(|i| (self.rot_deg[i] - previous.rot_deg[i]).to_radians().abs() * radius_mm).sum();
+        let t: f64 = (0..3)
+            .map(|i| (self.trans_mm[i] - previous.trans_mm[i]).abs())
+            .sum();
+        let r: f64 = (0..3)
+            .map(|i| (self.rot_deg[i] - previous.rot_deg[i]).to_radians().abs() * radius_mm)
+            .sum();
         t + r
     }
 }
@@ -56,17 +72,27 @@ pub struct MotionSampler {
 /// The inverse of a 3 x 3 matrix, `None` when it is singular.
 pub fn invert_3x3(a: &Mat3) -> Option<Mat3> {
     let inverse = nalgebra::Matrix3::from_fn(|i, j| a[i][j]).try_inverse()?;
-    Some(std::array::from_fn(|i| std::array::from_fn(|j| inverse[(i, j)])))
+    Some(std::array::from_fn(|i| {
+        std::array::from_fn(|j| inverse[(i, j)])
+    }))
 }
 
 /// Why `mm_from_voxel` cannot place voxels in scanner space (a non-finite entry, or a singular 3 x 3 part, as a
 /// header with zero voxel sizes gives), or `Ok` when it can. Realignment needs the inverse.
 pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), String> {
-    if let Some((r, c)) = (0..4).flat_map(|r| (0..4).map(move |c| (r, c))).find(|&(r, c)| !mm_from_voxel[r][c].is_finite()) {
+    if let Some((r, c)) = (0..4)
+        .flat_map(|r| (0..4).map(move |c| (r, c)))
+        .find(|&(r, c)| !mm_from_voxel[r][c].is_finite())
+    {
         return Err(format!("its entry [{r}][{c}] is {}", mm_from_voxel[r][c]));
     }
     let det = nalgebra::Matrix3::from_fn(|i, j| mm_from_voxel[i][j]).determinant();
-    let voxel_sizes_mm: [f64; 3] = std::array::from_fn(|j| (0..3).map(|i| mm_from_voxel[i][j].powi(2)).sum::<f64>().sqrt());
+    let voxel_sizes_mm: [f64; 3] = std::array::from_fn(|j| {
+        (0..3)
+            .map(|i| mm_from_voxel[i][j].powi(2))
+            .sum::<f64>()
+            .sqrt()
+    });
     // relative to the voxel sizes (the columns' lengths), so that small voxels are not taken for a singular affine
     if det.abs() <= 1e-9 * voxel_sizes_mm.iter().product::<f64>() {
         let [x, y, z] = voxel_sizes_mm;
@@ -94,7 +120,11 @@ pub fn affine_inverse(m: &Affine) -> Affine {
 
 /// The centre of a grid in millimetres.
 pub fn grid_centre_mm(dims: [usize; 3], mm_from_voxel: &Affine) -> [f64; 3] {
-    let c = [(dims[0] as f64 - 1.0) / 2.0, (dims[1] as f64 - 1.0) / 2.0, (dims[2] as f64 - 1.0) / 2.0];
+    let c = [
+        (dims[0] as f64 - 1.0) / 2.0,
+        (dims[1] as f64 - 1.0) / 2.0,
+        (dims[2] as f64 - 1.0) / 2.0,
+    ];
     apply(mm_from_voxel, c)
 }
 
@@ -108,14 +138,26 @@ impl MotionSampler {
         let voxel_from_mm = affine_inverse(mm_from_voxel);
         let r = motion.rotation();
         // p_in_mm = R^T (p_out_mm - c - t) + c
-        let rt = [[r[0][0], r[1][0], r[2][0]], [r[0][1], r[1][1], r[2][1]], [r[0][2], r[1][2], r[2][2]]];
-        let m3 = |m: &Affine| [[m[0][0], m[0][1], m[0][2]], [m[1][0], m[1][1], m[1][2]], [m[2][0], m[2][1], m[2][2]]];
+        let rt = [
+            [r[0][0], r[1][0], r[2][0]],
+            [r[0][1], r[1][1], r[2][1]],
+            [r[0][2], r[1][2], r[2][2]],
+        ];
+        let m3 = |m: &Affine| {
+            [
+                [m[0][0], m[0][1], m[0][2]],
+                [m[1][0], m[1][1], m[1][2]],
+                [m[2][0], m[2][1], m[2][2]],
+            ]
+        };
         let (vm, mv) = (m3(&voxel_from_mm), m3(mm_from_voxel));
         let a = mul3(&vm, &mul3(&rt, &mv));
         // constant part: vm * (R^T (mv_t - c - t) + c) + vm_t
         let shift = [0, 1, 2].map(|i| mm_from_voxel[i][3] - centre_mm[i] - motion.trans_mm[i]);
-        let rotated = [0, 1, 2].map(|i| (0..3).map(|k| rt[i][k] * shift[k]).sum::<f64>() + centre_mm[i]);
-        let b = [0, 1, 2].map(|i| (0..3).map(|k| vm[i][k] * rotated[k]).sum::<f64>() + voxel_from_mm[i][3]);
+        let rotated =
+            [0, 1, 2].map(|i| (0..3).map(|k| rt[i][k] * shift[k]).sum::<f64>() + centre_mm[i]);
+        let b = [0, 1, 2]
+            .map(|i| (0..3).map(|k| vm[i][k] * rotated[k]).sum::<f64>() + voxel_from_mm[i][3]);
         MotionSampler { a, b }
     }
 
@@ -138,7 +180,13 @@ pub fn trilinear(volume: &[f32], dims: [usize; 3], p: [f64; 3], outside: f32) ->
     let (x0, y0, z0) = (x.floor(), y.floor(), z.floor());
     let (fx, fy, fz) = ((x - x0) as f32, (y - y0) as f32, (z - z0) as f32);
     let (x0, y0, z0) = (x0 as isize, y0 as isize, z0 as isize);
-    if x0 >= 0 && y0 >= 0 && z0 >= 0 && x0 + 1 < nx as isize && y0 + 1 < ny as isize && z0 + 1 < nz as isize {
+    if x0 >= 0
+        && y0 >= 0
+        && z0 >= 0
+        && x0 + 1 < nx as isize
+        && y0 + 1 < ny as isize
+        && z0 + 1 < nz as isize
+    {
         // interior: all 8 neighbours exist
         let base = x0 as usize + nx * (y0 as usize + ny * z0 as usize);
         let (sy, sz) = (nx, nx * ny);
@@ -150,7 +198,8 @@ pub fn trilinear(volume: &[f32], dims: [usize; 3], p: [f64; 3], outside: f32) ->
         return (c00 * (1.0 - fy) + c10 * fy) * (1.0 - fz) + (c01 * (1.0 - fy) + c11 * fy) * fz;
     }
     let at = |xi: isize, yi: isize, zi: isize| -> f32 {
-        if xi < 0 || yi < 0 || zi < 0 || xi >= nx as isize || yi >= ny as isize || zi >= nz as isize {
+        if xi < 0 || yi < 0 || zi < 0 || xi >= nx as isize || yi >= ny as isize || zi >= nz as isize
+        {
             outside
         } else {
             volume[xi as usize + nx * (yi as usize + ny * zi as usize)]
@@ -168,17 +217,42 @@ pub fn trilinear(volume: &[f32], dims: [usize; 3], p: [f64; 3], outside: f32) ->
 /// Catmull-Rom tricubic interpolation, zero outside.
 pub fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
     let [nx, ny, nz] = dims;
-    if !(p[0] > -1.0 && p[1] > -1.0 && p[2] > -1.0 && p[0] < nx as f64 && p[1] < ny as f64 && p[2] < nz as f64) {
+    if !(p[0] > -1.0
+        && p[1] > -1.0
+        && p[2] > -1.0
+        && p[0] < nx as f64
+        && p[1] < ny as f64
+        && p[2] < nz as f64)
+    {
         return 0.0;
     }
     let weights = |t: f64| {
         let (t2, t3) = (t * t, t * t * t);
-        [(-t3 + 2.0 * t2 - t) / 2.0, (3.0 * t3 - 5.0 * t2 + 2.0) / 2.0, (-3.0 * t3 + 4.0 * t2 + t) / 2.0, (t3 - t2) / 2.0]
+        [
+            (-t3 + 2.0 * t2 - t) / 2.0,
+            (3.0 * t3 - 5.0 * t2 + 2.0) / 2.0,
+            (-3.0 * t3 + 4.0 * t2 + t) / 2.0,
+            (t3 - t2) / 2.0,
+        ]
     };
     let base = p.map(|v| v.floor());
-    let (wx, wy, wz) = (weights(p[0] - base[0]), weights(p[1] - base[1]), weights(p[2] - base[2]));
-    let (bx, by, bz) = (base[0] as isize - 1, base[1] as isize - 1, base[2] as isize - 1);
-    if bx >= 0 && by >= 0 && bz >= 0 && bx + 3 < nx as isize && by + 3 < ny as isize && bz + 3 < nz as isize {
+    let (wx, wy, wz) = (
+        weights(p[0] - base[0]),
+        weights(p[1] - base[1]),
+        weights(p[2] - base[2]),
+    );
+    let (bx, by, bz) = (
+        base[0] as isize - 1,
+        base[1] as isize - 1,
+        base[2] as isize - 1,
+    );
+    if bx >= 0
+        && by >= 0
+        && bz >= 0
+        && bx + 3 < nx as isize
+        && by + 3 < ny as isize
+        && bz + 3 < nz as isize
+    {
         // interior: all 64 neighbours exist
         let (bx, by, bz) = (bx as usize, by as usize, bz as usize);
         let mut acc = 0.0f64;
@@ -186,7 +260,10 @@ pub fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
             let mut plane = 0.0f64;
             for (b, wyb) in wy.iter().enumerate() {
                 let row = &volume[bx + nx * (by + b + ny * (bz + c))..][..4];
-                let r = wx[0] * row[0] as f64 + wx[1] * row[1] as f64 + wx[2] * row[2] as f64 + wx[3] * row[3] as f64;
+                let r = wx[0] * row[0] as f64
+                    + wx[1] * row[1] as f64
+                    + wx[2] * row[2] as f64
+                    + wx[3] * row[3] as f64;
                 plane += wyb * r;
             }
             acc += wzc * plane;
@@ -209,7 +286,10 @@ pub fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
                 if x < 0 || x >= nx as isize {
                     continue;
                 }
-                acc += wxa * wyb * wzc * volume[x as usize + nx * (y as usize + ny * z as usize)] as f64;
+                acc += wxa
+                    * wyb
+                    * wzc
+                    * volume[x as usize + nx * (y as usize + ny * z as usize)] as f64;
             }
         }
     }
@@ -218,7 +298,12 @@ pub fn tricubic(volume: &[f32], dims: [usize; 3], p: [f64; 3]) -> f32 {
 
 /// Resamples `volume` as moved by `motion` (same grid), tricubic (Catmull-Rom: little blur, as a real head
 /// movement has none), zero outside.
-pub fn move_volume(volume: &[f32], dims: [usize; 3], mm_from_voxel: &Affine, motion: &Rigid) -> Vec<f32> {
+pub fn move_volume(
+    volume: &[f32],
+    dims: [usize; 3],
+    mm_from_voxel: &Affine,
+    motion: &Rigid,
+) -> Vec<f32> {
     let sampler = MotionSampler::new(motion, mm_from_voxel, grid_centre_mm(dims, mm_from_voxel));
     let [nx, ny, nz] = dims;
     let mut out = Vec::with_capacity(volume.len());
@@ -238,25 +323,49 @@ mod tests {
 
     #[test]
     fn identity_motion_samples_each_voxel_itself() {
-        let affine = [[3.0, 0.0, 0.0, -90.0], [0.0, 3.0, 0.0, -90.0], [0.0, 0.0, 3.0, -50.0], [0.0, 0.0, 0.0, 1.0]];
-        let s = MotionSampler::new(&Rigid::default(), &affine, grid_centre_mm([8, 8, 8], &affine));
+        let affine = [
+            [3.0, 0.0, 0.0, -90.0],
+            [0.0, 3.0, 0.0, -90.0],
+            [0.0, 0.0, 3.0, -50.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let s = MotionSampler::new(
+            &Rigid::default(),
+            &affine,
+            grid_centre_mm([8, 8, 8], &affine),
+        );
         let p = s.source(3, 4, 5);
-        assert!((p[0] - 3.0).abs() < 1e-12 && (p[1] - 4.0).abs() < 1e-12 && (p[2] - 5.0).abs() < 1e-12);
+        assert!(
+            (p[0] - 3.0).abs() < 1e-12 && (p[1] - 4.0).abs() < 1e-12 && (p[2] - 5.0).abs() < 1e-12
+        );
     }
 
     #[test]
     fn a_translation_moves_content_by_that_many_millimetres() {
-        let affine = [[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
-        let motion = Rigid { trans_mm: [4.0, 0.0, -2.0], rot_deg: [0.0; 3] };
+        let affine = [
+            [2.0, 0.0, 0.0, 0.0],
+            [0.0, 2.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let motion = Rigid {
+            trans_mm: [4.0, 0.0, -2.0],
+            rot_deg: [0.0; 3],
+        };
         let s = MotionSampler::new(&motion, &affine, [0.0; 3]);
         // output voxel (5, 5, 5) shows what was at mm (10 - 4, 10, 10 + 2) = voxel (3, 5, 6)
         let p = s.source(5, 5, 5);
-        assert!((p[0] - 3.0).abs() < 1e-12 && (p[1] - 5.0).abs() < 1e-12 && (p[2] - 6.0).abs() < 1e-12);
+        assert!(
+            (p[0] - 3.0).abs() < 1e-12 && (p[1] - 5.0).abs() < 1e-12 && (p[2] - 6.0).abs() < 1e-12
+        );
     }
 
     #[test]
     fn rotation_is_orthonormal_and_fd_follows_power() {
-        let m = Rigid { trans_mm: [0.0; 3], rot_deg: [10.0, -20.0, 30.0] };
+        let m = Rigid {
+            trans_mm: [0.0; 3],
+            rot_deg: [10.0, -20.0, 30.0],
+        };
         let r = m.rotation();
         for i in 0..3 {
             for j in 0..3 {
@@ -264,19 +373,32 @@ mod tests {
                 assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
             }
         }
-        let a = Rigid { trans_mm: [1.0, 0.0, 0.0], rot_deg: [0.0, 0.0, 1.0] };
+        let a = Rigid {
+            trans_mm: [1.0, 0.0, 0.0],
+            rot_deg: [0.0, 0.0, 1.0],
+        };
         let fd = a.framewise_displacement(&Rigid::default(), 50.0);
         assert!((fd - (1.0 + 50.0 * 1f64.to_radians())).abs() < 1e-12);
     }
 
     #[test]
     fn an_affine_is_refused_only_when_it_places_no_voxel() {
-        let diag = |x: f64, y: f64, z: f64| [[x, 0.0, 0.0, 1.0], [0.0, y, 0.0, 2.0], [0.0, 0.0, z, 3.0], [0.0, 0.0, 0.0, 1.0]];
+        let diag = |x: f64, y: f64, z: f64| {
+            [
+                [x, 0.0, 0.0, 1.0],
+                [0.0, y, 0.0, 2.0],
+                [0.0, 0.0, z, 3.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ]
+        };
         assert_eq!(check_affine(&diag(-3.0, 3.0, 3.5)), Ok(()));
         // small voxels are voxels: the test is relative to their size
         assert_eq!(check_affine(&diag(1e-4, 1e-4, 1e-4)), Ok(()));
         let zero = check_affine(&diag(3.0, 0.0, 3.0)).unwrap_err();
-        assert!(zero.contains("singular") && zero.contains("3.000 x 0.000 x 3.000 mm"), "{zero}");
+        assert!(
+            zero.contains("singular") && zero.contains("3.000 x 0.000 x 3.000 mm"),
+            "{zero}"
+        );
         let mut parallel = diag(2.0, 2.0, 2.0);
         (parallel[0][2], parallel[2][2]) = (2.0, 1e-12);
         assert!(check_affine(&parallel).unwrap_err().contains("singular"));
@@ -287,10 +409,20 @@ mod tests {
 
     #[test]
     fn affine_inverse_inverts() {
-        let m = [[2.0, 0.1, 0.0, 5.0], [0.0, 3.0, 0.2, -4.0], [0.3, 0.0, 2.5, 1.0], [0.0, 0.0, 0.0, 1.0]];
+        let m = [
+            [2.0, 0.1, 0.0, 5.0],
+            [0.0, 3.0, 0.2, -4.0],
+            [0.3, 0.0, 2.5, 1.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let inv = affine_inverse(&m);
         let p = apply(&inv, apply(&m, [1.0, 2.0, 3.0]));
-        assert!((p[0] - 1.0).abs() < 1e-12 && (p[1] - 2.0).abs() < 1e-12 && (p[2] - 3.0).abs() < 1e-12);
-        assert_eq!(invert_3x3(&[[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 0.0, 1.0]]), None);
+        assert!(
+            (p[0] - 1.0).abs() < 1e-12 && (p[1] - 2.0).abs() < 1e-12 && (p[2] - 3.0).abs() < 1e-12
+        );
+        assert_eq!(
+            invert_3x3(&[[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 0.0, 1.0]]),
+            None
+        );
     }
 }

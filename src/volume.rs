@@ -12,8 +12,12 @@ use std::time::Instant;
 pub type Affine = [[f64; 4]; 4];
 
 /// The identity affine: voxel index equals millimetres.
-pub const IDENTITY_AFFINE: Affine =
-    [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+pub const IDENTITY_AFFINE: Affine = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
 
 /// One volume read from a scanner's exported files (a Siemens mosaic DICOM file, one dynamic of a Philips
 /// PAR/REC pair), before it is sent: what the readers in [`crate::dicom`] and [`crate::parrec`] produce for
@@ -272,12 +276,16 @@ impl Volume {
 
     /// Voxel values as f32, x fastest.
     pub fn to_f32(&self) -> Vec<f32> {
-        (0..self.voxel_count()).map(|i| self.dtype.read_f64(&self.voxel_bytes, i) as f32).collect()
+        (0..self.voxel_count())
+            .map(|i| self.dtype.read_f64(&self.voxel_bytes, i) as f32)
+            .collect()
     }
 
     /// Voxel values as f64, x fastest.
     pub fn to_f64(&self) -> Vec<f64> {
-        (0..self.voxel_count()).map(|i| self.dtype.read_f64(&self.voxel_bytes, i)).collect()
+        (0..self.voxel_count())
+            .map(|i| self.dtype.read_f64(&self.voxel_bytes, i))
+            .collect()
     }
 }
 
@@ -287,14 +295,29 @@ mod tests {
 
     #[test]
     fn parses_numpy_names_and_protocol_strings() {
-        assert_eq!(Dtype::parse_numpy("float64"), Some((Dtype::Float64, ByteOrder::Little)));
-        assert_eq!(Dtype::parse_numpy("<f4"), Some((Dtype::Float32, ByteOrder::Little)));
-        assert_eq!(Dtype::parse_numpy("|u1"), Some((Dtype::Uint8, ByteOrder::Little)));
-        assert_eq!(Dtype::parse_numpy(">i2"), Some((Dtype::Int16, ByteOrder::Big)));
+        assert_eq!(
+            Dtype::parse_numpy("float64"),
+            Some((Dtype::Float64, ByteOrder::Little))
+        );
+        assert_eq!(
+            Dtype::parse_numpy("<f4"),
+            Some((Dtype::Float32, ByteOrder::Little))
+        );
+        assert_eq!(
+            Dtype::parse_numpy("|u1"),
+            Some((Dtype::Uint8, ByteOrder::Little))
+        );
+        assert_eq!(
+            Dtype::parse_numpy(">i2"),
+            Some((Dtype::Int16, ByteOrder::Big))
+        );
         assert_eq!(Dtype::parse_numpy("complex64"), None);
         assert_eq!(Dtype::parse_numpy("bool"), None);
         for d in Dtype::ALL {
-            assert_eq!(Dtype::parse_numpy(d.numpy_name()), Some((d, ByteOrder::Little)));
+            assert_eq!(
+                Dtype::parse_numpy(d.numpy_name()),
+                Some((d, ByteOrder::Little))
+            );
         }
     }
 

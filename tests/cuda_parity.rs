@@ -17,13 +17,22 @@ fn within(error: f64, bound: f64) -> bool {
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
 fn cuda_matches_the_cpu() {
-    let configs = [(16, 256, 64, 3), (64, 1024, 128, 3), (128, 2048, 64, 2), (256, 4096, 256, 2), (1024, 8192, 512, 2)];
+    let configs = [
+        (16, 256, 64, 3),
+        (64, 1024, 128, 3),
+        (128, 2048, 64, 2),
+        (256, 4096, 256, 2),
+        (1024, 8192, 512, 2),
+    ];
     println!(
         "{:<28} {:>12} {:>12} {:>12} {:>12} {:>14} {:>14} {:>14} {:>14}  tuned: layers off the reference",
         "checkpoint", "f32 rel L2", "f32 max abs", "tf32 rel L2", "tf32 max abs", "staged rel L2", "tuned rel L2",
@@ -35,7 +44,9 @@ fn cuda_matches_the_cpu() {
         let m = Arc::new(model::PgganModel::from_checkpoint(&ck).unwrap());
         let mut rng = Rng::new(11);
         let z: Vec<f32> = (0..batch * 512).map(|_| rng.normal() as f32).collect();
-        let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct).generate(&z).unwrap();
+        let cpu = CpuGenerator::new(m.clone(), CpuAlgorithm::Direct)
+            .generate(&z)
+            .unwrap();
         let mut f32_gen = CudaGenerator::new(m.clone(), Precision::F32, 0).unwrap();
         let (gpu, packed) = f32_gen.generate_with_display(&z).unwrap();
         let mut tf32_gen = CudaGenerator::new(m.clone(), Precision::Tf32, 0).unwrap();
@@ -44,10 +55,17 @@ fn cuda_matches_the_cpu() {
         // on a GPU under test is a failure
         for (label, generator) in [("float32", &f32_gen), ("TF32", &tf32_gen)] {
             if let (_, Some(why)) = generator.launch_in_use() {
-                failures.push(format!("{res}px: {label}: the forward pass could not run as a CUDA graph: {why}"));
+                failures.push(format!(
+                    "{res}px: {label}: the forward pass could not run as a CUDA graph: {why}"
+                ));
             }
         }
-        let (e32, a32, etf, atf) = (relative_l2(&gpu, &cpu), max_abs(&gpu, &cpu), relative_l2(&tf32, &cpu), max_abs(&tf32, &cpu));
+        let (e32, a32, etf, atf) = (
+            relative_l2(&gpu, &cpu),
+            max_abs(&gpu, &cpu),
+            relative_l2(&tf32, &cpu),
+            max_abs(&tf32, &cpu),
+        );
         let name = format!("{res}px base {base} max {max} x{batch}");
         if !within(e32, 1e-5) {
             failures.push(format!("{name}: float32 relative L2 {e32:.3e} > 1e-5"));
@@ -64,8 +82,13 @@ fn cuda_matches_the_cpu() {
         // The staged and tuned kernels have not run on a GPU before: an error there is one failure among the
         // others (the gather kernels' figures above are still reported), not the end of the test.
         let mut staged_figures = Vec::new();
-        for (label, kernels) in [("staged", ConvKernels::Staged), ("tuned", ConvKernels::Tuned)] {
-            let run = tf32_gen.use_conv_kernels(kernels).and_then(|()| tf32_gen.generate_with_display(&z));
+        for (label, kernels) in [
+            ("staged", ConvKernels::Staged),
+            ("tuned", ConvKernels::Tuned),
+        ] {
+            let run = tf32_gen
+                .use_conv_kernels(kernels)
+                .and_then(|()| tf32_gen.generate_with_display(&z));
             let (image, packed) = match run {
                 Ok(out) => out,
                 Err(e) => {
@@ -76,11 +99,14 @@ fn cuda_matches_the_cpu() {
             };
             let e = relative_l2(&image, &cpu);
             if !within(e, 1e-2) {
-                failures.push(format!("{name}: TF32 ({label} kernels) relative L2 {e:.3e} > 1e-2"));
+                failures.push(format!(
+                    "{name}: TF32 ({label} kernels) relative L2 {e:.3e} > 1e-2"
+                ));
             }
             // the spatial kernel fuses ToRGB into a 16-channel last layer: its display buffer is its own
             for i in 0..batch {
-                if packed[i * side * side..(i + 1) * side * side] != image_0rgb(&image, i, side)[..] {
+                if packed[i * side * side..(i + 1) * side * side] != image_0rgb(&image, i, side)[..]
+                {
                     failures.push(format!("{name}: {label} kernels: packed display buffer of image {i} differs from their float image"));
                 }
             }
@@ -88,25 +114,42 @@ fn cuda_matches_the_cpu() {
         }
         // the upsampling layers folded into the 3 x 3 indexing (the configuration timed first), gather kernels
         let mut folded_figures = Vec::new();
-        for (label, generator, bound) in [("float32", &mut f32_gen, 1e-5), ("TF32", &mut tf32_gen, 1e-2)] {
+        for (label, generator, bound) in [
+            ("float32", &mut f32_gen, 1e-5),
+            ("TF32", &mut tf32_gen, 1e-2),
+        ] {
             generator.use_upsample(UpsampleConv::Folded);
-            let e = match generator.use_conv_kernels(ConvKernels::Gather).and_then(|()| generator.generate(&z)) {
+            let e = match generator
+                .use_conv_kernels(ConvKernels::Gather)
+                .and_then(|()| generator.generate(&z))
+            {
                 Ok(image) => relative_l2(&image, &cpu),
                 Err(e) => {
-                    failures.push(format!("{name}: {label} with folded upsampling failed: {e}"));
+                    failures.push(format!(
+                        "{name}: {label} with folded upsampling failed: {e}"
+                    ));
                     f64::NAN
                 }
             };
             if !e.is_nan() && !within(e, bound) {
-                failures.push(format!("{name}: {label} with folded upsampling: relative L2 {e:.3e} > {bound:e}"));
+                failures.push(format!(
+                    "{name}: {label} with folded upsampling: relative L2 {e:.3e} > {bound:e}"
+                ));
             }
             folded_figures.push(e);
             generator.use_upsample(UpsampleConv::Phased);
         }
-        let staged_layers = match tf32_gen.tuning(batch).filter(|_| !staged_figures[1].is_nan()) {
+        let staged_layers = match tf32_gen
+            .tuning(batch)
+            .filter(|_| !staged_figures[1].is_nan())
+        {
             Some(tuning) => {
                 if tuning.len() != m.convs.len() {
-                    failures.push(format!("{name}: the tuning reports {} layers, the network has {}", tuning.len(), m.convs.len()));
+                    failures.push(format!(
+                        "{name}: the tuning reports {} layers, the network has {}",
+                        tuning.len(),
+                        m.convs.len()
+                    ));
                 }
                 tuning.iter().filter(|l| l.chosen != 0).count().to_string()
             }
@@ -124,7 +167,9 @@ fn cuda_matches_the_cpu() {
         let single = f32_gen.generate(&z[..512]).unwrap();
         let e = relative_l2(&single, &gpu[..single.len()]);
         if !within(e, 1e-5) {
-            failures.push(format!("{name}: first image alone differs from it in the batch by {e:.3e}"));
+            failures.push(format!(
+                "{name}: first image alone differs from it in the batch by {e:.3e}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -137,7 +182,10 @@ fn cuda_matches_the_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
 fn the_cuda_graph_replays_the_kernels_exactly() {
-    let m = Arc::new(model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 3)).unwrap());
+    let m = Arc::new(
+        model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 3))
+            .unwrap(),
+    );
     let mut failures = Vec::new();
     for precision in [Precision::Tf32, Precision::F32] {
         let mut graph = CudaGenerator::new(m.clone(), precision, 0).unwrap();
@@ -152,23 +200,37 @@ fn the_cuda_graph_replays_the_kernels_exactly() {
             let case = format!("{precision:?}, pass {step} (batch {batch})");
             match graph.launch_in_use() {
                 (GpuLaunch::Graph, None) => {}
-                (launch, why) => failures.push(format!("{case}: ran as {launch:?}, not as a graph: {why:?}")),
+                (launch, why) => failures.push(format!(
+                    "{case}: ran as {launch:?}, not as a graph: {why:?}"
+                )),
             }
             if got != want || got_packed != want_packed {
-                failures.push(format!("{case}: the graph's image differs from the stream's, relative L2 {:.3e}", relative_l2(&got, &want)));
+                failures.push(format!(
+                    "{case}: the graph's image differs from the stream's, relative L2 {:.3e}",
+                    relative_l2(&got, &want)
+                ));
             }
             // the live display's path downloads the display pixels alone
             if graph.generate_display(&z).unwrap() != got_packed {
-                failures.push(format!("{case}: generate_display differs from generate_with_display's display pixels"));
+                failures.push(format!(
+                    "{case}: generate_display differs from generate_with_display's display pixels"
+                ));
             }
             // a replay that ignored the new latents would repeat the last image
-            if previous.as_ref().is_some_and(|p| p[..got.len().min(p.len())] == got[..got.len().min(p.len())]) {
-                failures.push(format!("{case}: the same image as the pass before, with other latents"));
+            if previous
+                .as_ref()
+                .is_some_and(|p| p[..got.len().min(p.len())] == got[..got.len().min(p.len())])
+            {
+                failures.push(format!(
+                    "{case}: the same image as the pass before, with other latents"
+                ));
             }
             previous = Some(got);
         }
         if let (_, Some(why)) = stream.launch_in_use() {
-            failures.push(format!("{precision:?}: the stream generator reports a graph failure: {why}"));
+            failures.push(format!(
+                "{precision:?}: the stream generator reports a graph failure: {why}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -177,12 +239,17 @@ fn the_cuda_graph_replays_the_kernels_exactly() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu_check.sh runs it"]
 fn bad_latents_are_an_error_on_the_gpu_too() {
-    let m = Arc::new(model::PgganModel::from_checkpoint(&model::random_checkpoint(16, 256, 32, 512, 1)).unwrap());
+    let m = Arc::new(
+        model::PgganModel::from_checkpoint(&model::random_checkpoint(16, 256, 32, 512, 1)).unwrap(),
+    );
     let mut g = CudaGenerator::new(m, Precision::F32, 0).unwrap();
     let err = g.generate(&[0.0; 500]).unwrap_err().to_string();
     assert!(err.contains("512") && err.contains("500"), "{err}");
     // the staged kernels are TF32 kernels: asking for them on the float32 path is an error that says so
-    let err = g.use_conv_kernels(ConvKernels::Staged).unwrap_err().to_string();
+    let err = g
+        .use_conv_kernels(ConvKernels::Staged)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("TF32"), "{err}");
 }
 
@@ -210,17 +277,25 @@ fn each_layer_matches_the_cpu_on_every_kernel_family() {
     for (index, (layer, side)) in m.convs.iter().zip(m.layer_sides()).enumerate() {
         let side_in = side >> usize::from(layer.upsample);
         for batch in [1, 2] {
-            let input: Vec<f32> = (0..batch * side_in * side_in * layer.cin).map(|_| rng.normal() as f32).collect();
+            let input: Vec<f32> = (0..batch * side_in * side_in * layer.cin)
+                .map(|_| rng.normal() as f32)
+                .collect();
             let want = cpu.run_layer(index, &input, batch).unwrap();
             let mut errors = Vec::new();
             let mut family = String::new();
-            for (label, generator, bound) in
-                [("f32", &mut f32_gen, 1e-5), ("tf32", &mut tf32_gen, 1e-2), ("tf32 staged", &mut staged_gen, 1e-2), ("tf32 folded", &mut folded_gen, 1e-2)]
-            {
+            for (label, generator, bound) in [
+                ("f32", &mut f32_gen, 1e-5),
+                ("tf32", &mut tf32_gen, 1e-2),
+                ("tf32 staged", &mut staged_gen, 1e-2),
+                ("tf32 folded", &mut folded_gen, 1e-2),
+            ] {
                 let (got, kind) = match generator.run_layer(index, &input, batch) {
                     Ok(out) => out,
                     Err(e) => {
-                        failures.push(format!("{} batch {batch}, {label}: failed: {e}", layer.name));
+                        failures.push(format!(
+                            "{} batch {batch}, {label}: failed: {e}",
+                            layer.name
+                        ));
                         errors.push(f64::NAN);
                         continue;
                     }

@@ -12,12 +12,20 @@ use hyper_rt::volume::{x_fastest_to_c_order, Dtype, IDENTITY_AFFINE};
 #[test]
 fn volumes_flow_downstream_in_arrival_order_without_loss() {
     let root = std::env::temp_dir().join(format!("hyper-rt-it-{}", std::process::id()));
-    let meta = SessionMeta { started_unix_secs: 0.0, bind: "tcp://127.0.0.1:*".into(), expected_volumes: 8, hyper_rt_version: "test".into() };
+    let meta = SessionMeta {
+        started_unix_secs: 0.0,
+        bind: "tcp://127.0.0.1:*".into(),
+        expected_volumes: 8,
+        hyper_rt_version: "test".into(),
+    };
     let settings = ReceiverSettings {
         bind: "tcp://127.0.0.1:*".into(),
         expected_volumes: 8,
         idle_timeout_secs: 10.0,
-        limits: Limits { max_volume_bytes: 1 << 20, max_dim: 64 },
+        limits: Limits {
+            max_volume_bytes: 1 << 20,
+            max_dim: 64,
+        },
     };
     let mut receiver = Receiver::bind(settings, Recorder::create(&root, &meta).unwrap()).unwrap();
     let endpoint = receiver.endpoint().to_string();
@@ -29,7 +37,12 @@ fn volumes_flow_downstream_in_arrival_order_without_loss() {
         reason
     });
     let order = [3usize, 0, 1, 7, 2, 4, 6, 5];
-    let volume = |t: usize| -> Vec<u8> { (0..24).map(|i| (i * 10 + t) as f32).flat_map(|v| v.to_le_bytes()).collect() };
+    let volume = |t: usize| -> Vec<u8> {
+        (0..24)
+            .map(|i| (i * 10 + t) as f32)
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    };
     let sender_thread = std::thread::spawn(move || {
         let sender = ScannerSender::connect(&endpoint, "hello", 10.0).unwrap();
         let wire = order.iter().map(|&t| WireVolume {
@@ -40,12 +53,26 @@ fn volumes_flow_downstream_in_arrival_order_without_loss() {
             tr_secs: 2.0,
             c_order_le: x_fastest_to_c_order(&volume(t), [2, 3, 4], 4),
         });
-        stream(&sender, wire, Pacing { tr_secs: 2.0, speed: f64::INFINITY }, |_, _| {}).unwrap()
+        stream(
+            &sender,
+            wire,
+            Pacing {
+                tr_secs: 2.0,
+                speed: f64::INFINITY,
+            },
+            |_, _| {},
+        )
+        .unwrap()
     });
     let mut seen = Vec::new();
     for v in rx.iter() {
         std::thread::sleep(std::time::Duration::from_millis(5)); // a slow consumer
-        assert_eq!(v.voxel_bytes, volume(v.index), "volume {} changed on the way", v.index);
+        assert_eq!(
+            v.voxel_bytes,
+            volume(v.index),
+            "volume {} changed on the way",
+            v.index
+        );
         assert_eq!(v.tr_secs, 2.0);
         seen.push(v.index);
     }

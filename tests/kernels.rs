@@ -8,7 +8,9 @@
 use std::process::Command;
 
 use hyper_rt::generate::cuda::{compile_ptx, known_compute_capabilities, KERNELS};
-use hyper_rt::generate::ptx_cache::{cache_file, nvrtc_supported_archs, nvrtc_version, ptx_via_disk, PtxSource};
+use hyper_rt::generate::ptx_cache::{
+    cache_file, nvrtc_supported_archs, nvrtc_version, ptx_via_disk, PtxSource,
+};
 
 fn required() -> bool {
     std::env::var("HYPER_RT_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
@@ -18,7 +20,10 @@ fn required() -> bool {
 fn nvrtc_present() -> bool {
     // SAFETY: only tries to load the library.
     let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    assert!(present || !required(), "HYPER_RT_REQUIRE_NVRTC=1 but libnvrtc was not found (LD_LIBRARY_PATH?)");
+    assert!(
+        present || !required(),
+        "HYPER_RT_REQUIRE_NVRTC=1 but libnvrtc was not found (LD_LIBRARY_PATH?)"
+    );
     if !present {
         eprintln!("skipped: libnvrtc not found");
     }
@@ -48,14 +53,25 @@ fn kernels_compile_with_nvrtc_and_do_not_spill() {
         let ptx = compile_ptx(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let text = ptx.to_src();
         for name in KERNELS {
-            assert!(text.contains(&format!(".entry {name}")), "{arch}: the PTX lacks {name}");
+            assert!(
+                text.contains(&format!(".entry {name}")),
+                "{arch}: the PTX lacks {name}"
+            );
         }
         let path = dir.join(format!("kernels_{sm}.ptx"));
         std::fs::write(&path, &text).unwrap();
-        let out = match Command::new(&ptxas).args([&format!("-arch={sm}"), "-v", "-o"]).arg(dir.join(format!("k_{sm}.cubin"))).arg(&path).output() {
+        let out = match Command::new(&ptxas)
+            .args([&format!("-arch={sm}"), "-v", "-o"])
+            .arg(dir.join(format!("k_{sm}.cubin")))
+            .arg(&path)
+            .output()
+        {
             Ok(out) => out,
             Err(e) => {
-                assert!(!required(), "HYPER_RT_REQUIRE_NVRTC=1 but ptxas ({ptxas}) could not run: {e}");
+                assert!(
+                    !required(),
+                    "HYPER_RT_REQUIRE_NVRTC=1 but ptxas ({ptxas}) could not run: {e}"
+                );
                 eprintln!("ptxas not run: {e}");
                 continue;
             }
@@ -68,10 +84,17 @@ fn kernels_compile_with_nvrtc_and_do_not_spill() {
                 functions += 1;
             }
             if line.contains("spill") {
-                assert!(line.contains("0 bytes spill stores, 0 bytes spill loads"), "{sm}: register spills:\n{report}");
+                assert!(
+                    line.contains("0 bytes spill stores, 0 bytes spill loads"),
+                    "{sm}: register spills:\n{report}"
+                );
             }
         }
-        assert_eq!(functions, KERNELS.len(), "{sm}: ptxas compiled {functions} entry points:\n{report}");
+        assert_eq!(
+            functions,
+            KERNELS.len(),
+            "{sm}: ptxas compiled {functions} entry points:\n{report}"
+        );
         eprintln!("{sm}:\n{report}");
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -85,10 +108,18 @@ fn every_architecture_nvrtc_compiles_for_is_known() {
         return;
     }
     let archs = nvrtc_supported_archs();
-    assert!([75, 80, 90].iter().all(|cc| archs.contains(cc)), "NVRTC {} lists {archs:?}", nvrtc_version());
+    assert!(
+        [75, 80, 90].iter().all(|cc| archs.contains(cc)),
+        "NVRTC {} lists {archs:?}",
+        nvrtc_version()
+    );
     let known: Vec<i32> = known_compute_capabilities().collect();
     for cc in archs {
-        assert!(known.contains(&cc), "NVRTC {} compiles for compute capability {cc}, which hyper-rt does not know", nvrtc_version());
+        assert!(
+            known.contains(&cc),
+            "NVRTC {} compiles for compute capability {cc}, which hyper-rt does not know",
+            nvrtc_version()
+        );
     }
 }
 
@@ -117,7 +148,10 @@ fn compiled_kernels_are_cached_on_disk_and_damage_is_recompiled() {
     std::fs::write(&file, &text[..text.len() / 2]).unwrap();
     let (again, source, warning) = ptx_via_disk(arch, &dir).unwrap();
     assert_eq!(source, PtxSource::Compiled);
-    assert!(warning.as_deref().is_some_and(|w| w.contains("checksum")), "{warning:?}");
+    assert!(
+        warning.as_deref().is_some_and(|w| w.contains("checksum")),
+        "{warning:?}"
+    );
     assert_eq!(again, compiled);
     assert_eq!(ptx_via_disk(arch, &dir).unwrap().1, PtxSource::Disk);
 

@@ -1,9 +1,9 @@
 //! Integration tests of the library, in one binary (module per stage). The Python tests in tests/python
 //! check the command-line tools against independent references (a protocol client, nibabel).
 
-mod intake;
-mod preprocess;
-#[cfg(feature = "cuda")]
-mod kernels;
 #[cfg(feature = "cuda")]
 mod cuda_parity;
+mod intake;
+#[cfg(feature = "cuda")]
+mod kernels;
+mod preprocess;

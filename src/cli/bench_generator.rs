@@ -5,7 +5,11 @@ use std::time::Instant;
 
 use anyhow::ensure;
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, cpu::{CpuAlgorithm, CpuGenerator}, model, Backend, DeviceChoice, Precision};
+use hyper_rt::generate::{
+    self,
+    cpu::{CpuAlgorithm, CpuGenerator},
+    model, Backend, DeviceChoice, Precision,
+};
 use hyper_rt::rng::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -44,20 +48,29 @@ pub struct Args {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
-    ensure!(args.repeats > 0 && args.batch.iter().all(|&b| b > 0), "--repeats and --batch must be positive");
+    ensure!(
+        args.repeats > 0 && args.batch.iter().all(|&b| b > 0),
+        "--repeats and --batch must be positive"
+    );
     ensure!(
         args.gpu.are_default() || args.device != DeviceChoice::Cpu,
         "--kernels, --upsample and --launch choose how the GPU runs: use them with --device cuda"
     );
     let model = match &args.weights {
         Some(path) => generate::load_model(Some(path))?,
-        None => model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 1))?,
+        None => {
+            model::PgganModel::from_checkpoint(&model::random_checkpoint(1024, 8192, 512, 512, 1))?
+        }
     };
     let model = std::sync::Arc::new(model);
     let gflop = 2.0 * model.macs_per_image() / 1e9;
@@ -66,12 +79,17 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     }
 
     let threads = rayon::current_num_threads();
-    println!("generator benchmark: {} ({gflop:.2} GFLOP per image), CPU, {threads} threads", model.label);
+    println!(
+        "generator benchmark: {} ({gflop:.2} GFLOP per image), CPU, {threads} threads",
+        model.label
+    );
     let generator = CpuGenerator::new(model.clone(), args.algorithm);
     let mut rng = Rng::new(7);
     let mut rows = Vec::new();
     for &batch in &args.batch {
-        let z: Vec<f32> = (0..batch * model.latent_size).map(|_| rng.normal() as f32).collect();
+        let z: Vec<f32> = (0..batch * model.latent_size)
+            .map(|_| rng.normal() as f32)
+            .collect();
         generator.generate(&z)?; // warm-up
         let mut per_image = Vec::new();
         for _ in 0..args.repeats {
@@ -83,15 +101,24 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         let best = per_image[0];
         let median = per_image[per_image.len() / 2];
         rows.push(serde_json::json!({"batch": batch, "best_s_per_image": best, "median_s_per_image": median, "gflops": gflop / best}));
-        println!("batch {batch}: best {best:.3} s/image, median {median:.3} s/image, {:.1} GFLOP/s", gflop / best);
+        println!(
+            "batch {batch}: best {best:.3} s/image, median {median:.3} s/image, {:.1} GFLOP/s",
+            gflop / best
+        );
     }
     if args.layers {
-        let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
+        let z: Vec<f32> = (0..model.latent_size)
+            .map(|_| rng.normal() as f32)
+            .collect();
         println!("{:<22} {:>9} {:>9}", "layer", "ms", "GFLOP/s");
         let sides = model.layer_sides();
         let times = generator.layer_times(&z)?;
         for (name, secs) in &times {
-            let layer = model.convs.iter().zip(&sides).find(|(c, _)| &c.name == name);
+            let layer = model
+                .convs
+                .iter()
+                .zip(&sides)
+                .find(|(c, _)| &c.name == name);
             let gflop = match layer {
                 Some((c, &side)) => 2.0 * (9 * c.cin * c.cout * side * side) as f64 / 1e9,
                 None => f64::NAN,
@@ -101,19 +128,38 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     }
     let peak = peak_rss_mib();
     println!("peak resident memory {peak:.0} MiB (includes the weights)");
-    println!("{}", serde_json::json!({"backend": "cpu", "threads": threads, "gflop_per_image": gflop, "peak_rss_mib": peak, "results": rows}));
+    println!(
+        "{}",
+        serde_json::json!({"backend": "cpu", "threads": threads, "gflop_per_image": gflop, "peak_rss_mib": peak, "results": rows})
+    );
     Ok(())
 }
 
 /// Times the GPU backend: the forward pass alone (latents on the device), back-to-back passes.
-fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) -> anyhow::Result<()> {
-    let mut backend = Backend::open(model.clone(), args.device, args.which_gpu.gpu_index, args.algorithm, args.precision)?;
+fn bench_gpu(
+    args: &Args,
+    model: std::sync::Arc<model::PgganModel>,
+    gflop: f64,
+) -> anyhow::Result<()> {
+    let mut backend = Backend::open(
+        model.clone(),
+        args.device,
+        args.which_gpu.gpu_index,
+        args.algorithm,
+        args.precision,
+    )?;
     args.gpu.apply(&mut backend)?;
     #[cfg(feature = "cuda")]
     if let Backend::Cuda(mut generator) = backend {
-        let kernels = format!("{:?} kernels, {:?} upsampling", args.gpu.kernels, args.gpu.upsample).to_lowercase();
+        let kernels = format!(
+            "{:?} kernels, {:?} upsampling",
+            args.gpu.kernels, args.gpu.upsample
+        )
+        .to_lowercase();
         // the launch mode is reported after the first pass: a graph capture that fails falls back to the stream
-        let computed_gflop = 2.0 * model.macs_per_image_computed(args.gpu.upsample == generate::UpsampleConv::Phased) / 1e9;
+        let computed_gflop = 2.0
+            * model.macs_per_image_computed(args.gpu.upsample == generate::UpsampleConv::Phased)
+            / 1e9;
         println!(
             "generator benchmark: {} ({gflop:.2} GFLOP per image, {computed_gflop:.2} computed), {}, {kernels}",
             model.label,
@@ -122,7 +168,9 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
         let mut rng = Rng::new(7);
         let mut rows = Vec::new();
         for &batch in &args.batch {
-            let z: Vec<f32> = (0..batch * model.latent_size).map(|_| rng.normal() as f32).collect();
+            let z: Vec<f32> = (0..batch * model.latent_size)
+                .map(|_| rng.normal() as f32)
+                .collect();
             let secs = generator.time_forward(&z, args.iterations, args.repeats)?;
             println!(
                 "batch {batch}: {:.3} ms/image, {:.1} TFLOP/s effective, {:.1} computed ({:?})",
@@ -136,11 +184,16 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
         let (launch, graph_failure) = generator.launch_in_use();
         let graph_failure = graph_failure.map(str::to_string);
         match &graph_failure {
-            Some(why) => println!("launch: stream (asked for {:?}; the graph capture failed: {why})", args.gpu.launch),
+            Some(why) => println!(
+                "launch: stream (asked for {:?}; the graph capture failed: {why})",
+                args.gpu.launch
+            ),
             None => println!("launch: {launch:?}"),
         }
         if args.layers {
-            let z: Vec<f32> = (0..model.latent_size).map(|_| rng.normal() as f32).collect();
+            let z: Vec<f32> = (0..model.latent_size)
+                .map(|_| rng.normal() as f32)
+                .collect();
             println!("per layer, batch 1 (kernels queued one by one, an event after each layer):");
             println!("{:<22} {:>9}", "layer", "ms");
             for (name, ms) in generator.layer_times(&z)? {
@@ -150,13 +203,22 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
                 print_tuning(1, tuning);
             }
         }
-        let tuning: std::collections::BTreeMap<_, _> =
-            args.batch.iter().filter_map(|&b| Some((b.to_string(), generator.tuning(b)?))).collect();
-        println!("{}", serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.gpu.kernels, "upsample": args.gpu.upsample, "launch": launch, "graph_failure": graph_failure, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning}));
+        let tuning: std::collections::BTreeMap<_, _> = args
+            .batch
+            .iter()
+            .filter_map(|&b| Some((b.to_string(), generator.tuning(b)?)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.gpu.kernels, "upsample": args.gpu.upsample, "launch": launch, "graph_failure": graph_failure, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning})
+        );
         return Ok(());
     }
     let _ = gflop; // reported only from the GPU
-    anyhow::bail!("the GPU is not available here ({}); use --device cpu", backend.describe())
+    anyhow::bail!(
+        "the GPU is not available here ({}); use --device cpu",
+        backend.describe()
+    )
 }
 
 /// The kernel tuning's measurements for one batch size: a row per candidate, the reference (the gather kernel
@@ -164,7 +226,10 @@ fn bench_gpu(args: &Args, model: std::sync::Arc<model::PgganModel>, gflop: f64) 
 #[cfg(feature = "cuda")]
 fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
     println!("kernel tuning (batch {batch}, ms per launch; rel diff: from the reference, the first row of a layer)");
-    println!("{:<22} {:<18} {:>9} {:>9}", "layer", "candidate", "ms", "rel diff");
+    println!(
+        "{:<22} {:<18} {:>9} {:>9}",
+        "layer", "candidate", "ms", "rel diff"
+    );
     for l in layers {
         for (i, c) in l.candidates.iter().enumerate() {
             let ms = c.ms.map_or("-".to_string(), |v| format!("{v:.4}"));

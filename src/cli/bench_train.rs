@@ -24,8 +24,12 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let x: Vec<f32> = (0..n)
         .flat_map(|i| {
             let z = &y[i * q..(i + 1) * q];
-            let factors: Vec<f32> = (0..64).map(|f| (0..q).map(|d| z[d] * mixing[d * 64 + f]).sum::<f32>()).collect();
-            (0..p).map(|v| factors[v % 64] + rng.normal() as f32).collect::<Vec<f32>>()
+            let factors: Vec<f32> = (0..64)
+                .map(|f| (0..q).map(|d| z[d] * mixing[d * 64 + f]).sum::<f32>())
+                .collect();
+            (0..p)
+                .map(|v| factors[v % 64] + rng.normal() as f32)
+                .collect::<Vec<f32>>()
         })
         .collect();
     let started = std::time::Instant::now();

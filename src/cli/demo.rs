@@ -59,7 +59,10 @@ fn demo_subject(seed: u64) -> SimulateConfig {
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
-    anyhow::ensure!(args.speed.is_finite() && args.speed > 0.0, "--speed must be positive");
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0,
+        "--speed must be positive"
+    );
     if let Some(root) = args.session_root {
         config.session.root = root;
     }
@@ -69,7 +72,9 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     if let Some(port) = args.results_port {
         config.live.results_port = port;
     }
-    let data_dir = args.data.unwrap_or_else(|| std::env::temp_dir().join(format!("hyper-rt-demo-{}", std::process::id())));
+    let data_dir = args.data.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("hyper-rt-demo-{}", std::process::id()))
+    });
     let sim = demo_subject(args.seed);
     println!("hyper-rt demo");
     println!("1/4 simulating a subject into {}", data_dir.display());
@@ -80,7 +85,10 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
 
     println!("2/4 training the decoder on the training runs");
     let data = Dataset::open(&data_dir, None)?;
-    let settings = TrainSettings { voxels: DEMO_VOXELS, ..TrainSettings::default() };
+    let settings = TrainSettings {
+        voxels: DEMO_VOXELS,
+        ..TrainSettings::default()
+    };
     let bar = indicatif::ProgressBar::new(0);
     let bundle = decode::train(&data, &settings, &|p| match p {
         TrainProgress::Run { done, total } | TrainProgress::Fold { done, total } => {
@@ -89,9 +97,18 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         }
     })?;
     bar.finish_and_clear();
-    println!("    {} trials, {} voxels, penalty {:.2e}", bundle.info.trials, bundle.voxels.len(), bundle.penalty);
+    println!(
+        "    {} trials, {} voxels, penalty {:.2e}",
+        bundle.info.trials,
+        bundle.voxels.len(),
+        bundle.penalty
+    );
 
-    let test_run = data.runs.last().context("the simulated dataset has no runs")?.clone();
+    let test_run = data
+        .runs
+        .last()
+        .context("the simulated dataset has no runs")?
+        .clone();
     let img = NiftiImage::read(&test_run.bold)?;
     let tr = img.tr_secs.unwrap_or(1.5);
     config.live.events = test_run.events.clone();
@@ -103,10 +120,24 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         (img.volumes as f64 * tr / args.speed).round(),
         args.speed
     );
-    let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", img.volumes, 30.0)?;
-    let sender_thread = super::live::stream_run_in_background(super::live::RunStream::nifti(img), receiver.endpoint().to_string(), "hello from pynealScanner_sim", args.speed, true);
+    let receiver = super::bind_receiver(
+        &config,
+        &config.session.root,
+        "tcp://127.0.0.1:*",
+        img.volumes,
+        30.0,
+    )?;
+    let sender_thread = super::live::stream_run_in_background(
+        super::live::RunStream::nifti(img),
+        receiver.endpoint().to_string(),
+        "hello from pynealScanner_sim",
+        args.speed,
+        true,
+    );
     let (stats, session) = hyper_rt::live::run(receiver, inputs, super::interrupt_flag())?;
-    sender_thread.join().map_err(|_| anyhow::anyhow!("the scanner simulator panicked"))??;
+    sender_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the scanner simulator panicked"))??;
     super::live::report(&stats, &session)?;
 
     println!("4/4 evaluation of the live decoding (test faces, repetitions averaged)");
@@ -116,21 +147,58 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     for line in results.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         if let (Some(stim), Some(latent)) = (v["stim_id"].as_u64(), v["latent"].as_array()) {
-            by_stim.entry(stim as usize).or_default().push(latent.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect());
+            by_stim.entry(stim as usize).or_default().push(
+                latent
+                    .iter()
+                    .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+                    .collect(),
+            );
         }
     }
     let (mut preds, mut truths) = (Vec::new(), Vec::new());
     for (stim, latents) in &by_stim {
         let n = latents.len() as f32;
-        preds.push((0..data.latent_size).map(|i| latents.iter().map(|l| l[i]).sum::<f32>() / n).collect::<Vec<f32>>());
+        preds.push(
+            (0..data.latent_size)
+                .map(|i| latents.iter().map(|l| l[i]).sum::<f32>() / n)
+                .collect::<Vec<f32>>(),
+        );
         truths.push(data.latent(*stim).to_vec());
     }
     let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let (pair, nway) = identification(&preds, &truths);
-    println!("    trials decoded live   {} of {}", by_stim.values().map(Vec::len).sum::<usize>(), trials.len());
-    println!("    latent similarity     {:.3} (all-zero prediction 0.5, random latent about 0.33)", mean(preds.iter().zip(&truths).map(|(p, t)| latent_similarity(p, t)).collect()));
-    println!("    cosine similarity     {:.3} (chance 0)", mean(preds.iter().zip(&truths).map(|(p, t)| cosine(p, t)).collect()));
-    println!("    identification        pairwise {:.2} (chance 0.50), {}-way {:.2} (chance {:.2})", pair, preds.len(), nway, 1.0 / preds.len().max(1) as f64);
+    println!(
+        "    trials decoded live   {} of {}",
+        by_stim.values().map(Vec::len).sum::<usize>(),
+        trials.len()
+    );
+    println!(
+        "    latent similarity     {:.3} (all-zero prediction 0.5, random latent about 0.33)",
+        mean(
+            preds
+                .iter()
+                .zip(&truths)
+                .map(|(p, t)| latent_similarity(p, t))
+                .collect()
+        )
+    );
+    println!(
+        "    cosine similarity     {:.3} (chance 0)",
+        mean(
+            preds
+                .iter()
+                .zip(&truths)
+                .map(|(p, t)| cosine(p, t))
+                .collect()
+        )
+    );
+    println!(
+        "    identification        pairwise {:.2} (chance 0.50), {}-way {:.2} (chance {:.2})",
+        pair,
+        preds.len(),
+        nway,
+        1.0 / preds.len().max(1) as f64
+    );
     println!("    the built-in generator has random weights: the pictures are abstract textures, not faces");
     println!("frames and results: {}", session.display());
     Ok(())

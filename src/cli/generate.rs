@@ -56,19 +56,32 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
                 _ => false,
             };
             if !rows_ok {
-                bail!("{}: latents have shape {:?}; this generator needs [N, {latent}]", path.display(), a.shape);
+                bail!(
+                    "{}: latents have shape {:?}; this generator needs [N, {latent}]",
+                    path.display(),
+                    a.shape
+                );
             }
             a.data
         }
         (None, Some(seed)) => {
             let mut rng = Rng::new(seed);
-            (0..args.count * latent).map(|_| rng.normal() as f32).collect()
+            (0..args.count * latent)
+                .map(|_| rng.normal() as f32)
+                .collect()
         }
         (None, None) => bail!("give --latents FILE.npy or --seed N"),
     };
     let n = latents.len() / latent;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut generator = Backend::open(model.clone(), args.device, args.which_gpu.gpu_index, args.algorithm, args.precision)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut generator = Backend::open(
+        model.clone(),
+        args.device,
+        args.which_gpu.gpu_index,
+        args.algorithm,
+        args.precision,
+    )?;
     args.gpu.apply(&mut generator)?;
     generator.check_gpu_against_cpu(args.device, args.algorithm)?;
     tracing::info!("generating on {}", generator.describe());
@@ -77,7 +90,11 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let mut all = Vec::with_capacity(n * 3 * side * side);
     for (i, z) in latents.chunks_exact(latent).enumerate() {
         let img = generator.generate(z)?;
-        generate::write_png(&args.out.join(format!("image_{i:04}.png")), &generate::image_rgb8(&img, 0, side), side)?;
+        generate::write_png(
+            &args.out.join(format!("image_{i:04}.png")),
+            &generate::image_rgb8(&img, 0, side),
+            side,
+        )?;
         all.extend_from_slice(&img);
         bar.inc(1);
     }
@@ -85,6 +102,10 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     if args.raw {
         hyper_rt::npy::write_f32(&args.out.join("images.npy"), &[n, 3, side, side], &all)?;
     }
-    println!("wrote {n} images of {side} x {side} to {} ({})", args.out.display(), model.label);
+    println!(
+        "wrote {n} images of {side} x {side} to {} ({})",
+        args.out.display(),
+        model.label
+    );
     Ok(())
 }

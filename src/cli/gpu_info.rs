@@ -26,12 +26,14 @@ pub struct Args {
 fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
     use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
     use hyper_rt::generate::cuda::{CudaGenerator, Precision};
-    use hyper_rt::generate::{gpu_parity_bound, relative_l2};
     use hyper_rt::generate::model::PgganModel;
+    use hyper_rt::generate::{gpu_parity_bound, relative_l2};
 
     let model = std::sync::Arc::new(PgganModel::builtin_random());
     let mut rng = hyper_rt::rng::Rng::new(1);
-    let z: Vec<f32> = (0..2 * model.latent_size).map(|_| rng.normal() as f32).collect();
+    let z: Vec<f32> = (0..2 * model.latent_size)
+        .map(|_| rng.normal() as f32)
+        .collect();
     let cpu = CpuGenerator::new(model.clone(), CpuAlgorithm::Direct).generate(&z)?;
     let mut failures = Vec::new();
     for precision in [Precision::F32, Precision::Tf32] {
@@ -55,10 +57,16 @@ fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
             println!("                 the CUDA graph could not be used, kernels queued one by one: {why}");
         }
         if difference.is_nan() || difference > bound {
-            failures.push(format!("{precision:?}: relative difference {difference:.2e} > {bound:e}"));
+            failures.push(format!(
+                "{precision:?}: relative difference {difference:.2e} > {bound:e}"
+            ));
         }
     }
-    anyhow::ensure!(failures.is_empty(), "the GPU's images differ from the CPU's: {}", failures.join("; "));
+    anyhow::ensure!(
+        failures.is_empty(),
+        "the GPU's images differ from the CPU's: {}",
+        failures.join("; ")
+    );
     Ok(())
 }
 
@@ -73,7 +81,11 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let line = |label: &str, check: &Check| {
-        println!("{label:<16} {} {}", if check.ok { "yes" } else { "no " }, check.detail);
+        println!(
+            "{label:<16} {} {}",
+            if check.ok { "yes" } else { "no " },
+            check.detail
+        );
     };
     line("NVIDIA driver", &report.driver);
     line("NVRTC", &report.nvrtc);
@@ -96,8 +108,15 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     }
     match report.devices.get(gpu_index) {
         Some(gpu) if gpu.float32.ok => check_drawing(gpu_index, gpu.tf32.ok),
-        Some(gpu) => anyhow::bail!("GPU {} cannot run the kernels: {}", gpu.index, gpu.float32.detail),
-        None => anyhow::bail!("no GPU {gpu_index} to draw on: --device auto uses {}", report.auto_choice),
+        Some(gpu) => anyhow::bail!(
+            "GPU {} cannot run the kernels: {}",
+            gpu.index,
+            gpu.float32.detail
+        ),
+        None => anyhow::bail!(
+            "no GPU {gpu_index} to draw on: --device auto uses {}",
+            report.auto_choice
+        ),
     }
 }
 
@@ -106,7 +125,10 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     let _ = args.which_gpu;
     let why = "this build has no CUDA support (cargo feature `cuda`)";
     if args.json {
-        println!("{}", serde_json::json!({ "auto_choice": format!("the CPU: {why}") }));
+        println!(
+            "{}",
+            serde_json::json!({ "auto_choice": format!("the CPU: {why}") })
+        );
     } else {
         println!("--device auto    uses the CPU: {why}");
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, launch, ConvKernels, UpsampleConv, Precision};
+use hyper_rt::generate::{self, launch, ConvKernels, Precision, UpsampleConv};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,14 +34,25 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         bail!("--batch and --sm-count must be positive");
     }
     let staged = match (args.gpu.kernels, args.precision) {
-        (ConvKernels::Tuned, _) => bail!("--kernels tuned is decided by timing both families on a GPU: plan gather or staged"),
-        (ConvKernels::Staged, Precision::F32) => bail!("the staged kernels are TF32 kernels: use --precision tf32"),
+        (ConvKernels::Tuned, _) => bail!(
+            "--kernels tuned is decided by timing both families on a GPU: plan gather or staged"
+        ),
+        (ConvKernels::Staged, Precision::F32) => {
+            bail!("the staged kernels are TF32 kernels: use --precision tf32")
+        }
         (kernels, _) => kernels == ConvKernels::Staged,
     };
     let model = generate::load_model(args.weights.as_deref())?;
-    let plans = launch::layer_plans(&model, args.sm_count, args.batch, staged, args.gpu.upsample == UpsampleConv::Phased);
+    let plans = launch::layer_plans(
+        &model,
+        args.sm_count,
+        args.batch,
+        staged,
+        args.gpu.upsample == UpsampleConv::Phased,
+    );
     let plan = launch::describe(&model, &plans, args.precision, args.batch);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: String, data: &[f32]| -> anyhow::Result<()> {
         let path = args.out.join(format!("{name}.bin"));
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -60,8 +71,19 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     write(Buf::RgbWeight.name(), &model.to_rgb_weight)?;
     write(Buf::RgbBias.name(), &model.to_rgb_bias)?;
     let path = args.out.join("launches.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&plan)?).with_context(|| format!("writing {}", path.display()))?;
-    let launches: usize = plan["layers"].as_array().map_or(0, |l| l.iter().map(|x| x["launches"].as_array().map_or(0, Vec::len)).sum());
-    println!("{launches} launches for {} ({} px, batch {}) in {}", model.label, model.resolution, args.batch, path.display());
+    std::fs::write(&path, serde_json::to_string_pretty(&plan)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let launches: usize = plan["layers"].as_array().map_or(0, |l| {
+        l.iter()
+            .map(|x| x["launches"].as_array().map_or(0, Vec::len))
+            .sum()
+    });
+    println!(
+        "{launches} launches for {} ({} px, batch {}) in {}",
+        model.label,
+        model.resolution,
+        args.batch,
+        path.display()
+    );
     Ok(())
 }

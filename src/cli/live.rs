@@ -9,7 +9,9 @@ use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
 use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
-use hyper_rt::ingest::scanner_export::{follow_folder, is_scanner_export, FollowOptions, FollowReport, SeriesRun};
+use hyper_rt::ingest::scanner_export::{
+    follow_folder, is_scanner_export, FollowOptions, FollowReport, SeriesRun,
+};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
@@ -160,7 +162,8 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
     let bundle = match bundle {
         Some(b) => b,
         None => {
-            let path = opt_path(&l.decoder).context("no decoder: give --decoder (or [live] decoder in the config)")?;
+            let path = opt_path(&l.decoder)
+                .context("no decoder: give --decoder (or [live] decoder in the config)")?;
             DecoderBundle::load(path)?
         }
     };
@@ -177,17 +180,36 @@ pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<L
     };
     let model = Arc::new(generate::load_model(opt_path(&l.weights))?);
     if model.latent_size != bundle.latent_size() {
-        bail!("the decoder gives {}-d latents but the generator takes {}", bundle.latent_size(), model.latent_size);
+        bail!(
+            "the decoder gives {}-d latents but the generator takes {}",
+            bundle.latent_size(),
+            model.latent_size
+        );
     }
     tracing::info!("generator: {}", model.label);
     let mut generator = Backend::open(model, l.device, l.gpu, CpuAlgorithm::Winograd, l.precision)?;
-    generator.use_gpu_settings(generate::GpuSettings { upsample: l.upsample, launch: l.launch, ..Default::default() })?;
+    generator.use_gpu_settings(generate::GpuSettings {
+        upsample: l.upsample,
+        launch: l.launch,
+        ..Default::default()
+    })?;
     // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
     let warm_up = Instant::now();
     generator.warm_up(l.device, CpuAlgorithm::Winograd)?;
-    tracing::info!("generating on {} (first frame {:.0} ms)", generator.describe(), warm_up.elapsed().as_secs_f64() * 1e3);
+    tracing::info!(
+        "generating on {} (first frame {:.0} ms)",
+        generator.describe(),
+        warm_up.elapsed().as_secs_f64() * 1e3
+    );
     let boundaries = live::load_boundaries(&l.boundaries, bundle.latent_size());
-    Ok(LiveInputs { config: l.clone(), bundle, schedule, stimuli, generator, boundaries })
+    Ok(LiveInputs {
+        config: l.clone(),
+        bundle,
+        schedule,
+        stimuli,
+        generator,
+        boundaries,
+    })
 }
 
 /// A run to stream: how many volumes, the TR, and the volumes themselves.
@@ -202,16 +224,38 @@ impl RunStream {
     pub fn nifti(img: NiftiImage) -> RunStream {
         let tr_secs = img.tr_secs.unwrap_or(1.0);
         let volumes = img.volumes;
-        RunStream { volumes, tr_secs, wire: Box::new((0..volumes).map(move |t| sender::nifti_wire_volume(&img, t, tr_secs))) }
+        RunStream {
+            volumes,
+            tr_secs,
+            wire: Box::new((0..volumes).map(move |t| sender::nifti_wire_volume(&img, t, tr_secs))),
+        }
     }
 }
 
 /// Streams a run to `endpoint` on a background thread as Pyneal Scanner would, at `speed` times the TR pace.
-pub fn stream_run_in_background(run: RunStream, endpoint: String, handshake: &'static str, speed: f64, progress: bool) -> std::thread::JoinHandle<anyhow::Result<()>> {
+pub fn stream_run_in_background(
+    run: RunStream,
+    endpoint: String,
+    handshake: &'static str,
+    speed: f64,
+    progress: bool,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::spawn(move || {
         let scanner = ScannerSender::connect(&endpoint, handshake, 30.0)?;
-        let bar = if progress { indicatif::ProgressBar::new(run.volumes as u64) } else { indicatif::ProgressBar::hidden() };
-        sender::stream(&scanner, run.wire, Pacing { tr_secs: run.tr_secs, speed }, |_, _| bar.inc(1))?;
+        let bar = if progress {
+            indicatif::ProgressBar::new(run.volumes as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        sender::stream(
+            &scanner,
+            run.wire,
+            Pacing {
+                tr_secs: run.tr_secs,
+                speed,
+            },
+            |_, _| bar.inc(1),
+        )?;
         bar.finish_and_clear();
         Ok(())
     })
@@ -222,26 +266,42 @@ pub fn stream_run_in_background(run: RunStream, endpoint: String, handshake: &'s
 pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
     println!("session          {}", dir.display());
     println!("end              {}", stats.end_reason);
-    println!("volumes          {} processed, {} rejected by preprocessing", stats.volumes_processed, stats.volumes_rejected_by_preprocessing);
+    println!(
+        "volumes          {} processed, {} rejected by preprocessing",
+        stats.volumes_processed, stats.volumes_rejected_by_preprocessing
+    );
     println!("decoded          {} patterns", stats.patterns_decoded);
     println!(
         "frames           {} drawn, {} shown, {} latents skipped by the generator, {} failed",
-        stats.frames_drawn, stats.frames_shown, stats.latents_skipped_by_generator, stats.generator_errors
+        stats.frames_drawn,
+        stats.frames_shown,
+        stats.latents_skipped_by_generator,
+        stats.generator_errors
     );
     if let Some(why) = &stats.generator_fell_back_to_cpu {
         println!("generator        moved to the CPU: {why}");
     }
     if stats.stimulus_images_drawn + stats.stimulus_images_reused > 0 {
-        println!("stimuli          {} drawn, {} repeats taken from the cache", stats.stimulus_images_drawn, stats.stimulus_images_reused);
+        println!(
+            "stimuli          {} drawn, {} repeats taken from the cache",
+            stats.stimulus_images_drawn, stats.stimulus_images_reused
+        );
     }
     print!("{}", stats.latency_table());
     if !stats.stage_failures.is_empty() {
-        let recording = if stats.stage_failures.iter().any(|f| f.starts_with("ingest:")) {
+        let recording = if stats
+            .stage_failures
+            .iter()
+            .any(|f| f.starts_with("ingest:"))
+        {
             format!("the volumes acknowledged so far are in its spool: finalise them with `hyper-rt recover {}`", dir.display())
         } else {
             format!("the session in {} is complete", dir.display())
         };
-        bail!("{recording}, but these stages stopped early:\n  {}", stats.stage_failures.join("\n  "));
+        bail!(
+            "{recording}, but these stages stopped early:\n  {}",
+            stats.stage_failures.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -266,10 +326,17 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         bail!("live.dicom_folder: {} is not a folder", folder.display());
     }
     let inputs = inputs(&config.live, None)?;
-    let receiver = super::bind_receiver(&config, &config.session.root, &config.receiver.bind, config.receiver.expected_volumes, config.receiver.idle_timeout_secs)?;
+    let receiver = super::bind_receiver(
+        &config,
+        &config.session.root,
+        &config.receiver.bind,
+        config.receiver.expected_volumes,
+        config.receiver.idle_timeout_secs,
+    )?;
     println!("listening on {}", receiver.endpoint());
     let stop = super::interrupt_flag();
-    let follower = (!config.live.dicom_folder.as_os_str().is_empty()).then(|| follow_in_background(&config, receiver.endpoint(), stop.clone()));
+    let follower = (!config.live.dicom_folder.as_os_str().is_empty())
+        .then(|| follow_in_background(&config, receiver.endpoint(), stop.clone()));
     let outcome = live::run(receiver, inputs, stop.clone());
     if let Some(follower) = follower {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -282,9 +349,15 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
 }
 
 /// Follows `[live] dicom_folder` on a background thread, sending each volume to this session's own receiver.
-fn follow_in_background(config: &Config, receiver_endpoint: &str, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+fn follow_in_background(
+    config: &Config,
+    receiver_endpoint: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     // The receiver may be bound to every interface; the follower reaches it on this machine.
-    let endpoint = receiver_endpoint.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:");
+    let endpoint = receiver_endpoint
+        .replace("://0.0.0.0:", "://127.0.0.1:")
+        .replace("://*:", "://127.0.0.1:");
     let folder = config.live.dicom_folder.clone();
     let expected = config.receiver.expected_volumes;
     let options = FollowOptions {
@@ -295,18 +368,31 @@ fn follow_in_background(config: &Config, receiver_endpoint: &str, stop: Arc<std:
     std::thread::spawn(move || {
         // Said at once: the session goes on (a scanner-side sender may still connect) but gets nothing from here.
         let follow = || -> anyhow::Result<FollowReport> {
-            let sender = ScannerSender::connect(&endpoint, "hello from hyper-rt live (DICOM folder)", 30.0)?;
+            let sender =
+                ScannerSender::connect(&endpoint, "hello from hyper-rt live (DICOM folder)", 30.0)?;
             Ok(follow_folder(&folder, &options, &sender, &stop, |_, _| {})?)
         };
         let report = match follow() {
             Ok(report) => report,
             Err(e) => {
-                tracing::error!("following {} stopped: {}", folder.display(), hyper_rt::error_chain(&e));
+                tracing::error!(
+                    "following {} stopped: {}",
+                    folder.display(),
+                    hyper_rt::error_chain(&e)
+                );
                 return;
             }
         };
-        let latency = report.latency_summary().map(|s| format!("; {s}")).unwrap_or_default();
-        tracing::info!("{}: {} volumes sent, {} files skipped{latency}", folder.display(), report.stream.sent, report.files_skipped);
+        let latency = report
+            .latency_summary()
+            .map(|s| format!("; {s}"))
+            .unwrap_or_default();
+        tracing::info!(
+            "{}: {} volumes sent, {} files skipped{latency}",
+            folder.display(),
+            report.stream.sent,
+            report.files_skipped
+        );
     })
 }
 
@@ -316,22 +402,40 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be positive");
     }
-    let session_volumes = ["volumes.nii.gz", "volumes.nii"].iter().map(|n| args.source.join(n)).find(|p| p.is_file());
-    let is_export_series = is_scanner_export(&args.source).with_context(|| format!("reading {}", args.source.display()))?;
+    let session_volumes = ["volumes.nii.gz", "volumes.nii"]
+        .iter()
+        .map(|n| args.source.join(n))
+        .find(|p| p.is_file());
+    let is_export_series = is_scanner_export(&args.source)
+        .with_context(|| format!("reading {}", args.source.display()))?;
     let (run, dims) = match session_volumes {
         None if args.source.join("spool.bin").is_file() => {
-            bail!("{} is a session that was not finalised: run `hyper-rt recover {}` first", args.source.display(), args.source.display())
+            bail!(
+                "{} is a session that was not finalised: run `hyper-rt recover {}` first",
+                args.source.display(),
+                args.source.display()
+            )
         }
         None if is_export_series => {
-            let series = SeriesRun::open(&args.source, args.series, 0).map_err(anyhow::Error::msg)?;
+            let series =
+                SeriesRun::open(&args.source, args.series, 0).map_err(anyhow::Error::msg)?;
             for warning in series.folder_warnings() {
                 tracing::warn!("{warning}");
             }
             let tr_secs = series.first.tr_secs.unwrap_or(1.0);
             tracing::info!("replaying {}", series.describe(tr_secs));
             let (volumes, dims) = (series.files.len(), series.first.dims);
-            let wire = Box::new(series.wire_volumes(tr_secs, |message, _| tracing::warn!("skipped: {message}")));
-            (RunStream { volumes, tr_secs, wire }, dims)
+            let wire = Box::new(
+                series.wire_volumes(tr_secs, |message, _| tracing::warn!("skipped: {message}")),
+            );
+            (
+                RunStream {
+                    volumes,
+                    tr_secs,
+                    wire,
+                },
+                dims,
+            )
         }
         found => {
             let img = NiftiImage::read(found.as_deref().unwrap_or(&args.source))?;
@@ -348,9 +452,23 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             inputs.bundle.dims
         );
     }
-    let receiver = super::bind_receiver(&config, &config.session.root, "tcp://127.0.0.1:*", run.volumes, 30.0)?;
-    let sender_thread = stream_run_in_background(run, receiver.endpoint().to_string(), "hello from hyper-rt replay", args.speed, false);
+    let receiver = super::bind_receiver(
+        &config,
+        &config.session.root,
+        "tcp://127.0.0.1:*",
+        run.volumes,
+        30.0,
+    )?;
+    let sender_thread = stream_run_in_background(
+        run,
+        receiver.endpoint().to_string(),
+        "hello from hyper-rt replay",
+        args.speed,
+        false,
+    );
     let (stats, dir) = live::run(receiver, inputs, super::interrupt_flag())?;
-    sender_thread.join().map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
+    sender_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
     report(&stats, &dir)
 }

@@ -10,8 +10,8 @@ mod generate;
 mod gpu_info;
 mod launch_plan;
 mod live;
-mod receive;
 mod realign;
+mod receive;
 mod recover;
 mod send;
 mod simulate;
@@ -97,7 +97,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
@@ -125,7 +124,11 @@ fn init_logging(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// How the GPU runs the generator, for the commands that draw or plan on it (`generate`, `bench-generator`,
@@ -152,7 +155,11 @@ pub struct GpuRunArgs {
 impl GpuRunArgs {
     /// The settings these flags ask for.
     pub fn settings(&self) -> hyper_rt::generate::GpuSettings {
-        hyper_rt::generate::GpuSettings { kernels: self.kernels, upsample: self.upsample, launch: self.launch }
+        hyper_rt::generate::GpuSettings {
+            kernels: self.kernels,
+            upsample: self.upsample,
+            launch: self.launch,
+        }
     }
 
     /// Whether all are the defaults (nothing asked of a GPU).
@@ -161,7 +168,10 @@ impl GpuRunArgs {
     }
 
     /// Sets them on the generator (the CPU ignores them).
-    pub fn apply(&self, generator: &mut hyper_rt::generate::Backend) -> Result<(), hyper_rt::generate::GenerateError> {
+    pub fn apply(
+        &self,
+        generator: &mut hyper_rt::generate::Backend,
+    ) -> Result<(), hyper_rt::generate::GenerateError> {
         generator.use_gpu_settings(self.settings())
     }
 }
@@ -179,7 +189,9 @@ pub struct GpuIndexArg {
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
-    if let Err(e) = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst)) {
+    if let Err(e) =
+        ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst))
+    {
         tracing::warn!("Ctrl-C handler not installed: {e}");
     }
     flag
@@ -188,31 +200,78 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 /// Prints a session summary as a short table.
 pub fn print_summary(dir: &std::path::Path, s: &hyper_rt::session::recorder::Summary) {
     println!("session       {}", dir.display());
-    println!("end           {}{}", s.end_reason, if s.recovered_after_crash { " (recovered after a crash)" } else { "" });
+    println!(
+        "end           {}{}",
+        s.end_reason,
+        if s.recovered_after_crash {
+            " (recovered after a crash)"
+        } else {
+            ""
+        }
+    );
     println!("received      {}", s.received);
-    println!("rejected      {}{}", s.rejected, if s.rejected_by_kind.is_empty() { String::new() } else { format!(" {:?}", s.rejected_by_kind) });
+    println!(
+        "rejected      {}{}",
+        s.rejected,
+        if s.rejected_by_kind.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", s.rejected_by_kind)
+        }
+    );
     println!("duplicates    {}", s.duplicates);
-    println!("missing       {}{}", s.missing, if s.missing_indices.is_empty() { String::new() } else { format!(" {:?}", s.missing_indices) });
+    println!(
+        "missing       {}{}",
+        s.missing,
+        if s.missing_indices.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", s.missing_indices)
+        }
+    );
     println!("handshakes    {}", s.handshakes);
     let l = &s.reply_latency_ms;
-    println!("reply latency p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} messages", l.p50, l.p95, l.p99, l.max, l.count);
+    println!(
+        "reply latency p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} messages",
+        l.p50, l.p95, l.p99, l.max, l.count
+    );
     if let Some(file) = &s.volumes_file {
-        println!("volumes       {} ({} volumes, {:?}, {})", dir.join(file).display(), s.volumes_in_file, s.dims.unwrap_or_default(), s.dtype.map(|d| d.numpy_name()).unwrap_or("-"));
+        println!(
+            "volumes       {} ({} volumes, {:?}, {})",
+            dir.join(file).display(),
+            s.volumes_in_file,
+            s.dims.unwrap_or_default(),
+            s.dtype.map(|d| d.numpy_name()).unwrap_or("-")
+        );
     }
 }
 
 /// Binds a receiver (limits from `[receiver]`) with a new session recorder under `root`.
-pub fn bind_receiver(config: &Config, root: &std::path::Path, bind: &str, expected: usize, idle_secs: f64) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
+pub fn bind_receiver(
+    config: &Config,
+    root: &std::path::Path,
+    bind: &str,
+    expected: usize,
+    idle_secs: f64,
+) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
     use hyper_rt::ingest::protocol::Limits;
     use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
     use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
-    let meta = SessionMeta { started_unix_secs: unix_secs_now(), bind: bind.to_string(), expected_volumes: expected, hyper_rt_version: env!("CARGO_PKG_VERSION").to_string() };
+    let meta = SessionMeta {
+        started_unix_secs: unix_secs_now(),
+        bind: bind.to_string(),
+        expected_volumes: expected,
+        hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
     let recorder = Recorder::create(root, &meta)?;
     let settings = ReceiverSettings {
         bind: bind.to_string(),
         expected_volumes: expected,
         idle_timeout_secs: idle_secs,
-        limits: Limits { max_volume_bytes: config.receiver.max_volume_bytes, max_dim: config.receiver.max_dim },
+        limits: Limits {
+            max_volume_bytes: config.receiver.max_volume_bytes,
+            max_dim: config.receiver.max_dim,
+        },
     };
     Ok(Receiver::bind(settings, recorder)?)
 }
@@ -225,19 +284,29 @@ pub struct LoopbackReceiver {
 
 impl LoopbackReceiver {
     /// Binds `tcp://127.0.0.1:*` and starts receiving `expected_volumes` volumes into a session under `root`.
-    pub fn start(config: &Config, root: &std::path::Path, expected_volumes: usize, compress: bool) -> anyhow::Result<LoopbackReceiver> {
-        let mut receiver = bind_receiver(config, root, "tcp://127.0.0.1:*", expected_volumes, 30.0)?;
+    pub fn start(
+        config: &Config,
+        root: &std::path::Path,
+        expected_volumes: usize,
+        compress: bool,
+    ) -> anyhow::Result<LoopbackReceiver> {
+        let mut receiver =
+            bind_receiver(config, root, "tcp://127.0.0.1:*", expected_volumes, 30.0)?;
         let endpoint = receiver.endpoint().to_string();
-        let handle = std::thread::Builder::new().name("receiver".into()).spawn(move || {
-            let never = AtomicBool::new(false);
-            let reason = receiver.run(None, &never)?;
-            Ok(receiver.finish(reason, compress)?)
-        })?;
+        let handle = std::thread::Builder::new()
+            .name("receiver".into())
+            .spawn(move || {
+                let never = AtomicBool::new(false);
+                let reason = receiver.run(None, &never)?;
+                Ok(receiver.finish(reason, compress)?)
+            })?;
         Ok(LoopbackReceiver { endpoint, handle })
     }
 
     /// Waits for the run to end and returns the finalised summary.
     pub fn join(self) -> anyhow::Result<hyper_rt::session::recorder::Summary> {
-        self.handle.join().map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?
     }
 }

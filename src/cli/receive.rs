@@ -46,15 +46,28 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
 
     if config.session.recover_on_start {
         for dir in recorder::find_unfinalised(&config.session.root) {
-            tracing::warn!("session {} was left unfinalised (crash?): recovering it", dir.display());
+            tracing::warn!(
+                "session {} was left unfinalised (crash?): recovering it",
+                dir.display()
+            );
             let summary = recorder::finalise_dir(&dir, "recovered", true, config.session.compress)
                 .with_context(|| format!("recovering {}", dir.display()))?;
-            tracing::info!("recovered {} volumes into {}", summary.received, dir.display());
+            tracing::info!(
+                "recovered {} volumes into {}",
+                summary.received,
+                dir.display()
+            );
         }
     }
 
     let r = &config.receiver;
-    let mut receiver = super::bind_receiver(&config, &config.session.root, &r.bind, r.expected_volumes, r.idle_timeout_secs)?;
+    let mut receiver = super::bind_receiver(
+        &config,
+        &config.session.root,
+        &r.bind,
+        r.expected_volumes,
+        r.idle_timeout_secs,
+    )?;
     let dir = receiver.session_dir().to_path_buf();
     println!("listening on {}", receiver.endpoint());
     println!("recording to {}", dir.display());

@@ -23,7 +23,10 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
             println!("{} is already finalised", args.session.display());
             return Ok(());
         }
-        bail!("{} is neither an unfinalised session folder nor a folder holding one", args.session.display());
+        bail!(
+            "{} is neither an unfinalised session folder nor a folder holding one",
+            args.session.display()
+        );
     }
     for dir in dirs {
         let summary = recorder::finalise_dir(&dir, "recovered", true, config.session.compress)

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::ingest::scanner_export::{follow_folder, is_scanner_export, read_volume, FolderScan, FollowOptions, SeriesRun};
+use hyper_rt::ingest::scanner_export::{
+    follow_folder, is_scanner_export, read_volume, FolderScan, FollowOptions, SeriesRun,
+};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 
@@ -92,7 +94,10 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         None => None,
     };
     if hyper_rt::parrec::is_rec_path(&args.run) {
-        bail!("{} is a Philips REC file: give its PAR header (or the folder)", args.run.display());
+        bail!(
+            "{} is a Philips REC file: give its PAR header (or the folder)",
+            args.run.display()
+        );
     }
     if is_scanner_export(&args.run).with_context(|| format!("reading {}", args.run.display()))? {
         if args.list {
@@ -103,9 +108,17 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         }
         return send_export_series(&args, &config, tr_override);
     }
-    for (given, flag) in [(args.watch, "--watch"), (args.series.is_some(), "--series"), (args.volumes.is_some(), "--volumes"), (args.list, "--list")] {
+    for (given, flag) in [
+        (args.watch, "--watch"),
+        (args.series.is_some(), "--series"),
+        (args.volumes.is_some(), "--volumes"),
+        (args.list, "--list"),
+    ] {
         if given {
-            bail!("{flag} is for a scanner's export (DICOM, Philips PAR/REC); {} is neither", args.run.display());
+            bail!(
+                "{flag} is for a scanner's export (DICOM, Philips PAR/REC); {} is neither",
+                args.run.display()
+            );
         }
     }
     send_nifti(&args, &config, tr_override)
@@ -117,8 +130,15 @@ fn progress_bar(quiet: bool, len: Option<u64>) -> indicatif::ProgressBar {
         (false, Some(len)) => indicatif::ProgressBar::new(len),
         (false, None) => indicatif::ProgressBar::new_spinner(),
     };
-    let template = if len.is_some() { "{spinner} sending [{bar:30}] {pos}/{len} volumes {msg}" } else { "{spinner} {pos} volumes sent {msg}" };
-    bar.set_style(indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    let template = if len.is_some() {
+        "{spinner} sending [{bar:30}] {pos}/{len} volumes {msg}"
+    } else {
+        "{spinner} {pos} volumes sent {msg}"
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     bar
 }
 
@@ -130,7 +150,11 @@ fn stream_and_report(
     bar: &indicatif::ProgressBar,
     skipped: impl Fn() -> usize,
 ) -> anyhow::Result<()> {
-    let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
+    let sender = ScannerSender::connect(
+        &config.sender.connect,
+        &config.sender.handshake,
+        config.sender.reply_timeout_secs,
+    )?;
     let report = sender::stream(&sender, volumes, pacing, |_, reply| {
         bar.inc(1);
         bar.set_message(reply.to_string());
@@ -146,23 +170,50 @@ fn print_result(config: &Config, report: &StreamReport, files_skipped: usize) {
         "sent {} volumes to {}{}{}{}",
         report.sent,
         config.sender.connect,
-        if report.stopped_by_receiver { "; the receiver said STOP" } else { "" },
-        if report.error_replies > 0 { format!("; {} rejected (see the warnings)", report.error_replies) } else { String::new() },
-        if files_skipped > 0 { format!("; {files_skipped} files skipped (see the warnings)") } else { String::new() }
+        if report.stopped_by_receiver {
+            "; the receiver said STOP"
+        } else {
+            ""
+        },
+        if report.error_replies > 0 {
+            format!("; {} rejected (see the warnings)", report.error_replies)
+        } else {
+            String::new()
+        },
+        if files_skipped > 0 {
+            format!("; {files_skipped} files skipped (see the warnings)")
+        } else {
+            String::new()
+        }
     );
 }
 
 fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
     let img = NiftiImage::read(&args.run)?;
     if img.tr_unit_was_suspicious {
-        tracing::warn!("{}: pixdim[4] is {} s by its units: taken as milliseconds ({} s)", args.run.display(), img.tr_secs.unwrap_or(0.0) * 1000.0, img.tr_secs.unwrap_or(0.0));
+        tracing::warn!(
+            "{}: pixdim[4] is {} s by its units: taken as milliseconds ({} s)",
+            args.run.display(),
+            img.tr_secs.unwrap_or(0.0) * 1000.0,
+            img.tr_secs.unwrap_or(0.0)
+        );
     }
     let tr_secs = match tr_override {
         Some(tr) => tr,
-        None => img.tr_secs.with_context(|| format!("{} has no TR (pixdim[4] = 0): give --tr-secs", args.run.display()))?,
+        None => img.tr_secs.with_context(|| {
+            format!(
+                "{} has no TR (pixdim[4] = 0): give --tr-secs",
+                args.run.display()
+            )
+        })?,
     };
     if args.start_at >= img.volumes {
-        bail!("--start-at {} but {} holds only {} volumes", args.start_at, args.run.display(), img.volumes);
+        bail!(
+            "--start-at {} but {} holds only {} volumes",
+            args.start_at,
+            args.run.display(),
+            img.volumes
+        );
     }
     tracing::info!(
         "{}: {} volumes of {:?} {}{}, TR {tr_secs} s",
@@ -170,9 +221,16 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
         img.volumes,
         img.dims,
         img.dtype.numpy_name(),
-        if img.scaling.is_some() { " (scaled: sent as float64)" } else { "" }
+        if img.scaling.is_some() {
+            " (scaled: sent as float64)"
+        } else {
+            ""
+        }
     );
-    let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
+    let pacing = Pacing {
+        tr_secs,
+        speed: if args.fast { f64::INFINITY } else { args.speed },
+    };
     let bar = progress_bar(args.quiet, Some((img.volumes - args.start_at) as u64));
     let volumes = (args.start_at..img.volumes).map(|t| sender::nifti_wire_volume(&img, t, tr_secs));
     stream_and_report(config, volumes, pacing, &bar, || 0)?;
@@ -182,15 +240,24 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
 /// Prints a table of the series in a scanner's export folder.
 fn list_series(run: &Path) -> anyhow::Result<()> {
     let scan = FolderScan::read(run).with_context(|| format!("reading {}", run.display()))?;
-    println!("{:>6}  {:>7}  {:>11}  {:>7}  {:>14}  {:>7}  {:>6}  description", "series", "volumes", "indices", "missing", "voxels", "dtype", "TR s");
+    println!(
+        "{:>6}  {:>7}  {:>11}  {:>7}  {:>14}  {:>7}  {:>6}  description",
+        "series", "volumes", "indices", "missing", "voxels", "dtype", "TR s"
+    );
     for (number, (description, files)) in &scan.series {
-        let (Some((&first_index, first_path)), Some(&last_index)) = (files.iter().next(), files.keys().next_back()) else { continue };
+        let (Some((&first_index, first_path)), Some(&last_index)) =
+            (files.iter().next(), files.keys().next_back())
+        else {
+            continue;
+        };
         let missing = last_index + 1 - first_index - files.len();
         let (voxels, dtype, tr) = match read_volume(first_path, first_index) {
             Ok(v) => (
                 format!("{} x {} x {}", v.dims[0], v.dims[1], v.dims[2]),
                 v.dtype.numpy_name().to_string(),
-                v.tr_secs.map(|t| format!("{t:.3}")).unwrap_or_else(|| "-".into()),
+                v.tr_secs
+                    .map(|t| format!("{t:.3}"))
+                    .unwrap_or_else(|| "-".into()),
             ),
             Err(e) => (format!("unreadable: {e}"), String::new(), String::new()),
         };
@@ -203,7 +270,24 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
     if scan.series.is_empty() {
         println!("(no readable volume: Siemens mosaic DICOM, DICOM one slice per file, or Philips PAR/REC)");
     }
-    let others = [(scan.not_scanner_files.len(), "files are neither DICOM nor PAR/REC"), (scan.unreadable.len(), "files are unreadable (run without --list to see why)"), (scan.duplicates.len(), "files repeat a volume (or slice) of their series"), (scan.incomplete.len(), "volumes lack slice files (run without --list to see which)")];
+    let others = [
+        (
+            scan.not_scanner_files.len(),
+            "files are neither DICOM nor PAR/REC",
+        ),
+        (
+            scan.unreadable.len(),
+            "files are unreadable (run without --list to see why)",
+        ),
+        (
+            scan.duplicates.len(),
+            "files repeat a volume (or slice) of their series",
+        ),
+        (
+            scan.incomplete.len(),
+            "volumes lack slice files (run without --list to see which)",
+        ),
+    ];
     for (count, what) in others {
         if count > 0 {
             println!("{count} {what}");
@@ -213,7 +297,11 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
 }
 
 /// A finished series: every volume of the chosen series in index order, at TR pace.
-fn send_export_series(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
+fn send_export_series(
+    args: &Args,
+    config: &Config,
+    tr_override: Option<f64>,
+) -> anyhow::Result<()> {
     let run = SeriesRun::open(&args.run, args.series, args.start_at).map_err(anyhow::Error::msg)?;
     for warning in run.folder_warnings() {
         tracing::warn!("{warning}");
@@ -224,7 +312,10 @@ fn send_export_series(args: &Args, config: &Config, tr_override: Option<f64>) ->
     };
     tracing::info!("{}", run.describe(tr_secs));
     let skipped = std::cell::Cell::new(run.files_skipped());
-    let pacing = Pacing { tr_secs, speed: if args.fast { f64::INFINITY } else { args.speed } };
+    let pacing = Pacing {
+        tr_secs,
+        speed: if args.fast { f64::INFINITY } else { args.speed },
+    };
     let bar = progress_bar(args.quiet, Some(run.files.len() as u64));
     let volumes = run.wire_volumes(tr_secs, |message, files| {
         tracing::warn!("skipped: {message}");
@@ -235,7 +326,11 @@ fn send_export_series(args: &Args, config: &Config, tr_override: Option<f64>) ->
 }
 
 /// A series still being written: each volume goes out as soon as its file is complete.
-fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
+fn send_watched_folder(
+    args: &Args,
+    config: &Config,
+    tr_override: Option<f64>,
+) -> anyhow::Result<()> {
     if !args.run.is_dir() {
         bail!("--watch follows a folder; {} is a file", args.run.display());
     }
@@ -248,7 +343,11 @@ fn send_watched_folder(args: &Args, config: &Config, tr_override: Option<f64>) -
         tr_override_secs: tr_override,
     };
     let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
-    let sender = ScannerSender::connect(&config.sender.connect, &config.sender.handshake, config.sender.reply_timeout_secs)?;
+    let sender = ScannerSender::connect(
+        &config.sender.connect,
+        &config.sender.handshake,
+        config.sender.reply_timeout_secs,
+    )?;
     let never = std::sync::atomic::AtomicBool::new(false); // Ctrl-C ends the process
     let report = follow_folder(&args.run, &options, &sender, &never, |_, reply| {
         bar.inc(1);

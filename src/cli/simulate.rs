@@ -75,15 +75,28 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
         c.session_offset_deg = 0.0;
         c.jerk_probability = 0.0;
     }
-    c.validate().map_err(|(key, problem)| anyhow::anyhow!("invalid setting {key}: {problem}"))?;
+    c.validate()
+        .map_err(|(key, problem)| anyhow::anyhow!("invalid setting {key}: {problem}"))?;
     if let Some(endpoint) = &args.stream {
         return stream(&c, endpoint, &args.runs, args.speed);
     }
     let out = args.out.context("--out is required without --stream")?;
     let total = simulate::total_volumes(&c) as u64;
-    println!("simulating sub-{} (seed {}): {} volumes of {:?} into {}", c.subject, c.seed, total, c.dims, out.display());
+    println!(
+        "simulating sub-{} (seed {}): {} volumes of {:?} into {}",
+        c.subject,
+        c.seed,
+        total,
+        c.dims,
+        out.display()
+    );
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} simulating [{bar:30}] {pos}/{len} volumes ({eta} left)").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} simulating [{bar:30}] {pos}/{len} volumes ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let started = std::time::Instant::now();
     let summary = simulate::write_dataset(&c, &out, &|n| bar.inc(n))?;
     bar.finish_and_clear();
@@ -106,14 +119,24 @@ fn stream(c: &SimulateConfig, endpoint: &str, runs: &[usize], speed: f64) -> any
     }
     let subject = Subject::new(c)?;
     let plans = subject.runs();
-    let chosen: Vec<_> = if runs.is_empty() { plans.iter().collect() } else {
+    let chosen: Vec<_> = if runs.is_empty() {
+        plans.iter().collect()
+    } else {
         runs.iter()
-            .map(|&r| plans.iter().find(|p| p.number == r).with_context(|| format!("--runs: there is no run {r} (1 to {})", plans.len())))
+            .map(|&r| {
+                plans
+                    .iter()
+                    .find(|p| p.number == r)
+                    .with_context(|| format!("--runs: there is no run {r} (1 to {})", plans.len()))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     let defaults = hyper_rt::config::SenderConfig::default();
     for plan in chosen {
-        println!("streaming run {} ({} volumes, {:?}) to {endpoint}", plan.number, plan.volumes, plan.session);
+        println!(
+            "streaming run {} ({} volumes, {:?}) to {endpoint}",
+            plan.number, plan.volumes, plan.session
+        );
         let scanner = ScannerSender::connect(endpoint, &defaults.handshake, 0.0)?;
         let anat = &subject.anatomy;
         let wire = subject.run_volumes(plan).enumerate().map(|(t, v)| {
@@ -121,16 +144,46 @@ fn stream(c: &SimulateConfig, endpoint: &str, runs: &[usize], speed: f64) -> any
             let values: Vec<u8> = match c.output {
                 hyper_rt::config::SimOutput::Int16 => v
                     .iter()
-                    .flat_map(|x| (((x / simulate::INT16_SLOPE).round() as i16) as f64 * simulate::INT16_SLOPE as f64).to_le_bytes())
+                    .flat_map(|x| {
+                        (((x / simulate::INT16_SLOPE).round() as i16) as f64
+                            * simulate::INT16_SLOPE as f64)
+                            .to_le_bytes()
+                    })
                     .collect(),
-                hyper_rt::config::SimOutput::Float32 => v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(),
+                hyper_rt::config::SimOutput::Float32 => {
+                    v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect()
+                }
             };
-            WireVolume::from_x_fastest(t, Dtype::Float64, anat.dims, anat.mm_from_voxel, c.tr_secs, &values)
+            WireVolume::from_x_fastest(
+                t,
+                Dtype::Float64,
+                anat.dims,
+                anat.mm_from_voxel,
+                c.tr_secs,
+                &values,
+            )
         });
         let bar = indicatif::ProgressBar::new(plan.volumes as u64);
-        let report = sender::stream(&scanner, wire, Pacing { tr_secs: c.tr_secs, speed }, |_, _| bar.inc(1))?;
+        let report = sender::stream(
+            &scanner,
+            wire,
+            Pacing {
+                tr_secs: c.tr_secs,
+                speed,
+            },
+            |_, _| bar.inc(1),
+        )?;
         bar.finish_and_clear();
-        println!("run {}: sent {} volumes{}", plan.number, report.sent, if report.stopped_by_receiver { ", receiver said STOP" } else { "" });
+        println!(
+            "run {}: sent {} volumes{}",
+            plan.number,
+            report.sent,
+            if report.stopped_by_receiver {
+                ", receiver said STOP"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

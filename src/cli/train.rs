@@ -50,7 +50,10 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let bundle = decode::train(&data, &settings, &|p| match p {
         TrainProgress::Run { done, total } => {
             bar.set_message("preprocessing runs");
@@ -65,13 +68,32 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     bundle.save(&args.out)?;
-    let best = bundle.cv_curve.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
+    let best = bundle
+        .cv_curve
+        .iter()
+        .map(|c| c.1)
+        .fold(f64::INFINITY, f64::min);
     println!("decoder            {}", args.out.display());
-    println!("subject            sub-{} runs {:?}", bundle.info.subject, bundle.info.runs);
+    println!(
+        "subject            sub-{} runs {:?}",
+        bundle.info.subject, bundle.info.runs
+    );
     println!("training trials    {}", bundle.info.trials);
-    println!("voxels             {} ({})", bundle.voxels.len(), bundle.info.selection);
-    println!("penalty            {:.3e} (best CV MSE {best:.5} over {} penalties, {} folds)", bundle.penalty, bundle.cv_curve.len(), args.folds);
+    println!(
+        "voxels             {} ({})",
+        bundle.voxels.len(),
+        bundle.info.selection
+    );
+    println!(
+        "penalty            {:.3e} (best CV MSE {best:.5} over {} penalties, {} folds)",
+        bundle.penalty,
+        bundle.cv_curve.len(),
+        args.folds
+    );
     println!("latent size        {}", bundle.latent_size());
-    println!("time               {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "time               {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

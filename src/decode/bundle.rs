@@ -53,7 +53,10 @@ pub struct BundleInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -82,14 +85,33 @@ impl DecoderBundle {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), BundleError> {
-        let invalid = |message: String| BundleError::Invalid { path: path.to_path_buf(), message };
+        let invalid = |message: String| BundleError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
         let [nx, ny, nz] = self.dims;
         let k = self.voxels.len();
         let q = self.latent_size();
         let reference = bytes_f32(&self.reference);
-        let affine = bytes_f64(&self.mm_from_voxel.iter().flatten().copied().collect::<Vec<_>>());
-        let voxels: Vec<u8> = self.voxels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
-        let (mean, std, weights, intercept) = (bytes_f32(&self.pattern_mean), bytes_f32(&self.pattern_std), bytes_f32(&self.weights), bytes_f32(&self.intercept));
+        let affine = bytes_f64(
+            &self
+                .mm_from_voxel
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let voxels: Vec<u8> = self
+            .voxels
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect();
+        let (mean, std, weights, intercept) = (
+            bytes_f32(&self.pattern_mean),
+            bytes_f32(&self.pattern_std),
+            bytes_f32(&self.weights),
+            bytes_f32(&self.intercept),
+        );
         let penalties = bytes_f64(&self.cv_curve.iter().map(|c| c.0).collect::<Vec<_>>());
         let errors = bytes_f64(&self.cv_curve.iter().map(|c| c.1).collect::<Vec<_>>());
         let m = self.cv_curve.len();
@@ -97,62 +119,146 @@ impl DecoderBundle {
             TensorView::new(dtype, shape, data).map_err(|e| e.to_string())
         }
         let tensors = vec![
-            ("reference", view(StDtype::F32, vec![nz, ny, nx], &reference).map_err(invalid)?),
-            ("reference_affine", view(StDtype::F64, vec![4, 4], &affine).map_err(invalid)?),
-            ("voxel_indices", view(StDtype::I64, vec![k], &voxels).map_err(invalid)?),
-            ("pattern_mean", view(StDtype::F32, vec![k], &mean).map_err(invalid)?),
-            ("pattern_std", view(StDtype::F32, vec![k], &std).map_err(invalid)?),
-            ("weights", view(StDtype::F32, vec![k, q], &weights).map_err(invalid)?),
-            ("intercept", view(StDtype::F32, vec![q], &intercept).map_err(invalid)?),
-            ("cv_penalties", view(StDtype::F64, vec![m], &penalties).map_err(invalid)?),
-            ("cv_errors", view(StDtype::F64, vec![m], &errors).map_err(invalid)?),
+            (
+                "reference",
+                view(StDtype::F32, vec![nz, ny, nx], &reference).map_err(invalid)?,
+            ),
+            (
+                "reference_affine",
+                view(StDtype::F64, vec![4, 4], &affine).map_err(invalid)?,
+            ),
+            (
+                "voxel_indices",
+                view(StDtype::I64, vec![k], &voxels).map_err(invalid)?,
+            ),
+            (
+                "pattern_mean",
+                view(StDtype::F32, vec![k], &mean).map_err(invalid)?,
+            ),
+            (
+                "pattern_std",
+                view(StDtype::F32, vec![k], &std).map_err(invalid)?,
+            ),
+            (
+                "weights",
+                view(StDtype::F32, vec![k, q], &weights).map_err(invalid)?,
+            ),
+            (
+                "intercept",
+                view(StDtype::F32, vec![q], &intercept).map_err(invalid)?,
+            ),
+            (
+                "cv_penalties",
+                view(StDtype::F64, vec![m], &penalties).map_err(invalid)?,
+            ),
+            (
+                "cv_errors",
+                view(StDtype::F64, vec![m], &errors).map_err(invalid)?,
+            ),
         ];
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
-        meta.insert("dims".into(), serde_json::to_string(&self.dims).unwrap_or_default());
+        meta.insert(
+            "dims".into(),
+            serde_json::to_string(&self.dims).unwrap_or_default(),
+        );
         meta.insert("tr_secs".into(), self.tr_secs.to_string());
         meta.insert("penalty".into(), self.penalty.to_string());
-        meta.insert("window".into(), serde_json::to_string(&self.window).unwrap_or_default());
-        meta.insert("preprocess".into(), serde_json::to_string(&self.preprocess).unwrap_or_default());
-        meta.insert("info".into(), serde_json::to_string(&self.info).unwrap_or_default());
-        safetensors::serialize_to_file(tensors, Some(meta), path).map_err(|e| invalid(e.to_string()))
+        meta.insert(
+            "window".into(),
+            serde_json::to_string(&self.window).unwrap_or_default(),
+        );
+        meta.insert(
+            "preprocess".into(),
+            serde_json::to_string(&self.preprocess).unwrap_or_default(),
+        );
+        meta.insert(
+            "info".into(),
+            serde_json::to_string(&self.info).unwrap_or_default(),
+        );
+        safetensors::serialize_to_file(tensors, Some(meta), path)
+            .map_err(|e| invalid(e.to_string()))
     }
 
     pub fn load(path: &Path) -> Result<DecoderBundle, BundleError> {
-        let bytes = std::fs::read(path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
-        let invalid = |message: String| BundleError::Invalid { path: path.to_path_buf(), message };
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|source| BundleError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |message: String| BundleError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(invalid(format!("metadata format is {:?}, expected {FORMAT:?} (is this a decoder bundle?)", meta.get("format"))));
+            return Err(invalid(format!(
+                "metadata format is {:?}, expected {FORMAT:?} (is this a decoder bundle?)",
+                meta.get("format")
+            )));
         }
-        let get_meta = |key: &str| meta.get(key).ok_or_else(|| invalid(format!("metadata lacks {key}")));
+        let get_meta = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| invalid(format!("metadata lacks {key}")))
+        };
         let parse = |key: &str| -> Result<serde_json::Value, BundleError> {
-            serde_json::from_str(get_meta(key)?).map_err(|e| invalid(format!("metadata {key}: {e}")))
+            serde_json::from_str(get_meta(key)?)
+                .map_err(|e| invalid(format!("metadata {key}: {e}")))
         };
-        let dims: [usize; 3] = serde_json::from_value(parse("dims")?).map_err(|e| invalid(format!("metadata dims: {e}")))?;
-        let tr_secs: f64 = get_meta("tr_secs")?.parse().map_err(|_| invalid("metadata tr_secs is not a number".into()))?;
-        let penalty: f64 = get_meta("penalty")?.parse().map_err(|_| invalid("metadata penalty is not a number".into()))?;
-        let window: TrialWindow = serde_json::from_value(parse("window")?).map_err(|e| invalid(format!("metadata window: {e}")))?;
-        let preprocess: PreprocessSettings = serde_json::from_value(parse("preprocess")?).map_err(|e| invalid(format!("metadata preprocess: {e}")))?;
-        let info: BundleInfo = serde_json::from_value(parse("info")?).map_err(|e| invalid(format!("metadata info: {e}")))?;
+        let dims: [usize; 3] = serde_json::from_value(parse("dims")?)
+            .map_err(|e| invalid(format!("metadata dims: {e}")))?;
+        let tr_secs: f64 = get_meta("tr_secs")?
+            .parse()
+            .map_err(|_| invalid("metadata tr_secs is not a number".into()))?;
+        let penalty: f64 = get_meta("penalty")?
+            .parse()
+            .map_err(|_| invalid("metadata penalty is not a number".into()))?;
+        let window: TrialWindow = serde_json::from_value(parse("window")?)
+            .map_err(|e| invalid(format!("metadata window: {e}")))?;
+        let preprocess: PreprocessSettings = serde_json::from_value(parse("preprocess")?)
+            .map_err(|e| invalid(format!("metadata preprocess: {e}")))?;
+        let info: BundleInfo = serde_json::from_value(parse("info")?)
+            .map_err(|e| invalid(format!("metadata info: {e}")))?;
 
-        let tensor = |name: &str, dtype: StDtype, shape: Option<&[usize]>| -> Result<Vec<u8>, BundleError> {
-            let t = st.tensor(name).map_err(|_| invalid(format!("tensor {name} is missing")))?;
-            if t.dtype() != dtype {
-                return Err(invalid(format!("tensor {name} is {:?}, expected {dtype:?}", t.dtype())));
-            }
-            if let Some(shape) = shape {
-                if t.shape() != shape {
-                    return Err(invalid(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape())));
+        let tensor =
+            |name: &str, dtype: StDtype, shape: Option<&[usize]>| -> Result<Vec<u8>, BundleError> {
+                let t = st
+                    .tensor(name)
+                    .map_err(|_| invalid(format!("tensor {name} is missing")))?;
+                if t.dtype() != dtype {
+                    return Err(invalid(format!(
+                        "tensor {name} is {:?}, expected {dtype:?}",
+                        t.dtype()
+                    )));
                 }
-            }
-            Ok(t.data().to_vec())
+                if let Some(shape) = shape {
+                    if t.shape() != shape {
+                        return Err(invalid(format!(
+                            "tensor {name} has shape {:?}, expected {shape:?}",
+                            t.shape()
+                        )));
+                    }
+                }
+                Ok(t.data().to_vec())
+            };
+        let f32s = |b: Vec<u8>| {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect::<Vec<f32>>()
         };
-        let f32s = |b: Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>();
-        let f64s = |b: Vec<u8>| b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect::<Vec<f64>>();
-        let reference = f32s(tensor("reference", StDtype::F32, Some(&[dims[2], dims[1], dims[0]]))?);
+        let f64s = |b: Vec<u8>| {
+            b.chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect::<Vec<f64>>()
+        };
+        let reference = f32s(tensor(
+            "reference",
+            StDtype::F32,
+            Some(&[dims[2], dims[1], dims[0]]),
+        )?);
         let affine = f64s(tensor("reference_affine", StDtype::F64, Some(&[4, 4]))?);
         let voxels_raw = tensor("voxel_indices", StDtype::I64, None)?;
         let k = voxels_raw.len() / 8;
@@ -161,7 +267,9 @@ impl DecoderBundle {
         for c in voxels_raw.chunks_exact(8) {
             let v = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
             if v < 0 || v as usize >= n {
-                return Err(invalid(format!("voxel index {v} is outside the {dims:?} grid")));
+                return Err(invalid(format!(
+                    "voxel index {v} is outside the {dims:?} grid"
+                )));
             }
             voxels.push(v as usize);
         }
@@ -176,7 +284,9 @@ impl DecoderBundle {
         let penalties = f64s(tensor("cv_penalties", StDtype::F64, None)?);
         let errors = f64s(tensor("cv_errors", StDtype::F64, Some(&[penalties.len()]))?);
         if let Some(i) = weights.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(format!("tensor weights holds a non-finite value at flat index {i}")));
+            return Err(invalid(format!(
+                "tensor weights holds a non-finite value at flat index {i}"
+            )));
         }
         let mut mm_from_voxel = [[0.0; 4]; 4];
         for (i, v) in affine.iter().enumerate() {

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use super::bundle::DecoderBundle;
-use super::metrics::{attribute_score, cosine, identification, latent_similarity, luminance, p_value, pearson, resize_rgb, ssim_rgb};
+use super::metrics::{
+    attribute_score, cosine, identification, latent_similarity, luminance, p_value, pearson,
+    resize_rgb, ssim_rgb,
+};
 use super::{decode_trials, Dataset, DecodeError};
 use crate::generate::{image_rgb8, Backend, GenerateError};
 use crate::rng::Rng;
@@ -72,7 +75,13 @@ fn mean_se(v: &[f64]) -> (f64, f64) {
 
 fn measure(values: &[f64], null: &[f64]) -> Measure {
     let (mean, se) = mean_se(values);
-    Measure { mean, se, null_mean: null.iter().sum::<f64>() / null.len().max(1) as f64, p: p_value(mean, null), null: null.to_vec() }
+    Measure {
+        mean,
+        se,
+        null_mean: null.iter().sum::<f64>() / null.len().max(1) as f64,
+        p: p_value(mean, null),
+        null: null.to_vec(),
+    }
 }
 
 /// The InterFaceGAN boundary of `attribute` in `dir` (`pggan_celebahq_<attribute>_boundary.npy`), checked against
@@ -81,25 +90,60 @@ pub fn read_boundary(dir: &Path, attribute: &str, latent: usize) -> Result<Vec<f
     let path = dir.join(format!("pggan_celebahq_{attribute}_boundary.npy"));
     let arr = crate::npy::read_f32(&path)?;
     if arr.data.len() != latent {
-        return Err(DecodeError::Data { path, message: format!("boundary has {} values, the latents {latent}", arr.data.len()) });
+        return Err(DecodeError::Data {
+            path,
+            message: format!(
+                "boundary has {} values, the latents {latent}",
+                arr.data.len()
+            ),
+        });
     }
     Ok(arr.data.iter().map(|v| *v as f64).collect())
 }
 
 fn read_boundaries(dir: &Path, latent: usize) -> Result<Vec<(String, Vec<f64>)>, DecodeError> {
-    ATTRIBUTES.iter().map(|a| Ok((a.to_string(), read_boundary(dir, a, latent)?))).collect()
+    ATTRIBUTES
+        .iter()
+        .map(|a| Ok((a.to_string(), read_boundary(dir, a, latent)?)))
+        .collect()
 }
 
-fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], boundaries: &[(String, Vec<f64>)], seed: u64) -> ReportSet {
-    let sims: Vec<f64> = preds.iter().zip(truths).map(|(p, t)| latent_similarity(p, t)).collect();
-    let coss: Vec<f64> = preds.iter().zip(truths).map(|(p, t)| cosine(p, t)).collect();
+fn report_set(
+    preds: &[Vec<f32>],
+    truths: &[Vec<f32>],
+    randoms: &[Vec<f32>],
+    boundaries: &[(String, Vec<f64>)],
+    seed: u64,
+) -> ReportSet {
+    let sims: Vec<f64> = preds
+        .iter()
+        .zip(truths)
+        .map(|(p, t)| latent_similarity(p, t))
+        .collect();
+    let coss: Vec<f64> = preds
+        .iter()
+        .zip(truths)
+        .map(|(p, t)| cosine(p, t))
+        .collect();
     // null: one random latent in place of every prediction
-    let null_sim: Vec<f64> = randoms.iter().map(|r| truths.iter().map(|t| latent_similarity(r, t)).sum::<f64>() / truths.len() as f64).collect();
-    let null_cos: Vec<f64> = randoms.iter().map(|r| truths.iter().map(|t| cosine(r, t)).sum::<f64>() / truths.len() as f64).collect();
+    let null_sim: Vec<f64> = randoms
+        .iter()
+        .map(|r| truths.iter().map(|t| latent_similarity(r, t)).sum::<f64>() / truths.len() as f64)
+        .collect();
+    let null_cos: Vec<f64> = randoms
+        .iter()
+        .map(|r| truths.iter().map(|t| cosine(r, t)).sum::<f64>() / truths.len() as f64)
+        .collect();
     let (pair, nway) = identification(preds, truths);
     let attribute_scores: Vec<(String, Vec<f64>, Vec<f64>)> = boundaries
         .iter()
-        .map(|(name, n)| (name.clone(), truths.iter().map(|z| attribute_score(z, n)).collect(), preds.iter().map(|z| attribute_score(z, n)).collect()))
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                truths.iter().map(|z| attribute_score(z, n)).collect(),
+                preds.iter().map(|z| attribute_score(z, n)).collect(),
+            )
+        })
         .collect();
     let attributes = boundaries
         .iter()
@@ -111,7 +155,11 @@ fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], bou
             let mut rng = Rng::new(seed ^ 0xA77);
             let null: Vec<f64> = (0..randoms.len())
                 .map(|_| {
-                    let drawn: Vec<f64> = (0..t.len()).map(|_| pool[(rng.uniform() * pool.len() as f64) as usize % pool.len().max(1)]).collect();
+                    let drawn: Vec<f64> = (0..t.len())
+                        .map(|_| {
+                            pool[(rng.uniform() * pool.len() as f64) as usize % pool.len().max(1)]
+                        })
+                        .collect();
                     pearson(t, &drawn)
                 })
                 .collect();
@@ -130,11 +178,27 @@ fn report_set(preds: &[Vec<f32>], truths: &[Vec<f32>], randoms: &[Vec<f32>], bou
 }
 
 /// Runs the evaluation and writes `report.json`, `report.md` and `grid.png` to `out`.
-pub fn evaluate(data: &Dataset, bundle: &DecoderBundle, generator: &mut Backend, settings: &EvalSettings, out: &Path, progress: &dyn Fn(&str)) -> Result<Report, DecodeError> {
-    let gen_err = |e: GenerateError| DecodeError::Data { path: out.to_path_buf(), message: e.to_string() };
+pub fn evaluate(
+    data: &Dataset,
+    bundle: &DecoderBundle,
+    generator: &mut Backend,
+    settings: &EvalSettings,
+    out: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<Report, DecodeError> {
+    let gen_err = |e: GenerateError| DecodeError::Data {
+        path: out.to_path_buf(),
+        message: e.to_string(),
+    };
     let latent = data.latent_size;
     if generator.model().latent_size != latent {
-        return Err(DecodeError::Data { path: data.root.clone(), message: format!("the generator takes {}-d latents, the dataset has {latent}", generator.model().latent_size) });
+        return Err(DecodeError::Data {
+            path: data.root.clone(),
+            message: format!(
+                "the generator takes {}-d latents, the dataset has {latent}",
+                generator.model().latent_size
+            ),
+        });
     }
     progress("decoding test trials");
     let decoded = decode_trials(data, bundle, "test", &|_, _| {})?;
@@ -144,18 +208,33 @@ pub fn evaluate(data: &Dataset, bundle: &DecoderBundle, generator: &mut Backend,
     let averaged: Vec<Vec<f32>> = stims
         .iter()
         .map(|s| {
-            let members: Vec<&Vec<f32>> = decoded.iter().filter(|d| d.0 == *s).map(|d| &d.1).collect();
-            (0..latent).map(|i| members.iter().map(|m| m[i]).sum::<f32>() / members.len() as f32).collect()
+            let members: Vec<&Vec<f32>> =
+                decoded.iter().filter(|d| d.0 == *s).map(|d| &d.1).collect();
+            (0..latent)
+                .map(|i| members.iter().map(|m| m[i]).sum::<f32>() / members.len() as f32)
+                .collect()
         })
         .collect();
     let truths: Vec<Vec<f32>> = stims.iter().map(|s| data.latent(*s).to_vec()).collect();
     let single_truths: Vec<Vec<f32>> = decoded.iter().map(|d| data.latent(d.0).to_vec()).collect();
     let single_preds: Vec<Vec<f32>> = decoded.iter().map(|d| d.1.clone()).collect();
     let mut rng = Rng::new(settings.seed);
-    let randoms: Vec<Vec<f32>> = (0..settings.permutations).map(|_| (0..latent).map(|_| rng.normal() as f32).collect()).collect();
-    let boundaries = if latent == 512 { read_boundaries(&settings.boundaries, latent)? } else { Vec::new() };
+    let randoms: Vec<Vec<f32>> = (0..settings.permutations)
+        .map(|_| (0..latent).map(|_| rng.normal() as f32).collect())
+        .collect();
+    let boundaries = if latent == 512 {
+        read_boundaries(&settings.boundaries, latent)?
+    } else {
+        Vec::new()
+    };
     let averaged_set = report_set(&averaged, &truths, &randoms, &boundaries, settings.seed);
-    let single_set = report_set(&single_preds, &single_truths, &randoms, &boundaries, settings.seed);
+    let single_set = report_set(
+        &single_preds,
+        &single_truths,
+        &randoms,
+        &boundaries,
+        settings.seed,
+    );
 
     progress("drawing stimuli and reconstructions");
     let side = generator.model().resolution;
@@ -174,15 +253,38 @@ pub fn evaluate(data: &Dataset, bundle: &DecoderBundle, generator: &mut Backend,
     let small = |img: &Vec<u8>| resize_rgb(img, side, EVAL_SIDE);
     let stim_small: Vec<Vec<u8>> = stim_images.iter().map(small).collect();
     let recon_small: Vec<Vec<u8>> = recon_images.iter().map(small).collect();
-    let pix: Vec<f64> = stim_small.iter().zip(&recon_small).map(|(a, b)| pearson(&luminance(a), &luminance(b))).collect();
-    let ssim: Vec<f64> = stim_small.iter().zip(&recon_small).map(|(a, b)| ssim_rgb(a, b, EVAL_SIDE)).collect();
+    let pix: Vec<f64> = stim_small
+        .iter()
+        .zip(&recon_small)
+        .map(|(a, b)| pearson(&luminance(a), &luminance(b)))
+        .collect();
+    let ssim: Vec<f64> = stim_small
+        .iter()
+        .zip(&recon_small)
+        .map(|(a, b)| ssim_rgb(a, b, EVAL_SIDE))
+        .collect();
     progress("permutation test of the image measures");
-    let random_images = draw(generator, &randoms[..settings.image_permutations.min(randoms.len())])?;
+    let random_images = draw(
+        generator,
+        &randoms[..settings.image_permutations.min(randoms.len())],
+    )?;
     let (mut null_pix, mut null_ssim) = (Vec::new(), Vec::new());
     for r in &random_images {
         let r = small(r);
-        null_pix.push(stim_small.iter().map(|s| pearson(&luminance(s), &luminance(&r))).sum::<f64>() / stim_small.len() as f64);
-        null_ssim.push(stim_small.iter().map(|s| ssim_rgb(s, &r, EVAL_SIDE)).sum::<f64>() / stim_small.len() as f64);
+        null_pix.push(
+            stim_small
+                .iter()
+                .map(|s| pearson(&luminance(s), &luminance(&r)))
+                .sum::<f64>()
+                / stim_small.len() as f64,
+        );
+        null_ssim.push(
+            stim_small
+                .iter()
+                .map(|s| ssim_rgb(s, &r, EVAL_SIDE))
+                .sum::<f64>()
+                / stim_small.len() as f64,
+        );
     }
     let report = Report {
         subject: data.subject.clone(),
@@ -196,28 +298,68 @@ pub fn evaluate(data: &Dataset, bundle: &DecoderBundle, generator: &mut Backend,
         voxels: bundle.voxels.len(),
         training_trials: bundle.info.trials,
     };
-    std::fs::create_dir_all(out).map_err(|e| DecodeError::Data { path: out.to_path_buf(), message: e.to_string() })?;
-    let write = |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| DecodeError::Data { path: out.join(name), message: e.to_string() });
-    write("report.json", serde_json::to_string_pretty(&report).unwrap_or_default())?;
+    std::fs::create_dir_all(out).map_err(|e| DecodeError::Data {
+        path: out.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let write = |name: &str, text: String| {
+        std::fs::write(out.join(name), text).map_err(|e| DecodeError::Data {
+            path: out.join(name),
+            message: e.to_string(),
+        })
+    };
+    write(
+        "report.json",
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )?;
     write("report.md", markdown(&report))?;
     write_grid(&out.join("grid.png"), &stim_images, &recon_images, side).map_err(gen_err)?;
-    let plot_err = |e: std::io::Error| DecodeError::Data { path: out.to_path_buf(), message: format!("plot: {e}") };
-    super::plots::cv_curve(&out.join("cv_curve.png"), &report.cv_curve, report.penalty).map_err(plot_err)?;
+    let plot_err = |e: std::io::Error| DecodeError::Data {
+        path: out.to_path_buf(),
+        message: format!("plot: {e}"),
+    };
+    super::plots::cv_curve(&out.join("cv_curve.png"), &report.cv_curve, report.penalty)
+        .map_err(plot_err)?;
     if !report.averaged.attribute_scores.is_empty() {
-        super::plots::attribute_scatter(&out.join("attributes.png"), &report.averaged.attribute_scores).map_err(plot_err)?;
+        super::plots::attribute_scatter(
+            &out.join("attributes.png"),
+            &report.averaged.attribute_scores,
+        )
+        .map_err(plot_err)?;
     }
     let measures = vec![
-        ("latent similarity".to_string(), report.averaged.latent_similarity.mean, report.averaged.latent_similarity.null.clone()),
-        ("cosine".to_string(), report.averaged.cosine.mean, report.averaged.cosine.null.clone()),
-        ("pixel pearson r".to_string(), report.pixel_pearson.mean, report.pixel_pearson.null.clone()),
-        ("ssim".to_string(), report.ssim.mean, report.ssim.null.clone()),
+        (
+            "latent similarity".to_string(),
+            report.averaged.latent_similarity.mean,
+            report.averaged.latent_similarity.null.clone(),
+        ),
+        (
+            "cosine".to_string(),
+            report.averaged.cosine.mean,
+            report.averaged.cosine.null.clone(),
+        ),
+        (
+            "pixel pearson r".to_string(),
+            report.pixel_pearson.mean,
+            report.pixel_pearson.null.clone(),
+        ),
+        (
+            "ssim".to_string(),
+            report.ssim.mean,
+            report.ssim.null.clone(),
+        ),
     ];
     super::plots::null_histograms(&out.join("null_histograms.png"), &measures).map_err(plot_err)?;
     Ok(report)
 }
 
 /// Stimulus | reconstruction pairs, four pairs per row.
-fn write_grid(path: &Path, stimuli: &[Vec<u8>], recons: &[Vec<u8>], side: usize) -> Result<(), GenerateError> {
+fn write_grid(
+    path: &Path,
+    stimuli: &[Vec<u8>],
+    recons: &[Vec<u8>],
+    side: usize,
+) -> Result<(), GenerateError> {
     let per_row = 4;
     let rows = stimuli.len().div_ceil(per_row).max(1);
     let (w, h) = (per_row * (2 * side + 8), rows * (side + 8));
@@ -231,27 +373,75 @@ fn write_grid(path: &Path, stimuli: &[Vec<u8>], recons: &[Vec<u8>], side: usize)
             }
         }
     }
-    let img = image::RgbImage::from_raw(w as u32, h as u32, canvas).ok_or_else(|| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other("grid size") })?;
-    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })
+    let img =
+        image::RgbImage::from_raw(w as u32, h as u32, canvas).ok_or_else(|| GenerateError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("grid size"),
+        })?;
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| GenerateError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
 }
 
 fn markdown(r: &Report) -> String {
-    let m = |x: &Measure| format!("{:.4} ± {:.4} (null {:.4}, p = {:.3})", x.mean, x.se, x.null_mean, x.p);
+    let m = |x: &Measure| {
+        format!(
+            "{:.4} ± {:.4} (null {:.4}, p = {:.3})",
+            x.mean, x.se, x.null_mean, x.p
+        )
+    };
     let mut s = format!("# Decoding report: sub-{}\n\nGenerator: {}. Decoder: {} voxels, {} training trials, ridge penalty {:.3e}.\n\n", r.subject, r.generator, r.voxels, r.training_trials, r.penalty);
     s.push_str("| measure | repetitions averaged | single trial | HYPER S1 (published) | HYPER S2 (published) |\n|---|---|---|---|---|\n");
-    s.push_str(&format!("| latent similarity 1/(1+MSE) | {} | {} | 0.4722 ± 0.0024 | 0.4666 ± 0.0020 |\n", m(&r.averaged.latent_similarity), m(&r.single_trial.latent_similarity)));
-    s.push_str(&format!("| cosine similarity | {} | {} | – | – |\n", m(&r.averaged.cosine), m(&r.single_trial.cosine)));
-    s.push_str(&format!("| pixel Pearson r (224 px luminance) | {} | – | 0.5464 ± 0.0256 | 0.5013 ± 0.0291 |\n", m(&r.pixel_pearson)));
-    s.push_str(&format!("| SSIM (7 x 7, colour) | {} | – | 0.6663 ± 0.0115 | 0.6035 ± 0.0128 |\n", m(&r.ssim)));
+    s.push_str(&format!(
+        "| latent similarity 1/(1+MSE) | {} | {} | 0.4722 ± 0.0024 | 0.4666 ± 0.0020 |\n",
+        m(&r.averaged.latent_similarity),
+        m(&r.single_trial.latent_similarity)
+    ));
+    s.push_str(&format!(
+        "| cosine similarity | {} | {} | – | – |\n",
+        m(&r.averaged.cosine),
+        m(&r.single_trial.cosine)
+    ));
+    s.push_str(&format!(
+        "| pixel Pearson r (224 px luminance) | {} | – | 0.5464 ± 0.0256 | 0.5013 ± 0.0291 |\n",
+        m(&r.pixel_pearson)
+    ));
+    s.push_str(&format!(
+        "| SSIM (7 x 7, colour) | {} | – | 0.6663 ± 0.0115 | 0.6035 ± 0.0128 |\n",
+        m(&r.ssim)
+    ));
     s.push_str(&format!(
         "| identification, pairwise / N-way | {:.3} / {:.3} | {:.3} / {:.3} | – | – |\n",
-        r.averaged.identification_pairwise, r.averaged.identification_nway, r.single_trial.identification_pairwise, r.single_trial.identification_nway
+        r.averaged.identification_pairwise,
+        r.averaged.identification_nway,
+        r.single_trial.identification_pairwise,
+        r.single_trial.identification_nway
     ));
-    let published = [("gender", "0.89", "0.72"), ("age", "0.78", "0.69"), ("pose", "0.83", "0.72"), ("eyeglasses", "0.59", "0.56"), ("smile", "0.10", "0.20")];
+    let published = [
+        ("gender", "0.89", "0.72"),
+        ("age", "0.78", "0.69"),
+        ("pose", "0.83", "0.72"),
+        ("eyeglasses", "0.59", "0.56"),
+        ("smile", "0.10", "0.20"),
+    ];
     for (name, r_avg, p_avg) in &r.averaged.attributes {
-        let single = r.single_trial.attributes.iter().find(|a| &a.0 == name).map(|a| format!("{:.3} (p = {:.3})", a.1, a.2)).unwrap_or_default();
-        let (s1, s2) = published.iter().find(|p| p.0 == name).map(|p| (p.1, p.2)).unwrap_or(("–", "–"));
-        s.push_str(&format!("| attribute r: {name} | {r_avg:.3} (p = {p_avg:.3}) | {single} | {s1} | {s2} |\n"));
+        let single = r
+            .single_trial
+            .attributes
+            .iter()
+            .find(|a| &a.0 == name)
+            .map(|a| format!("{:.3} (p = {:.3})", a.1, a.2))
+            .unwrap_or_default();
+        let (s1, s2) = published
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| (p.1, p.2))
+            .unwrap_or(("–", "–"));
+        s.push_str(&format!(
+            "| attribute r: {name} | {r_avg:.3} (p = {p_avg:.3}) | {single} | {s1} | {s2} |\n"
+        ));
     }
     s.push_str("\nPlots: `cv_curve.png`, `attributes.png` (true vs decoded attribute scores), `null_histograms.png` (each measure against its permutation null), `grid.png` (stimulus | reconstruction).\n");
     s.push_str("\nPublished numbers: Dado et al., Scientific Reports 2022 (real fMRI, real PGGAN). Figures from simulated data or the built-in random-weight generator are not comparable to them.\n\n## Cross-validation curve\n\n| penalty | validation MSE |\n|---|---|\n");

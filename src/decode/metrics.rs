@@ -4,7 +4,12 @@
 
 /// `1 / (1 + mean((a - b)^2))`.
 pub fn latent_similarity(pred: &[f32], truth: &[f32]) -> f64 {
-    let mse = pred.iter().zip(truth).map(|(a, b)| ((*a - *b) as f64).powi(2)).sum::<f64>() / pred.len().max(1) as f64;
+    let mse = pred
+        .iter()
+        .zip(truth)
+        .map(|(a, b)| ((*a - *b) as f64).powi(2))
+        .sum::<f64>()
+        / pred.len().max(1) as f64;
     1.0 / (1.0 + mse)
 }
 
@@ -41,9 +46,17 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
 
 /// The attribute score of a latent: `z_hat . n` with `z_hat = z / |z| * sqrt(dim)`.
 pub fn attribute_score(z: &[f32], boundary: &[f64]) -> f64 {
-    let norm = z.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+    let norm = z
+        .iter()
+        .map(|x| (*x as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
     let scale = (z.len() as f64).sqrt() / norm;
-    z.iter().zip(boundary).map(|(x, n)| *x as f64 * scale * n).sum()
+    z.iter()
+        .zip(boundary)
+        .map(|(x, n)| *x as f64 * scale * n)
+        .sum()
 }
 
 /// Identification among the test items: pairwise accuracy (how often an item's prediction correlates better
@@ -55,7 +68,10 @@ pub fn identification(preds: &[Vec<f32>], truths: &[Vec<f32>]) -> (f64, f64) {
         return (f64::NAN, f64::NAN);
     }
     let to64 = |v: &Vec<f32>| v.iter().map(|x| *x as f64).collect::<Vec<f64>>();
-    let (p64, t64): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (preds.iter().map(to64).collect(), truths.iter().map(to64).collect());
+    let (p64, t64): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (
+        preds.iter().map(to64).collect(),
+        truths.iter().map(to64).collect(),
+    );
     let (mut pair_hits, mut pairs, mut top) = (0usize, 0usize, 0usize);
     for i in 0..n {
         let own = pearson(&p64[i], &t64[i]);
@@ -76,12 +92,17 @@ pub fn identification(preds: &[Vec<f32>], truths: &[Vec<f32>]) -> (f64, f64) {
             top += 1;
         }
     }
-    (pair_hits as f64 / pairs.max(1) as f64, top as f64 / n as f64)
+    (
+        pair_hits as f64 / pairs.max(1) as f64,
+        top as f64 / n as f64,
+    )
 }
 
 /// Luminance (ITU-R BT.601) of interleaved RGB bytes.
 pub fn luminance(rgb: &[u8]) -> Vec<f64> {
-    rgb.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).collect()
+    rgb.chunks_exact(3)
+        .map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64)
+        .collect()
 }
 
 /// Mean SSIM of two RGB images of `side` x `side`, exactly as `skimage.metrics.structural_similarity` with its
@@ -105,7 +126,10 @@ pub fn ssim_rgb(a: &[u8], b: &[u8], side: usize) -> f64 {
         for r in 0..side {
             let mut row = [0.0f64; 5];
             for c in 0..side {
-                let (x, y) = (a[(r * side + c) * 3 + ch] as f64, b[(r * side + c) * 3 + ch] as f64);
+                let (x, y) = (
+                    a[(r * side + c) * 3 + ch] as f64,
+                    b[(r * side + c) * 3 + ch] as f64,
+                );
                 let v = [x, y, x * x, y * y, x * y];
                 for k in 0..5 {
                     row[k] += v[k];
@@ -115,7 +139,8 @@ pub fn ssim_rgb(a: &[u8], b: &[u8], side: usize) -> f64 {
         }
         let window = |r0: usize, c0: usize, k: usize| {
             let (r1, c1) = (r0 + WIN, c0 + WIN);
-            tables[r1 * stride + c1][k] - tables[r0 * stride + c1][k] - tables[r1 * stride + c0][k] + tables[r0 * stride + c0][k]
+            tables[r1 * stride + c1][k] - tables[r0 * stride + c1][k] - tables[r1 * stride + c0][k]
+                + tables[r0 * stride + c0][k]
         };
         let (mut sum, mut count) = (0.0, 0usize);
         for r in pad..side - pad {
@@ -125,7 +150,8 @@ pub fn ssim_rgb(a: &[u8], b: &[u8], side: usize) -> f64 {
                 let vx = cov_norm * (window(r0, c0, 2) / np - ux * ux);
                 let vy = cov_norm * (window(r0, c0, 3) / np - uy * uy);
                 let vxy = cov_norm * (window(r0, c0, 4) / np - ux * uy);
-                sum += ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2));
+                sum += ((2.0 * ux * uy + c1) * (2.0 * vxy + c2))
+                    / ((ux * ux + uy * uy + c1) * (vx + vy + c2));
                 count += 1;
             }
         }
@@ -140,7 +166,13 @@ pub fn resize_rgb(rgb: &[u8], side: usize, to: usize) -> Vec<u8> {
         return rgb.to_vec();
     }
     match image::RgbImage::from_raw(side as u32, side as u32, rgb.to_vec()) {
-        Some(img) => image::imageops::resize(&img, to as u32, to as u32, image::imageops::FilterType::Triangle).into_raw(),
+        Some(img) => image::imageops::resize(
+            &img,
+            to as u32,
+            to as u32,
+            image::imageops::FilterType::Triangle,
+        )
+        .into_raw(),
         None => vec![0; to * to * 3],
     }
 }
@@ -161,7 +193,11 @@ mod tests {
         assert_eq!(latent_similarity(&z, &z), 1.0);
         assert!((latent_similarity(&[0.0; 4], &z) - 1.0 / (1.0 + 6.25 / 4.0)).abs() < 1e-12);
         assert!((cosine(&z, &z.iter().map(|v| v * 3.0).collect::<Vec<_>>()) - 1.0).abs() < 1e-12);
-        let truths = vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]];
+        let truths = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+        ];
         let (pair, top) = identification(&truths, &truths);
         assert_eq!((pair, top), (1.0, 1.0));
         assert!((ssim_rgb(&[7u8; 3 * 16 * 16], &[7u8; 3 * 16 * 16], 16) - 1.0).abs() < 1e-12);

@@ -57,37 +57,62 @@ pub struct Dataset {
 impl Dataset {
     /// Finds the subject's runs (the only subject when `subject` is `None`) and the latents.
     pub fn open(root: &Path, subject: Option<&str>) -> Result<Dataset, DecodeError> {
-        let data_err = |path: &Path, message: String| DecodeError::Data { path: path.to_path_buf(), message };
+        let data_err = |path: &Path, message: String| DecodeError::Data {
+            path: path.to_path_buf(),
+            message,
+        };
         let subject = match subject {
             Some(s) => s.trim_start_matches("sub-").to_string(),
             None => {
                 let subs: Vec<String> = std::fs::read_dir(root)
                     .map_err(|e| data_err(root, e.to_string()))?
                     .filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("sub-")).map(str::to_string))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("sub-"))
+                            .map(str::to_string)
+                    })
                     .collect();
                 match subs.as_slice() {
                     [one] => one.clone(),
                     [] => return Err(data_err(root, "no sub-* folder".into())),
-                    many => return Err(data_err(root, format!("several subjects {many:?}: choose one with --subject"))),
+                    many => {
+                        return Err(data_err(
+                            root,
+                            format!("several subjects {many:?}: choose one with --subject"),
+                        ))
+                    }
                 }
             }
         };
         let func = root.join(format!("sub-{subject}")).join("func");
         let mut runs = Vec::new();
-        for entry in std::fs::read_dir(&func).map_err(|e| data_err(&func, e.to_string()))?.filter_map(|e| e.ok()) {
+        for entry in std::fs::read_dir(&func)
+            .map_err(|e| data_err(&func, e.to_string()))?
+            .filter_map(|e| e.ok())
+        {
             let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(stem) = name.strip_suffix("_bold.nii.gz").or_else(|| name.strip_suffix("_bold.nii")) {
+            if let Some(stem) = name
+                .strip_suffix("_bold.nii.gz")
+                .or_else(|| name.strip_suffix("_bold.nii"))
+            {
                 let number = stem
                     .split('_')
                     .find_map(|part| part.strip_prefix("run-"))
                     .and_then(|r| r.parse::<usize>().ok())
-                    .ok_or_else(|| data_err(&entry.path(), "file name has no run-<number>".into()))?;
+                    .ok_or_else(|| {
+                        data_err(&entry.path(), "file name has no run-<number>".into())
+                    })?;
                 let events = func.join(format!("{stem}_events.tsv"));
                 if !events.is_file() {
                     return Err(data_err(&events, "events file missing for this run".into()));
                 }
-                runs.push(RunFiles { number, bold: entry.path(), events });
+                runs.push(RunFiles {
+                    number,
+                    bold: entry.path(),
+                    events,
+                });
             }
         }
         runs.sort_by_key(|r| r.number);
@@ -98,9 +123,20 @@ impl Dataset {
         let latents = crate::npy::read_f32(&latents_path)?;
         let latent_size = match latents.shape.as_slice() {
             [_, l] if *l > 0 => *l,
-            other => return Err(data_err(&latents_path, format!("latents must be [N, latent_size], got shape {other:?}"))),
+            other => {
+                return Err(data_err(
+                    &latents_path,
+                    format!("latents must be [N, latent_size], got shape {other:?}"),
+                ))
+            }
         };
-        Ok(Dataset { root: root.to_path_buf(), subject, runs, latents: latents.data, latent_size })
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            subject,
+            runs,
+            latents: latents.data,
+            latent_size,
+        })
     }
 
     pub fn stimuli(&self) -> usize {
@@ -112,16 +148,26 @@ impl Dataset {
     }
 
     /// A run's image and its events, checked: every stim_id names a latent, onsets lie within the run.
-    pub fn load_run(&self, run: &RunFiles) -> Result<(NiftiImage, Vec<ScheduledTrial>), DecodeError> {
+    pub fn load_run(
+        &self,
+        run: &RunFiles,
+    ) -> Result<(NiftiImage, Vec<ScheduledTrial>), DecodeError> {
         let img = NiftiImage::read(&run.bold)?;
-        let tr = img.tr_secs.ok_or_else(|| DecodeError::Data { path: run.bold.clone(), message: "no TR in the header".into() })?;
+        let tr = img.tr_secs.ok_or_else(|| DecodeError::Data {
+            path: run.bold.clone(),
+            message: "no TR in the header".into(),
+        })?;
         let trials = read_events(&run.events, Some(img.volumes as f64 * tr))?;
         for t in &trials {
             if let Some(s) = t.stim_id {
                 if s >= self.stimuli() {
                     return Err(DecodeError::Data {
                         path: run.events.clone(),
-                        message: format!("line {}: stim_id {s} but stimuli/latents.npy holds {} latents", t.index + 2, self.stimuli()),
+                        message: format!(
+                            "line {}: stim_id {s} but stimuli/latents.npy holds {} latents",
+                            t.index + 2,
+                            self.stimuli()
+                        ),
                     });
                 }
             }
@@ -180,10 +226,21 @@ pub enum TrainProgress {
 }
 
 /// The session reference: the mean of the first run after realignment to its first volume.
-pub fn session_reference(img: &NiftiImage, tr_secs: f64, settings: &PreprocessSettings) -> Result<Vec<f32>, DecodeError> {
+pub fn session_reference(
+    img: &NiftiImage,
+    tr_secs: f64,
+    settings: &PreprocessSettings,
+) -> Result<Vec<f32>, DecodeError> {
     let first: Vec<f32> = nifti_volume(img, 0, tr_secs).to_f32();
     let all: Vec<usize> = (0..img.voxels_per_volume()).collect();
-    let mut pre = Preprocessor::new(&first, img.dims, img.mm_from_voxel, all, tr_secs, settings.clone())?;
+    let mut pre = Preprocessor::new(
+        &first,
+        img.dims,
+        img.mm_from_voxel,
+        all,
+        tr_secs,
+        settings.clone(),
+    )?;
     let mut acc = vec![0.0f64; img.voxels_per_volume()];
     for t in 0..img.volumes {
         let resliced = pre.realign_only(&nifti_volume(img, t, tr_secs))?.resliced;
@@ -191,15 +248,24 @@ pub fn session_reference(img: &NiftiImage, tr_secs: f64, settings: &PreprocessSe
             *a += v as f64;
         }
     }
-    Ok(acc.iter().map(|a| (a / img.volumes as f64) as f32).collect())
+    Ok(acc
+        .iter()
+        .map(|a| (a / img.volumes as f64) as f32)
+        .collect())
 }
 
 /// Candidate voxels: the reference's bright voxels (above 20 % of its 99th percentile).
 pub fn candidate_voxels(reference: &[f32]) -> Vec<usize> {
-    let mut sorted: Vec<f32> = reference.iter().copied().filter(|v| v.is_finite()).collect();
+    let mut sorted: Vec<f32> = reference
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     sorted.sort_by(f32::total_cmp);
     let high = sorted.get(sorted.len() * 99 / 100).copied().unwrap_or(0.0);
-    (0..reference.len()).filter(|&i| reference[i] > 0.2 * high).collect()
+    (0..reference.len())
+        .filter(|&i| reference[i] > 0.2 * high)
+        .collect()
 }
 
 /// Trial patterns of `trial_type` trials from the given runs, preprocessed against `reference` with `mask`.
@@ -219,12 +285,32 @@ pub fn dataset_patterns(
     for (i, run) in runs.iter().enumerate() {
         let (img, trials) = data.load_run(run)?;
         if img.dims != geometry.0 {
-            return Err(DecodeError::Data { path: run.bold.clone(), message: format!("dimensions {:?} differ from the reference's {:?}", img.dims, geometry.0) });
+            return Err(DecodeError::Data {
+                path: run.bold.clone(),
+                message: format!(
+                    "dimensions {:?} differ from the reference's {:?}",
+                    img.dims, geometry.0
+                ),
+            });
         }
         let tr = img.tr_secs.unwrap_or(1.0);
-        let wanted: Vec<ScheduledTrial> = trials.into_iter().filter(|t| t.trial_type == trial_type && t.stim_id.is_some()).collect();
-        let mut pre = Preprocessor::new(reference, geometry.0, geometry.1, mask.to_vec(), tr, settings.clone())?;
-        let (patterns, _) = run_patterns(&img, tr, &mut pre, &wanted, window).map_err(|e| DecodeError::Data { path: run.bold.clone(), message: e.to_string() })?;
+        let wanted: Vec<ScheduledTrial> = trials
+            .into_iter()
+            .filter(|t| t.trial_type == trial_type && t.stim_id.is_some())
+            .collect();
+        let mut pre = Preprocessor::new(
+            reference,
+            geometry.0,
+            geometry.1,
+            mask.to_vec(),
+            tr,
+            settings.clone(),
+        )?;
+        let (patterns, _) =
+            run_patterns(&img, tr, &mut pre, &wanted, window).map_err(|e| DecodeError::Data {
+                path: run.bold.clone(),
+                message: e.to_string(),
+            })?;
         out.extend(patterns.into_iter().filter(|p| p.complete));
         progress(i + 1, runs.len());
     }
@@ -233,7 +319,11 @@ pub fn dataset_patterns(
 
 fn fingerprint(runs: &[RunFiles], latents: &Path) -> String {
     let mut h = Sha256::new();
-    for path in runs.iter().flat_map(|r| [&r.bold, &r.events]).chain(std::iter::once(&latents.to_path_buf())) {
+    for path in runs
+        .iter()
+        .flat_map(|r| [&r.bold, &r.events])
+        .chain(std::iter::once(&latents.to_path_buf()))
+    {
         if let Ok(bytes) = std::fs::read(path) {
             h.update(&bytes);
         }
@@ -242,7 +332,11 @@ fn fingerprint(runs: &[RunFiles], latents: &Path) -> String {
 }
 
 /// Trains a decoder on the dataset's training trials.
-pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainProgress)) -> Result<DecoderBundle, DecodeError> {
+pub fn train(
+    data: &Dataset,
+    settings: &TrainSettings,
+    progress: &dyn Fn(TrainProgress),
+) -> Result<DecoderBundle, DecodeError> {
     // runs with training trials
     let mut runs = Vec::new();
     for run in &data.runs {
@@ -254,28 +348,55 @@ pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainPr
             runs.push(run.clone());
         }
     }
-    let first = runs.first().ok_or_else(|| DecodeError::Data { path: data.root.clone(), message: "no run has trials of type `train`".into() })?;
+    let first = runs.first().ok_or_else(|| DecodeError::Data {
+        path: data.root.clone(),
+        message: "no run has trials of type `train`".into(),
+    })?;
     let (img, _) = data.load_run(first)?;
     let tr = img.tr_secs.unwrap_or(1.0);
     let geometry = (img.dims, img.mm_from_voxel);
     let reference = session_reference(&img, tr, &settings.preprocess)?;
     let candidates = candidate_voxels(&reference);
     if candidates.is_empty() || settings.voxels == 0 {
-        return Err(DecodeError::Data { path: first.bold.clone(), message: "the voxel selection is empty (no bright voxel in the reference, or --voxels 0)".into() });
+        return Err(DecodeError::Data {
+            path: first.bold.clone(),
+            message:
+                "the voxel selection is empty (no bright voxel in the reference, or --voxels 0)"
+                    .into(),
+        });
     }
     for run in &runs[1..] {
         let other = NiftiImage::read(&run.bold)?;
         if other.dims != img.dims {
-            return Err(DecodeError::Data { path: run.bold.clone(), message: format!("run {} has dimensions {:?}, run {} {:?}", run.number, other.dims, first.number, img.dims) });
+            return Err(DecodeError::Data {
+                path: run.bold.clone(),
+                message: format!(
+                    "run {} has dimensions {:?}, run {} {:?}",
+                    run.number, other.dims, first.number, img.dims
+                ),
+            });
         }
     }
-    let patterns = dataset_patterns(data, &runs, &reference, geometry, &candidates, &settings.preprocess, settings.window, "train", &|d, t| progress(TrainProgress::Run { done: d, total: t }))?;
+    let patterns = dataset_patterns(
+        data,
+        &runs,
+        &reference,
+        geometry,
+        &candidates,
+        &settings.preprocess,
+        settings.window,
+        "train",
+        &|d, t| progress(TrainProgress::Run { done: d, total: t }),
+    )?;
 
     // optional averaging of repeated stimuli
     let mut groups: Vec<(usize, Vec<&TrialPattern>)> = Vec::new();
     for p in &patterns {
         let stim = p.trial.stim_id.unwrap_or(0);
-        match groups.iter_mut().find(|g| settings.average_repeats && g.0 == stim) {
+        match groups
+            .iter_mut()
+            .find(|g| settings.average_repeats && g.0 == stim)
+        {
             Some(g) => g.1.push(p),
             None => groups.push((stim, vec![p])),
         }
@@ -304,7 +425,8 @@ pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainPr
     let mut y = vec![0.0f32; n * data.latent_size];
     for (row, (stim, members)) in groups.iter().enumerate() {
         for (col, &ci) in keep.iter().enumerate() {
-            x[row * k + col] = members.iter().map(|p| p.pattern[ci]).sum::<f32>() / members.len() as f32;
+            x[row * k + col] =
+                members.iter().map(|p| p.pattern[ci]).sum::<f32>() / members.len() as f32;
         }
         y[row * data.latent_size..(row + 1) * data.latent_size].copy_from_slice(data.latent(*stim));
     }
@@ -313,14 +435,26 @@ pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainPr
     let mut std = vec![0.0f32; k];
     for col in 0..k {
         let m = (0..n).map(|r| x[r * k + col] as f64).sum::<f64>() / n as f64;
-        let v = (0..n).map(|r| (x[r * k + col] as f64 - m).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
+        let v = (0..n)
+            .map(|r| (x[r * k + col] as f64 - m).powi(2))
+            .sum::<f64>()
+            / (n.max(2) - 1) as f64;
         mean[col] = m as f32;
         std[col] = v.sqrt().max(1e-6) as f32;
         for r in 0..n {
             x[r * k + col] = (x[r * k + col] - mean[col]) / std[col];
         }
     }
-    let fit = ridge::fit_ridge_cv(&x, &y, n, k, data.latent_size, &settings.penalties, settings.folds, &|d, t| progress(TrainProgress::Fold { done: d, total: t }))?;
+    let fit = ridge::fit_ridge_cv(
+        &x,
+        &y,
+        n,
+        k,
+        data.latent_size,
+        &settings.penalties,
+        settings.folds,
+        &|d, t| progress(TrainProgress::Fold { done: d, total: t }),
+    )?;
     Ok(DecoderBundle {
         dims: img.dims,
         reference,
@@ -339,10 +473,14 @@ pub fn train(data: &Dataset, settings: &TrainSettings, progress: &dyn Fn(TrainPr
             subject: data.subject.clone(),
             runs: runs.iter().map(|r| r.number).collect(),
             trials: n,
-            selection: format!("top {k} of {c} bright voxels by {}", match settings.selection {
-                Selection::MeanResponse => "mean training response",
-                Selection::Encoding => "encoding score (summed squared correlation with the latent dimensions)",
-            }),
+            selection: format!(
+                "top {k} of {c} bright voxels by {}",
+                match settings.selection {
+                    Selection::MeanResponse => "mean training response",
+                    Selection::Encoding =>
+                        "encoding score (summed squared correlation with the latent dimensions)",
+                }
+            ),
             fingerprint: fingerprint(&runs, &data.root.join("stimuli").join("latents.npy")),
             created_unix_secs: crate::session::recorder::unix_secs_now(),
         },
@@ -367,7 +505,9 @@ fn encoding_scores(patterns: &[TrialPattern], data: &Dataset) -> Vec<f64> {
         }
     };
     let mut x = DMatrix::from_fn(n, c, |r, col| patterns[r].pattern[col] as f64);
-    let mut y = DMatrix::from_fn(n, q, |r, col| data.latent(patterns[r].trial.stim_id.unwrap_or(0))[col] as f64);
+    let mut y = DMatrix::from_fn(n, q, |r, col| {
+        data.latent(patterns[r].trial.stim_id.unwrap_or(0))[col] as f64
+    });
     standardise(&mut x);
     standardise(&mut y);
     let corr = x.transpose() * y; // [c, q]
@@ -375,7 +515,12 @@ fn encoding_scores(patterns: &[TrialPattern], data: &Dataset) -> Vec<f64> {
 }
 
 /// Decoded test trials: single-trial predictions with their stimulus ids.
-pub fn decode_trials(data: &Dataset, bundle: &DecoderBundle, trial_type: &str, progress: &dyn Fn(usize, usize)) -> Result<Vec<(usize, Vec<f32>)>, DecodeError> {
+pub fn decode_trials(
+    data: &Dataset,
+    bundle: &DecoderBundle,
+    trial_type: &str,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<(usize, Vec<f32>)>, DecodeError> {
     let mut runs = Vec::new();
     for run in &data.runs {
         let (_, trials) = data.load_run(run)?;
@@ -384,8 +529,24 @@ pub fn decode_trials(data: &Dataset, bundle: &DecoderBundle, trial_type: &str, p
         }
     }
     if runs.is_empty() {
-        return Err(DecodeError::Data { path: data.root.clone(), message: format!("no run has trials of type `{trial_type}`") });
+        return Err(DecodeError::Data {
+            path: data.root.clone(),
+            message: format!("no run has trials of type `{trial_type}`"),
+        });
     }
-    let patterns = dataset_patterns(data, &runs, &bundle.reference, (bundle.dims, bundle.mm_from_voxel), &bundle.voxels, &bundle.preprocess, bundle.window, trial_type, progress)?;
-    Ok(patterns.iter().map(|p| (p.trial.stim_id.unwrap_or(0), bundle.decode(&p.pattern))).collect())
+    let patterns = dataset_patterns(
+        data,
+        &runs,
+        &bundle.reference,
+        (bundle.dims, bundle.mm_from_voxel),
+        &bundle.voxels,
+        &bundle.preprocess,
+        bundle.window,
+        trial_type,
+        progress,
+    )?;
+    Ok(patterns
+        .iter()
+        .map(|p| (p.trial.stim_id.unwrap_or(0), bundle.decode(&p.pattern)))
+        .collect())
 }

@@ -21,17 +21,25 @@ pub struct RidgeFit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RidgeError {
-    #[error("{trials} trials cannot be split into {folds} folds (need at least 2 trials per fold)")]
+    #[error(
+        "{trials} trials cannot be split into {folds} folds (need at least 2 trials per fold)"
+    )]
     TooFewTrials { trials: usize, folds: usize },
     #[error("pattern matrix has {rows} rows of {cols} values but {values} values were given")]
-    Shape { rows: usize, cols: usize, values: usize },
+    Shape {
+        rows: usize,
+        cols: usize,
+        values: usize,
+    },
     #[error("no penalties to try")]
     NoPenalties,
 }
 
 /// A log-spaced grid of `count` penalties from `low` to `high`.
 pub fn log_grid(low: f64, high: f64, count: usize) -> Vec<f64> {
-    (0..count).map(|i| (low.ln() + (high.ln() - low.ln()) * i as f64 / (count.max(2) - 1) as f64).exp()).collect()
+    (0..count)
+        .map(|i| (low.ln() + (high.ln() - low.ln()) * i as f64 / (count.max(2) - 1) as f64).exp())
+        .collect()
 }
 
 fn to_matrix(data: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
@@ -49,12 +57,29 @@ fn centre(m: &mut DMatrix<f64>) -> Vec<f64> {
 /// Fits `Y ~ X W + b` with the penalty from `penalties` that minimises the `folds`-fold CV error.
 /// `x`: `[n, p]`, `y`: `[n, q]`, row major. `progress(done, total)` is called per fold.
 #[allow(clippy::too_many_arguments)]
-pub fn fit_ridge_cv(x: &[f32], y: &[f32], n: usize, p: usize, q: usize, penalties: &[f64], folds: usize, progress: &dyn Fn(usize, usize)) -> Result<RidgeFit, RidgeError> {
+pub fn fit_ridge_cv(
+    x: &[f32],
+    y: &[f32],
+    n: usize,
+    p: usize,
+    q: usize,
+    penalties: &[f64],
+    folds: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<RidgeFit, RidgeError> {
     if x.len() != n * p {
-        return Err(RidgeError::Shape { rows: n, cols: p, values: x.len() });
+        return Err(RidgeError::Shape {
+            rows: n,
+            cols: p,
+            values: x.len(),
+        });
     }
     if y.len() != n * q {
-        return Err(RidgeError::Shape { rows: n, cols: q, values: y.len() });
+        return Err(RidgeError::Shape {
+            rows: n,
+            cols: q,
+            values: y.len(),
+        });
     }
     if penalties.is_empty() {
         return Err(RidgeError::NoPenalties);
@@ -94,8 +119,16 @@ pub fn fit_ridge_cv(x: &[f32], y: &[f32], n: usize, p: usize, q: usize, penaltie
         }
         progress(fold + 1, folds + 1);
     }
-    let cv_curve: Vec<(f64, f64)> = penalties.iter().zip(&errors).map(|(&l, &e)| (l, e / (n * q) as f64)).collect();
-    let best = cv_curve.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|c| c.0).unwrap_or(penalties[0]);
+    let cv_curve: Vec<(f64, f64)> = penalties
+        .iter()
+        .zip(&errors)
+        .map(|(&l, &e)| (l, e / (n * q) as f64))
+        .collect();
+    let best = cv_curve
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|c| c.0)
+        .unwrap_or(penalties[0]);
 
     // final fit on all trials
     let mut xa = xm;
@@ -108,7 +141,9 @@ pub fn fit_ridge_cv(x: &[f32], y: &[f32], n: usize, p: usize, q: usize, penaltie
         b.row_mut(r).scale_mut(1.0 / (e.max(0.0) + best));
     }
     let w = xa.transpose() * (&eig.eigenvectors * b); // [p, q]
-    let intercept: Vec<f32> = (0..q).map(|c| (ymean[c] - (0..p).map(|r| xmean[r] * w[(r, c)]).sum::<f64>()) as f32).collect();
+    let intercept: Vec<f32> = (0..q)
+        .map(|c| (ymean[c] - (0..p).map(|r| xmean[r] * w[(r, c)]).sum::<f64>()) as f32)
+        .collect();
     let mut weights = Vec::with_capacity(p * q);
     for r in 0..p {
         for c in 0..q {
@@ -116,7 +151,12 @@ pub fn fit_ridge_cv(x: &[f32], y: &[f32], n: usize, p: usize, q: usize, penaltie
         }
     }
     progress(folds + 1, folds + 1);
-    Ok(RidgeFit { weights, intercept, penalty: best, cv_curve })
+    Ok(RidgeFit {
+        weights,
+        intercept,
+        penalty: best,
+        cv_curve,
+    })
 }
 
 /// `pattern @ W + b` for one pattern.
@@ -145,7 +185,9 @@ mod tests {
         let mut y = vec![0.0f32; n * q];
         for i in 0..n {
             for c in 0..q {
-                let v: f64 = (0..p).map(|j| x[i * p + j] as f64 * w_true[j * q + c]).sum();
+                let v: f64 = (0..p)
+                    .map(|j| x[i * p + j] as f64 * w_true[j * q + c])
+                    .sum();
                 y[i * q + c] = (v + 2.0 + 0.1 * rng.normal()) as f32;
             }
         }
@@ -156,6 +198,9 @@ mod tests {
         }
         let pred = predict(&x[..p], &fit.weights, &fit.intercept);
         assert!((pred[0] - y[0]).abs() < 0.5);
-        assert!(matches!(fit_ridge_cv(&x[..8 * p], &y[..8 * q], 8, p, q, &[1.0], 5, &|_, _| {}), Err(RidgeError::TooFewTrials { .. })));
+        assert!(matches!(
+            fit_ridge_cv(&x[..8 * p], &y[..8 * q], 8, p, q, &[1.0], 5, &|_, _| {}),
+            Err(RidgeError::TooFewTrials { .. })
+        ));
     }
 }

@@ -55,7 +55,15 @@ fn glyph(c: char) -> [u8; 7] {
 }
 
 /// Draws `text` into a packed 0RGB canvas of width `width` at (x, y), each font pixel `scale` x `scale`.
-pub fn draw_text(canvas: &mut [u32], width: usize, x: usize, y: usize, text: &str, scale: usize, colour: u32) {
+pub fn draw_text(
+    canvas: &mut [u32],
+    width: usize,
+    x: usize,
+    y: usize,
+    text: &str,
+    scale: usize,
+    colour: u32,
+) {
     let height = canvas.len() / width.max(1);
     for (i, c) in text.chars().enumerate() {
         let rows = glyph(c);

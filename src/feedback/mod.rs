@@ -24,25 +24,34 @@ pub struct ResultsServer {
 impl ResultsServer {
     /// Binds `host:port` (port 0 picks a free one) and serves from `store`.
     pub fn start(host: &str, port: u16, store: ResultsStore) -> std::io::Result<ResultsServer> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind((host, port)))?;
         let port = listener.local_addr()?.port();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = std::thread::Builder::new().name("results-server".into()).spawn(move || {
-            runtime.block_on(async move {
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            if let Ok((stream, _)) = accepted {
-                                tokio::spawn(serve(stream, store.clone()));
+        let handle = std::thread::Builder::new()
+            .name("results-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    loop {
+                        tokio::select! {
+                            _ = &mut rx => break,
+                            accepted = listener.accept() => {
+                                if let Ok((stream, _)) = accepted {
+                                    tokio::spawn(serve(stream, store.clone()));
+                                }
                             }
                         }
                     }
-                }
-            });
-        })?;
-        Ok(ResultsServer { port, handle: Some(handle), shutdown: Some(tx) })
+                });
+            })?;
+        Ok(ResultsServer {
+            port,
+            handle: Some(handle),
+            shutdown: Some(tx),
+        })
     }
 
     pub fn stop(mut self) {
@@ -78,7 +87,12 @@ async fn serve(mut stream: tokio::net::TcpStream, store: ResultsStore) {
                         break;
                     }
                     // Pyneal clients send the index in one write and wait: a short pause ends the request
-                    match tokio::time::timeout(Duration::from_millis(50), stream.peek(&mut [0u8; 1])).await {
+                    match tokio::time::timeout(
+                        Duration::from_millis(50),
+                        stream.peek(&mut [0u8; 1]),
+                    )
+                    .await
+                    {
                         Ok(Ok(_)) => continue,
                         _ => break,
                     }
@@ -99,7 +113,9 @@ async fn serve(mut stream: tokio::net::TcpStream, store: ResultsStore) {
                 _ => serde_json::json!({"foundResults": false}),
             }
         }
-        _ => serde_json::json!({"foundResults": false, "error": "request must be the volume index as ASCII digits (at most 16)"}),
+        _ => {
+            serde_json::json!({"foundResults": false, "error": "request must be the volume index as ASCII digits (at most 16)"})
+        }
     };
     let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
     let _ = stream.shutdown().await;
@@ -118,7 +134,9 @@ impl Publisher {
         let socket = context.socket(zmq::PUB)?;
         socket.set_linger(500)?;
         socket.bind(endpoint)?;
-        let bound = socket.get_last_endpoint()?.unwrap_or_else(|_| endpoint.to_string());
+        let bound = socket
+            .get_last_endpoint()?
+            .unwrap_or_else(|_| endpoint.to_string());
         let (tx, rx) = crossbeam_channel::bounded::<(String, serde_json::Value)>(256);
         let handle = std::thread::Builder::new()
             .name("publisher".into())
@@ -131,7 +149,11 @@ impl Publisher {
                 }
             })
             .map_err(|_| zmq::Error::EFAULT)?;
-        Ok(Publisher { tx: Some(tx), handle: Some(handle), endpoint: bound })
+        Ok(Publisher {
+            tx: Some(tx),
+            handle: Some(handle),
+            endpoint: bound,
+        })
     }
 
     /// Queues a message (PUB never blocks on slow subscribers; ZeroMQ drops for them at its high-water mark).

@@ -25,7 +25,9 @@ const BAND_PATCH_BYTES: usize = 1 << 20;
 const SINGLE_BAND_PATCH_BYTES: usize = 8 << 20;
 
 /// How the CPU computes 3 x 3 convolutions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuAlgorithm {
     /// Gathered patches times the weights: the plain float32 sum, closest to the float64 reference.
@@ -69,7 +71,12 @@ impl CpuGenerator {
                 }
             })
             .collect();
-        CpuGenerator { model, plans, algorithm, activations: std::sync::Mutex::new((Vec::new(), Vec::new())) }
+        CpuGenerator {
+            model,
+            plans,
+            algorithm,
+            activations: std::sync::Mutex::new((Vec::new(), Vec::new())),
+        }
     }
 
     pub fn algorithm(&self) -> CpuAlgorithm {
@@ -89,7 +96,10 @@ impl CpuGenerator {
     pub fn generate(&self, latents: &[f32]) -> Result<Vec<f32>, GenerateError> {
         let latent = self.model.latent_size;
         if latents.is_empty() || !latents.len().is_multiple_of(latent) {
-            return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
+            return Err(GenerateError::Latent {
+                expected: latent,
+                actual: latents.len(),
+            });
         }
         let res = self.model.resolution;
         let mut out = Vec::with_capacity(latents.len() / latent * 3 * res * res);
@@ -102,7 +112,10 @@ impl CpuGenerator {
     /// Seconds spent in each layer for one latent (dense, each convolution by name, ToRGB), for profiling.
     pub fn layer_times(&self, z: &[f32]) -> Result<Vec<(String, f64)>, GenerateError> {
         if z.len() != self.model.latent_size {
-            return Err(GenerateError::Latent { expected: self.model.latent_size, actual: z.len() });
+            return Err(GenerateError::Latent {
+                expected: self.model.latent_size,
+                actual: z.len(),
+            });
         }
         let mut times = Vec::new();
         self.forward(z, &mut |name, secs| times.push((name.to_string(), secs)));
@@ -111,17 +124,31 @@ impl CpuGenerator {
 
     /// Convolution layer `index` alone on `input` (`[batch, side_in, side_in, Cin]` channels last), on the direct
     /// path: the reference of the GPU's per-layer parity test. Returns `[batch, side, side, Cout]`.
-    pub fn run_layer(&self, index: usize, input: &[f32], batch: usize) -> Result<Vec<f32>, GenerateError> {
-        let layer = self.model.convs.get(index).ok_or_else(|| GenerateError::Architecture {
-            source_name: self.model.label.clone(),
-            message: format!("no convolution layer {index}"),
-        })?;
+    pub fn run_layer(
+        &self,
+        index: usize,
+        input: &[f32],
+        batch: usize,
+    ) -> Result<Vec<f32>, GenerateError> {
+        let layer = self
+            .model
+            .convs
+            .get(index)
+            .ok_or_else(|| GenerateError::Architecture {
+                source_name: self.model.label.clone(),
+                message: format!("no convolution layer {index}"),
+            })?;
         let side_in = self.model.layer_sides()[index] >> usize::from(layer.upsample);
         let per_image = side_in * side_in * layer.cin;
         if batch == 0 || per_image * batch != input.len() {
             return Err(GenerateError::Architecture {
                 source_name: self.model.label.clone(),
-                message: format!("layer {}: {} values are not {batch} images of {side_in} x {side_in} x {}", layer.name, input.len(), layer.cin),
+                message: format!(
+                    "layer {}: {} values are not {batch} images of {side_in} x {side_in} x {}",
+                    layer.name,
+                    input.len(),
+                    layer.cin
+                ),
             });
         }
         let mut out = Vec::new();
@@ -155,7 +182,16 @@ impl CpuGenerator {
             let t = std::time::Instant::now();
             if let (true, Plan::Winograd(w)) = (index == last, plan) {
                 let mut rgb = Vec::new();
-                if winograd::conv3x3_to_rgb(act, side, w, &m.to_rgb_weight, &m.to_rgb_bias, &mut rgb).is_some() {
+                if winograd::conv3x3_to_rgb(
+                    act,
+                    side,
+                    w,
+                    &m.to_rgb_weight,
+                    &m.to_rgb_bias,
+                    &mut rgb,
+                )
+                .is_some()
+                {
                     on_layer(&layer.name, t.elapsed().as_secs_f64());
                     on_layer("ToRGB_lod0 (fused into the last convolution)", 0.0);
                     return rgb;
@@ -214,8 +250,19 @@ fn lrelu_pixel_norm(pixel: &mut [f32]) {
 }
 
 /// `dst[m, n] = lhs[m, k] * rhs[k, n]`, all row major (a packed SIMD GEMM from the `gemm` crate).
-pub(crate) fn matmul(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize, parallelism: Parallelism) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul: buffers smaller than their shapes");
+pub(crate) fn matmul(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: Parallelism,
+) {
+    assert!(
+        dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
+        "matmul: buffers smaller than their shapes"
+    );
     // SAFETY: the three buffers hold at least the m x n, m x k and k x n row-major matrices the strides describe
     // (checked above), and dst does not alias the inputs (it is borrowed mutably).
     unsafe {
@@ -263,29 +310,58 @@ pub(crate) fn bias_lrelu_pixel_norm(pixel: &mut [f32], bias: &[f32]) {
 
 /// One convolution layer on a `[side, side, cin]` input; writes `[side', side', cout]` into `out` (every element
 /// is overwritten) and returns `side'`.
-pub(crate) fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer, out: &mut Vec<f32>) -> usize {
+pub(crate) fn conv3x3(
+    input: &[f32],
+    side_in: usize,
+    layer: &ConvLayer,
+    out: &mut Vec<f32>,
+) -> usize {
     let up = usize::from(layer.upsample);
     let side = side_in << up;
     let k = 9 * layer.cin;
     let cout = layer.cout;
-    let rows_per_band = if side * side * k * 4 <= SINGLE_BAND_PATCH_BYTES { side } else { (BAND_PATCH_BYTES / (side * k * 4)).clamp(1, side) };
+    let rows_per_band = if side * side * k * 4 <= SINGLE_BAND_PATCH_BYTES {
+        side
+    } else {
+        (BAND_PATCH_BYTES / (side * k * 4)).clamp(1, side)
+    };
     let bands = side.div_ceil(rows_per_band);
     let threads = rayon::current_num_threads();
     reuse_buffer(out, side * side * cout);
-    let run_band = |patches: &mut Vec<f32>, band: usize, out_band: &mut [f32], parallelism: Parallelism| {
-        let rows = out_band.len() / (side * cout);
-        let pixels = rows * side;
-        patches.resize(pixels * k, 0.0);
-        gather_patches(input, side_in, layer.cin, up, band * rows_per_band, rows, side, patches);
-        matmul(out_band, patches, &layer.weight, pixels, k, cout, parallelism);
-        for pixel in out_band.chunks_exact_mut(cout) {
-            bias_lrelu_pixel_norm(pixel, &layer.bias);
-        }
-    };
+    let run_band =
+        |patches: &mut Vec<f32>, band: usize, out_band: &mut [f32], parallelism: Parallelism| {
+            let rows = out_band.len() / (side * cout);
+            let pixels = rows * side;
+            patches.resize(pixels * k, 0.0);
+            gather_patches(
+                input,
+                side_in,
+                layer.cin,
+                up,
+                band * rows_per_band,
+                rows,
+                side,
+                patches,
+            );
+            matmul(
+                out_band,
+                patches,
+                &layer.weight,
+                pixels,
+                k,
+                cout,
+                parallelism,
+            );
+            for pixel in out_band.chunks_exact_mut(cout) {
+                bias_lrelu_pixel_norm(pixel, &layer.bias);
+            }
+        };
     if bands >= 2 * threads {
         out.par_chunks_mut(rows_per_band * side * cout)
             .enumerate()
-            .for_each_init(Vec::new, |patches, (band, out_band)| run_band(patches, band, out_band, Parallelism::None));
+            .for_each_init(Vec::new, |patches, (band, out_band)| {
+                run_band(patches, band, out_band, Parallelism::None)
+            });
     } else {
         let mut patches = Vec::new();
         for (band, out_band) in out.chunks_mut(rows_per_band * side * cout).enumerate() {
@@ -298,7 +374,16 @@ pub(crate) fn conv3x3(input: &[f32], side_in: usize, layer: &ConvLayer, out: &mu
 /// Gathers 3 x 3 patches of output rows `y0 .. y0 + rows` into `patches[pixel][(dy * 3 + dx) * cin + ci]`,
 /// reading the (optionally x2 nearest-upsampled) input with zero padding.
 #[allow(clippy::too_many_arguments)]
-fn gather_patches(input: &[f32], side_in: usize, cin: usize, up: usize, y0: usize, rows: usize, side: usize, patches: &mut [f32]) {
+fn gather_patches(
+    input: &[f32],
+    side_in: usize,
+    cin: usize,
+    up: usize,
+    y0: usize,
+    rows: usize,
+    side: usize,
+    patches: &mut [f32],
+) {
     let k = 9 * cin;
     for r in 0..rows {
         let y = y0 + r;
@@ -359,19 +444,31 @@ mod tests {
     /// input shape, and inputs of the wrong size are refused with the layer's name.
     #[test]
     fn a_layer_runs_alone_on_a_batch() {
-        let model = std::sync::Arc::new(PgganModel::from_checkpoint(&random_checkpoint(16, 256, 32, 32, 3)).expect("a valid checkpoint"));
+        let model = std::sync::Arc::new(
+            PgganModel::from_checkpoint(&random_checkpoint(16, 256, 32, 32, 3))
+                .expect("a valid checkpoint"),
+        );
         let g = CpuGenerator::new(model.clone(), CpuAlgorithm::Direct);
-        let layer = model.convs.iter().position(|c| c.upsample).expect("an upsampling layer");
+        let layer = model
+            .convs
+            .iter()
+            .position(|c| c.upsample)
+            .expect("an upsampling layer");
         let (cin, cout) = (model.convs[layer].cin, model.convs[layer].cout);
         let side_in = 4 << model.convs[..layer].iter().filter(|c| c.upsample).count();
         let per_image = side_in * side_in * cin;
-        let input: Vec<f32> = (0..2 * per_image).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let input: Vec<f32> = (0..2 * per_image)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
         let both = g.run_layer(layer, &input, 2).expect("runs");
         assert_eq!(both.len(), 2 * 4 * side_in * side_in * cout);
         let first = g.run_layer(layer, &input[..per_image], 1).expect("runs");
         let second = g.run_layer(layer, &input[per_image..], 1).expect("runs");
         assert_eq!(both, [first, second].concat());
-        let err = g.run_layer(layer, &input[..per_image - 1], 1).expect_err("a short input").to_string();
+        let err = g
+            .run_layer(layer, &input[..per_image - 1], 1)
+            .expect_err("a short input")
+            .to_string();
         assert!(err.contains(&model.convs[layer].name), "{err}");
         assert!(g.run_layer(model.convs.len(), &input, 2).is_err());
     }

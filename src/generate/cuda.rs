@@ -20,11 +20,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
 
 use super::launch::{
-    buffer_sizes, dense_launches, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf, ConvPlan, ConvShape, Launch,
-    LayerLaunch, LayerLaunches,
+    buffer_sizes, dense_launches, forward_launches, layer_plans, staged_kernels_shared_bytes, Buf,
+    ConvPlan, ConvShape, Launch, LayerLaunch, LayerLaunches,
 };
 use super::model::PgganModel;
 use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version};
@@ -43,7 +46,9 @@ pub fn kernel_source() -> String {
     parts
         .iter()
         .flat_map(|p| p.lines())
-        .filter(|l| !l.trim_start().starts_with("#include \"common.cuh\"") && l.trim() != "#pragma once")
+        .filter(|l| {
+            !l.trim_start().starts_with("#include \"common.cuh\"") && l.trim() != "#pragma once"
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -77,10 +82,18 @@ pub fn known_compute_capabilities() -> impl Iterator<Item = i32> {
 /// The NVRTC architecture to compile the kernels for on a GPU of compute capability `major.minor`, after checking
 /// that the GPU can run `precision` and that NVRTC (version `nvrtc`, e.g. "13.0", which compiles for the
 /// capabilities `nvrtc_archs`, e.g. 75 for 7.5; empty when unknown) compiles for it.
-pub fn kernel_arch(major: i32, minor: i32, precision: Precision, nvrtc: &str, nvrtc_archs: &[i32]) -> Result<&'static str, GenerateError> {
+pub fn kernel_arch(
+    major: i32,
+    minor: i32,
+    precision: Precision,
+    nvrtc: &str,
+    nvrtc_archs: &[i32],
+) -> Result<&'static str, GenerateError> {
     let cc = major * 10 + minor;
     let Some(&(_, arch)) = ARCHITECTURES.iter().find(|(c, _)| *c == cc) else {
-        return Err(GenerateError::Cuda(format!("compute capability {major}.{minor} is not supported")));
+        return Err(GenerateError::Cuda(format!(
+            "compute capability {major}.{minor} is not supported"
+        )));
     };
     if precision == Precision::Tf32 && major < 8 {
         return Err(GenerateError::Cuda(format!(
@@ -88,7 +101,10 @@ pub fn kernel_arch(major: i32, minor: i32, precision: Precision, nvrtc: &str, nv
         )));
     }
     if !nvrtc_archs.is_empty() && !nvrtc_archs.contains(&cc) {
-        let listed: Vec<String> = nvrtc_archs.iter().map(|c| format!("{}.{}", c / 10, c % 10)).collect();
+        let listed: Vec<String> = nvrtc_archs
+            .iter()
+            .map(|c| format!("{}.{}", c / 10, c % 10))
+            .collect();
         let way_out = if nvrtc_archs.iter().all(|c| *c > cc) {
             "put the libnvrtc of an older CUDA (12 for Volta) first in LD_LIBRARY_PATH"
         } else {
@@ -113,7 +129,8 @@ pub fn compile_ptx(arch: &'static str) -> Result<cudarc::nvrtc::Ptx, GenerateErr
         name: Some("pggan_kernels.cu".into()),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), opts).map_err(|e| GenerateError::Cuda(format!("NVRTC: {e}")))
+    cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), opts)
+        .map_err(|e| GenerateError::Cuda(format!("NVRTC: {e}")))
 }
 
 /// Why CUDA cannot be used here for GPU `gpu_index` (CUDA's numbering), or `Ok` when the driver and NVRTC
@@ -148,7 +165,9 @@ pub fn check_gpu_index(gpu_index: usize, count: usize) -> Result<(), String> {
 }
 
 /// Arithmetic of the convolutions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float32 FMAs: matches the CPU to about 1e-6 relative.
@@ -209,24 +228,51 @@ pub(super) struct Kernels(HashMap<&'static str, CudaFunction>);
 
 impl Kernels {
     fn get(&self, name: &str) -> Result<&CudaFunction, GenerateError> {
-        self.0.get(name).ok_or_else(|| GenerateError::Cuda(format!("kernel {name} is not loaded")))
+        self.0
+            .get(name)
+            .ok_or_else(|| GenerateError::Cuda(format!("kernel {name} is not loaded")))
     }
 }
 
 /// Queues one [`Launch`]: its buffers and integers pushed in the launch's order (the order the emulated kernel
 /// tests replay and check), a convolution's integers as one `ConvShape`.
-fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights, mem: &mut DeviceBuffers, launch: &Launch) -> Result<(), GenerateError> {
+fn execute(
+    kernels: &Kernels,
+    stream: &Arc<CudaStream>,
+    weights: &DeviceWeights,
+    mem: &mut DeviceBuffers,
+    launch: &Launch,
+) -> Result<(), GenerateError> {
     let func = kernels.get(launch.kernel)?;
-    let shape = match launch.ints_are_conv_shape {
-        true => Some(ConvShape::from_ints(&launch.ints).ok_or_else(|| GenerateError::Cuda(format!("{}: not a ConvShape", launch.kernel)))?),
-        false => None,
+    let shape =
+        match launch.ints_are_conv_shape {
+            true => Some(ConvShape::from_ints(&launch.ints).ok_or_else(|| {
+                GenerateError::Cuda(format!("{}: not a ConvShape", launch.kernel))
+            })?),
+            false => None,
+        };
+    let conv = |i: usize| {
+        weights
+            .convs
+            .get(i)
+            .ok_or_else(|| GenerateError::Cuda(format!("no convolution layer {i}")))
     };
-    let conv = |i: usize| weights.convs.get(i).ok_or_else(|| GenerateError::Cuda(format!("no convolution layer {i}")));
-    let DeviceBuffers { z, act, image, packed } = mem;
+    let DeviceBuffers {
+        z,
+        act,
+        image,
+        packed,
+    } = mem;
     // each mutable buffer can be handed out once per launch
     let mut acts: Vec<Option<&mut CudaSlice<f32>>> = act.iter_mut().map(Some).collect();
     let (mut image, mut packed) = (Some(image), Some(packed));
-    let twice = |buf: Buf| GenerateError::Cuda(format!("{}: buffer {} passed twice", launch.kernel, buf.name()));
+    let twice = |buf: Buf| {
+        GenerateError::Cuda(format!(
+            "{}: buffer {} passed twice",
+            launch.kernel,
+            buf.name()
+        ))
+    };
     let mut b = stream.launch_builder(func);
     for &(buf, writes) in &launch.buffers {
         match buf {
@@ -236,12 +282,21 @@ fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights,
             Buf::ConvWeight(i) => b.arg(&conv(i)?.0),
             Buf::ConvBias(i) => b.arg(&conv(i)?.1),
             Buf::PhaseWeight(i) => b.arg(
-                weights.phase_weights.get(i).and_then(Option::as_ref).ok_or_else(|| GenerateError::Cuda(format!("layer {i} has no phase weights")))?,
+                weights
+                    .phase_weights
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| {
+                        GenerateError::Cuda(format!("layer {i} has no phase weights"))
+                    })?,
             ),
             Buf::RgbWeight => b.arg(&weights.rgb_weight),
             Buf::RgbBias => b.arg(&weights.rgb_bias),
             Buf::Act(i) => {
-                let slice = acts.get_mut(i).and_then(Option::take).ok_or_else(|| twice(buf))?;
+                let slice = acts
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .ok_or_else(|| twice(buf))?;
                 if writes {
                     b.arg(slice)
                 } else {
@@ -263,7 +318,11 @@ fn execute(kernels: &Kernels, stream: &Arc<CudaStream>, weights: &DeviceWeights,
             }
         }
     }
-    let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.threads, 1, 1), shared_mem_bytes: launch.shared_bytes };
+    let cfg = LaunchConfig {
+        grid_dim: launch.grid,
+        block_dim: (launch.threads, 1, 1),
+        shared_mem_bytes: launch.shared_bytes,
+    };
     // SAFETY: the arguments are the kernel's parameters in order (checked by replaying the same launches in the
     // CPU emulation of the kernels); the buffers were sized by `buffer_sizes` for these plans.
     unsafe { b.launch(cfg) }.map_err(cuda_err(launch.kernel))?;
@@ -310,7 +369,9 @@ pub struct LayerChoice {
 /// Milliseconds per launch summed over the tuned layers: of the reference candidates, and of the ones chosen.
 pub fn tuning_totals(layers: &[LayerChoice]) -> (f64, f64) {
     let ms = |l: &LayerChoice, i: usize| l.candidates.get(i).and_then(|c| c.ms).unwrap_or(f64::NAN);
-    layers.iter().fold((0.0, 0.0), |(reference, chosen), l| (reference + ms(l, 0), chosen + ms(l, l.chosen)))
+    layers.iter().fold((0.0, 0.0), |(reference, chosen), l| {
+        (reference + ms(l, 0), chosen + ms(l, l.chosen))
+    })
 }
 
 /// Which of a layer's candidates to use, and why. `reference_ms` is the reference candidate's time (it is used
@@ -324,16 +385,22 @@ fn choose_candidate(reference_ms: f64, others: &[Result<(f64, f64), String>]) ->
     for (i, other) in others.iter().enumerate() {
         match other {
             Err(why) => rejected.push(format!("#{} failed: {why}", i + 1)),
-            Ok((_, diff)) if diff.is_nan() || *diff > TUNING_AGREEMENT => {
-                rejected.push(format!("#{} disagrees with the reference: relative L2 {diff:.2e} > {TUNING_AGREEMENT:e}", i + 1))
+            Ok((_, diff)) if diff.is_nan() || *diff > TUNING_AGREEMENT => rejected.push(format!(
+                "#{} disagrees with the reference: relative L2 {diff:.2e} > {TUNING_AGREEMENT:e}",
+                i + 1
+            )),
+            Ok((ms, _)) if *ms < best_ms * (1.0 - TUNING_MIN_GAIN) => {
+                (best, best_ms) = (i + 1, *ms)
             }
-            Ok((ms, _)) if *ms < best_ms * (1.0 - TUNING_MIN_GAIN) => (best, best_ms) = (i + 1, *ms),
             Ok(_) => {}
         }
     }
     let mut reason = match best {
         0 if others.is_empty() => "the only candidate for this shape".to_string(),
-        0 => format!("no other candidate is at least {:.0} % faster", TUNING_MIN_GAIN * 100.0),
+        0 => format!(
+            "no other candidate is at least {:.0} % faster",
+            TUNING_MIN_GAIN * 100.0
+        ),
         _ => format!("{:.2}x faster than the reference", reference_ms / best_ms),
     };
     if !rejected.is_empty() {
@@ -343,9 +410,17 @@ fn choose_candidate(reference_ms: f64, others: &[Result<(f64, f64), String>]) ->
 }
 
 /// The first `n` values of a device buffer.
-fn download_head(stream: &Arc<CudaStream>, buf: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, GenerateError> {
-    let view = buf.try_slice(..n).ok_or_else(|| GenerateError::Cuda(format!("buffer of {} values, {n} wanted", buf.len())))?;
-    stream.clone_dtoh(&view).map_err(cuda_err("downloading a layer's output"))
+fn download_head(
+    stream: &Arc<CudaStream>,
+    buf: &CudaSlice<f32>,
+    n: usize,
+) -> Result<Vec<f32>, GenerateError> {
+    let view = buf.try_slice(..n).ok_or_else(|| {
+        GenerateError::Cuda(format!("buffer of {} values, {n} wanted", buf.len()))
+    })?;
+    stream
+        .clone_dtoh(&view)
+        .map_err(cuda_err("downloading a layer's output"))
 }
 
 /// Milliseconds per call of `launch` (which queues work on `stream`): the best of three rounds of three calls.
@@ -356,17 +431,28 @@ fn time_launches(
 ) -> Result<f64, GenerateError> {
     const ROUNDS: usize = 3;
     const CALLS: usize = 3;
-    let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"));
+    let event = || {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("creating an event"))
+    };
     let mut best = f64::INFINITY;
     for _ in 0..ROUNDS {
         let (start, end) = (event()?, event()?);
-        start.record(stream).map_err(cuda_err("recording an event"))?;
+        start
+            .record(stream)
+            .map_err(cuda_err("recording an event"))?;
         for _ in 0..CALLS {
             launch()?;
         }
         end.record(stream).map_err(cuda_err("recording an event"))?;
         stream.synchronize().map_err(cuda_err("synchronising"))?;
-        best = best.min(f64::from(start.elapsed_ms(&end).map_err(cuda_err("reading an event"))?) / CALLS as f64);
+        best = best.min(
+            f64::from(
+                start
+                    .elapsed_ms(&end)
+                    .map_err(cuda_err("reading an event"))?,
+            ) / CALLS as f64,
+        );
     }
     Ok(best)
 }
@@ -407,8 +493,12 @@ fn record_mark(
     name: &str,
 ) -> Result<(), GenerateError> {
     if let Some(marks) = marks.as_deref_mut() {
-        let event = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"))?;
-        event.record(stream).map_err(cuda_err("recording an event"))?;
+        let event = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("creating an event"))?;
+        event
+            .record(stream)
+            .map_err(cuda_err("recording an event"))?;
         marks.push((name.to_string(), event));
     }
     Ok(())
@@ -423,14 +513,22 @@ pub(super) fn driver_cuda_version() -> Option<String> {
     let mut version = 0;
     // SAFETY: one out-pointer to a live integer; the driver library was found by the probe.
     let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
-    (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then(|| format!("{}.{}", version / 1000, version % 1000 / 10))
+    (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS)
+        .then(|| format!("{}.{}", version / 1000, version % 1000 / 10))
 }
 
 /// The failure to load the kernels' PTX, with its usual cause spelled out: a driver older than the NVRTC that
 /// compiled the kernels (the PyPI wheel or a newer toolkit beside an older driver) cannot load its PTX.
-fn kernel_load_error(e: cudarc::driver::DriverError, driver: Option<&str>, nvrtc: &str) -> GenerateError {
+fn kernel_load_error(
+    e: cudarc::driver::DriverError,
+    driver: Option<&str>,
+    nvrtc: &str,
+) -> GenerateError {
     if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
-        let driver = driver.map_or_else(|| "this NVIDIA driver".to_string(), |v| format!("the NVIDIA driver (CUDA {v})"));
+        let driver = driver.map_or_else(
+            || "this NVIDIA driver".to_string(),
+            |v| format!("the NVIDIA driver (CUDA {v})"),
+        );
         return GenerateError::Cuda(format!(
             "loading the kernels: {driver} is older than NVRTC {nvrtc}, which compiled them ({:?}): update the driver, \
              or put an NVRTC no newer than the driver first in LD_LIBRARY_PATH",
@@ -442,24 +540,44 @@ fn kernel_load_error(e: cudarc::driver::DriverError, driver: Option<&str>, nvrtc
 
 /// Compiles the kernels for `arch` (or takes them from the kernel cache, see [`super::ptx_cache`]) and loads every
 /// entry point into `ctx`; also says where the PTX came from.
-pub(super) fn load_kernels(ctx: &Arc<CudaContext>, arch: &'static str) -> Result<(Kernels, super::ptx_cache::PtxSource), GenerateError> {
-    let (ptx, origin) = super::ptx_cache::kernels_ptx(arch, super::ptx_cache::default_cache_dir().as_deref())?;
+pub(super) fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    arch: &'static str,
+) -> Result<(Kernels, super::ptx_cache::PtxSource), GenerateError> {
+    let (ptx, origin) =
+        super::ptx_cache::kernels_ptx(arch, super::ptx_cache::default_cache_dir().as_deref())?;
     let module = ctx
         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
         .map_err(|e| kernel_load_error(e, driver_cuda_version().as_deref(), &nvrtc_version()))?;
     let load = |name: &'static str| {
-        let func = module.load_function(name).map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
+        let func = module
+            .load_function(name)
+            .map_err(|e| GenerateError::Cuda(format!("kernel {name}: {e}")))?;
         Ok((name, func))
     };
-    Ok((Kernels(KERNELS.iter().map(|&name| load(name)).collect::<Result<_, GenerateError>>()?), origin))
+    Ok((
+        Kernels(
+            KERNELS
+                .iter()
+                .map(|&name| load(name))
+                .collect::<Result<_, GenerateError>>()?,
+        ),
+        origin,
+    ))
 }
 
 /// Checks that the GPU can run the staged (pipelined and spatial) kernels (sm_80, enough shared memory per
 /// block) and allows them their dynamic shared memory (over 48 KiB must be allowed per function). Their absence
 /// is not an error of the generator: the gather kernels run everything.
-pub(super) fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kernels: &Kernels) -> Result<(), String> {
+pub(super) fn enable_staged(
+    ctx: &CudaContext,
+    (major, minor): (i32, i32),
+    kernels: &Kernels,
+) -> Result<(), String> {
     if major < 8 {
-        return Err(format!("they need compute capability 8.0, this GPU has {major}.{minor}"));
+        return Err(format!(
+            "they need compute capability 8.0, this GPU has {major}.{minor}"
+        ));
     }
     let opt_in = ctx
         .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
@@ -467,7 +585,9 @@ pub(super) fn enable_staged(ctx: &CudaContext, (major, minor): (i32, i32), kerne
     for (name, bytes) in staged_kernels_shared_bytes() {
         let func = kernels.get(name).map_err(|e| e.to_string())?;
         if bytes > opt_in {
-            return Err(format!("they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"));
+            return Err(format!(
+                "they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"
+            ));
         }
         func.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -482,29 +602,55 @@ impl CudaGenerator {
     /// Probes the libraries, creates a context on GPU `gpu_index` (CUDA's numbering, as `hyper-rt gpu-info` lists
     /// the GPUs), compiles the kernels (or takes them from the kernel cache, see [`super::ptx_cache`]) and uploads
     /// the weights.
-    pub fn new(model: Arc<PgganModel>, precision: Precision, gpu_index: usize) -> Result<CudaGenerator, GenerateError> {
+    pub fn new(
+        model: Arc<PgganModel>,
+        precision: Precision,
+        gpu_index: usize,
+    ) -> Result<CudaGenerator, GenerateError> {
         probe(gpu_index).map_err(GenerateError::Cuda)?;
         let ctx = CudaContext::new(gpu_index).map_err(cuda_err("creating a context"))?;
         // SAFETY: called before anything is allocated in this context object; all of this generator's device work
         // then runs in order on its one stream, so no buffer needs events to order its uses across streams (and
         // events recorded outside a graph capture cannot be waited on inside one).
         unsafe { ctx.disable_event_tracking() };
-        let (major, minor) = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
-        let arch = kernel_arch(major, minor, precision, &nvrtc_version(), &nvrtc_supported_archs())?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(cuda_err("reading the compute capability"))?;
+        let arch = kernel_arch(
+            major,
+            minor,
+            precision,
+            &nvrtc_version(),
+            &nvrtc_supported_archs(),
+        )?;
         let (kernels, origin) = load_kernels(&ctx, arch)?;
         tracing::debug!("CUDA kernels for compute capability {major}.{minor}: {origin:?}");
         let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-        let up = |data: &[f32]| stream.clone_htod(data).map_err(cuda_err("uploading weights"));
+        let up = |data: &[f32]| {
+            stream
+                .clone_htod(data)
+                .map_err(cuda_err("uploading weights"))
+        };
         let weights = DeviceWeights {
             dense_weight: up(&model.dense_weight)?,
             dense_bias: up(&model.dense_bias)?,
-            convs: model.convs.iter().map(|c| Ok((up(&c.weight)?, up(&c.bias)?))).collect::<Result<_, GenerateError>>()?,
-            phase_weights: model.convs.iter().map(|c| c.upsample.then(|| up(&c.phase_weights())).transpose()).collect::<Result<_, GenerateError>>()?,
+            convs: model
+                .convs
+                .iter()
+                .map(|c| Ok((up(&c.weight)?, up(&c.bias)?)))
+                .collect::<Result<_, GenerateError>>()?,
+            phase_weights: model
+                .convs
+                .iter()
+                .map(|c| c.upsample.then(|| up(&c.phase_weights())).transpose())
+                .collect::<Result<_, GenerateError>>()?,
             rgb_weight: up(&model.to_rgb_weight)?,
             rgb_bias: up(&model.to_rgb_bias)?,
         };
         let sm_count = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .map_err(cuda_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let staged_unavailable = enable_staged(&ctx, (major, minor), &kernels).err();
@@ -582,7 +728,9 @@ impl CudaGenerator {
     /// Why the staged kernels may not run here (they need TF32 and a GPU that has what they need), if they may not.
     fn why_no_staged(&self) -> Option<String> {
         match (&self.staged_unavailable, self.precision) {
-            (_, Precision::F32) => Some("the staged kernels are TF32 kernels (use --precision tf32)".to_string()),
+            (_, Precision::F32) => {
+                Some("the staged kernels are TF32 kernels (use --precision tf32)".to_string())
+            }
             (Some(why), _) => Some(format!("the staged kernels cannot run on this GPU: {why}")),
             (None, Precision::Tf32) => None,
         }
@@ -591,7 +739,13 @@ impl CudaGenerator {
     /// Each convolution layer's output side and launch plan for `batch` images, on the staged kernels where a
     /// layer's shape allows (`staged`) or on the gather kernels, the upsampling layers as [`Self::use_upsample`] chose.
     fn plans(&self, batch: usize, staged: bool) -> Vec<(usize, ConvPlan)> {
-        layer_plans(&self.model, self.sm_count, batch, staged, self.upsample == UpsampleConv::Phased)
+        layer_plans(
+            &self.model,
+            self.sm_count,
+            batch,
+            staged,
+            self.upsample == UpsampleConv::Phased,
+        )
     }
 
     /// With [`ConvKernels::Tuned`], the measurements behind the kernel chosen for each layer at `batch` (after the
@@ -623,7 +777,7 @@ impl CudaGenerator {
             return Ok(());
         }
         self.buffers = None; // free the old ones first
-        // the plans the buffers must serve: one set, or both families while this batch size is being tuned
+                             // the plans the buffers must serve: one set, or both families while this batch size is being tuned
         let staged = self.why_no_staged().is_none();
         let candidates = match (self.conv_kernels, self.tuned.get(&batch)) {
             (ConvKernels::Tuned, Some(tuning)) => vec![tuning.plans.clone()],
@@ -631,12 +785,23 @@ impl CudaGenerator {
             (kernels, _) => vec![self.plans(batch, kernels == ConvKernels::Staged && staged)],
         };
         let sizes = buffer_sizes(&self.model, &candidates, batch);
-        let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err("allocating activations"));
+        let alloc = |n: usize| {
+            self.stream
+                .alloc_zeros::<f32>(n.max(1))
+                .map_err(cuda_err("allocating activations"))
+        };
         let mut mem = DeviceBuffers {
             z: alloc(sizes.z)?,
-            act: [alloc(sizes.activations)?, alloc(sizes.activations)?, alloc(sizes.partial)?],
+            act: [
+                alloc(sizes.activations)?,
+                alloc(sizes.activations)?,
+                alloc(sizes.partial)?,
+            ],
             image: alloc(sizes.image)?,
-            packed: self.stream.alloc_zeros::<u32>(sizes.packed.max(1)).map_err(cuda_err("allocating the display buffer"))?,
+            packed: self
+                .stream
+                .alloc_zeros::<u32>(sizes.packed.max(1))
+                .map_err(cuda_err("allocating the display buffer"))?,
         };
         let mut plans = candidates[0].clone();
         if candidates.len() > 1 {
@@ -645,7 +810,13 @@ impl CudaGenerator {
             self.tuned.insert(batch, tuning);
         }
         let launches = forward_launches(&self.model, &plans, self.precision, batch);
-        self.buffers = Some(Buffers { graph: None, batch, plans, launches, mem });
+        self.buffers = Some(Buffers {
+            graph: None,
+            batch,
+            plans,
+            launches,
+            mem,
+        });
         Ok(())
     }
 
@@ -654,10 +825,18 @@ impl CudaGenerator {
     /// them, then the same with the upsampling layers in the other form.
     fn tuning_candidates(&self, batch: usize) -> Vec<Vec<(usize, ConvPlan)>> {
         let phased = self.upsample == UpsampleConv::Phased;
-        let families: &[bool] = if self.why_no_staged().is_none() { &[false, true] } else { &[false] };
+        let families: &[bool] = if self.why_no_staged().is_none() {
+            &[false, true]
+        } else {
+            &[false]
+        };
         [phased, !phased]
             .into_iter()
-            .flat_map(|phased| families.iter().map(move |&staged| layer_plans(&self.model, self.sm_count, batch, staged, phased)))
+            .flat_map(|phased| {
+                families.iter().map(move |&staged| {
+                    layer_plans(&self.model, self.sm_count, batch, staged, phased)
+                })
+            })
             .collect()
     }
 
@@ -666,16 +845,29 @@ impl CudaGenerator {
     /// layer's real output. Each plan is launched once, its output for the first image kept, then timed; another plan
     /// replaces the reference's where its output agrees and it is faster ([`choose_candidate`]). `mem` must have
     /// been sized for every set.
-    fn tune(&self, mem: &mut DeviceBuffers, batch: usize, candidates: &[Vec<(usize, ConvPlan)>]) -> Result<Tuning, GenerateError> {
+    fn tune(
+        &self,
+        mem: &mut DeviceBuffers,
+        batch: usize,
+        candidates: &[Vec<(usize, ConvPlan)>],
+    ) -> Result<Tuning, GenerateError> {
         let m = &*self.model;
         let mut rng = Rng::new(0x7475_6e65);
-        let z: Vec<f32> = (0..batch * m.latent_size).map(|_| rng.normal() as f32).collect();
-        let (ctx, stream, kernels, weights) = (&self.ctx, &self.stream, &self.kernels, &self.weights);
-        stream.memcpy_htod(&z, &mut mem.z).map_err(cuda_err("uploading latents"))?;
+        let z: Vec<f32> = (0..batch * m.latent_size)
+            .map(|_| rng.normal() as f32)
+            .collect();
+        let (ctx, stream, kernels, weights) =
+            (&self.ctx, &self.stream, &self.kernels, &self.weights);
+        stream
+            .memcpy_htod(&z, &mut mem.z)
+            .map_err(cuda_err("uploading latents"))?;
         for launch in &dense_launches(m, batch) {
             execute(kernels, stream, weights, mem, launch)?; // into activation buffer 0
         }
-        let mut tuning = Tuning { plans: Vec::new(), layers: Vec::new() };
+        let mut tuning = Tuning {
+            plans: Vec::new(),
+            layers: Vec::new(),
+        };
         for (index, conv) in m.convs.iter().enumerate() {
             let input = index % 2;
             let (src, dst) = (Buf::Act(input), Buf::Act(1 - input));
@@ -688,9 +880,18 @@ impl CudaGenerator {
                     plans.push(set[index].1);
                 }
             }
-            let launches: Vec<Vec<Launch>> =
-                plans.iter().map(|&plan| LayerLaunch::new(m, index, (side, plan), self.precision, batch).launches(src, dst)).collect();
-            let run = |mem: &mut DeviceBuffers, launches: &[Launch]| launches.iter().try_for_each(|l| execute(kernels, stream, weights, mem, l));
+            let launches: Vec<Vec<Launch>> = plans
+                .iter()
+                .map(|&plan| {
+                    LayerLaunch::new(m, index, (side, plan), self.precision, batch)
+                        .launches(src, dst)
+                })
+                .collect();
+            let run = |mem: &mut DeviceBuffers, launches: &[Launch]| {
+                launches
+                    .iter()
+                    .try_for_each(|l| execute(kernels, stream, weights, mem, l))
+            };
             // one run (also the warm-up) for the output, then the timed ones
             let mut measure = |launches: &[Launch]| -> Result<(Vec<f32>, f64), GenerateError> {
                 run(mem, launches)?;
@@ -701,7 +902,11 @@ impl CudaGenerator {
             let (reference, reference_ms) = measure(&launches[0])?;
             let others: Vec<Result<(f64, f64), String>> = launches[1..]
                 .iter()
-                .map(|l| measure(l).map(|(out, ms)| (ms, relative_l2(&out, &reference))).map_err(|e| e.to_string()))
+                .map(|l| {
+                    measure(l)
+                        .map(|(out, ms)| (ms, relative_l2(&out, &reference)))
+                        .map_err(|e| e.to_string())
+                })
                 .collect();
             let (chosen, reason) = choose_candidate(reference_ms, &others);
             if chosen + 1 != launches.len() {
@@ -722,8 +927,18 @@ impl CudaGenerator {
                     failure: measured.err(),
                 })
                 .collect();
-            let choice = LayerChoice { layer: conv.name.clone(), candidates, chosen, reason };
-            tracing::debug!("kernel tuning, {} at batch {batch}: {} ({})", choice.layer, plan_label(&plans[chosen]), choice.reason);
+            let choice = LayerChoice {
+                layer: conv.name.clone(),
+                candidates,
+                chosen,
+                reason,
+            };
+            tracing::debug!(
+                "kernel tuning, {} at batch {batch}: {} ({})",
+                choice.layer,
+                plan_label(&plans[chosen]),
+                choice.reason
+            );
             tuning.plans.push((side, plans[chosen]));
             tuning.layers.push(choice);
         }
@@ -756,8 +971,14 @@ impl CudaGenerator {
 
     /// Queues the forward pass's kernels one by one; with `marks`, an event is recorded after each layer (for
     /// [`CudaGenerator::layer_times`]).
-    fn enqueue_kernels(&mut self, mut marks: Option<&mut Vec<(String, CudaEvent)>>) -> Result<(), GenerateError> {
-        let Buffers { launches, mem, .. } = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+    fn enqueue_kernels(
+        &mut self,
+        mut marks: Option<&mut Vec<(String, CudaEvent)>>,
+    ) -> Result<(), GenerateError> {
+        let Buffers { launches, mem, .. } = self
+            .buffers
+            .as_mut()
+            .ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         for layer in launches.iter() {
             for launch in &layer.launches {
                 execute(&self.kernels, &self.stream, &self.weights, mem, launch)?;
@@ -770,68 +991,127 @@ impl CudaGenerator {
     /// Launches the forward pass's CUDA graph, capturing it first if this batch size has none yet. The capture
     /// queues exactly what [`Self::enqueue_kernels`] queues, but records it instead of running it.
     fn launch_graph(&mut self) -> Result<(), GenerateError> {
-        let Buffers { graph, launches, mem, .. } = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let Buffers {
+            graph,
+            launches,
+            mem,
+            ..
+        } = self
+            .buffers
+            .as_mut()
+            .ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         if graph.is_none() {
             let stream = &self.stream;
-            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(cuda_err("starting a graph capture"))?;
-            let queued = launches.iter().flat_map(|layer| &layer.launches).try_for_each(|launch| execute(&self.kernels, stream, &self.weights, mem, launch));
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(cuda_err("starting a graph capture"))?;
+            let queued = launches
+                .iter()
+                .flat_map(|layer| &layer.launches)
+                .try_for_each(|launch| execute(&self.kernels, stream, &self.weights, mem, launch));
             // the capture is ended whatever happened, so that the stream leaves capture mode
-            let captured = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(cuda_err("ending the graph capture"));
+            let captured = stream
+                .end_capture(CUgraphInstantiate_flags(0))
+                .map_err(cuda_err("ending the graph capture"));
             queued?;
-            let captured = captured?.ok_or_else(|| GenerateError::Cuda("the graph capture recorded nothing".into()))?;
+            let captured = captured?
+                .ok_or_else(|| GenerateError::Cuda("the graph capture recorded nothing".into()))?;
             captured.upload().map_err(cuda_err("uploading the graph"))?;
             *graph = Some(ForwardGraph(captured));
         }
-        graph.as_ref().map_or(Ok(()), |g| g.0.launch()).map_err(cuda_err("launching the graph"))
+        graph
+            .as_ref()
+            .map_or(Ok(()), |g| g.0.launch())
+            .map_err(cuda_err("launching the graph"))
     }
 
     /// Runs convolution layer `index` alone on `input` (`[batch, side_in, side_in, Cin]` channels last) with the
     /// kernel this generator's settings choose for it; returns `[batch, side, side, Cout]` and the kernel family's
     /// name. For the per-layer parity test, which localises a mismatch to one kernel and one shape.
-    pub fn run_layer(&mut self, index: usize, input: &[f32], batch: usize) -> Result<(Vec<f32>, String), GenerateError> {
+    pub fn run_layer(
+        &mut self,
+        index: usize,
+        input: &[f32],
+        batch: usize,
+    ) -> Result<(Vec<f32>, String), GenerateError> {
         if index >= self.model.convs.len() {
             return Err(GenerateError::Cuda(format!("no convolution layer {index}")));
         }
         if batch == 0 || batch > MAX_BATCH {
-            return Err(GenerateError::Cuda(format!("batch must be 1 to {MAX_BATCH}, got {batch}")));
+            return Err(GenerateError::Cuda(format!(
+                "batch must be 1 to {MAX_BATCH}, got {batch}"
+            )));
         }
         self.ensure_buffers(batch)?;
-        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        let bufs = self
+            .buffers
+            .as_mut()
+            .ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
         let layer = LayerLaunch::new(&self.model, index, bufs.plans[index], self.precision, batch);
         let expected = batch * layer.side_in() * layer.side_in() * layer.cin;
         if input.len() != expected {
             let name = &self.model.convs[index].name;
-            return Err(GenerateError::Cuda(format!("layer {name}: input of {} values, expected {expected}", input.len())));
+            return Err(GenerateError::Cuda(format!(
+                "layer {name}: input of {} values, expected {expected}",
+                input.len()
+            )));
         }
         {
-            let mut head = bufs.mem.act[0].try_slice_mut(..expected).ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
-            self.stream.memcpy_htod(input, &mut head).map_err(cuda_err("uploading the layer input"))?;
+            let mut head = bufs.mem.act[0]
+                .try_slice_mut(..expected)
+                .ok_or_else(|| GenerateError::Cuda("activation buffer too small".into()))?;
+            self.stream
+                .memcpy_htod(input, &mut head)
+                .map_err(cuda_err("uploading the layer input"))?;
         }
         for launch in layer.launches(Buf::Act(0), Buf::Act(1)) {
-            execute(&self.kernels, &self.stream, &self.weights, &mut bufs.mem, &launch)?;
+            execute(
+                &self.kernels,
+                &self.stream,
+                &self.weights,
+                &mut bufs.mem,
+                &launch,
+            )?;
         }
-        let out = download_head(&self.stream, &bufs.mem.act[1], batch * layer.side * layer.side * layer.cout)?;
+        let out = download_head(
+            &self.stream,
+            &bufs.mem.act[1],
+            batch * layer.side * layer.side * layer.cout,
+        )?;
         Ok((out, layer.plan.kind.label().to_string()))
     }
 
     fn upload_latents(&mut self, latents: &[f32]) -> Result<usize, GenerateError> {
         let latent = self.model.latent_size;
         if latents.is_empty() || !latents.len().is_multiple_of(latent) {
-            return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
+            return Err(GenerateError::Latent {
+                expected: latent,
+                actual: latents.len(),
+            });
         }
         let batch = latents.len() / latent;
         if batch > MAX_BATCH {
-            return Err(GenerateError::Cuda(format!("a launch takes at most {MAX_BATCH} latents, got {batch}")));
+            return Err(GenerateError::Cuda(format!(
+                "a launch takes at most {MAX_BATCH} latents, got {batch}"
+            )));
         }
         self.ensure_buffers(batch)?;
-        let bufs = self.buffers.as_mut().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
-        self.stream.memcpy_htod(latents, &mut bufs.mem.z).map_err(cuda_err("uploading latents"))?;
+        let bufs = self
+            .buffers
+            .as_mut()
+            .ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+        self.stream
+            .memcpy_htod(latents, &mut bufs.mem.z)
+            .map_err(cuda_err("uploading latents"))?;
         Ok(batch)
     }
 
     /// Generates images; returns float32 NCHW `[N, 3, H, W]` and the packed 0RGB display pixels `[N, H, W]`.
     /// Batches over [`MAX_BATCH`] run in several launch sequences.
-    pub fn generate_with_display(&mut self, latents: &[f32]) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
+    pub fn generate_with_display(
+        &mut self,
+        latents: &[f32],
+    ) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
         self.run(latents, true)
     }
 
@@ -843,20 +1123,38 @@ impl CudaGenerator {
 
     /// Runs the forward pass over `latents` in chunks of at most [`MAX_BATCH`]; downloads the display pixels and,
     /// with `float_image`, the float image.
-    fn run(&mut self, latents: &[f32], float_image: bool) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
+    fn run(
+        &mut self,
+        latents: &[f32],
+        float_image: bool,
+    ) -> Result<(Vec<f32>, Vec<u32>), GenerateError> {
         let latent = self.model.latent_size;
         if latents.is_empty() || !latents.len().is_multiple_of(latent) {
-            return Err(GenerateError::Latent { expected: latent, actual: latents.len() });
+            return Err(GenerateError::Latent {
+                expected: latent,
+                actual: latents.len(),
+            });
         }
         let (mut image, mut packed) = (Vec::new(), Vec::new());
         for chunk in latents.chunks(MAX_BATCH * latent) {
             self.upload_latents(chunk)?;
             self.enqueue()?;
-            let bufs = self.buffers.as_ref().ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
+            let bufs = self
+                .buffers
+                .as_ref()
+                .ok_or_else(|| GenerateError::Cuda("buffers not allocated".into()))?;
             if float_image {
-                image.extend(self.stream.clone_dtoh(&bufs.mem.image).map_err(cuda_err("downloading the image"))?);
+                image.extend(
+                    self.stream
+                        .clone_dtoh(&bufs.mem.image)
+                        .map_err(cuda_err("downloading the image"))?,
+                );
             }
-            packed.extend(self.stream.clone_dtoh(&bufs.mem.packed).map_err(cuda_err("downloading the display buffer"))?);
+            packed.extend(
+                self.stream
+                    .clone_dtoh(&bufs.mem.packed)
+                    .map_err(cuda_err("downloading the display buffer"))?,
+            );
         }
         Ok((image, packed))
     }
@@ -868,17 +1166,26 @@ impl CudaGenerator {
 
     /// Seconds per image of the forward pass alone (latents already on the device), best of `repeats` runs of
     /// `iterations` back-to-back passes each.
-    pub fn time_forward(&mut self, latents: &[f32], iterations: usize, repeats: usize) -> Result<f64, GenerateError> {
+    pub fn time_forward(
+        &mut self,
+        latents: &[f32],
+        iterations: usize,
+        repeats: usize,
+    ) -> Result<f64, GenerateError> {
         let batch = self.upload_latents(latents)?;
         self.enqueue()?;
-        self.stream.synchronize().map_err(cuda_err("synchronising"))?;
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("synchronising"))?;
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
             let t = std::time::Instant::now();
             for _ in 0..iterations.max(1) {
                 self.enqueue()?;
             }
-            self.stream.synchronize().map_err(cuda_err("synchronising"))?;
+            self.stream
+                .synchronize()
+                .map_err(cuda_err("synchronising"))?;
             best = best.min(t.elapsed().as_secs_f64() / (iterations.max(1) * batch) as f64);
         }
         Ok(best)
@@ -888,15 +1195,27 @@ impl CudaGenerator {
     pub fn layer_times(&mut self, latents: &[f32]) -> Result<Vec<(String, f64)>, GenerateError> {
         self.upload_latents(latents)?;
         self.enqueue()?;
-        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_err("creating an event"))?;
-        start.record(&self.stream).map_err(cuda_err("recording an event"))?;
+        let start = self
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("creating an event"))?;
+        start
+            .record(&self.stream)
+            .map_err(cuda_err("recording an event"))?;
         let mut marks = Vec::new();
         self.enqueue_kernels(Some(&mut marks))?;
-        self.stream.synchronize().map_err(cuda_err("synchronising"))?;
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("synchronising"))?;
         let mut previous = &start;
         let mut times = Vec::new();
         for (name, event) in &marks {
-            times.push((name.clone(), previous.elapsed_ms(event).map_err(cuda_err("reading an event"))? as f64));
+            times.push((
+                name.clone(),
+                previous
+                    .elapsed_ms(event)
+                    .map_err(cuda_err("reading an event"))? as f64,
+            ));
             previous = event;
         }
         Ok(times)
@@ -917,41 +1236,96 @@ mod tests {
         assert_eq!(check_gpu_index(3, 4), Ok(()));
         assert_eq!(check_gpu_index(0, 0), Err("no CUDA device".to_string()));
         let one = check_gpu_index(1, 1).unwrap_err();
-        assert!(one.starts_with("GPU 1 was asked for, but CUDA sees one GPU, GPU 0"), "{one}");
+        assert!(
+            one.starts_with("GPU 1 was asked for, but CUDA sees one GPU, GPU 0"),
+            "{one}"
+        );
         let four = check_gpu_index(4, 4).unwrap_err();
-        assert!(four.starts_with("GPU 4 was asked for, but CUDA sees 4 GPUs, numbered 0 to 3"), "{four}");
-        assert!(four.contains("CUDA_VISIBLE_DEVICES") && four.contains("CUDA_DEVICE_ORDER=PCI_BUS_ID"), "{four}");
+        assert!(
+            four.starts_with("GPU 4 was asked for, but CUDA sees 4 GPUs, numbered 0 to 3"),
+            "{four}"
+        );
+        assert!(
+            four.contains("CUDA_VISIBLE_DEVICES") && four.contains("CUDA_DEVICE_ORDER=PCI_BUS_ID"),
+            "{four}"
+        );
     }
 
     #[test]
     fn the_architecture_is_checked_against_the_precision_and_nvrtc() {
         let nvrtc13 = [75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121]; // as NVRTC 13.0 lists them
-        assert_eq!(kernel_arch(9, 0, Precision::Tf32, "13.0", &nvrtc13).unwrap(), "compute_90");
+        assert_eq!(
+            kernel_arch(9, 0, Precision::Tf32, "13.0", &nvrtc13).unwrap(),
+            "compute_90"
+        );
         // Turing runs the float32 path; its TF32 is refused with the way out
-        assert_eq!(kernel_arch(7, 5, Precision::F32, "13.0", &nvrtc13).unwrap(), "compute_75");
-        let tf32 = kernel_arch(7, 5, Precision::Tf32, "13.0", &nvrtc13).unwrap_err().to_string();
-        assert!(tf32.contains("8.0") && tf32.contains("--precision f32"), "{tf32}");
+        assert_eq!(
+            kernel_arch(7, 5, Precision::F32, "13.0", &nvrtc13).unwrap(),
+            "compute_75"
+        );
+        let tf32 = kernel_arch(7, 5, Precision::Tf32, "13.0", &nvrtc13)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            tf32.contains("8.0") && tf32.contains("--precision f32"),
+            "{tf32}"
+        );
         // Volta: NVRTC 12 compiles for it, NVRTC 13 does not
-        assert_eq!(kernel_arch(7, 0, Precision::F32, "12.8", &[50, 60, 70, 75, 80, 90]).unwrap(), "compute_70");
-        let volta = kernel_arch(7, 0, Precision::F32, "13.0", &nvrtc13).unwrap_err().to_string();
-        assert!(volta.contains("NVRTC 13.0 does not compile for compute capability 7.0") && volta.contains("older CUDA"), "{volta}");
+        assert_eq!(
+            kernel_arch(7, 0, Precision::F32, "12.8", &[50, 60, 70, 75, 80, 90]).unwrap(),
+            "compute_70"
+        );
+        let volta = kernel_arch(7, 0, Precision::F32, "13.0", &nvrtc13)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            volta.contains("NVRTC 13.0 does not compile for compute capability 7.0")
+                && volta.contains("older CUDA"),
+            "{volta}"
+        );
         // a GPU newer than the NVRTC at hand
-        let newer = kernel_arch(12, 1, Precision::F32, "12.8", &[70, 75, 80, 90, 100, 120]).unwrap_err().to_string();
+        let newer = kernel_arch(12, 1, Precision::F32, "12.8", &[70, 75, 80, 90, 100, 120])
+            .unwrap_err()
+            .to_string();
         assert!(newer.contains("newer CUDA"), "{newer}");
         // NVRTC's list unknown: the compile itself will say
-        assert_eq!(kernel_arch(8, 6, Precision::Tf32, "unknown", &[]).unwrap(), "compute_86");
+        assert_eq!(
+            kernel_arch(8, 6, Precision::Tf32, "unknown", &[]).unwrap(),
+            "compute_86"
+        );
         assert!(kernel_arch(6, 1, Precision::F32, "12.8", &[61]).is_err());
     }
 
     #[test]
     fn a_driver_older_than_nvrtc_is_named_as_the_cause() {
         use cudarc::driver::{sys::CUresult, DriverError};
-        let old = kernel_load_error(DriverError(CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION), Some("12.2"), "13.0");
+        let old = kernel_load_error(
+            DriverError(CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION),
+            Some("12.2"),
+            "13.0",
+        );
         let text = old.to_string();
-        assert!(text.contains("CUDA 12.2") && text.contains("NVRTC 13.0") && text.contains("update the driver"), "{text}");
-        assert!(text.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION"), "{text}");
-        let unknown = kernel_load_error(DriverError(CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION), None, "13.0");
-        assert!(unknown.to_string().contains("this NVIDIA driver is older than NVRTC 13.0"), "{unknown}");
+        assert!(
+            text.contains("CUDA 12.2")
+                && text.contains("NVRTC 13.0")
+                && text.contains("update the driver"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION"),
+            "{text}"
+        );
+        let unknown = kernel_load_error(
+            DriverError(CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION),
+            None,
+            "13.0",
+        );
+        assert!(
+            unknown
+                .to_string()
+                .contains("this NVIDIA driver is older than NVRTC 13.0"),
+            "{unknown}"
+        );
     }
 
     #[test]
@@ -960,8 +1334,14 @@ mod tests {
             let others: Vec<_> = others.iter().map(|o| o.map_err(str::to_string)).collect();
             choose_candidate(0.50, &others)
         };
-        assert_eq!(decide(&[]), (0, "the only candidate for this shape".to_string()));
-        assert_eq!(decide(&[Ok((0.25, 1.4e-3))]), (1, "2.00x faster than the reference".to_string()));
+        assert_eq!(
+            decide(&[]),
+            (0, "the only candidate for this shape".to_string())
+        );
+        assert_eq!(
+            decide(&[Ok((0.25, 1.4e-3))]),
+            (1, "2.00x faster than the reference".to_string())
+        );
         // within the timing noise: the reference stays
         let (chosen, why) = decide(&[Ok((0.495, 1e-3))]);
         assert!(chosen == 0 && why.contains("no other candidate"), "{why}");
@@ -971,10 +1351,21 @@ mod tests {
             assert!(chosen == 0 && why.contains("#1 disagrees"), "{diff}: {why}");
         }
         let (chosen, why) = decide(&[Err("launching a kernel: CUDA_ERROR_INVALID_VALUE")]);
-        assert!(chosen == 0 && why.contains("#1 failed") && why.contains("INVALID_VALUE"), "{why}");
+        assert!(
+            chosen == 0 && why.contains("#1 failed") && why.contains("INVALID_VALUE"),
+            "{why}"
+        );
         // the fastest that agrees wins; one must beat the best so far, not only the reference
-        let (chosen, why) = decide(&[Ok((0.40, 1e-3)), Ok((0.20, 0.5)), Ok((0.30, 2e-3)), Ok((0.297, 1e-3))]);
+        let (chosen, why) = decide(&[
+            Ok((0.40, 1e-3)),
+            Ok((0.20, 0.5)),
+            Ok((0.30, 2e-3)),
+            Ok((0.297, 1e-3)),
+        ]);
         assert_eq!(chosen, 3, "{why}");
-        assert!(why.starts_with("1.67x faster") && why.contains("#2 disagrees"), "{why}");
+        assert!(
+            why.starts_with("1.67x faster") && why.contains("#2 disagrees"),
+            "{why}"
+        );
     }
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 use cudarc::driver::CudaContext;
 use serde::Serialize;
 
-use super::cuda::{driver_cuda_version, enable_staged, kernel_arch, load_kernels, probe, Precision};
+use super::cuda::{
+    driver_cuda_version, enable_staged, kernel_arch, load_kernels, probe, Precision,
+};
 use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version, PtxSource};
 
 /// One thing checked: whether it is usable, and what was found (or why not).
@@ -20,10 +22,16 @@ pub struct Check {
 
 impl Check {
     fn ok(detail: impl Into<String>) -> Check {
-        Check { ok: true, detail: detail.into() }
+        Check {
+            ok: true,
+            detail: detail.into(),
+        }
     }
     fn failed(detail: impl Into<String>) -> Check {
-        Check { ok: false, detail: detail.into() }
+        Check {
+            ok: false,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -61,13 +69,23 @@ pub fn cuda_report(gpu_index: usize) -> CudaReport {
     let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
     let nvrtc_present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
     let driver = if driver_present {
-        Check::ok(driver_cuda_version().map_or_else(|| "found (version unknown)".to_string(), |v| format!("supports CUDA {v}")))
+        Check::ok(driver_cuda_version().map_or_else(
+            || "found (version unknown)".to_string(),
+            |v| format!("supports CUDA {v}"),
+        ))
     } else {
         Check::failed("the NVIDIA driver library (libcuda) was not found")
     };
     let nvrtc = if nvrtc_present {
-        let archs: Vec<String> = nvrtc_supported_archs().iter().map(|c| format!("{}.{}", c / 10, c % 10)).collect();
-        Check::ok(format!("{}, compiles for compute capability {}", nvrtc_version(), archs.join(", ")))
+        let archs: Vec<String> = nvrtc_supported_archs()
+            .iter()
+            .map(|c| format!("{}.{}", c / 10, c % 10))
+            .collect();
+        Check::ok(format!(
+            "{}, compiles for compute capability {}",
+            nvrtc_version(),
+            archs.join(", ")
+        ))
     } else {
         Check::failed("the NVRTC library (libnvrtc) was not found; set LD_LIBRARY_PATH to the CUDA toolkit's lib64")
     };
@@ -81,10 +99,18 @@ pub fn cuda_report(gpu_index: usize) -> CudaReport {
     let auto_choice = match (probe(gpu_index), devices.get(gpu_index)) {
         (Err(why), _) => format!("the CPU: {why}"),
         (Ok(()), Some(d)) if d.float32.ok => format!("GPU {gpu_index} ({})", d.name),
-        (Ok(()), Some(d)) => format!("the CPU: GPU {gpu_index} ({}): {}", d.name, d.float32.detail),
+        (Ok(()), Some(d)) => format!(
+            "the CPU: GPU {gpu_index} ({}): {}",
+            d.name, d.float32.detail
+        ),
         (Ok(()), None) => format!("the CPU: no GPU {gpu_index}"),
     };
-    CudaReport { driver, nvrtc, devices, auto_choice }
+    CudaReport {
+        driver,
+        nvrtc,
+        devices,
+        auto_choice,
+    }
 }
 
 fn device_report(index: usize, nvrtc_present: bool) -> DeviceReport {
@@ -108,27 +134,48 @@ fn device_report(index: usize, nvrtc_present: bool) -> DeviceReport {
         Err(e) => return failed_device(format!("reading the compute capability: {e}")),
     };
     let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-    let multiprocessors =
-        ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(0);
-    let memory_gib = ctx.total_mem().map_or(0.0, |b| b as f64 / (1u64 << 30) as f64);
+    let multiprocessors = ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .unwrap_or(0);
+    let memory_gib = ctx
+        .total_mem()
+        .map_or(0.0, |b| b as f64 / (1u64 << 30) as f64);
     let (nvrtc, archs) = (nvrtc_version(), nvrtc_supported_archs());
     let arch_for = |precision| kernel_arch(major, minor, precision, &nvrtc, &archs);
     let loaded = if !nvrtc_present {
         Err("NVRTC was not found".to_string())
     } else {
-        arch_for(Precision::F32).map_err(|e| e.to_string()).and_then(|arch| {
-            let started = Instant::now();
-            let (kernels, origin) = load_kernels(&ctx, arch).map_err(|e| e.to_string())?;
-            let how = match origin {
-                PtxSource::Compiled => format!("compiled with NVRTC in {:.1} s", started.elapsed().as_secs_f64()),
-                PtxSource::Disk => "read from the kernel cache".to_string(),
-                PtxSource::Memory => "compiled earlier in this run".to_string(),
-            };
-            Ok((kernels, format!("{arch}: {} kernels {how}, loaded", super::cuda::KERNELS.len())))
-        })
+        arch_for(Precision::F32)
+            .map_err(|e| e.to_string())
+            .and_then(|arch| {
+                let started = Instant::now();
+                let (kernels, origin) = load_kernels(&ctx, arch).map_err(|e| e.to_string())?;
+                let how = match origin {
+                    PtxSource::Compiled => format!(
+                        "compiled with NVRTC in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    PtxSource::Disk => "read from the kernel cache".to_string(),
+                    PtxSource::Memory => "compiled earlier in this run".to_string(),
+                };
+                Ok((
+                    kernels,
+                    format!(
+                        "{arch}: {} kernels {how}, loaded",
+                        super::cuda::KERNELS.len()
+                    ),
+                ))
+            })
     };
     let (kernels, float32, tf32, staged) = match &loaded {
-        Err(why) => (Check::failed(why.clone()), Check::failed(why.clone()), Check::failed(why.clone()), Check::failed(why.clone())),
+        Err(why) => (
+            Check::failed(why.clone()),
+            Check::failed(why.clone()),
+            Check::failed(why.clone()),
+            Check::failed(why.clone()),
+        ),
         Ok((kernels, how)) => {
             let tf32 = match arch_for(Precision::Tf32) {
                 Ok(_) => Check::ok("tensor cores (mma.sync TF32)"),
@@ -139,7 +186,12 @@ fn device_report(index: usize, nvrtc_present: bool) -> DeviceReport {
                 (true, Ok(())) => Check::ok("cp.async pipelined and spatial-tile kernels"),
                 (true, Err(why)) => Check::failed(why),
             };
-            (Check::ok(how.clone()), Check::ok("float32 kernels"), tf32, staged)
+            (
+                Check::ok(how.clone()),
+                Check::ok("float32 kernels"),
+                tf32,
+                staged,
+            )
         }
     };
     DeviceReport {

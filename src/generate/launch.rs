@@ -28,12 +28,24 @@ const GATHER_KERNELS: [[[&str; 3]; 2]; 2] = [
         ["conv3x3_tf32_n16", "conv3x3_tf32_n32", "conv3x3_tf32_n64"],
     ],
     [
-        ["conv3x3_f32_n16_v", "conv3x3_f32_n32_v", "conv3x3_f32_n64_v"],
-        ["conv3x3_tf32_n16_v", "conv3x3_tf32_n32_v", "conv3x3_tf32_n64_v"],
+        [
+            "conv3x3_f32_n16_v",
+            "conv3x3_f32_n32_v",
+            "conv3x3_f32_n64_v",
+        ],
+        [
+            "conv3x3_tf32_n16_v",
+            "conv3x3_tf32_n32_v",
+            "conv3x3_tf32_n64_v",
+        ],
     ],
 ];
 /// The pipelined TF32 kernels by tile width 16, 32, 64 (sm_80 and later).
-const PIPELINED_KERNELS: [&str; 3] = ["conv3x3_tf32p_n16", "conv3x3_tf32p_n32", "conv3x3_tf32p_n64"];
+const PIPELINED_KERNELS: [&str; 3] = [
+    "conv3x3_tf32p_n16",
+    "conv3x3_tf32p_n32",
+    "conv3x3_tf32p_n64",
+];
 /// The spatial-tile TF32 kernels by tile width 16, 32 (sm_80 and later).
 const SPATIAL_KERNELS: [&str; 2] = ["conv3x3_tf32s_n16", "conv3x3_tf32s_n32"];
 /// Their variants for phased upsampling layers.
@@ -105,18 +117,40 @@ const SPATIAL_CC: usize = 16;
 fn spatial_tile(bn: usize, phased: bool) -> (usize, usize) {
     let (bn, wn) = SPATIAL_TILES[bn.trailing_zeros() as usize - 4];
     let rows = (THREADS as usize / 32) / (bn / wn);
-    let (patch_pixels, taps) =
-        if phased { ((rows / 2 + 2) * (SPATIAL_TW / 2 + 2), 16) } else { ((rows + 2) * (SPATIAL_TW + 2), 9) };
-    (rows, 4 * (patch_pixels * (SPATIAL_CC + 4) + taps * SPATIAL_CC * (bn + 8)))
+    let (patch_pixels, taps) = if phased {
+        ((rows / 2 + 2) * (SPATIAL_TW / 2 + 2), 16)
+    } else {
+        ((rows + 2) * (SPATIAL_TW + 2), 9)
+    };
+    (
+        rows,
+        4 * (patch_pixels * (SPATIAL_CC + 4) + taps * SPATIAL_CC * (bn + 8)),
+    )
 }
 
 /// The staged kernels and the most dynamic shared memory each may be launched with (over 48 KiB must be allowed
 /// per function before the first launch).
 pub fn staged_kernels_shared_bytes() -> Vec<(&'static str, usize)> {
-    let pipelined = PIPELINED_KERNELS.iter().enumerate().map(|(i, &k)| (k, pipe_tile(16 << i).1));
-    let spatial = SPATIAL_KERNELS.iter().enumerate().map(|(i, &k)| (k, 2 * spatial_tile(16 << i, false).1));
-    let phased = SPATIAL_PHASED_KERNELS.iter().enumerate().map(|(i, &k)| (k, 2 * spatial_tile(16 << i, true).1));
-    pipelined.chain(spatial).chain(phased).chain(std::iter::once((SPATIAL_RGB_KERNEL, 2 * spatial_tile(16, false).1))).collect()
+    let pipelined = PIPELINED_KERNELS
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| (k, pipe_tile(16 << i).1));
+    let spatial = SPATIAL_KERNELS
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| (k, 2 * spatial_tile(16 << i, false).1));
+    let phased = SPATIAL_PHASED_KERNELS
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| (k, 2 * spatial_tile(16 << i, true).1));
+    pipelined
+        .chain(spatial)
+        .chain(phased)
+        .chain(std::iter::once((
+            SPATIAL_RGB_KERNEL,
+            2 * spatial_tile(16, false).1,
+        )))
+        .collect()
 }
 
 /// Which kernel family runs a convolution layer.
@@ -163,7 +197,11 @@ pub struct ConvPlan {
 /// A layer's GEMM view: (phases, side, taps): its rows cover the output grid of `side` pixels with the nine taps
 /// of the 3 x 3 kernel, or, `phased`, the input grid (half the side) four times over, one phase each, with 4 taps.
 fn gemm_view(side: usize, phased: bool) -> (usize, usize, usize) {
-    if phased { (4, side / 2, 4) } else { (1, side, 9) }
+    if phased {
+        (4, side / 2, 4)
+    } else {
+        (1, side, 9)
+    }
 }
 
 impl ConvPlan {
@@ -172,10 +210,22 @@ impl ConvPlan {
     /// from 32 px up (Cout 16 or 32, Cin a multiple of 16) take the spatial kernel (its phased variant when phased)
     /// and the others with 16-byte rows (Cin and Cout multiples of 4) and at least one tile of pixels the pipelined
     /// one. Split-K: enough blocks to fill the GPU twice, at least four K slices per split.
-    pub fn new(sm_count: usize, batch: usize, side: usize, cin: usize, cout: usize, staged: bool, phased: bool) -> ConvPlan {
+    pub fn new(
+        sm_count: usize,
+        batch: usize,
+        side: usize,
+        cin: usize,
+        cout: usize,
+        staged: bool,
+        phased: bool,
+    ) -> ConvPlan {
         let (phases, grid_side, taps) = gemm_view(side, phased);
         let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
-        if staged && (cout == 16 || cout == 32) && cin.is_multiple_of(SPATIAL_CC) && side >= SPATIAL_TW {
+        if staged
+            && (cout == 16 || cout == 32)
+            && cin.is_multiple_of(SPATIAL_CC)
+            && side >= SPATIAL_TW
+        {
             let (rows, stage_bytes) = spatial_tile(cout, phased);
             return ConvPlan {
                 kind: ConvKind::Spatial,
@@ -193,7 +243,11 @@ impl ConvPlan {
         // the pipelined tiles are twice as tall: layers with fewer pixels than one tile (4 and 8 px at batch 1) keep
         // the gather kernel rather than computing mostly padding
         let fits = m_total >= pipe_tile(bn).0;
-        let kind = if staged && cin.is_multiple_of(4) && cout.is_multiple_of(4) && fits { ConvKind::Pipelined } else { ConvKind::Gather };
+        let kind = if staged && cin.is_multiple_of(4) && cout.is_multiple_of(4) && fits {
+            ConvKind::Pipelined
+        } else {
+            ConvKind::Gather
+        };
         let (bm, bk, shared_bytes) = if kind == ConvKind::Pipelined {
             let (bm, shared_bytes) = pipe_tile(bn);
             (bm, PIPE_BK, shared_bytes)
@@ -202,24 +256,58 @@ impl ConvPlan {
         };
         let tiles = phases * m_total.div_ceil(bm) * cout.div_ceil(bn);
         let k_slices = k_total.div_ceil(bk);
-        let wanted = (2 * sm_count).div_ceil(tiles).clamp(1, (k_slices / 4).max(1));
+        let wanted = (2 * sm_count)
+            .div_ceil(tiles)
+            .clamp(1, (k_slices / 4).max(1));
         let k_per_split = k_slices.div_ceil(wanted) * bk;
         let splits = k_total.div_ceil(k_per_split);
-        let grid = (m_total.div_ceil(bm) as u32, cout.div_ceil(bn) as u32, (phases * splits) as u32);
-        ConvPlan { kind, bm, bn, shared_bytes, splits, k_per_split, fused: splits == 1 && cout <= bn, phased, grid }
+        let grid = (
+            m_total.div_ceil(bm) as u32,
+            cout.div_ceil(bn) as u32,
+            (phases * splits) as u32,
+        );
+        ConvPlan {
+            kind,
+            bm,
+            bn,
+            shared_bytes,
+            splits,
+            k_per_split,
+            fused: splits == 1 && cout <= bn,
+            phased,
+            grid,
+        }
     }
 }
 
 /// Each convolution layer's output side and plan for `batch` images, on the staged kernels where a layer's shape
 /// allows (`staged`) or on the gather kernels, with the upsampling layers phased (`phased`) or not.
-pub fn layer_plans(m: &PgganModel, sm_count: usize, batch: usize, staged: bool, phased: bool) -> Vec<(usize, ConvPlan)> {
+pub fn layer_plans(
+    m: &PgganModel,
+    sm_count: usize,
+    batch: usize,
+    staged: bool,
+    phased: bool,
+) -> Vec<(usize, ConvPlan)> {
     m.convs
         .iter()
         .zip(m.layer_sides())
-        .map(|(c, side)| (side, ConvPlan::new(sm_count, batch, side, c.cin, c.cout, staged, phased && c.upsample)))
+        .map(|(c, side)| {
+            (
+                side,
+                ConvPlan::new(
+                    sm_count,
+                    batch,
+                    side,
+                    c.cin,
+                    c.cout,
+                    staged,
+                    phased && c.upsample,
+                ),
+            )
+        })
         .collect()
 }
-
 
 /// A device buffer as the launches name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,10 +412,25 @@ impl ConvShape {
     }
 
     pub fn from_ints(ints: &[i32]) -> Option<ConvShape> {
-        let [n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused, phased] = *ints else {
+        let [n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused, phased] =
+            *ints
+        else {
             return None;
         };
-        Some(ConvShape { n_images, side_in, cin, cout, up, side, log2_side, m_total, k_total, k_per_split, fused, phased })
+        Some(ConvShape {
+            n_images,
+            side_in,
+            cin,
+            cout,
+            up,
+            side,
+            log2_side,
+            m_total,
+            k_total,
+            k_per_split,
+            fused,
+            phased,
+        })
     }
 }
 
@@ -346,9 +449,24 @@ pub struct LayerLaunch {
 }
 
 impl LayerLaunch {
-    pub fn new(m: &PgganModel, index: usize, (side, plan): (usize, ConvPlan), precision: Precision, batch: usize) -> LayerLaunch {
+    pub fn new(
+        m: &PgganModel,
+        index: usize,
+        (side, plan): (usize, ConvPlan),
+        precision: Precision,
+        batch: usize,
+    ) -> LayerLaunch {
         let c = &m.convs[index];
-        LayerLaunch { index, cin: c.cin, cout: c.cout, upsample: c.upsample, plan, precision, batch, side }
+        LayerLaunch {
+            index,
+            cin: c.cin,
+            cout: c.cout,
+            upsample: c.upsample,
+            plan,
+            precision,
+            batch,
+            side,
+        }
     }
 
     /// The input's side: half the output's after an upsample.
@@ -386,22 +504,40 @@ impl LayerLaunch {
             ConvKind::Spatial if plan.phased => SPATIAL_PHASED_KERNELS[width],
             ConvKind::Spatial => SPATIAL_KERNELS[width],
             ConvKind::Pipelined => PIPELINED_KERNELS[width],
-            ConvKind::Gather => GATHER_KERNELS[usize::from(self.cin.is_multiple_of(BK))][usize::from(self.precision == Precision::Tf32)][width],
+            ConvKind::Gather => {
+                GATHER_KERNELS[usize::from(self.cin.is_multiple_of(BK))]
+                    [usize::from(self.precision == Precision::Tf32)][width]
+            }
         };
         let out = if plan.fused { dst } else { PARTIAL };
         let i = self.index;
-        let weights = if plan.phased { Buf::PhaseWeight(i) } else { Buf::ConvWeight(i) };
+        let weights = if plan.phased {
+            Buf::PhaseWeight(i)
+        } else {
+            Buf::ConvWeight(i)
+        };
         let mut launches = vec![Launch {
             kernel,
             grid: plan.grid,
             threads: THREADS,
             shared_bytes: plan.shared_bytes as u32,
-            buffers: vec![(src, false), (weights, false), (Buf::ConvBias(i), false), (out, true)],
+            buffers: vec![
+                (src, false),
+                (weights, false),
+                (Buf::ConvBias(i), false),
+                (out, true),
+            ],
             ints: self.shape().to_ints(),
             ints_are_conv_shape: true,
         }];
         if !plan.fused {
-            launches.push(finish(Buf::ConvBias(i), dst, self.batch * self.side * self.side, self.cout, plan.splits));
+            launches.push(finish(
+                Buf::ConvBias(i),
+                dst,
+                self.batch * self.side * self.side,
+                self.cout,
+                plan.splits,
+            ));
         }
         launches
     }
@@ -416,7 +552,9 @@ impl LayerLaunch {
         }
         match plan.kind {
             ConvKind::Spatial => Some(SPATIAL_RGB_KERNEL),
-            ConvKind::Gather if self.cin.is_multiple_of(BK) => Some(GATHER_RGB_KERNELS[usize::from(self.precision == Precision::Tf32)]),
+            ConvKind::Gather if self.cin.is_multiple_of(BK) => {
+                Some(GATHER_RGB_KERNELS[usize::from(self.precision == Precision::Tf32)])
+            }
             _ => None,
         }
     }
@@ -465,32 +603,54 @@ fn finish(bias: Buf, dst: Buf, m_total: usize, channels: usize, splits: usize) -
 pub fn dense_launches(m: &PgganModel, batch: usize) -> Vec<Launch> {
     let dense = Launch {
         kernel: "dense_f32",
-        grid: ((16 * m.c4).div_ceil(THREADS as usize) as u32, batch as u32, 1),
+        grid: (
+            (16 * m.c4).div_ceil(THREADS as usize) as u32,
+            batch as u32,
+            1,
+        ),
         threads: THREADS,
         shared_bytes: (m.latent_size * 4) as u32,
         buffers: vec![(Buf::Z, false), (Buf::DenseWeight, false), (PARTIAL, true)],
         ints: vec![m.latent_size as i32, m.c4 as i32],
         ints_are_conv_shape: false,
     };
-    vec![dense, finish(Buf::DenseBias, Buf::Act(0), batch * 16, m.c4, 1)]
+    vec![
+        dense,
+        finish(Buf::DenseBias, Buf::Act(0), batch * 16, m.c4, 1),
+    ]
 }
 
 /// The whole forward pass for `batch` latents in [`Buf::Z`] with the layers' `plans`: the 4 x 4 dense layer into
 /// activation buffer 0, each convolution from one activation buffer into the other, then ToRGB (or the last layer
 /// with ToRGB fused), grouped by layer.
-pub fn forward_launches(m: &PgganModel, plans: &[(usize, ConvPlan)], precision: Precision, batch: usize) -> Vec<LayerLaunches> {
-    let mut layers = vec![LayerLaunches { name: "4x4/Dense".into(), launches: dense_launches(m, batch) }];
+pub fn forward_launches(
+    m: &PgganModel,
+    plans: &[(usize, ConvPlan)],
+    precision: Precision,
+    batch: usize,
+) -> Vec<LayerLaunches> {
+    let mut layers = vec![LayerLaunches {
+        name: "4x4/Dense".into(),
+        launches: dense_launches(m, batch),
+    }];
     let mut fuse_rgb = false;
     let mut input = 0;
     for (index, (conv, &plan)) in m.convs.iter().zip(plans).enumerate() {
         let layer = LayerLaunch::new(m, index, plan, precision, batch);
-        let fused_last = if index + 1 == plans.len() { layer.launch_to_rgb(Buf::Act(input)) } else { None };
+        let fused_last = if index + 1 == plans.len() {
+            layer.launch_to_rgb(Buf::Act(input))
+        } else {
+            None
+        };
         fuse_rgb = fused_last.is_some();
         let launches = match fused_last {
             Some(launch) => vec![launch],
             None => layer.launches(Buf::Act(input), Buf::Act(1 - input)),
         };
-        layers.push(LayerLaunches { name: conv.name.clone(), launches });
+        layers.push(LayerLaunches {
+            name: conv.name.clone(),
+            launches,
+        });
         input = 1 - input;
     }
     // ToRGB: its own kernel, or (about) nothing when it ran inside the last layer
@@ -500,11 +660,20 @@ pub fn forward_launches(m: &PgganModel, plans: &[(usize, ConvPlan)], precision: 
         grid: ((batch * side * side).div_ceil(256) as u32, 1, 1),
         threads: 256,
         shared_bytes: 0,
-        buffers: vec![(Buf::Act(input), false), (Buf::RgbWeight, false), (Buf::RgbBias, false), (Buf::Image, true), (Buf::Packed, true)],
+        buffers: vec![
+            (Buf::Act(input), false),
+            (Buf::RgbWeight, false),
+            (Buf::RgbBias, false),
+            (Buf::Image, true),
+            (Buf::Packed, true),
+        ],
         ints: vec![batch as i32, side as i32, m.final_channels() as i32],
         ints_are_conv_shape: false,
     };
-    layers.push(LayerLaunches { name: "ToRGB_lod0".into(), launches: if fuse_rgb { Vec::new() } else { vec![to_rgb] } });
+    layers.push(LayerLaunches {
+        name: "ToRGB_lod0".into(),
+        launches: if fuse_rgb { Vec::new() } else { vec![to_rgb] },
+    });
     layers
 }
 
@@ -520,7 +689,11 @@ pub struct BufferSizes {
     pub packed: usize,
 }
 
-pub fn buffer_sizes(m: &PgganModel, plan_sets: &[Vec<(usize, ConvPlan)>], batch: usize) -> BufferSizes {
+pub fn buffer_sizes(
+    m: &PgganModel,
+    plan_sets: &[Vec<(usize, ConvPlan)>],
+    batch: usize,
+) -> BufferSizes {
     let mut activations = batch * 16 * m.c4;
     let mut partial = batch * 16 * m.c4; // the dense layer's output goes through the finish kernel
     for plans in plan_sets {
@@ -533,7 +706,13 @@ pub fn buffer_sizes(m: &PgganModel, plan_sets: &[Vec<(usize, ConvPlan)>], batch:
         }
     }
     let plane = m.resolution * m.resolution;
-    BufferSizes { z: batch * m.latent_size, activations, partial, image: batch * 3 * plane, packed: batch * plane }
+    BufferSizes {
+        z: batch * m.latent_size,
+        activations,
+        partial,
+        image: batch * 3 * plane,
+        packed: batch * plane,
+    }
 }
 
 impl BufferSizes {
@@ -558,7 +737,12 @@ impl BufferSizes {
 
 /// The forward pass as JSON, for `hyper-rt launch-plan` and the emulated replay: every launch with its kernel,
 /// grid, threads, shared bytes, buffer names and integer arguments, and every buffer's element count.
-pub fn describe(m: &PgganModel, plans: &[(usize, ConvPlan)], precision: Precision, batch: usize) -> serde_json::Value {
+pub fn describe(
+    m: &PgganModel,
+    plans: &[(usize, ConvPlan)],
+    precision: Precision,
+    batch: usize,
+) -> serde_json::Value {
     let sizes = buffer_sizes(m, &[plans.to_vec()], batch);
     let mut names = std::collections::BTreeMap::new();
     let layers: Vec<serde_json::Value> = forward_launches(m, plans, precision, batch)
@@ -602,12 +786,28 @@ mod tests {
     #[test]
     fn pipelined_tiles_match_the_kernel_source() {
         let mut seen = 0;
-        for line in source().lines().filter(|l| l.starts_with("PIPE_ENTRY(conv3x3_tf32p_n")) {
+        for line in source()
+            .lines()
+            .filter(|l| l.starts_with("PIPE_ENTRY(conv3x3_tf32p_n"))
+        {
             let inner = line.trim_start_matches("PIPE_ENTRY(").trim_end_matches(')');
-            let fields: Vec<usize> = inner.split(',').skip(1).map(|f| f.trim().parse().expect("a number")).collect();
-            let [bm, bn, _wm, _wn, stages] = fields[..] else { panic!("unexpected PIPE_ENTRY line: {line}") };
-            assert!(inner.starts_with(&format!("conv3x3_tf32p_n{bn},")), "{line}");
-            assert_eq!(PIPE_TILES[bn.trailing_zeros() as usize - 4], (bm, stages), "{line}");
+            let fields: Vec<usize> = inner
+                .split(',')
+                .skip(1)
+                .map(|f| f.trim().parse().expect("a number"))
+                .collect();
+            let [bm, bn, _wm, _wn, stages] = fields[..] else {
+                panic!("unexpected PIPE_ENTRY line: {line}")
+            };
+            assert!(
+                inner.starts_with(&format!("conv3x3_tf32p_n{bn},")),
+                "{line}"
+            );
+            assert_eq!(
+                PIPE_TILES[bn.trailing_zeros() as usize - 4],
+                (bm, stages),
+                "{line}"
+            );
             seen += 1;
         }
         assert_eq!(seen, 3);
@@ -616,20 +816,33 @@ mod tests {
     /// The spatial kernels the host plans with are those kernels/conv.cu instantiates.
     #[test]
     fn spatial_tiles_match_the_kernel_source() {
-        for prefix in ["SPATIAL_ENTRY(conv3x3_tf32s_n", "SPATIAL_PHASED_ENTRY(conv3x3_tf32sp_n"] {
+        for prefix in [
+            "SPATIAL_ENTRY(conv3x3_tf32s_n",
+            "SPATIAL_PHASED_ENTRY(conv3x3_tf32sp_n",
+        ] {
             let entries: Vec<(usize, usize)> = source()
                 .lines()
                 .filter_map(|l| l.strip_prefix(prefix))
                 .map(|rest| {
-                    let fields: Vec<usize> = rest.trim_end_matches(')').split(',').map(|f| f.trim().parse().expect("a number")).collect();
+                    let fields: Vec<usize> = rest
+                        .trim_end_matches(')')
+                        .split(',')
+                        .map(|f| f.trim().parse().expect("a number"))
+                        .collect();
                     assert_eq!(fields[0], fields[1], "the entry's name is its BN");
                     (fields[1], fields[2])
                 })
                 .collect();
             assert_eq!(entries, SPATIAL_TILES, "{prefix}");
         }
-        for needle in [format!("#define SPATIAL_TW {SPATIAL_TW} "), format!("#define SPATIAL_CC {SPATIAL_CC} ")] {
-            assert!(source().contains(&needle), "kernels/conv.cu lacks `{needle}`");
+        for needle in [
+            format!("#define SPATIAL_TW {SPATIAL_TW} "),
+            format!("#define SPATIAL_CC {SPATIAL_CC} "),
+        ] {
+            assert!(
+                source().contains(&needle),
+                "kernels/conv.cu lacks `{needle}`"
+            );
         }
     }
 
@@ -637,7 +850,9 @@ mod tests {
     #[test]
     fn conv_shape_fields_match_the_kernel_source() {
         let src = source();
-        let start = src.find("struct ConvShape {").expect("struct ConvShape in kernels/conv.cu");
+        let start = src
+            .find("struct ConvShape {")
+            .expect("struct ConvShape in kernels/conv.cu");
         let body = &src[start..start + src[start..].find('}').expect("end of struct ConvShape")];
         let fields: Vec<&str> = body
             .lines()
@@ -646,8 +861,20 @@ mod tests {
             .filter_map(|decl| decl.trim().strip_prefix("int ").map(str::trim))
             .flat_map(|names| names.split(',').map(str::trim))
             .collect();
-        let expected =
-            ["n_images", "side_in", "cin", "cout", "up", "side", "log2_side", "m_total", "k_total", "k_per_split", "fused", "phased"];
+        let expected = [
+            "n_images",
+            "side_in",
+            "cin",
+            "cout",
+            "up",
+            "side",
+            "log2_side",
+            "m_total",
+            "k_total",
+            "k_per_split",
+            "fused",
+            "phased",
+        ];
         assert_eq!(fields, expected);
         let shape = ConvShape::from_ints(&(1..=12).collect::<Vec<_>>()).expect("12 ints");
         assert_eq!(shape.to_ints(), (1..=12).collect::<Vec<_>>());
@@ -659,9 +886,18 @@ mod tests {
     fn launches_name_exported_kernels() {
         let ck = model::random_checkpoint(64, 512, 128, 512, 3);
         let m = model::PgganModel::from_checkpoint(&ck).expect("a valid checkpoint");
-        for (precision, staged) in [(Precision::F32, false), (Precision::Tf32, false), (Precision::Tf32, true)] {
+        for (precision, staged) in [
+            (Precision::F32, false),
+            (Precision::Tf32, false),
+            (Precision::Tf32, true),
+        ] {
             for (batch, phased) in [(1, false), (3, false), (1, true), (3, true)] {
-                for layer in forward_launches(&m, &layer_plans(&m, 132, batch, staged, phased), precision, batch) {
+                for layer in forward_launches(
+                    &m,
+                    &layer_plans(&m, 132, batch, staged, phased),
+                    precision,
+                    batch,
+                ) {
                     for l in &layer.launches {
                         assert!(KERNELS.contains(&l.kernel), "{}", l.kernel);
                     }
@@ -677,29 +913,61 @@ mod tests {
         let m = model::PgganModel::from_checkpoint(&ck).expect("a valid checkpoint");
         let plans = layer_plans(&m, 132, 1, true, false);
         let layers = forward_launches(&m, &plans, Precision::Tf32, 1);
-        let kernels: Vec<&str> = layers.iter().flat_map(|l| l.launches.iter().map(|x| x.kernel)).collect();
-        for k in ["dense_f32", "conv_finish_f32", "conv3x3_tf32_n64_v", "conv3x3_tf32p_n64", "conv3x3_tf32s_n32", "conv3x3_tf32s_n16_rgb"] {
+        let kernels: Vec<&str> = layers
+            .iter()
+            .flat_map(|l| l.launches.iter().map(|x| x.kernel))
+            .collect();
+        for k in [
+            "dense_f32",
+            "conv_finish_f32",
+            "conv3x3_tf32_n64_v",
+            "conv3x3_tf32p_n64",
+            "conv3x3_tf32s_n32",
+            "conv3x3_tf32s_n16_rgb",
+        ] {
             assert!(kernels.contains(&k), "{k} not in {kernels:?}");
         }
-        assert!(!kernels.contains(&"torgb_f32"), "ToRGB runs inside the last layer");
+        assert!(
+            !kernels.contains(&"torgb_f32"),
+            "ToRGB runs inside the last layer"
+        );
         // each layer reads what the previous one wrote
         let mut written = Buf::Act(0);
         for layer in &layers[1..layers.len() - 1] {
             let first = &layer.launches[0];
             assert_eq!(first.buffers[0], (written, false), "{}", layer.name);
-            if let Some(&(out, _)) = layer.launches.last().and_then(|l| l.buffers.iter().find(|(b, w)| *w && *b != PARTIAL)) {
+            if let Some(&(out, _)) = layer
+                .launches
+                .last()
+                .and_then(|l| l.buffers.iter().find(|(b, w)| *w && *b != PARTIAL))
+            {
                 written = out;
             }
         }
         // the gather network keeps ToRGB as its own kernel where the last layer is split (64 px at batch 1 on 132
         // multiprocessors), and fuses it where one split finishes the layer (on 4)
         let kernels = |sm_count: usize, precision: Precision| -> Vec<&'static str> {
-            let layers = forward_launches(&m, &layer_plans(&m, sm_count, 1, false, false), precision, 1);
-            layers.iter().flat_map(|l| l.launches.iter().map(|x| x.kernel)).collect()
+            let layers = forward_launches(
+                &m,
+                &layer_plans(&m, sm_count, 1, false, false),
+                precision,
+                1,
+            );
+            layers
+                .iter()
+                .flat_map(|l| l.launches.iter().map(|x| x.kernel))
+                .collect()
         };
         let split = kernels(132, Precision::Tf32);
-        assert_eq!(split[split.len() - 2..], ["conv_finish_f32", "torgb_f32"], "{split:?}");
-        for (precision, fused) in [(Precision::Tf32, "conv3x3_tf32_n16_v_rgb"), (Precision::F32, "conv3x3_f32_n16_v_rgb")] {
+        assert_eq!(
+            split[split.len() - 2..],
+            ["conv_finish_f32", "torgb_f32"],
+            "{split:?}"
+        );
+        for (precision, fused) in [
+            (Precision::Tf32, "conv3x3_tf32_n16_v_rgb"),
+            (Precision::F32, "conv3x3_f32_n16_v_rgb"),
+        ] {
             let one_split = kernels(4, precision);
             assert_eq!(one_split.last(), Some(&fused), "{one_split:?}");
             assert!(!one_split.contains(&"torgb_f32"), "{one_split:?}");
@@ -715,45 +983,96 @@ mod tests {
         for staged in [false, true] {
             let plans = layer_plans(&m, 132, 2, staged, true);
             let layers = forward_launches(&m, &plans, Precision::Tf32, 2);
-            for (i, ((conv, &(side, plan)), layer)) in m.convs.iter().zip(&plans).zip(&layers[1..]).enumerate() {
+            for (i, ((conv, &(side, plan)), layer)) in
+                m.convs.iter().zip(&plans).zip(&layers[1..]).enumerate()
+            {
                 assert_eq!(plan.phased, conv.upsample, "{}", conv.name);
                 let first = &layer.launches[0];
-                let weights = if conv.upsample { Buf::PhaseWeight(i) } else { Buf::ConvWeight(i) };
+                let weights = if conv.upsample {
+                    Buf::PhaseWeight(i)
+                } else {
+                    Buf::ConvWeight(i)
+                };
                 assert_eq!(first.buffers[1], (weights, false), "{}", conv.name);
                 let shape = ConvShape::from_ints(&first.ints).expect("a ConvShape");
                 if conv.upsample {
                     let grid_side = (side / 2) as i32;
-                    assert_eq!((shape.side, shape.up, shape.phased), (grid_side, 0, 1), "{}", conv.name);
-                    assert_eq!((shape.m_total, shape.k_total), (2 * grid_side * grid_side, 4 * conv.cin as i32));
+                    assert_eq!(
+                        (shape.side, shape.up, shape.phased),
+                        (grid_side, 0, 1),
+                        "{}",
+                        conv.name
+                    );
+                    assert_eq!(
+                        (shape.m_total, shape.k_total),
+                        (2 * grid_side * grid_side, 4 * conv.cin as i32)
+                    );
                     let phases = if plan.kind == ConvKind::Spatial { 1 } else { 4 };
                     assert_eq!(plan.grid.2 as usize, phases * plan.splits);
                     let spatial = SPATIAL_PHASED_KERNELS.contains(&first.kernel);
                     assert_eq!(spatial, plan.kind == ConvKind::Spatial, "{}", first.kernel);
                 }
                 if let Some(finish) = layer.launches.get(1) {
-                    assert_eq!(finish.ints, vec![(2 * side * side) as i32, conv.cout as i32, plan.splits as i32]);
+                    assert_eq!(
+                        finish.ints,
+                        vec![
+                            (2 * side * side) as i32,
+                            conv.cout as i32,
+                            plan.splits as i32
+                        ]
+                    );
                 }
             }
             let sizes = buffer_sizes(&m, &[plans], 2);
-            assert_eq!(sizes.of(&m, Buf::PhaseWeight(1)), m.convs[1].phase_weights().len());
+            assert_eq!(
+                sizes.of(&m, Buf::PhaseWeight(1)),
+                m.convs[1].phase_weights().len()
+            );
         }
     }
 
     #[test]
     fn plans_cover_k_once_and_fit_two_blocks_per_multiprocessor() {
         // every PGGAN 1024 layer (Cin, Cout, side) at batch 1 and 8, and channel counts the new kernels refuse
-        let layers = [(512, 512, 4), (512, 512, 8), (512, 512, 32), (512, 256, 64), (256, 128, 128), (128, 64, 256),
-            (64, 32, 512), (32, 32, 512), (32, 16, 1024), (16, 16, 1024), (3, 64, 8), (20, 24, 8), (12, 20, 16), (16, 16, 16)];
+        let layers = [
+            (512, 512, 4),
+            (512, 512, 8),
+            (512, 512, 32),
+            (512, 256, 64),
+            (256, 128, 128),
+            (128, 64, 256),
+            (64, 32, 512),
+            (32, 32, 512),
+            (32, 16, 1024),
+            (16, 16, 1024),
+            (3, 64, 8),
+            (20, 24, 8),
+            (12, 20, 16),
+            (16, 16, 16),
+        ];
         for (cin, cout, side) in layers {
             for batch in [1, 8] {
-                for (staged, phased) in [(false, false), (true, false), (false, side >= 8), (true, side >= 8)] {
+                for (staged, phased) in [
+                    (false, false),
+                    (true, false),
+                    (false, side >= 8),
+                    (true, side >= 8),
+                ] {
                     let p = ConvPlan::new(132, batch, side, cin, cout, staged, phased);
-                    let (phases, grid_side, taps) = if phased { (4, side / 2, 4) } else { (1, side, 9) };
+                    let (phases, grid_side, taps) = if phased {
+                        (4, side / 2, 4)
+                    } else {
+                        (1, side, 9)
+                    };
                     let (m_total, k_total) = (batch * grid_side * grid_side, taps * cin);
                     assert_eq!(p.phased, phased);
-                    let spatial = staged && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
+                    let spatial =
+                        staged && (cout == 16 || cout == 32) && cin % 16 == 0 && side >= 32;
                     let fits = m_total >= pipe_tile(tile_n(cout)).0;
-                    let expected = match (spatial, staged && cin.is_multiple_of(4) && cout.is_multiple_of(4) && fits) {
+                    let expected = match (
+                        spatial,
+                        staged && cin.is_multiple_of(4) && cout.is_multiple_of(4) && fits,
+                    ) {
                         (true, _) => ConvKind::Spatial,
                         (false, true) => ConvKind::Pipelined,
                         (false, false) => ConvKind::Gather,
@@ -765,16 +1084,31 @@ mod tests {
                         ConvKind::Spatial => k_total,
                     };
                     assert_eq!(p.k_per_split % bk, 0);
-                    assert!(p.splits * p.k_per_split >= k_total && (p.splits - 1) * p.k_per_split < k_total);
+                    assert!(
+                        p.splits * p.k_per_split >= k_total
+                            && (p.splits - 1) * p.k_per_split < k_total
+                    );
                     assert_eq!(p.fused, p.splits == 1 && cout <= p.bn);
                     assert!(p.bn >= cout.min(64));
                     // the grid's blocks cover every output pixel and channel exactly once per split
                     let (gx, gy, gz) = p.grid;
-                    assert_eq!(gz as usize, if p.kind == ConvKind::Spatial { 1 } else { phases * p.splits });
+                    assert_eq!(
+                        gz as usize,
+                        if p.kind == ConvKind::Spatial {
+                            1
+                        } else {
+                            phases * p.splits
+                        }
+                    );
                     let blocks_per_split = gx as usize * gy as usize;
                     match p.kind {
-                        ConvKind::Spatial => assert_eq!(blocks_per_split * p.bm, batch * side * side),
-                        _ => assert_eq!(blocks_per_split, m_total.div_ceil(p.bm) * cout.div_ceil(p.bn)),
+                        ConvKind::Spatial => {
+                            assert_eq!(blocks_per_split * p.bm, batch * side * side)
+                        }
+                        _ => assert_eq!(
+                            blocks_per_split,
+                            m_total.div_ceil(p.bm) * cout.div_ceil(p.bn)
+                        ),
                     }
                     // sm_80 and sm_90 give a block up to 227 KiB; two blocks per multiprocessor need under half
                     assert!(p.shared_bytes <= 113 * 1024, "{} bytes", p.shared_bytes);

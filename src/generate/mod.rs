@@ -24,17 +24,32 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid safetensors checkpoint: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{source_name}: tensor {name} is missing")]
     MissingTensor { source_name: String, name: String },
     #[error("{source_name}: tensor {name} has shape {actual:?}, expected {expected:?}")]
-    Shape { source_name: String, name: String, expected: Vec<usize>, actual: Vec<usize> },
+    Shape {
+        source_name: String,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("{source_name}: tensor {name} holds a value that is not finite (NaN or infinity) at flat index {index}")]
-    NonFinite { source_name: String, name: String, index: usize },
+    NonFinite {
+        source_name: String,
+        name: String,
+        index: usize,
+    },
     #[error("{source_name}: {message}")]
-    Architecture { source_name: String, message: String },
+    Architecture {
+        source_name: String,
+        message: String,
+    },
     #[error("latents must be rows of {expected} values; got {actual} values")]
     Latent { expected: usize, actual: usize },
     #[error("CUDA backend: {0}")]
@@ -42,11 +57,17 @@ pub enum GenerateError {
     #[error(
         "{gpu}: its image differs from the CPU's by {difference:.2e} (relative L2; at most {bound:e} expected), so a kernel computes wrongly on this GPU; `hyper-rt gpu-info --check` compares the two, `--device cpu` draws without the GPU"
     )]
-    GpuDisagrees { gpu: String, difference: f64, bound: f64 },
+    GpuDisagrees {
+        gpu: String,
+        difference: f64,
+        bound: f64,
+    },
 }
 
 /// Where the generator runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The GPU when the driver, NVRTC and a device are present, else the CPU (with one warning saying why).
@@ -60,7 +81,9 @@ pub enum DeviceChoice {
 #[cfg(feature = "cuda")]
 pub use cuda::Precision;
 #[cfg(not(feature = "cuda"))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     F32,
@@ -88,7 +111,17 @@ pub fn relative_l2(a: &[f32], reference: &[f32]) -> f64 {
 }
 
 /// Which kernels run the GPU's TF32 convolutions (the float32 path always uses the gather kernels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvKernels {
     /// The gather kernels: every layer, the kernels measured on an H100 (parity and speed in docs/benchmarks.md).
@@ -105,7 +138,17 @@ pub enum ConvKernels {
 
 /// How the GPU runs the layers that upsample (nearest x2) before their 3 x 3 convolution (`Conv0_up` of every
 /// stage from 8 x 8 up, about two thirds of the network's multiply-adds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UpsampleConv {
     /// As four 2 x 2 convolutions over the input grid, one per output phase, with the taps that read the same input
@@ -119,7 +162,17 @@ pub enum UpsampleConv {
 }
 
 /// How the GPU queues a forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuLaunch {
     /// Captured once per batch size as a CUDA graph and replayed with one call: one host call instead of one per
@@ -148,7 +201,11 @@ pub enum Backend {
     /// CPU's images times `1 + scale_error` (float32 precision), then the error a failed GPU (device lost, memory
     /// taken) gives.
     #[cfg(test)]
-    TestGpu { cpu: cpu::CpuGenerator, passes_before_failure: usize, scale_error: f32 },
+    TestGpu {
+        cpu: cpu::CpuGenerator,
+        passes_before_failure: usize,
+        scale_error: f32,
+    },
 }
 
 impl Backend {
@@ -175,10 +232,14 @@ impl Backend {
         {
             let _ = (precision, gpu_index);
             if device == DeviceChoice::Cuda {
-                return Err(GenerateError::Cuda("this build has no CUDA support (cargo feature `cuda`)".into()));
+                return Err(GenerateError::Cuda(
+                    "this build has no CUDA support (cargo feature `cuda`)".into(),
+                ));
             }
             if device == DeviceChoice::Auto {
-                tracing::warn!("GPU not used, generating on the CPU: this build has no CUDA support");
+                tracing::warn!(
+                    "GPU not used, generating on the CPU: this build has no CUDA support"
+                );
             }
         }
         Ok(Backend::Cpu(cpu::CpuGenerator::new(model, algorithm)))
@@ -203,12 +264,23 @@ impl Backend {
             #[cfg(feature = "cuda")]
             Backend::Cuda(g) => g.generate(latents),
             #[cfg(test)]
-            Backend::TestGpu { cpu, passes_before_failure, scale_error } => match passes_before_failure.checked_sub(1) {
+            Backend::TestGpu {
+                cpu,
+                passes_before_failure,
+                scale_error,
+            } => match passes_before_failure.checked_sub(1) {
                 Some(left) => {
                     *passes_before_failure = left;
-                    Ok(cpu.generate(latents)?.into_iter().map(|v| v * (1.0 + *scale_error)).collect())
+                    Ok(cpu
+                        .generate(latents)?
+                        .into_iter()
+                        .map(|v| v * (1.0 + *scale_error))
+                        .collect())
                 }
-                None => Err(GenerateError::Cuda("launching conv3x3_f32_n64: an illegal memory access was encountered (test)".into())),
+                None => Err(GenerateError::Cuda(
+                    "launching conv3x3_f32_n64: an illegal memory access was encountered (test)"
+                        .into(),
+                )),
             },
         }
     }
@@ -222,7 +294,9 @@ impl Backend {
             _ => {
                 let side = self.model().resolution;
                 let images = self.generate(latents)?;
-                Ok((0..images.len() / (3 * side * side).max(1)).flat_map(|i| image_0rgb(&images, i, side)).collect())
+                Ok((0..images.len() / (3 * side * side).max(1))
+                    .flat_map(|i| image_0rgb(&images, i, side))
+                    .collect())
             }
         }
     }
@@ -234,11 +308,18 @@ impl Backend {
     /// kernels have been checked on few GPU models, and a wrong image would be worse than a slower one. With
     /// `auto`, a GPU that fails the image or disagrees with the CPU is replaced by the CPU, with one warning naming
     /// the reason, as when it cannot be opened; with `cuda` either is an error.
-    pub fn warm_up(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
+    pub fn warm_up(
+        &mut self,
+        device: DeviceChoice,
+        algorithm: cpu::CpuAlgorithm,
+    ) -> Result<(), GenerateError> {
         let mut rng = crate::rng::Rng::new(1);
-        let latent: Vec<f32> = (0..self.model().latent_size).map(|_| rng.normal() as f32).collect();
+        let latent: Vec<f32> = (0..self.model().latent_size)
+            .map(|_| rng.normal() as f32)
+            .collect();
         let image = if device == DeviceChoice::Auto {
-            let (drawn, fell_back) = self.draw_falling_back_to_cpu(algorithm, |b| b.generate(&latent));
+            let (drawn, fell_back) =
+                self.draw_falling_back_to_cpu(algorithm, |b| b.generate(&latent));
             if let Some((gpu, e)) = fell_back {
                 tracing::warn!("GPU not used, generating on the CPU: {gpu} failed its first image: {e} (`hyper-rt gpu-info --check` checks the set-up)");
             }
@@ -249,13 +330,18 @@ impl Backend {
         let Some((model, precision)) = self.gpu_model_and_precision() else {
             return Ok(());
         };
-        let reference = cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct).generate(&latent)?;
+        let reference =
+            cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Direct).generate(&latent)?;
         let (difference, bound) = (relative_l2(&image, &reference), gpu_parity_bound(precision));
         if difference <= bound {
             tracing::info!("{}: its first image agrees with the CPU's (relative L2 {difference:.1e}, bound {bound:e})", self.describe());
             return Ok(());
         }
-        let disagrees = GenerateError::GpuDisagrees { gpu: self.describe(), difference, bound };
+        let disagrees = GenerateError::GpuDisagrees {
+            gpu: self.describe(),
+            difference,
+            bound,
+        };
         if device != DeviceChoice::Auto {
             return Err(disagrees);
         }
@@ -266,7 +352,11 @@ impl Backend {
 
     /// On a GPU, [`Backend::warm_up`] for its check against the CPU (for commands that need no warm frame); on the
     /// CPU nothing.
-    pub fn check_gpu_against_cpu(&mut self, device: DeviceChoice, algorithm: cpu::CpuAlgorithm) -> Result<(), GenerateError> {
+    pub fn check_gpu_against_cpu(
+        &mut self,
+        device: DeviceChoice,
+        algorithm: cpu::CpuAlgorithm,
+    ) -> Result<(), GenerateError> {
         match self.gpu_model_and_precision() {
             Some(_) => self.warm_up(device, algorithm),
             None => Ok(()),
@@ -320,9 +410,18 @@ impl Backend {
     /// "CPU (2 threads, winograd)" or "GPU 0, NVIDIA H100 80GB HBM3 (tf32)".
     pub fn describe(&self) -> String {
         match self {
-            Backend::Cpu(g) => format!("CPU ({} threads, {:?})", rayon::current_num_threads(), g.algorithm()),
+            Backend::Cpu(g) => format!(
+                "CPU ({} threads, {:?})",
+                rayon::current_num_threads(),
+                g.algorithm()
+            ),
             #[cfg(feature = "cuda")]
-            Backend::Cuda(g) => format!("GPU {}, {} ({:?})", g.gpu_index(), g.device_name(), g.precision()),
+            Backend::Cuda(g) => format!(
+                "GPU {}, {} ({:?})",
+                g.gpu_index(),
+                g.device_name(),
+                g.precision()
+            ),
             #[cfg(test)]
             Backend::TestGpu { .. } => "GPU 0, a test stand-in".to_string(),
         }
@@ -361,21 +460,37 @@ pub fn image_0rgb(nchw: &[f32], index: usize, side: usize) -> Vec<u32> {
     let plane = side * side;
     let img = &nchw[index * 3 * plane..(index + 1) * 3 * plane];
     (0..plane)
-        .map(|p| (u32::from(to_u8(img[p])) << 16) | (u32::from(to_u8(img[plane + p])) << 8) | u32::from(to_u8(img[2 * plane + p])))
+        .map(|p| {
+            (u32::from(to_u8(img[p])) << 16)
+                | (u32::from(to_u8(img[plane + p])) << 8)
+                | u32::from(to_u8(img[2 * plane + p]))
+        })
         .collect()
 }
 
 /// Packed `0x00RRGGBB` pixels as interleaved RGB bytes (`[H, W, 3]`, as [`image_rgb8`] gives them).
 pub fn rgb8_from_0rgb(packed: &[u32]) -> Vec<u8> {
-    packed.iter().flat_map(|&p| [(p >> 16) as u8, (p >> 8) as u8, p as u8]).collect()
+    packed
+        .iter()
+        .flat_map(|&p| [(p >> 16) as u8, (p >> 8) as u8, p as u8])
+        .collect()
 }
 
 /// Writes an RGB image as PNG.
 pub fn write_png(path: &Path, rgb: &[u8], side: usize) -> Result<(), GenerateError> {
-    let io = |e: image::ImageError| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
-    let img = image::RgbImage::from_raw(side as u32, side as u32, rgb.to_vec())
-        .ok_or_else(|| GenerateError::Io { path: path.to_path_buf(), source: std::io::Error::other("buffer size") })?;
-    img.save_with_format(path, image::ImageFormat::Png).map_err(io)
+    let io = |e: image::ImageError| GenerateError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
+    let img =
+        image::RgbImage::from_raw(side as u32, side as u32, rgb.to_vec()).ok_or_else(|| {
+            GenerateError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("buffer size"),
+            }
+        })?;
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(io)
 }
 
 #[cfg(test)]
@@ -396,11 +511,16 @@ mod tests {
 
     #[test]
     fn packed_pixels_match_the_rgb_bytes() {
-        let nchw = vec![-1.0, 1.0, 0.0, 0.5, 1.0, -1.0, 0.2, 0.3, 0.0, 0.0, 0.9, -0.9];
+        let nchw = vec![
+            -1.0, 1.0, 0.0, 0.5, 1.0, -1.0, 0.2, 0.3, 0.0, 0.0, 0.9, -0.9,
+        ];
         let rgb = image_rgb8(&nchw, 0, 2);
         let packed = image_0rgb(&nchw, 0, 2);
         for p in 0..4 {
-            assert_eq!(packed[p], (rgb[3 * p] as u32) << 16 | (rgb[3 * p + 1] as u32) << 8 | rgb[3 * p + 2] as u32);
+            assert_eq!(
+                packed[p],
+                (rgb[3 * p] as u32) << 16 | (rgb[3 * p + 1] as u32) << 8 | rgb[3 * p + 2] as u32
+            );
         }
         assert_eq!(rgb8_from_0rgb(&packed), rgb);
     }
@@ -414,17 +534,32 @@ mod tests {
             scale_error,
         };
         let mut auto = gpu(0, 0.0);
-        auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
-        assert!(matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Direct), "{}", auto.describe());
+        auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct)
+            .unwrap();
+        assert!(
+            matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Direct),
+            "{}",
+            auto.describe()
+        );
         let mut cuda = gpu(0, 0.0);
-        let e = cuda.warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Direct).unwrap_err();
-        assert!(matches!(e, GenerateError::Cuda(_)) && matches!(cuda, Backend::TestGpu { .. }), "{e}");
+        let e = cuda
+            .warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Direct)
+            .unwrap_err();
+        assert!(
+            matches!(e, GenerateError::Cuda(_)) && matches!(cuda, Backend::TestGpu { .. }),
+            "{e}"
+        );
         // a GPU that draws and agrees with the CPU is kept: Winograd against the direct path, and a scale error
         // within the float32 bound
         for scale_error in [0.0, 3e-6] {
             let mut working = gpu(1, scale_error);
-            working.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct).unwrap();
-            assert!(matches!(working, Backend::TestGpu { .. }), "a GPU that draws right is kept ({scale_error})");
+            working
+                .warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Direct)
+                .unwrap();
+            assert!(
+                matches!(working, Backend::TestGpu { .. }),
+                "a GPU that draws right is kept ({scale_error})"
+            );
         }
     }
 
@@ -437,13 +572,32 @@ mod tests {
             scale_error: 2e-5,
         };
         let mut auto = wrong();
-        auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Winograd).unwrap();
-        assert!(matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Winograd), "{}", auto.describe());
+        auto.warm_up(DeviceChoice::Auto, cpu::CpuAlgorithm::Winograd)
+            .unwrap();
+        assert!(
+            matches!(&auto, Backend::Cpu(g) if g.algorithm() == cpu::CpuAlgorithm::Winograd),
+            "{}",
+            auto.describe()
+        );
         let mut cuda = wrong();
-        let e = cuda.warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Winograd).unwrap_err();
-        let GenerateError::GpuDisagrees { difference, bound, .. } = e else { panic!("{e}") };
-        assert!((difference - 2e-5).abs() < 1e-6 && bound == 1e-5, "{difference} {bound}");
-        assert!(e.to_string().starts_with("GPU 0, a test stand-in: its image differs from the CPU's by 2.00e-5"), "{e}");
+        let e = cuda
+            .warm_up(DeviceChoice::Cuda, cpu::CpuAlgorithm::Winograd)
+            .unwrap_err();
+        let GenerateError::GpuDisagrees {
+            difference, bound, ..
+        } = e
+        else {
+            panic!("{e}")
+        };
+        assert!(
+            (difference - 2e-5).abs() < 1e-6 && bound == 1e-5,
+            "{difference} {bound}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("GPU 0, a test stand-in: its image differs from the CPU's by 2.00e-5"),
+            "{e}"
+        );
         assert!(matches!(cuda, Backend::TestGpu { .. }));
     }
 
@@ -457,15 +611,26 @@ mod tests {
     #[test]
     fn the_display_pixels_are_the_float_images_8_bit_conversion() {
         let model = std::sync::Arc::new(model::PgganModel::builtin_random());
-        let mut backend = Backend::Cpu(cpu::CpuGenerator::new(model.clone(), cpu::CpuAlgorithm::Winograd));
+        let mut backend = Backend::Cpu(cpu::CpuGenerator::new(
+            model.clone(),
+            cpu::CpuAlgorithm::Winograd,
+        ));
         let mut rng = crate::rng::Rng::new(3);
-        let z: Vec<f32> = (0..2 * model.latent_size).map(|_| rng.normal() as f32).collect();
+        let z: Vec<f32> = (0..2 * model.latent_size)
+            .map(|_| rng.normal() as f32)
+            .collect();
         let images = backend.generate(&z).unwrap();
         let side = model.resolution;
         let want: Vec<u32> = (0..2).flat_map(|i| image_0rgb(&images, i, side)).collect();
         let got = backend.generate_display(&z).unwrap();
         assert_eq!(got.len(), 2 * side * side);
-        assert!(got == want, "the display pixels differ from the float images' conversion");
-        assert_eq!(rgb8_from_0rgb(&got[side * side..]), image_rgb8(&images, 1, side));
+        assert!(
+            got == want,
+            "the display pixels differ from the float images' conversion"
+        );
+        assert_eq!(
+            rgb8_from_0rgb(&got[side * side..]),
+            image_rgb8(&images, 1, side)
+        );
     }
 }

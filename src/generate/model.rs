@@ -40,7 +40,8 @@ impl ConvLayer {
                 for dx in 0..3isize {
                     let u = (b + dx - 1).div_euclid(2) - (b - 1);
                     let src = &self.weight[(dy * 3 + dx) as usize * cin * cout..][..cin * cout];
-                    let dst = &mut phased[phase * two_by_two + (t * 2 + u) as usize * cin * cout..][..cin * cout];
+                    let dst = &mut phased[phase * two_by_two + (t * 2 + u) as usize * cin * cout..]
+                        [..cin * cout];
                     for (d, &w) in dst.iter_mut().zip(src) {
                         *d += w;
                     }
@@ -83,10 +84,16 @@ fn scaled(data: &[f32], scale: f32) -> Vec<f32> {
 impl PgganModel {
     /// Derives the architecture from the checkpoint's names and shapes and checks every tensor.
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<PgganModel, GenerateError> {
-        let arch = |message: String| GenerateError::Architecture { source_name: ck.source.clone(), message };
+        let arch = |message: String| GenerateError::Architecture {
+            source_name: ck.source.clone(),
+            message,
+        };
         if let Some(lod) = ck.tensors.get("lod") {
             if lod.data.first().copied().unwrap_or(0.0) != 0.0 {
-                return Err(arch(format!("lod = {}: only a finished model (lod 0) can be used", lod.data[0])));
+                return Err(arch(format!(
+                    "lod = {}: only a finished model (lod 0) can be used",
+                    lod.data[0]
+                )));
             }
         }
         let dense_shape = ck.shape_of("4x4/Dense/weight")?.to_vec();
@@ -118,11 +125,22 @@ impl PgganModel {
             }
             let cout = *ck.shape_of(&conv1)?.last().unwrap_or(&0);
             if ck.contains(&format!("{prefix}/Conv0_up/weight")) {
-                convs.push(conv0_up_layer(ck, &format!("{prefix}/Conv0_up"), cin, cout)?);
+                convs.push(conv0_up_layer(
+                    ck,
+                    &format!("{prefix}/Conv0_up"),
+                    cin,
+                    cout,
+                )?);
             } else {
                 convs.push(conv_layer(ck, &format!("{prefix}/Conv0"), cin, cout, true)?);
             }
-            convs.push(conv_layer(ck, &format!("{prefix}/Conv1"), cout, cout, false)?);
+            convs.push(conv_layer(
+                ck,
+                &format!("{prefix}/Conv1"),
+                cout,
+                cout,
+                false,
+            )?);
             cin = cout;
             resolution = r;
         }
@@ -144,15 +162,27 @@ impl PgganModel {
             Some("random") | None => format!("random-weight PGGAN {resolution} x {resolution} from {}: abstract textures, not faces", ck.source),
             Some(file) => format!("PGGAN {resolution} x {resolution} converted from {file}"),
         };
-        Ok(PgganModel { latent_size, resolution, c4, dense_weight, dense_bias, convs, to_rgb_weight, to_rgb_bias, label })
+        Ok(PgganModel {
+            latent_size,
+            resolution,
+            c4,
+            dense_weight,
+            dense_bias,
+            convs,
+            to_rgb_weight,
+            to_rgb_bias,
+            label,
+        })
     }
 
     /// The built-in default: a deterministic random-weight network (256 x 256, channels 128 down to 16), so the
     /// demo runs on a machine without the real checkpoint. It draws abstract textures, not faces.
     pub fn builtin_random() -> PgganModel {
         let ck = random_checkpoint(256, 2048, 128, 512, 2022);
-        let mut model = PgganModel::from_checkpoint(&ck).unwrap_or_else(|e| unreachable!("built-in network is valid: {e}"));
-        model.label = "built-in random-weight network (256 x 256): abstract textures, not faces".into();
+        let mut model = PgganModel::from_checkpoint(&ck)
+            .unwrap_or_else(|e| unreachable!("built-in network is valid: {e}"));
+        model.label =
+            "built-in random-weight network (256 x 256): abstract textures, not faces".into();
         model
     }
 
@@ -183,7 +213,12 @@ impl PgganModel {
         let sides = self.layer_sides();
         let dense = (self.latent_size * 16 * self.c4) as f64;
         let taps = |conv: &ConvLayer| if phased && conv.upsample { 4 } else { 9 };
-        let convs: f64 = self.convs.iter().zip(&sides).map(|(conv, &s)| (taps(conv) * conv.cin * conv.cout * s * s) as f64).sum();
+        let convs: f64 = self
+            .convs
+            .iter()
+            .zip(&sides)
+            .map(|(conv, &s)| (taps(conv) * conv.cin * conv.cout * s * s) as f64)
+            .sum();
         let last = sides.last().copied().unwrap_or(4);
         dense + convs + (self.to_rgb_weight.len() * last * last) as f64
     }
@@ -194,7 +229,13 @@ impl PgganModel {
     }
 }
 
-fn conv_layer(ck: &Checkpoint, prefix: &str, cin: usize, cout: usize, upsample: bool) -> Result<ConvLayer, GenerateError> {
+fn conv_layer(
+    ck: &Checkpoint,
+    prefix: &str,
+    cin: usize,
+    cout: usize,
+    upsample: bool,
+) -> Result<ConvLayer, GenerateError> {
     let w = ck.get(&format!("{prefix}/weight"), &[3, 3, cin, cout])?;
     let bias = ck.get(&format!("{prefix}/bias"), &[cout])?.data.clone();
     Ok(ConvLayer {
@@ -210,7 +251,12 @@ fn conv_layer(ck: &Checkpoint, prefix: &str, cin: usize, cout: usize, upsample: 
 /// `Conv0_up` stores `[3, 3, Cout, Cin]` for a stride-2 transposed convolution; the same map is a nearest
 /// upsample followed by a 3 x 3 cross-correlation with `k[dy, dx, ci, co] = w[2 - dy, 2 - dx, co, ci]`.
 /// Its fan-in is `9 * Cin` (the official code passes it explicitly).
-fn conv0_up_layer(ck: &Checkpoint, prefix: &str, cin: usize, cout: usize) -> Result<ConvLayer, GenerateError> {
+fn conv0_up_layer(
+    ck: &Checkpoint,
+    prefix: &str,
+    cin: usize,
+    cout: usize,
+) -> Result<ConvLayer, GenerateError> {
     let w = ck.get(&format!("{prefix}/weight"), &[3, 3, cout, cin])?;
     let bias = ck.get(&format!("{prefix}/bias"), &[cout])?.data.clone();
     let scale = wscale(std::f64::consts::SQRT_2, 9 * cin);
@@ -225,7 +271,14 @@ fn conv0_up_layer(ck: &Checkpoint, prefix: &str, cin: usize, cout: usize) -> Res
             }
         }
     }
-    Ok(ConvLayer { name: prefix.to_string(), cin, cout, upsample: true, weight, bias })
+    Ok(ConvLayer {
+        name: prefix.to_string(),
+        cin,
+        cout,
+        upsample: true,
+        weight,
+        bias,
+    })
 }
 
 /// `min(fmap_base / 2^stage, fmap_max)`, the official channel rule.
@@ -234,10 +287,19 @@ pub fn channels_at(stage: u32, fmap_base: usize, fmap_max: usize) -> usize {
 }
 
 /// A random checkpoint with the official naming (weights N(0, 1) as with use_wscale, biases 0.1 N(0, 1)).
-pub fn random_checkpoint(resolution: usize, fmap_base: usize, fmap_max: usize, latent_size: usize, seed: u64) -> Checkpoint {
+pub fn random_checkpoint(
+    resolution: usize,
+    fmap_base: usize,
+    fmap_max: usize,
+    latent_size: usize,
+    seed: u64,
+) -> Checkpoint {
     use super::weights::Tensor;
     let mut rng = Rng::new(seed);
-    let mut ck = Checkpoint { source: format!("random(seed {seed})"), ..Default::default() };
+    let mut ck = Checkpoint {
+        source: format!("random(seed {seed})"),
+        ..Default::default()
+    };
     let mut put = |name: String, shape: Vec<usize>, std: f64| {
         let n = shape.iter().product();
         let data = (0..n).map(|_| (std * rng.normal()) as f32).collect();
@@ -285,10 +347,16 @@ mod tests {
             weight: (0..9 * cin * cout).map(|_| rng.normal() as f32).collect(),
             bias: vec![0.0; cout],
         };
-        let input: Vec<f32> = (0..side_in * side_in * cin).map(|_| rng.normal() as f32).collect();
+        let input: Vec<f32> = (0..side_in * side_in * cin)
+            .map(|_| rng.normal() as f32)
+            .collect();
         let at = |y: isize, x: isize, ci: usize| -> f64 {
             let inside = (0..side_in as isize).contains(&y) && (0..side_in as isize).contains(&x);
-            if inside { f64::from(input[(y as usize * side_in + x as usize) * cin + ci]) } else { 0.0 }
+            if inside {
+                f64::from(input[(y as usize * side_in + x as usize) * cin + ci])
+            } else {
+                0.0
+            }
         };
         let side = 2 * side_in as isize;
         let phased = layer.phase_weights();
@@ -302,7 +370,8 @@ mod tests {
                             let (uy, ux) = (y + dy - 1, x + dx - 1); // in the upsampled image
                             if (0..side).contains(&uy) && (0..side).contains(&ux) {
                                 for ci in 0..cin {
-                                    let w = layer.weight[(((dy * 3 + dx) as usize) * cin + ci) * cout + co];
+                                    let w = layer.weight
+                                        [(((dy * 3 + dx) as usize) * cin + ci) * cout + co];
                                     direct += at(uy / 2, ux / 2, ci) * f64::from(w);
                                 }
                             }
@@ -313,12 +382,18 @@ mod tests {
                     for t in 0..2isize {
                         for u in 0..2isize {
                             for ci in 0..cin {
-                                let row = (a * 2 + b) as usize * 4 * cin + ((t * 2 + u) as usize) * cin + ci;
-                                small += at(i + a - 1 + t, j + b - 1 + u, ci) * f64::from(phased[row * cout + co]);
+                                let row = (a * 2 + b) as usize * 4 * cin
+                                    + ((t * 2 + u) as usize) * cin
+                                    + ci;
+                                small += at(i + a - 1 + t, j + b - 1 + u, ci)
+                                    * f64::from(phased[row * cout + co]);
                             }
                         }
                     }
-                    assert!((direct - small).abs() < 1e-5, "({y}, {x}, {co}): {direct} against {small}");
+                    assert!(
+                        (direct - small).abs() < 1e-5,
+                        "({y}, {x}, {co}): {direct} against {small}"
+                    );
                 }
             }
         }
@@ -333,10 +408,19 @@ mod tests {
         let params: usize = ck.tensors.values().map(|t| t.data.len()).sum();
         assert_eq!(params, 23_071_507); // the tensors used at lod 0
         assert_eq!(model.macs_per_image(), 42_672_848_896.0); // PGGAN.md: dense + convolutions + ToRGB
-        // phased: the eight upsampling layers (27.33 G multiply-adds as 3 x 3) take 4/9 of theirs
-        let upsampling: f64 = model.convs.iter().zip(model.layer_sides()).filter(|(c, _)| c.upsample).map(|(c, s)| (9 * c.cin * c.cout * s * s) as f64).sum();
+                                                              // phased: the eight upsampling layers (27.33 G multiply-adds as 3 x 3) take 4/9 of theirs
+        let upsampling: f64 = model
+            .convs
+            .iter()
+            .zip(model.layer_sides())
+            .filter(|(c, _)| c.upsample)
+            .map(|(c, s)| (9 * c.cin * c.cout * s * s) as f64)
+            .sum();
         assert_eq!(upsampling, 27_330_084_864.0);
-        assert_eq!(model.macs_per_image_computed(true), 42_672_848_896.0 - upsampling * 5.0 / 9.0);
+        assert_eq!(
+            model.macs_per_image_computed(true),
+            42_672_848_896.0 - upsampling * 5.0 / 9.0
+        );
     }
 
     #[test]
@@ -354,10 +438,18 @@ mod tests {
         let mut ck = random_checkpoint(16, 256, 32, 64, 1);
         ck.tensors.get_mut("4x4/Conv/weight").unwrap().data[5] = f32::NAN;
         let err = PgganModel::from_checkpoint(&ck).unwrap_err().to_string();
-        assert!(err.contains("4x4/Conv/weight") && err.contains("not finite"), "{err}");
+        assert!(
+            err.contains("4x4/Conv/weight") && err.contains("not finite"),
+            "{err}"
+        );
 
         let mut ck = random_checkpoint(32, 256, 32, 64, 1);
-        for name in ["16x16/Conv0/weight", "16x16/Conv0/bias", "16x16/Conv1/weight", "16x16/Conv1/bias"] {
+        for name in [
+            "16x16/Conv0/weight",
+            "16x16/Conv0/bias",
+            "16x16/Conv1/weight",
+            "16x16/Conv1/bias",
+        ] {
             ck.tensors.remove(name);
         }
         let err = PgganModel::from_checkpoint(&ck).unwrap_err().to_string();

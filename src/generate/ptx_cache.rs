@@ -32,7 +32,11 @@ pub enum PtxSource {
 
 /// `$HYPER_RT_CACHE_DIR`, else `$XDG_CACHE_HOME/hyper-rt`, else `$HOME/.cache/hyper-rt`; `None` when none is set.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HYPER_RT_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("hyper-rt")))
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("hyper-rt")))
@@ -41,13 +45,19 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// NVRTC's output as text (PTX is ASCII, ended by a NUL in the compiled image).
 fn compile_to_text(arch: &'static str) -> Result<String, GenerateError> {
     let ptx = compile_ptx(arch)?;
-    let bytes = ptx.as_bytes().ok_or_else(|| GenerateError::Cuda("NVRTC returned no PTX image".into()))?;
+    let bytes = ptx
+        .as_bytes()
+        .ok_or_else(|| GenerateError::Cuda("NVRTC returned no PTX image".into()))?;
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8(bytes[..end].to_vec()).map_err(|_| GenerateError::Cuda("NVRTC returned PTX that is not text".into()))
+    String::from_utf8(bytes[..end].to_vec())
+        .map_err(|_| GenerateError::Cuda("NVRTC returned PTX that is not text".into()))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// NVRTC's version, e.g. "13.0" (the library must be present: callers probe first).
@@ -67,12 +77,15 @@ pub fn nvrtc_supported_archs() -> Vec<i32> {
     let mut count = 0;
     // SAFETY: an out-pointer to a live integer, then a buffer of the size NVRTC gave; the library was probed.
     unsafe {
-        if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count) != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count)
+            != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
+        {
             return Vec::new();
         }
         let mut archs = vec![0; usize::try_from(count).unwrap_or(0)];
         if archs.is_empty()
-            || cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
+            || cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr())
+                != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
         {
             return Vec::new();
         }
@@ -82,8 +95,16 @@ pub fn nvrtc_supported_archs() -> Vec<i32> {
 
 /// The cache file for `arch` in `dir`.
 pub fn cache_file(dir: &Path, arch: &str) -> PathBuf {
-    let key = format!("{}\n{}\n{arch}\nnvrtc {}", kernel_source(), NVRTC_OPTIONS.join(" "), nvrtc_version());
-    dir.join(format!("kernels-{arch}-{}.ptx", &sha256_hex(key.as_bytes())[..16]))
+    let key = format!(
+        "{}\n{}\n{arch}\nnvrtc {}",
+        kernel_source(),
+        NVRTC_OPTIONS.join(" "),
+        nvrtc_version()
+    );
+    dir.join(format!(
+        "kernels-{arch}-{}.ptx",
+        &sha256_hex(key.as_bytes())[..16]
+    ))
 }
 
 /// The PTX stored in `path`, if it is there and intact.
@@ -93,19 +114,34 @@ fn read_cached(path: &Path) -> Result<Option<String>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let (header, ptx) = text.split_once('\n').ok_or_else(|| format!("{}: no header line", path.display()))?;
-    let recorded = header.strip_prefix(HEADER_PREFIX).ok_or_else(|| format!("{}: not a hyper-rt kernel cache file", path.display()))?;
+    let (header, ptx) = text
+        .split_once('\n')
+        .ok_or_else(|| format!("{}: no header line", path.display()))?;
+    let recorded = header
+        .strip_prefix(HEADER_PREFIX)
+        .ok_or_else(|| format!("{}: not a hyper-rt kernel cache file", path.display()))?;
     if recorded != sha256_hex(ptx.as_bytes()) {
-        return Err(format!("{}: the PTX does not match its checksum (truncated or altered)", path.display()));
+        return Err(format!(
+            "{}: the PTX does not match its checksum (truncated or altered)",
+            path.display()
+        ));
     }
     Ok(Some(ptx.to_owned()))
 }
 
 /// Writes `ptx` to `path` through a temporary file and a rename, so that readers never see half a file.
 fn write_cached(path: &Path, ptx: &str) -> Result<(), String> {
-    let dir = path.parent().ok_or_else(|| format!("{}: no parent folder", path.display()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("{}: no parent folder", path.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("kernels"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("kernels"),
+        std::process::id()
+    ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         writeln!(f, "{HEADER_PREFIX}{}", sha256_hex(ptx.as_bytes()))?;
@@ -121,7 +157,10 @@ fn write_cached(path: &Path, ptx: &str) -> Result<(), String> {
 
 /// The kernels' PTX for `arch` through the cache folder `dir` alone (no in-process layer): read if present and
 /// intact, else compiled and stored. Problems with the folder are returned as a warning beside the PTX.
-pub fn ptx_via_disk(arch: &'static str, dir: &Path) -> Result<(String, PtxSource, Option<String>), GenerateError> {
+pub fn ptx_via_disk(
+    arch: &'static str,
+    dir: &Path,
+) -> Result<(String, PtxSource, Option<String>), GenerateError> {
     let path = cache_file(dir, arch);
     let mut warning = match read_cached(&path) {
         Ok(Some(ptx)) => return Ok((ptx, PtxSource::Disk, None)),
@@ -137,10 +176,17 @@ pub fn ptx_via_disk(arch: &'static str, dir: &Path) -> Result<(String, PtxSource
 
 /// The kernels' PTX for `arch`: from this process's memory, else the cache folder (`dir`, when given), else
 /// compiled. Cache problems are logged as one warning.
-pub fn kernels_ptx(arch: &'static str, dir: Option<&Path>) -> Result<(String, PtxSource), GenerateError> {
+pub fn kernels_ptx(
+    arch: &'static str,
+    dir: Option<&Path>,
+) -> Result<(String, PtxSource), GenerateError> {
     static MEMORY: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
     let memory = MEMORY.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(ptx) = memory.lock().map_err(|_| GenerateError::Cuda("kernel cache lock poisoned".into()))?.get(arch) {
+    if let Some(ptx) = memory
+        .lock()
+        .map_err(|_| GenerateError::Cuda("kernel cache lock poisoned".into()))?
+        .get(arch)
+    {
         return Ok((ptx.clone(), PtxSource::Memory));
     }
     let (ptx, source) = match dir {
@@ -153,6 +199,9 @@ pub fn kernels_ptx(arch: &'static str, dir: Option<&Path>) -> Result<(String, Pt
         }
         None => (compile_to_text(arch)?, PtxSource::Compiled),
     };
-    memory.lock().map_err(|_| GenerateError::Cuda("kernel cache lock poisoned".into()))?.insert(arch, ptx.clone());
+    memory
+        .lock()
+        .map_err(|_| GenerateError::Cuda("kernel cache lock poisoned".into()))?
+        .insert(arch, ptx.clone());
     Ok((ptx, source))
 }

@@ -25,18 +25,38 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a safetensors file. Only F32 tensors are accepted.
     pub fn load(path: &Path) -> Result<Checkpoint, GenerateError> {
-        let bytes = std::fs::read(path).map_err(|source| GenerateError::Io { path: path.to_path_buf(), source })?;
-        let format = |message: String| GenerateError::Format { path: PathBuf::from(path), message };
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|source| GenerateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let format = |message: String| GenerateError::Format {
+            path: PathBuf::from(path),
+            message,
+        };
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != safetensors::Dtype::F32 {
-                return Err(format(format!("tensor {name} is {:?}; the generator needs F32", view.dtype())));
+                return Err(format(format!(
+                    "tensor {name} is {:?}; the generator needs F32",
+                    view.dtype()
+                )));
             }
-            let data: Vec<f32> =
-                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            tensors.insert(name.to_string(), Tensor { shape: view.shape().to_vec(), data });
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            tensors.insert(
+                name.to_string(),
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
         }
         Ok(Checkpoint {
             tensors,
@@ -47,10 +67,13 @@ impl Checkpoint {
 
     /// The tensor `name`, checked against `expected` shape and for NaN / infinity.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<&Tensor, GenerateError> {
-        let t = self.tensors.get(name).ok_or_else(|| GenerateError::MissingTensor {
-            source_name: self.source.clone(),
-            name: name.to_string(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| GenerateError::MissingTensor {
+                source_name: self.source.clone(),
+                name: name.to_string(),
+            })?;
         if t.shape != expected {
             return Err(GenerateError::Shape {
                 source_name: self.source.clone(),
@@ -60,7 +83,11 @@ impl Checkpoint {
             });
         }
         if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
-            return Err(GenerateError::NonFinite { source_name: self.source.clone(), name: name.to_string(), index });
+            return Err(GenerateError::NonFinite {
+                source_name: self.source.clone(),
+                name: name.to_string(),
+                index,
+            });
         }
         Ok(t)
     }
@@ -70,7 +97,10 @@ impl Checkpoint {
         self.tensors
             .get(name)
             .map(|t| t.shape.as_slice())
-            .ok_or_else(|| GenerateError::MissingTensor { source_name: self.source.clone(), name: name.to_string() })
+            .ok_or_else(|| GenerateError::MissingTensor {
+                source_name: self.source.clone(),
+                name: name.to_string(),
+            })
     }
 
     pub fn contains(&self, name: &str) -> bool {

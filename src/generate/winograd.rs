@@ -41,7 +41,10 @@ pub(super) const NARROW_ROW_MULTIPLE: usize = 12;
 fn avx2_supported(cin: usize, cout: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        cin.is_multiple_of(8) && cout.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        cin.is_multiple_of(8)
+            && cout.is_multiple_of(8)
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -68,7 +71,9 @@ pub struct WinogradSpec {
 pub static F2: WinogradSpec = WinogradSpec {
     m: 2,
     a: 4,
-    bt: &[1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 1.0, 0.0, -1.0],
+    bt: &[
+        1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 1.0, 0.0, -1.0,
+    ],
     g: &[1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0],
     at: &[1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, -1.0],
 };
@@ -85,12 +90,24 @@ pub static F4: WinogradSpec = WinogradSpec {
         0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
     ],
     g: &[
-        0.25, 0.0, 0.0, //
-        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, //
-        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, //
-        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, //
-        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, //
-        0.0, 0.0, 1.0,
+        0.25,
+        0.0,
+        0.0, //
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0, //
+        -1.0 / 6.0,
+        1.0 / 6.0,
+        -1.0 / 6.0, //
+        1.0 / 24.0,
+        1.0 / 12.0,
+        1.0 / 6.0, //
+        1.0 / 24.0,
+        -1.0 / 12.0,
+        1.0 / 6.0, //
+        0.0,
+        0.0,
+        1.0,
     ],
     at: &[
         1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
@@ -122,7 +139,9 @@ impl WinogradLayer {
         let mut gg = vec![0.0f64; a * 3];
         for ci in 0..cin {
             for co in 0..cout {
-                let g = |dy: usize, dx: usize| layer.weight[((dy * 3 + dx) * cin + ci) * cout + co] as f64;
+                let g = |dy: usize, dx: usize| {
+                    layer.weight[((dy * 3 + dx) * cin + ci) * cout + co] as f64
+                };
                 // gg = G g  (a x 3)
                 for i in 0..a {
                     for dx in 0..3 {
@@ -139,7 +158,15 @@ impl WinogradLayer {
             }
         }
         let avx2 = spec.m == 4 && avx2_supported(cin, cout);
-        WinogradLayer { spec, cin, cout, upsample: layer.upsample, u, bias: layer.bias.clone(), avx2 }
+        WinogradLayer {
+            spec,
+            cin,
+            cout,
+            upsample: layer.upsample,
+            u,
+            bias: layer.bias.clone(),
+            avx2,
+        }
     }
 
     /// The same layer on the portable kernels only (for comparing the two paths).
@@ -174,7 +201,10 @@ pub fn conv3x3(input: &[f32], side_in: usize, layer: &WinogradLayer, out: &mut V
     let side = side_in << usize::from(layer.upsample);
     let band_rows = band_tile_rows(layer, side);
     reuse_buffer(out, side * side * layer.cout);
-    let sinks = out.chunks_mut(band_rows * layer.spec.m * side * layer.cout).map(BandSink::Activations).collect();
+    let sinks = out
+        .chunks_mut(band_rows * layer.spec.m * side * layer.cout)
+        .map(BandSink::Activations)
+        .collect();
     run_bands(input, side_in, side, layer, band_rows, sinks);
     side
 }
@@ -183,7 +213,14 @@ pub fn conv3x3(input: &[f32], side_in: usize, layer: &WinogradLayer, out: &mut V
 /// planar RGB (`rgb_weight` `[C, 3]`, no activation), so the widest activation is never stored. Writes
 /// `[3, side, side]` into `rgb` and returns `side`, or `None` (nothing done) where the layer does not run on the
 /// AVX2 kernels, which alone implement the fusion.
-pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_weight: &[f32], rgb_bias: &[f32], rgb: &mut Vec<f32>) -> Option<usize> {
+pub fn conv3x3_to_rgb(
+    input: &[f32],
+    side_in: usize,
+    layer: &WinogradLayer,
+    rgb_weight: &[f32],
+    rgb_bias: &[f32],
+    rgb: &mut Vec<f32>,
+) -> Option<usize> {
     if !layer.avx2 || rgb_weight.len() != 3 * layer.cout || rgb_bias.len() != 3 {
         return None;
     }
@@ -191,7 +228,9 @@ pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_
     let band_rows = band_tile_rows(layer, side);
     let rows = band_rows * layer.spec.m;
     // planar weights: all red weights, then green, then blue
-    let weight: Vec<f32> = (0..3).flat_map(|colour| rgb_weight.iter().skip(colour).step_by(3).copied()).collect();
+    let weight: Vec<f32> = (0..3)
+        .flat_map(|colour| rgb_weight.iter().skip(colour).step_by(3).copied())
+        .collect();
     let bias = [rgb_bias[0], rgb_bias[1], rgb_bias[2]];
     reuse_buffer(rgb, 3 * side * side);
     let (red, rest) = rgb.split_at_mut(side * side);
@@ -200,7 +239,11 @@ pub fn conv3x3_to_rgb(input: &[f32], side_in: usize, layer: &WinogradLayer, rgb_
         .chunks_mut(rows * side)
         .zip(green.chunks_mut(rows * side))
         .zip(blue.chunks_mut(rows * side))
-        .map(|((r, g), b)| BandSink::Rgb { planes: [r, g, b], weight: &weight, bias })
+        .map(|((r, g), b)| BandSink::Rgb {
+            planes: [r, g, b],
+            weight: &weight,
+            bias,
+        })
         .collect();
     run_bands(input, side_in, side, layer, band_rows, sinks);
     Some(side)
@@ -211,7 +254,11 @@ pub(super) enum BandSink<'a> {
     /// Channels-last activations `[rows, side, cout]`.
     Activations(&'a mut [f32]),
     /// Through the 1 x 1 ToRGB layer into three planar `[rows, side]` slices; `weight` is `[3][C]`.
-    Rgb { planes: [&'a mut [f32]; 3], weight: &'a [f32], bias: [f32; 3] },
+    Rgb {
+        planes: [&'a mut [f32]; 3],
+        weight: &'a [f32],
+        bias: [f32; 3],
+    },
 }
 
 impl BandSink<'_> {
@@ -246,15 +293,43 @@ fn band_tile_rows(layer: &WinogradLayer, side: usize) -> usize {
 
 /// Runs the bands of `band_rows` tile rows each, in parallel where there are enough of them, else one after the
 /// other with the products split across the threads.
-fn run_bands(input: &[f32], side_in: usize, side: usize, layer: &WinogradLayer, band_rows: usize, sinks: Vec<BandSink>) {
+fn run_bands(
+    input: &[f32],
+    side_in: usize,
+    side: usize,
+    layer: &WinogradLayer,
+    band_rows: usize,
+    sinks: Vec<BandSink>,
+) {
     if sinks.len() >= rayon::current_num_threads() {
-        sinks.into_par_iter().enumerate().for_each_init(Buffers::default, |buffers, (band, mut sink)| {
-            run_band(input, side_in, side, layer, band * band_rows, &mut sink, buffers, false)
-        });
+        sinks.into_par_iter().enumerate().for_each_init(
+            Buffers::default,
+            |buffers, (band, mut sink)| {
+                run_band(
+                    input,
+                    side_in,
+                    side,
+                    layer,
+                    band * band_rows,
+                    &mut sink,
+                    buffers,
+                    false,
+                )
+            },
+        );
     } else {
         let mut buffers = Buffers::default();
         for (band, mut sink) in sinks.into_iter().enumerate() {
-            run_band(input, side_in, side, layer, band * band_rows, &mut sink, &mut buffers, true);
+            run_band(
+                input,
+                side_in,
+                side,
+                layer,
+                band * band_rows,
+                &mut sink,
+                &mut buffers,
+                true,
+            );
         }
     }
 }
@@ -288,9 +363,17 @@ fn run_band(
     let out_rows = sink.rows(side, cout);
     let tiles = out_rows.div_ceil(m) * tiles_per_row;
     let narrow = layer.narrow();
-    let block = if narrow { NARROW_BLOCK_TILES.min(tiles) } else { tiles };
+    let block = if narrow {
+        NARROW_BLOCK_TILES.min(tiles)
+    } else {
+        tiles
+    };
     // rows of each transform position's matrices; the narrow micro-kernels take whole groups of rows
-    let stride_tiles = if narrow { block.next_multiple_of(NARROW_ROW_MULTIPLE) } else { block };
+    let stride_tiles = if narrow {
+        block.next_multiple_of(NARROW_ROW_MULTIPLE)
+    } else {
+        block
+    };
     buf.v.resize(a2 * stride_tiles * cin, 0.0);
     buf.m.resize(a2 * stride_tiles * cout, 0.0);
     buf.tmp.resize(a * a * cin.max(cout), 0.0);
@@ -302,17 +385,41 @@ fn run_band(
         // 1. input transform
         for t in 0..count {
             let (y0, x0) = tile_origin(first + t);
-            let sources = tile_sources(spec, side_in, side, up, cin, (tile_row0 * m + y0) as isize - 1, x0 as isize - 1);
+            let sources = tile_sources(
+                spec,
+                side_in,
+                side,
+                up,
+                cin,
+                (tile_row0 * m + y0) as isize - 1,
+                x0 as isize - 1,
+            );
             if layer.avx2 {
                 // SAFETY: `avx2` is set only where the CPU has AVX2 and FMA and the channels are multiples of 8;
                 // `input_tile` slices `input` at every source (bounds-checked) and checks the sizes of `v` and
                 // `zeros`.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    winograd_avx2::input_tile(input, &sources, &buf.zeros, cin, &mut buf.v[t * cin..], stride_tiles * cin)
+                    winograd_avx2::input_tile(
+                        input,
+                        &sources,
+                        &buf.zeros,
+                        cin,
+                        &mut buf.v[t * cin..],
+                        stride_tiles * cin,
+                    )
                 };
             } else {
-                input_tile_portable(spec, input, &sources, cin, &mut buf.tmp, &buf.zeros, &mut buf.v[t * cin..], stride_tiles * cin);
+                input_tile_portable(
+                    spec,
+                    input,
+                    &sources,
+                    cin,
+                    &mut buf.tmp,
+                    &buf.zeros,
+                    &mut buf.v[t * cin..],
+                    stride_tiles * cin,
+                );
             }
         }
 
@@ -332,7 +439,10 @@ fn run_band(
             }
         };
         if parallel_gemm && !narrow {
-            buf.m.par_chunks_mut(stride_tiles * cout).enumerate().for_each(|(xi, m_xi)| gemm_one(xi, m_xi));
+            buf.m
+                .par_chunks_mut(stride_tiles * cout)
+                .enumerate()
+                .for_each(|(xi, m_xi)| gemm_one(xi, m_xi));
         } else {
             for (xi, m_xi) in buf.m.chunks_mut(stride_tiles * cout).enumerate() {
                 gemm_one(xi, m_xi);
@@ -347,10 +457,32 @@ fn run_band(
                 // SAFETY: as for the input transform.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    winograd_avx2::output_tile(m_t, stride_tiles * cout, cout, &layer.bias, &mut buf.tmp, sink, out_rows, side, y0, x0)
+                    winograd_avx2::output_tile(
+                        m_t,
+                        stride_tiles * cout,
+                        cout,
+                        &layer.bias,
+                        &mut buf.tmp,
+                        sink,
+                        out_rows,
+                        side,
+                        y0,
+                        x0,
+                    )
                 };
             } else if let BandSink::Activations(out_band) = sink {
-                output_tile_portable(spec, m_t, stride_tiles * cout, cout, &mut buf.tmp, out_band, out_rows, side, y0, x0);
+                output_tile_portable(
+                    spec,
+                    m_t,
+                    stride_tiles * cout,
+                    cout,
+                    &mut buf.tmp,
+                    out_band,
+                    out_rows,
+                    side,
+                    y0,
+                    x0,
+                );
             }
         }
     }
@@ -363,14 +495,23 @@ fn run_band(
 
 /// The channel-0 offsets in the input of the `a x a` pixels of the tile whose top-left input pixel is `(oy, ox)`
 /// in the (upsampled) image, `None` for zero padding.
-fn tile_sources(spec: &WinogradSpec, side_in: usize, side: usize, up: usize, cin: usize, oy: isize, ox: isize) -> TileSources {
+fn tile_sources(
+    spec: &WinogradSpec,
+    side_in: usize,
+    side: usize,
+    up: usize,
+    cin: usize,
+    oy: isize,
+    ox: isize,
+) -> TileSources {
     let a = spec.a;
     let mut sources = [None; 36];
     for r in 0..a {
         for c in 0..a {
             let (y, x) = (oy + r as isize, ox + c as isize);
             if y >= 0 && x >= 0 && y < side as isize && x < side as isize {
-                sources[r * a + c] = Some((((y as usize) >> up) * side_in + ((x as usize) >> up)) * cin);
+                sources[r * a + c] =
+                    Some((((y as usize) >> up) * side_in + ((x as usize) >> up)) * cin);
             }
         }
     }
@@ -379,7 +520,14 @@ fn tile_sources(spec: &WinogradSpec, side_in: usize, side: usize, up: usize, cin
 
 /// The first half of a tile transform: `tmp[i][c] = sum_r mat[i][r] x(r, c)` for `rows` x `a` coefficients `mat`
 /// (row major) and an `a` x `a` tile `x` of `width`-channel vectors; zero coefficients are skipped.
-fn left_multiply<'x>(tmp: &mut [f32], mat: &[f32], rows: usize, a: usize, width: usize, x: impl Fn(usize, usize) -> &'x [f32]) {
+fn left_multiply<'x>(
+    tmp: &mut [f32],
+    mat: &[f32],
+    rows: usize,
+    a: usize,
+    width: usize,
+    x: impl Fn(usize, usize) -> &'x [f32],
+) {
     tmp.fill(0.0);
     for i in 0..rows {
         for r in 0..a {
@@ -388,7 +536,11 @@ fn left_multiply<'x>(tmp: &mut [f32], mat: &[f32], rows: usize, a: usize, width:
                 continue;
             }
             for c in 0..a {
-                axpy(&mut tmp[(i * a + c) * width..(i * a + c + 1) * width], coef, x(r, c));
+                axpy(
+                    &mut tmp[(i * a + c) * width..(i * a + c + 1) * width],
+                    coef,
+                    x(r, c),
+                );
             }
         }
     }
@@ -396,7 +548,16 @@ fn left_multiply<'x>(tmp: &mut [f32], mat: &[f32], rows: usize, a: usize, width:
 
 /// `V = B^T d B` for one tile, any channel count: `v` points at the tile's row of position 0.
 #[allow(clippy::too_many_arguments)]
-fn input_tile_portable(spec: &WinogradSpec, input: &[f32], sources: &[Option<usize>], cin: usize, tmp: &mut [f32], zeros: &[f32], v: &mut [f32], stride: usize) {
+fn input_tile_portable(
+    spec: &WinogradSpec,
+    input: &[f32],
+    sources: &[Option<usize>],
+    cin: usize,
+    tmp: &mut [f32],
+    zeros: &[f32],
+    v: &mut [f32],
+    stride: usize,
+) {
     let a = spec.a;
     let pixel = |r: usize, c: usize| -> &[f32] {
         match sources[r * a + c] {
@@ -424,7 +585,18 @@ fn input_tile_portable(spec: &WinogradSpec, input: &[f32], sources: &[Option<usi
 
 /// `Y = A^T M A` for one tile, any channel count, written into `out` at `(y0, x0)` (clipped), no epilogue.
 #[allow(clippy::too_many_arguments)]
-fn output_tile_portable(spec: &WinogradSpec, m_t: &[f32], stride: usize, cout: usize, tmp: &mut [f32], out: &mut [f32], out_rows: usize, side: usize, y0: usize, x0: usize) {
+fn output_tile_portable(
+    spec: &WinogradSpec,
+    m_t: &[f32],
+    stride: usize,
+    cout: usize,
+    tmp: &mut [f32],
+    out: &mut [f32],
+    out_rows: usize,
+    side: usize,
+    y0: usize,
+    x0: usize,
+) {
     let (m, a) = (spec.m, spec.a);
     let mrow = |r: usize, c: usize| &m_t[(r * a + c) * stride..(r * a + c) * stride + cout];
     // tmp[i][c] = sum_r AT[i][r] M[r][c]
@@ -476,25 +648,41 @@ mod tests {
             cin,
             cout,
             upsample,
-            weight: (0..9 * cin * cout).map(|_| (scale * rng.normal()) as f32).collect(),
+            weight: (0..9 * cin * cout)
+                .map(|_| (scale * rng.normal()) as f32)
+                .collect(),
             bias: (0..cout).map(|_| (0.1 * rng.normal()) as f32).collect(),
         }
     }
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     /// Every path (AVX2 narrow, AVX2 wide, portable; F(2, 3) and F(4, 3)) against the direct convolution, on
     /// sides that are and are not multiples of the tile and channel counts that are and are not multiples of 8.
     #[test]
     fn winograd_paths_match_the_direct_convolution() {
-        let cases = [(8, 8, 16, false), (16, 16, 32, true), (32, 16, 20, false), (64, 72, 12, true), (24, 136, 8, false), (16, 24, 10, false), (8, 16, 7, true), (5, 7, 10, false)];
+        let cases = [
+            (8, 8, 16, false),
+            (16, 16, 32, true),
+            (32, 16, 20, false),
+            (64, 72, 12, true),
+            (24, 136, 8, false),
+            (16, 24, 10, false),
+            (8, 16, 7, true),
+            (5, 7, 10, false),
+        ];
         for (case, &(cin, cout, side_in, upsample)) in cases.iter().enumerate() {
             let layer = random_layer(cin, cout, upsample, case as u64 + 1);
             let mut rng = Rng::new(100 + case as u64);
-            let input: Vec<f32> = (0..side_in * side_in * cin).map(|_| rng.normal() as f32).collect();
+            let input: Vec<f32> = (0..side_in * side_in * cin)
+                .map(|_| rng.normal() as f32)
+                .collect();
             let mut direct = Vec::new();
             let side = crate::generate::cpu::conv3x3(&input, side_in, &layer, &mut direct);
             for spec in [&F2, &F4] {
@@ -504,11 +692,22 @@ mod tests {
                 let ours_side = conv3x3(&input, side_in, &fast, &mut ours);
                 assert_eq!(ours_side, side);
                 let err = max_abs_diff(&ours, &direct);
-                assert!(err < 2e-4, "{} (F{}, avx2 {}): max abs {err}", layer.name, spec.m, fast.avx2);
+                assert!(
+                    err < 2e-4,
+                    "{} (F{}, avx2 {}): max abs {err}",
+                    layer.name,
+                    spec.m,
+                    fast.avx2
+                );
                 let mut portable = Vec::new();
                 conv3x3(&input, side_in, &fast.clone().portable(), &mut portable);
                 let err = max_abs_diff(&portable, &direct);
-                assert!(err < 2e-4, "{} (F{}, portable): max abs {err}", layer.name, spec.m);
+                assert!(
+                    err < 2e-4,
+                    "{} (F{}, portable): max abs {err}",
+                    layer.name,
+                    spec.m
+                );
             }
         }
     }
@@ -520,11 +719,14 @@ mod tests {
         let layer = random_layer(cin, cout, true, 9);
         let fast = WinogradLayer::new(&layer, &F4);
         let mut rng = Rng::new(10);
-        let input: Vec<f32> = (0..side_in * side_in * cin).map(|_| rng.normal() as f32).collect();
+        let input: Vec<f32> = (0..side_in * side_in * cin)
+            .map(|_| rng.normal() as f32)
+            .collect();
         let rgb_weight: Vec<f32> = (0..3 * cout).map(|_| rng.normal() as f32 * 0.25).collect();
         let rgb_bias = [0.1f32, -0.2, 0.3];
         let mut rgb = vec![f32::NAN; 7];
-        let Some(side) = conv3x3_to_rgb(&input, side_in, &fast, &rgb_weight, &rgb_bias, &mut rgb) else {
+        let Some(side) = conv3x3_to_rgb(&input, side_in, &fast, &rgb_weight, &rgb_bias, &mut rgb)
+        else {
             assert!(!fast.avx2, "the AVX2 layer must run fused");
             return;
         };
@@ -534,7 +736,12 @@ mod tests {
         let mut expected = vec![0.0f32; 3 * plane];
         for (p, pixel) in act.chunks_exact(cout).enumerate() {
             for colour in 0..3 {
-                expected[colour * plane + p] = rgb_bias[colour] + pixel.iter().enumerate().map(|(c, v)| v * rgb_weight[c * 3 + colour]).sum::<f32>();
+                expected[colour * plane + p] = rgb_bias[colour]
+                    + pixel
+                        .iter()
+                        .enumerate()
+                        .map(|(c, v)| v * rgb_weight[c * 3 + colour])
+                        .sum::<f32>();
             }
         }
         let err = max_abs_diff(&rgb, &expected);

@@ -28,8 +28,18 @@ use super::winograd::{BandSink, TileSources, NARROW_ROW_MULTIPLE};
 /// # Safety
 /// AVX2 and FMA must be available (sources, shapes and `cin`, a multiple of 8, are checked).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn input_tile(input: &[f32], sources: &TileSources, zeros: &[f32], cin: usize, v: &mut [f32], stride: usize) {
-    assert!(cin.is_multiple_of(LANES) && v.len() >= 35 * stride + cin && zeros.len() >= cin, "input_tile: {cin} channels or buffers too small");
+pub unsafe fn input_tile(
+    input: &[f32],
+    sources: &TileSources,
+    zeros: &[f32],
+    cin: usize,
+    v: &mut [f32],
+    stride: usize,
+) {
+    assert!(
+        cin.is_multiple_of(LANES) && v.len() >= 35 * stride + cin && zeros.len() >= cin,
+        "input_tile: {cin} channels or buffers too small"
+    );
     let pixels: [*const f32; 36] = sources.map(|source| match source {
         Some(offset) => input[offset..offset + cin].as_ptr(),
         None => zeros.as_ptr(),
@@ -51,7 +61,14 @@ pub unsafe fn input_tile(input: &[f32], sources: &TileSources, zeros: &[f32], ci
             }
         }
         for i in 0..6 {
-            let d = [tmp[i * 6], tmp[i * 6 + 1], tmp[i * 6 + 2], tmp[i * 6 + 3], tmp[i * 6 + 4], tmp[i * 6 + 5]];
+            let d = [
+                tmp[i * 6],
+                tmp[i * 6 + 1],
+                tmp[i * 6 + 2],
+                tmp[i * 6 + 3],
+                tmp[i * 6 + 4],
+                tmp[i * 6 + 5],
+            ];
             for (j, r) in bt_rows(&d).into_iter().enumerate() {
                 _mm256_storeu_ps(dst.add((i * 6 + j) * stride + c0), r);
             }
@@ -107,9 +124,22 @@ unsafe fn at_rows(m: &[__m256; 6]) -> [__m256; 4] {
 /// # Safety
 /// AVX2 and FMA must be available (the shapes are checked).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn gemm_narrow(m: &mut [f32], v: &[f32], u: &[f32], rows: usize, cin: usize, cout: usize) {
-    assert!(rows.is_multiple_of(NARROW_ROW_MULTIPLE) && cout.is_multiple_of(LANES), "gemm_narrow: {rows} rows, {cout} columns");
-    assert!(m.len() >= rows * cout && v.len() >= rows * cin && u.len() >= cin * cout, "gemm_narrow: buffers too small");
+pub unsafe fn gemm_narrow(
+    m: &mut [f32],
+    v: &[f32],
+    u: &[f32],
+    rows: usize,
+    cin: usize,
+    cout: usize,
+) {
+    assert!(
+        rows.is_multiple_of(NARROW_ROW_MULTIPLE) && cout.is_multiple_of(LANES),
+        "gemm_narrow: {rows} rows, {cout} columns"
+    );
+    assert!(
+        m.len() >= rows * cout && v.len() >= rows * cin && u.len() >= cin * cout,
+        "gemm_narrow: buffers too small"
+    );
     let mut col = 0;
     while cout - col >= 32 {
         panel::<3, 4>(m, v, u, rows, cin, cout, col);
@@ -127,7 +157,15 @@ pub unsafe fn gemm_narrow(m: &mut [f32], v: &[f32], u: &[f32], rows: usize, cin:
 /// Columns `col .. col + 8 NV` of the product, `R` rows at a time with `R x NV` accumulators in registers.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn panel<const R: usize, const NV: usize>(m: &mut [f32], v: &[f32], u: &[f32], rows: usize, cin: usize, cout: usize, col: usize) {
+unsafe fn panel<const R: usize, const NV: usize>(
+    m: &mut [f32],
+    v: &[f32],
+    u: &[f32],
+    rows: usize,
+    cin: usize,
+    cout: usize,
+    col: usize,
+) {
     let (mp, vp, up) = (m.as_mut_ptr(), v.as_ptr(), u.as_ptr());
     for r0 in (0..rows).step_by(R) {
         let mut acc = [[_mm256_setzero_ps(); NV]; R];
@@ -189,7 +227,10 @@ pub unsafe fn output_tile(
     x0: usize,
 ) {
     assert!(
-        cout.is_multiple_of(LANES) && m.len() >= 35 * stride + cout && bias.len() >= cout && tile.len() >= 16 * cout,
+        cout.is_multiple_of(LANES)
+            && m.len() >= 35 * stride + cout
+            && bias.len() >= cout
+            && tile.len() >= 16 * cout,
         "output_tile: {cout} channels or buffers too small"
     );
     let src = m.as_ptr();
@@ -205,7 +246,14 @@ pub unsafe fn output_tile(
             }
         }
         for i in 0..4 {
-            let d = [tmp[i * 6], tmp[i * 6 + 1], tmp[i * 6 + 2], tmp[i * 6 + 3], tmp[i * 6 + 4], tmp[i * 6 + 5]];
+            let d = [
+                tmp[i * 6],
+                tmp[i * 6 + 1],
+                tmp[i * 6 + 2],
+                tmp[i * 6 + 3],
+                tmp[i * 6 + 4],
+                tmp[i * 6 + 5],
+            ];
             for (j, r) in at_rows(&d).into_iter().enumerate() {
                 _mm256_storeu_ps(tile.as_mut_ptr().add((i * 4 + j) * cout + c0), r);
             }
@@ -218,10 +266,24 @@ pub unsafe fn output_tile(
             match sink {
                 BandSink::Activations(out) => {
                     let dst = &mut out[at * cout..][..cout];
-                    bias_lrelu_pixel_norm(pixel.as_mut_ptr(), bias.as_ptr(), dst.as_mut_ptr(), cout);
+                    bias_lrelu_pixel_norm(
+                        pixel.as_mut_ptr(),
+                        bias.as_ptr(),
+                        dst.as_mut_ptr(),
+                        cout,
+                    );
                 }
-                BandSink::Rgb { planes, weight, bias: rgb_bias } => {
-                    bias_lrelu_pixel_norm(pixel.as_mut_ptr(), bias.as_ptr(), pixel.as_mut_ptr(), cout);
+                BandSink::Rgb {
+                    planes,
+                    weight,
+                    bias: rgb_bias,
+                } => {
+                    bias_lrelu_pixel_norm(
+                        pixel.as_mut_ptr(),
+                        bias.as_ptr(),
+                        pixel.as_mut_ptr(),
+                        cout,
+                    );
                     for (colour, plane) in planes.iter_mut().enumerate() {
                         plane[at] = rgb_bias[colour] + dot(pixel, &weight[colour * cout..][..cout]);
                     }
@@ -249,7 +311,10 @@ unsafe fn bias_lrelu_pixel_norm(src: *mut f32, bias: *const f32, dst: *mut f32, 
     }
     let inv = _mm256_set1_ps(1.0 / (horizontal_sum(sum_sq) / len as f32 + 1e-8).sqrt());
     for c0 in (0..len).step_by(LANES) {
-        _mm256_storeu_ps(dst.add(c0), _mm256_mul_ps(_mm256_loadu_ps(src.add(c0)), inv));
+        _mm256_storeu_ps(
+            dst.add(c0),
+            _mm256_mul_ps(_mm256_loadu_ps(src.add(c0)), inv),
+        );
     }
 }
 
@@ -259,7 +324,11 @@ unsafe fn bias_lrelu_pixel_norm(src: *mut f32, bias: *const f32, dst: *mut f32, 
 unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for c0 in (0..a.len()).step_by(LANES) {
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c0)), _mm256_loadu_ps(b.as_ptr().add(c0)), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(c0)),
+            _mm256_loadu_ps(b.as_ptr().add(c0)),
+            acc,
+        );
     }
     horizontal_sum(acc)
 }

@@ -10,7 +10,9 @@ use serde_json::Value;
 use crate::volume::{Affine, ByteOrder, Dtype};
 
 /// Why a message was rejected; one counter each in `summary.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Rejection {
     InvalidJson,
@@ -37,7 +39,10 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     fn new(kind: Rejection, message: impl Into<String>) -> Self {
-        ProtocolError { kind, message: message.into() }
+        ProtocolError {
+            kind,
+            message: message.into(),
+        }
     }
     /// The reply string the receiver sends back.
     pub fn reply(&self) -> String {
@@ -103,7 +108,10 @@ pub fn classify(frames: &[Vec<u8>]) -> Message<'_> {
         [header, data] => Message::Volume { header, data },
         _ => Message::Malformed(ProtocolError::new(
             Rejection::FrameCount,
-            format!("expected 2 frames (JSON header, raw buffer), got {}", frames.len()),
+            format!(
+                "expected 2 frames (JSON header, raw buffer), got {}",
+                frames.len()
+            ),
         )),
     }
 }
@@ -115,45 +123,81 @@ fn looks_like_json_object(bytes: &[u8]) -> bool {
 /// Parses and validates a header frame.
 pub fn parse_header(frame: &[u8], limits: Limits) -> Result<VolumeHeader, ProtocolError> {
     use Rejection::*;
-    let text = std::str::from_utf8(frame).map_err(|e| ProtocolError::new(InvalidJson, format!("header is not UTF-8 ({e})")))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ProtocolError::new(InvalidJson, format!("header is not valid JSON ({e})")))?;
-    let obj = value.as_object().ok_or_else(|| ProtocolError::new(WrongType, "header must be a JSON object"))?;
-    let get = |key: &str| obj.get(key).ok_or_else(|| ProtocolError::new(MissingKey, format!("header lacks key \"{key}\"")));
+    let text = std::str::from_utf8(frame)
+        .map_err(|e| ProtocolError::new(InvalidJson, format!("header is not UTF-8 ({e})")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(InvalidJson, format!("header is not valid JSON ({e})")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ProtocolError::new(WrongType, "header must be a JSON object"))?;
+    let get = |key: &str| {
+        obj.get(key)
+            .ok_or_else(|| ProtocolError::new(MissingKey, format!("header lacks key \"{key}\"")))
+    };
 
     let index_value = get("volIdx")?;
     let index = match index_value.as_i64() {
         Some(i) if i >= 0 => i as usize,
-        Some(i) => return Err(ProtocolError::new(BadIndex, format!("volIdx {i} is negative"))),
+        Some(i) => {
+            return Err(ProtocolError::new(
+                BadIndex,
+                format!("volIdx {i} is negative"),
+            ))
+        }
         None => {
-            return Err(ProtocolError::new(WrongType, format!("volIdx must be an integer, got {index_value}")))
+            return Err(ProtocolError::new(
+                WrongType,
+                format!("volIdx must be an integer, got {index_value}"),
+            ))
         }
     };
 
     let dtype_value = get("dtype")?;
-    let dtype_name =
-        dtype_value.as_str().ok_or_else(|| ProtocolError::new(WrongType, format!("dtype must be a string, got {dtype_value}")))?;
+    let dtype_name = dtype_value.as_str().ok_or_else(|| {
+        ProtocolError::new(
+            WrongType,
+            format!("dtype must be a string, got {dtype_value}"),
+        )
+    })?;
     let (dtype, byte_order) = Dtype::parse_numpy(dtype_name).ok_or_else(|| {
         ProtocolError::new(UnknownDtype, format!("unknown or non-numeric dtype \"{dtype_name}\" (int8 ... float64, or <f4-style names)"))
     })?;
 
     let shape_value = get("shape")?;
-    let shape = shape_value
-        .as_array()
-        .ok_or_else(|| ProtocolError::new(WrongType, format!("shape must be a list of 3 integers, got {shape_value}")))?;
+    let shape = shape_value.as_array().ok_or_else(|| {
+        ProtocolError::new(
+            WrongType,
+            format!("shape must be a list of 3 integers, got {shape_value}"),
+        )
+    })?;
     if shape.len() != 3 {
-        return Err(ProtocolError::new(BadShape, format!("shape must have 3 dimensions, got {}", shape.len())));
+        return Err(ProtocolError::new(
+            BadShape,
+            format!("shape must have 3 dimensions, got {}", shape.len()),
+        ));
     }
     let mut dims = [0usize; 3];
     for (axis, v) in shape.iter().enumerate() {
-        let d = v
-            .as_i64()
-            .ok_or_else(|| ProtocolError::new(WrongType, format!("shape[{axis}] must be an integer, got {v}")))?;
+        let d = v.as_i64().ok_or_else(|| {
+            ProtocolError::new(
+                WrongType,
+                format!("shape[{axis}] must be an integer, got {v}"),
+            )
+        })?;
         if d <= 0 {
-            return Err(ProtocolError::new(BadShape, format!("shape[{axis}] = {d} must be positive")));
+            return Err(ProtocolError::new(
+                BadShape,
+                format!("shape[{axis}] = {d} must be positive"),
+            ));
         }
         if d as u64 > limits.max_dim as u64 {
-            return Err(ProtocolError::new(TooLarge, format!("shape[{axis}] = {d} exceeds the limit of {} (receiver.max_dim)", limits.max_dim)));
+            return Err(ProtocolError::new(
+                TooLarge,
+                format!(
+                    "shape[{axis}] = {d} exceeds the limit of {} (receiver.max_dim)",
+                    limits.max_dim
+                ),
+            ));
         }
         dims[axis] = d as usize;
     }
@@ -163,7 +207,14 @@ pub fn parse_header(frame: &[u8], limits: Limits) -> Result<VolumeHeader, Protoc
     let tr_value = get("TR")?;
     let tr_secs = parse_tr(tr_value)?;
 
-    let header = VolumeHeader { index, dtype, byte_order, dims, mm_from_voxel, tr_secs };
+    let header = VolumeHeader {
+        index,
+        dtype,
+        byte_order,
+        dims,
+        mm_from_voxel,
+        tr_secs,
+    };
     if header.expected_bytes() > limits.max_volume_bytes {
         return Err(ProtocolError::new(
             TooLarge,
@@ -183,12 +234,18 @@ fn parse_affine(value: &Value) -> Result<Affine, ProtocolError> {
     let parsed;
     let list = match value {
         Value::String(s) => {
-            parsed = serde_json::from_str::<Value>(s)
-                .map_err(|e| ProtocolError::new(BadAffine, format!("affine string is not JSON ({e})")))?;
+            parsed = serde_json::from_str::<Value>(s).map_err(|e| {
+                ProtocolError::new(BadAffine, format!("affine string is not JSON ({e})"))
+            })?;
             &parsed
         }
         Value::Array(_) => value,
-        other => return Err(ProtocolError::new(WrongType, format!("affine must be a string holding a 4 x 4 list, got {other}"))),
+        other => {
+            return Err(ProtocolError::new(
+                WrongType,
+                format!("affine must be a string holding a 4 x 4 list, got {other}"),
+            ))
+        }
     };
     let rows = list
         .as_array()
@@ -196,16 +253,18 @@ fn parse_affine(value: &Value) -> Result<Affine, ProtocolError> {
         .ok_or_else(|| ProtocolError::new(BadAffine, "affine must be a 4 x 4 list"))?;
     let mut a = [[0.0; 4]; 4];
     for (r, row) in rows.iter().enumerate() {
-        let cols = row
-            .as_array()
-            .filter(|c| c.len() == 4)
-            .ok_or_else(|| ProtocolError::new(BadAffine, format!("affine row {r} must have 4 numbers")))?;
+        let cols = row.as_array().filter(|c| c.len() == 4).ok_or_else(|| {
+            ProtocolError::new(BadAffine, format!("affine row {r} must have 4 numbers"))
+        })?;
         for (c, v) in cols.iter().enumerate() {
-            a[r][c] = v.as_f64().ok_or_else(|| ProtocolError::new(BadAffine, format!("affine[{r}][{c}] is not a number: {v}")))?;
+            a[r][c] = v.as_f64().ok_or_else(|| {
+                ProtocolError::new(BadAffine, format!("affine[{r}][{c}] is not a number: {v}"))
+            })?;
         }
     }
     // a non-finite entry, or a 3 x 3 part that gives voxels no distinct place
-    crate::spatial::check_affine(&a).map_err(|why| ProtocolError::new(BadAffine, format!("affine: {why}")))?;
+    crate::spatial::check_affine(&a)
+        .map_err(|why| ProtocolError::new(BadAffine, format!("affine: {why}")))?;
     Ok(a)
 }
 
@@ -218,10 +277,18 @@ fn parse_tr(value: &Value) -> Result<f64, ProtocolError> {
             .parse::<f64>()
             .map_err(|_| ProtocolError::new(BadTr, format!("TR \"{s}\" is not a number")))?,
         Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-        other => return Err(ProtocolError::new(WrongType, format!("TR must be a string holding a number, got {other}"))),
+        other => {
+            return Err(ProtocolError::new(
+                WrongType,
+                format!("TR must be a string holding a number, got {other}"),
+            ))
+        }
     };
     if !(tr.is_finite() && tr > 0.0) {
-        return Err(ProtocolError::new(BadTr, format!("TR {tr} must be a positive number")));
+        return Err(ProtocolError::new(
+            BadTr,
+            format!("TR {tr} must be a positive number"),
+        ));
     }
     Ok(if tr > 100.0 { tr / 1000.0 } else { tr })
 }
@@ -256,9 +323,16 @@ pub fn volume_reply(index: usize, run_complete: bool, duplicate: bool) -> String
 }
 
 /// Builds the header JSON a Pyneal Scanner sender sends.
-pub fn header_json(index: usize, dtype: Dtype, dims: [usize; 3], mm_from_voxel: &Affine, tr_secs: f64) -> String {
-    let affine = serde_json::to_string(&mm_from_voxel.iter().map(|r| r.to_vec()).collect::<Vec<_>>())
-        .unwrap_or_else(|_| "[]".into());
+pub fn header_json(
+    index: usize,
+    dtype: Dtype,
+    dims: [usize; 3],
+    mm_from_voxel: &Affine,
+    tr_secs: f64,
+) -> String {
+    let affine =
+        serde_json::to_string(&mm_from_voxel.iter().map(|r| r.to_vec()).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
     serde_json::json!({
         "volIdx": index,
         "dtype": dtype.numpy_name(),
@@ -273,13 +347,19 @@ pub fn header_json(index: usize, dtype: Dtype, dims: [usize; 3], mm_from_voxel: 
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_volume_bytes: 1 << 20, max_dim: 512 };
+    const LIMITS: Limits = Limits {
+        max_volume_bytes: 1 << 20,
+        max_dim: 512,
+    };
 
     #[test]
     fn parses_the_captured_real_headers() {
         let real = br#"{"volIdx": 0, "dtype": "float64", "shape": [64, 64, 18], "affine": "[[3.0, 0.0, 0.0, -93.0], [0.0, 2.9597164863372902, -0.6206386314698001, -66.13679876871245], [0.0, 0.48997787756520006, 3.748974134805806, -85.02169640668882], [0.0, 0.0, 0.0, 1.0]]", "TR": "1.0"}"#;
         let h = parse_header(real, LIMITS).unwrap();
-        assert_eq!((h.index, h.dtype, h.dims, h.tr_secs), (0, Dtype::Float64, [64, 64, 18], 1.0));
+        assert_eq!(
+            (h.index, h.dtype, h.dims, h.tr_secs),
+            (0, Dtype::Float64, [64, 64, 18], 1.0)
+        );
         assert_eq!(h.mm_from_voxel[1][2], -0.6206386314698001);
         let sim = br#"{"volIdx": 0, "dtype": "float64", "shape": [64, 64, 30], "affine": "[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]", "TR": "500.0"}"#;
         assert_eq!(parse_header(sim, LIMITS).unwrap().tr_secs, 0.5);
@@ -287,10 +367,18 @@ mod tests {
 
     #[test]
     fn header_json_round_trips() {
-        let a = [[2.0, 0.1, 0.0, -3.5], [0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 2.5, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [2.0, 0.1, 0.0, -3.5],
+            [0.0, 2.0, 0.0, 1.0],
+            [0.0, 0.0, 2.5, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let text = header_json(7, Dtype::Int16, [4, 5, 6], &a, 1.5);
         let h = parse_header(text.as_bytes(), LIMITS).unwrap();
-        assert_eq!((h.index, h.dtype, h.dims, h.mm_from_voxel, h.tr_secs), (7, Dtype::Int16, [4, 5, 6], a, 1.5));
+        assert_eq!(
+            (h.index, h.dtype, h.dims, h.mm_from_voxel, h.tr_secs),
+            (7, Dtype::Int16, [4, 5, 6], a, 1.5)
+        );
     }
 
     fn kind_of(header: &str) -> Rejection {
@@ -301,40 +389,129 @@ mod tests {
     fn every_bad_header_is_rejected_with_its_kind() {
         let ok_affine = "\"[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"";
         let h = |idx: &str, dtype: &str, shape: &str, affine: &str, tr: &str| {
-            format!(r#"{{"volIdx": {idx}, "dtype": {dtype}, "shape": {shape}, "affine": {affine}, "TR": {tr}}}"#)
+            format!(
+                r#"{{"volIdx": {idx}, "dtype": {dtype}, "shape": {shape}, "affine": {affine}, "TR": {tr}}}"#
+            )
         };
         assert_eq!(kind_of("{not json"), Rejection::InvalidJson);
         assert_eq!(kind_of("[1,2]"), Rejection::WrongType);
         assert_eq!(kind_of(r#"{"volIdx": 0}"#), Rejection::MissingKey);
-        assert_eq!(kind_of(&h("\"3\"", "\"int16\"", "[2,2,2]", ok_affine, "\"1.0\"")), Rejection::WrongType);
-        assert_eq!(kind_of(&h("-1", "\"int16\"", "[2,2,2]", ok_affine, "\"1.0\"")), Rejection::BadIndex);
-        assert_eq!(kind_of(&h("0", "\"complex64\"", "[2,2,2]", ok_affine, "\"1.0\"")), Rejection::UnknownDtype);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2]", ok_affine, "\"1.0\"")), Rejection::BadShape);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,0,2]", ok_affine, "\"1.0\"")), Rejection::BadShape);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,100000,2]", ok_affine, "\"1.0\"")), Rejection::TooLarge);
-        assert_eq!(kind_of(&h("0", "\"float64\"", "[512,512,512]", ok_affine, "\"1.0\"")), Rejection::TooLarge);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[1,0,0,0],[0,1,0,0],[0,0,1,0]]\"", "\"1.0\"")), Rejection::BadAffine);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[NaN,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"", "\"1.0\"")), Rejection::BadAffine);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[1e999,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"", "\"1.0\"")), Rejection::BadAffine);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", "\"[[2,0,0,0],[0,2,0,0],[2,0,0,0],[0,0,0,1]]\"", "\"1.0\"")), Rejection::BadAffine);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"0\"")), Rejection::BadTr);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"fast\"")), Rejection::BadTr);
-        assert_eq!(kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"-2\"")), Rejection::BadTr);
+        assert_eq!(
+            kind_of(&h("\"3\"", "\"int16\"", "[2,2,2]", ok_affine, "\"1.0\"")),
+            Rejection::WrongType
+        );
+        assert_eq!(
+            kind_of(&h("-1", "\"int16\"", "[2,2,2]", ok_affine, "\"1.0\"")),
+            Rejection::BadIndex
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"complex64\"", "[2,2,2]", ok_affine, "\"1.0\"")),
+            Rejection::UnknownDtype
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", "[2,2]", ok_affine, "\"1.0\"")),
+            Rejection::BadShape
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", "[2,0,2]", ok_affine, "\"1.0\"")),
+            Rejection::BadShape
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", "[2,100000,2]", ok_affine, "\"1.0\"")),
+            Rejection::TooLarge
+        );
+        assert_eq!(
+            kind_of(&h(
+                "0",
+                "\"float64\"",
+                "[512,512,512]",
+                ok_affine,
+                "\"1.0\""
+            )),
+            Rejection::TooLarge
+        );
+        assert_eq!(
+            kind_of(&h(
+                "0",
+                "\"int16\"",
+                "[2,2,2]",
+                "\"[[1,0,0,0],[0,1,0,0],[0,0,1,0]]\"",
+                "\"1.0\""
+            )),
+            Rejection::BadAffine
+        );
+        assert_eq!(
+            kind_of(&h(
+                "0",
+                "\"int16\"",
+                "[2,2,2]",
+                "\"[[NaN,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"",
+                "\"1.0\""
+            )),
+            Rejection::BadAffine
+        );
+        assert_eq!(
+            kind_of(&h(
+                "0",
+                "\"int16\"",
+                "[2,2,2]",
+                "\"[[1e999,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"",
+                "\"1.0\""
+            )),
+            Rejection::BadAffine
+        );
+        assert_eq!(
+            kind_of(&h(
+                "0",
+                "\"int16\"",
+                "[2,2,2]",
+                "\"[[2,0,0,0],[0,2,0,0],[2,0,0,0],[0,0,0,1]]\"",
+                "\"1.0\""
+            )),
+            Rejection::BadAffine
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"0\"")),
+            Rejection::BadTr
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"fast\"")),
+            Rejection::BadTr
+        );
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"-2\"")),
+            Rejection::BadTr
+        );
     }
 
     #[test]
     fn frames_are_classified() {
-        assert!(matches!(classify(&[b"hello from pyneal_scanner ".to_vec()]), Message::Handshake(_)));
-        assert!(matches!(classify(&[b" {\"volIdx\": 1}".to_vec()]), Message::Malformed(_)));
-        assert!(matches!(classify(&[vec![1], vec![2], vec![3]]), Message::Malformed(_)));
-        assert!(matches!(classify(&[vec![1], vec![2]]), Message::Volume { .. }));
+        assert!(matches!(
+            classify(&[b"hello from pyneal_scanner ".to_vec()]),
+            Message::Handshake(_)
+        ));
+        assert!(matches!(
+            classify(&[b" {\"volIdx\": 1}".to_vec()]),
+            Message::Malformed(_)
+        ));
+        assert!(matches!(
+            classify(&[vec![1], vec![2], vec![3]]),
+            Message::Malformed(_)
+        ));
+        assert!(matches!(
+            classify(&[vec![1], vec![2]]),
+            Message::Volume { .. }
+        ));
     }
 
     #[test]
     fn buffer_length_must_match() {
         let h = parse_header(br#"{"volIdx": 0, "dtype": "<i2", "shape": [2, 3, 4], "affine": "[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]", "TR": "2"}"#, LIMITS).unwrap();
         assert!(check_buffer(&h, &[0; 48]).is_ok());
-        assert_eq!(check_buffer(&h, &[0; 47]).unwrap_err().kind, Rejection::BufferLength);
+        assert_eq!(
+            check_buffer(&h, &[0; 47]).unwrap_err().kind,
+            Rejection::BufferLength
+        );
         assert_eq!(volume_reply(4, true, false), "received volIdx 4 - STOP");
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::protocol::{self, Limits, Message, ProtocolError, Rejection, VolumeHeader};
-use crate::session::recorder::{unix_secs_now, MessageLog, Outcome, RecordError, Recorder, Summary};
+use crate::session::recorder::{
+    unix_secs_now, MessageLog, Outcome, RecordError, Recorder, Summary,
+};
 use crate::volume::{swap_bytes_in_place, Affine, ByteOrder, Volume};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +81,13 @@ impl Receiver {
     /// Binds the socket. The endpoint actually bound (with the real port for `tcp://...:0`) is in [`Receiver::endpoint`].
     pub fn bind(settings: ReceiverSettings, recorder: Recorder) -> Result<Receiver, IngestError> {
         let context = zmq::Context::new();
-        let socket = context.socket(zmq::PAIR).map_err(zmq_err("creating the PAIR socket"))?;
+        let socket = context
+            .socket(zmq::PAIR)
+            .map_err(zmq_err("creating the PAIR socket"))?;
         socket.set_linger(0).map_err(zmq_err("setting linger"))?;
-        socket.bind(&settings.bind).map_err(zmq_err(format!("binding {}", settings.bind)))?;
+        socket
+            .bind(&settings.bind)
+            .map_err(zmq_err(format!("binding {}", settings.bind)))?;
         let endpoint = socket
             .get_last_endpoint()
             .map_err(zmq_err("reading the bound endpoint"))?
@@ -113,7 +119,11 @@ impl Receiver {
     /// Receives until the run is complete, the idle timeout passes, or `stop` is set, passing each accepted volume
     /// `downstream`. If downstream goes away (the analysis failed), the intake goes on receiving and recording:
     /// the scanner is never left waiting and no volume is lost, whatever happens after the intake.
-    pub fn run(&mut self, downstream: Option<&Sender<Volume>>, stop: &AtomicBool) -> Result<EndReason, IngestError> {
+    pub fn run(
+        &mut self,
+        downstream: Option<&Sender<Volume>>,
+        stop: &AtomicBool,
+    ) -> Result<EndReason, IngestError> {
         let mut downstream = downstream;
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -126,11 +136,17 @@ impl Receiver {
                     return Ok(EndReason::IdleTimeout);
                 }
             }
-            let ready = self.socket.poll(zmq::POLLIN, WAKE_INTERVAL_MS).map_err(zmq_err("polling"))?;
+            let ready = self
+                .socket
+                .poll(zmq::POLLIN, WAKE_INTERVAL_MS)
+                .map_err(zmq_err("polling"))?;
             if ready == 0 {
                 continue;
             }
-            let frames = self.socket.recv_multipart(0).map_err(zmq_err("receiving"))?;
+            let frames = self
+                .socket
+                .recv_multipart(0)
+                .map_err(zmq_err("receiving"))?;
             let received_at = Instant::now();
             self.last_message_at = Some(received_at);
             if let Some(volume) = self.handle(frames, received_at)? {
@@ -141,8 +157,13 @@ impl Receiver {
                     }
                 }
             }
-            if self.settings.expected_volumes > 0 && self.accepted_count >= self.settings.expected_volumes {
-                tracing::info!("all {} expected volumes received", self.settings.expected_volumes);
+            if self.settings.expected_volumes > 0
+                && self.accepted_count >= self.settings.expected_volumes
+            {
+                tracing::info!(
+                    "all {} expected volumes received",
+                    self.settings.expected_volumes
+                );
                 return Ok(EndReason::Complete);
             }
         }
@@ -161,7 +182,11 @@ impl Receiver {
     }
 
     /// Handles one message; returns the accepted volume, if any.
-    fn handle(&mut self, frames: Vec<Vec<u8>>, received_at: Instant) -> Result<Option<Volume>, IngestError> {
+    fn handle(
+        &mut self,
+        frames: Vec<Vec<u8>>,
+        received_at: Instant,
+    ) -> Result<Option<Volume>, IngestError> {
         self.seq += 1;
         let arrived_unix_secs = unix_secs_now();
         let bytes: usize = frames.iter().map(|f| f.len()).sum();
@@ -181,7 +206,10 @@ impl Receiver {
                 if let Err(e) = self.socket.send(text, zmq::DONTWAIT) {
                     tracing::warn!("could not echo the handshake: {e}");
                 }
-                tracing::info!("handshake \"{}\" echoed", String::from_utf8_lossy(text).escape_debug());
+                tracing::info!(
+                    "handshake \"{}\" echoed",
+                    String::from_utf8_lossy(text).escape_debug()
+                );
                 log.outcome = Outcome::Handshake;
                 log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
                 self.recorder.log_message(&log)?;
@@ -204,8 +232,15 @@ impl Receiver {
         };
         log.vol_idx = Some(header.index);
         if self.accepted.get(header.index).copied().unwrap_or(false) {
-            self.reply(&protocol::volume_reply(header.index, self.run_complete(), true));
-            tracing::warn!("volume {} arrived again: duplicate ignored, the first copy kept", header.index);
+            self.reply(&protocol::volume_reply(
+                header.index,
+                self.run_complete(),
+                true,
+            ));
+            tracing::warn!(
+                "volume {} arrived again: duplicate ignored, the first copy kept",
+                header.index
+            );
             log.outcome = Outcome::Duplicate;
             log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
             self.recorder.log_message(&log)?;
@@ -216,8 +251,14 @@ impl Receiver {
         if header.byte_order == ByteOrder::Big {
             swap_bytes_in_place(&mut data, header.dtype.itemsize());
         }
-        if let Err(e) = self.recorder.append_volume(&header, &data, arrived_unix_secs) {
-            self.reply(&format!("error: receiver cannot record volume {}: {e}", header.index));
+        if let Err(e) = self
+            .recorder
+            .append_volume(&header, &data, arrived_unix_secs)
+        {
+            self.reply(&format!(
+                "error: receiver cannot record volume {}: {e}",
+                header.index
+            ));
             return Err(e.into());
         }
         if self.accepted.len() <= header.index {
@@ -228,11 +269,20 @@ impl Receiver {
         if self.geometry.is_none() {
             self.geometry = Some((header.dims, header.mm_from_voxel));
         }
-        self.reply(&protocol::volume_reply(header.index, self.run_complete(), false));
+        self.reply(&protocol::volume_reply(
+            header.index,
+            self.run_complete(),
+            false,
+        ));
         log.outcome = Outcome::Accepted;
         log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
         self.recorder.log_message(&log)?;
-        tracing::debug!("volume {} accepted ({} bytes, reply after {:.3} ms)", header.index, bytes, log.reply_latency_ms);
+        tracing::debug!(
+            "volume {} accepted ({} bytes, reply after {:.3} ms)",
+            header.index,
+            bytes,
+            log.reply_latency_ms
+        );
         Ok(Some(Volume::from_c_order(
             header.index,
             header.dims,
@@ -255,7 +305,11 @@ impl Receiver {
         if expected > 0 && h.index >= expected {
             return Err(ProtocolError {
                 kind: Rejection::IndexBeyondExpected,
-                message: format!("volIdx {} is beyond the expected {expected} volumes (0 to {})", h.index, expected - 1),
+                message: format!(
+                    "volIdx {} is beyond the expected {expected} volumes (0 to {})",
+                    h.index,
+                    expected - 1
+                ),
             });
         }
         if let Some((dims, affine)) = &self.geometry {

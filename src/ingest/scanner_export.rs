@@ -29,7 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::dicom::{is_mosaic, looks_like_dicom, mosaic_from_data_set, slice_from_data_set, stack_slices, DicomError, DicomSlice};
+use crate::dicom::{
+    is_mosaic, looks_like_dicom, mosaic_from_data_set, slice_from_data_set, stack_slices,
+    DicomError, DicomSlice,
+};
 use crate::ingest::sender::{self, Pacing, ScannerSender, SendError, StreamReport, WireVolume};
 use crate::parrec::{is_par_path, is_rec_path, rec_path_for, ParRecError, ParRecRun};
 use crate::stats::Percentiles;
@@ -39,20 +42,54 @@ use crate::volume::{Dtype, ExportedVolume};
 impl ExportedVolume {
     /// The wire form, sent with `tr_secs`.
     pub fn wire_volume(&self, tr_secs: f64) -> WireVolume {
-        WireVolume::from_x_fastest(self.index, self.dtype, self.dims, self.mm_from_voxel, tr_secs, &self.voxel_bytes)
+        WireVolume::from_x_fastest(
+            self.index,
+            self.dtype,
+            self.dims,
+            self.mm_from_voxel,
+            tr_secs,
+            &self.voxel_bytes,
+        )
     }
 
     fn from_parrec(run: ParRecRun) -> Result<Vec<ExportedVolume>, ExportError> {
         let realtime_pair = run.volumes.len() == 1;
-        let folder_number = || run.par_path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).and_then(|n| n.parse::<i64>().ok());
-        let series_number = if realtime_pair { folder_number().unwrap_or(0) } else { run.acquisition_number };
-        let geometry = format!("Philips PAR {} angulation and off-centre", if run.version.is_empty() { "(version not given)" } else { &run.version });
+        let folder_number = || {
+            run.par_path
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        let series_number = if realtime_pair {
+            folder_number().unwrap_or(0)
+        } else {
+            run.acquisition_number
+        };
+        let geometry = format!(
+            "Philips PAR {} angulation and off-centre",
+            if run.version.is_empty() {
+                "(version not given)"
+            } else {
+                &run.version
+            }
+        );
         run.volumes
             .into_iter()
             .map(|v| {
-                let index = if realtime_pair { run.acquisition_number - 1 } else { v.dynamic as i64 - 1 };
+                let index = if realtime_pair {
+                    run.acquisition_number - 1
+                } else {
+                    v.dynamic as i64 - 1
+                };
                 let index = usize::try_from(index).map_err(|_| {
-                    ExportError::ParRec(ParRecError::Invalid { path: run.par_path.clone(), reason: format!("\"Acquisition nr\" {}: it counts from 1", run.acquisition_number) })
+                    ExportError::ParRec(ParRecError::Invalid {
+                        path: run.par_path.clone(),
+                        reason: format!(
+                            "\"Acquisition nr\" {}: it counts from 1",
+                            run.acquisition_number
+                        ),
+                    })
                 })?;
                 Ok(ExportedVolume {
                     path: run.par_path.clone(),
@@ -100,18 +137,36 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
     }
     if is_par_path(path) {
         let mut run = ParRecRun::read(path)?;
-        let notes = std::mem::take(&mut run.notes).into_iter().map(|n| format!("{}: {n}", path.display())).collect();
-        return Ok(ExportFile { volumes: ExportedVolume::from_parrec(run)?, slice: None, notes });
+        let notes = std::mem::take(&mut run.notes)
+            .into_iter()
+            .map(|n| format!("{}: {n}", path.display()))
+            .collect();
+        return Ok(ExportFile {
+            volumes: ExportedVolume::from_parrec(run)?,
+            slice: None,
+            notes,
+        });
     }
-    let bytes = std::fs::read(path).map_err(|source| DicomError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DicomError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !looks_like_dicom(&bytes) {
-        return Err(ExportError::NotScannerFile { path: path.to_path_buf() });
+        return Err(ExportError::NotScannerFile {
+            path: path.to_path_buf(),
+        });
     }
     let ds = crate::dicom::DataSet::parse(path, &bytes)?;
     if is_mosaic(&ds) {
-        return Ok(ExportFile { volumes: vec![mosaic_from_data_set(&ds)?], ..ExportFile::default() });
+        return Ok(ExportFile {
+            volumes: vec![mosaic_from_data_set(&ds)?],
+            ..ExportFile::default()
+        });
     }
-    Ok(ExportFile { slice: Some(slice_from_data_set(&ds)?), ..ExportFile::default() })
+    Ok(ExportFile {
+        slice: Some(slice_from_data_set(&ds)?),
+        ..ExportFile::default()
+    })
 }
 
 /// Reads the volume `index` made of `files`: one file (a mosaic, or a PAR/REC pair holding it), or the
@@ -139,14 +194,26 @@ impl VolumeReader {
                 }
                 self.last_file = Some((one.clone(), file.volumes));
             }
-            let volumes = self.last_file.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
-            return volumes.iter().find(|v| v.index == index).cloned().ok_or_else(|| format!("{}: volume {index} is no longer in it", one.display()));
+            let volumes = self
+                .last_file
+                .as_ref()
+                .map_or(&[][..], |(_, v)| v.as_slice());
+            return volumes
+                .iter()
+                .find(|v| v.index == index)
+                .cloned()
+                .ok_or_else(|| format!("{}: volume {index} is no longer in it", one.display()));
         }
         let mut slices = Vec::with_capacity(files.len());
         for path in files {
             match read_export_file(path).map_err(|e| e.to_string())?.slice {
                 Some(slice) => slices.push(slice),
-                None => return Err(format!("{}: no longer a single-slice image", path.display())),
+                None => {
+                    return Err(format!(
+                        "{}: no longer a single-slice image",
+                        path.display()
+                    ))
+                }
             }
         }
         stack_slices(slices).map_err(|e| e.to_string())
@@ -156,7 +223,10 @@ impl VolumeReader {
 /// Whether `path` is something [`read_export_file`] or a folder scan reads: a folder, a PAR header, a REC
 /// file, or a file that starts like DICOM.
 pub fn is_scanner_export(path: &Path) -> std::io::Result<bool> {
-    Ok(path.is_dir() || is_par_path(path) || is_rec_path(path) || crate::dicom::file_looks_like_dicom(path)?)
+    Ok(path.is_dir()
+        || is_par_path(path)
+        || is_rec_path(path)
+        || crate::dicom::file_looks_like_dicom(path)?)
 }
 
 /// The regular, non-hidden files of a folder and of its non-hidden subfolders (one level down), sorted by
@@ -202,14 +272,22 @@ impl FolderListing {
                 _ => {}
             }
         }
-        Ok(FolderListing { modified, listed_at: now, files, subfolders, all_done: false })
+        Ok(FolderListing {
+            modified,
+            listed_at: now,
+            files,
+            subfolders,
+            all_done: false,
+        })
     }
 
     /// Whether this listing still holds: the folder's modification time is unchanged (and known) and the
     /// listing is younger than [`FULL_LISTING_SECS`].
     fn still_holds(&self, dir: &Path, now: Instant) -> bool {
         let modified = std::fs::metadata(dir).ok().and_then(|m| m.modified().ok());
-        modified.is_some() && modified == self.modified && now.duration_since(self.listed_at).as_secs_f64() < FULL_LISTING_SECS
+        modified.is_some()
+            && modified == self.modified
+            && now.duration_since(self.listed_at).as_secs_f64() < FULL_LISTING_SECS
     }
 }
 
@@ -245,7 +323,11 @@ pub struct FolderScan {
 impl FolderScan {
     /// Reads every file of `dir` (or the one file `dir` names).
     pub fn read(dir: &Path) -> std::io::Result<FolderScan> {
-        let files = if dir.is_dir() { folder_files(dir)? } else { vec![dir.to_path_buf()] };
+        let files = if dir.is_dir() {
+            folder_files(dir)?
+        } else {
+            vec![dir.to_path_buf()]
+        };
         let mut scan = FolderScan::default();
         let mut slice_groups: BTreeMap<(i64, usize), SliceGroup> = BTreeMap::new();
         for path in files {
@@ -255,21 +337,32 @@ impl FolderScan {
                         scan.notes.push(note);
                     }
                     for v in file.volumes {
-                        let (_, by_index) = scan.series.entry(v.series_number).or_insert_with(|| (v.series_description.clone(), BTreeMap::new()));
+                        let (_, by_index) = scan
+                            .series
+                            .entry(v.series_number)
+                            .or_insert_with(|| (v.series_description.clone(), BTreeMap::new()));
                         match by_index.entry(v.index) {
-                            std::collections::btree_map::Entry::Occupied(_) => scan.duplicates.push(path.clone()),
+                            std::collections::btree_map::Entry::Occupied(_) => {
+                                scan.duplicates.push(path.clone())
+                            }
                             std::collections::btree_map::Entry::Vacant(slot) => {
                                 slot.insert(vec![path.clone()]);
                             }
                         }
                     }
                     if let Some(s) = file.slice {
-                        let group = slice_groups.entry((s.series_number, s.volume_index())).or_insert_with(|| SliceGroup {
-                            description: s.series_description.clone(),
-                            wanted: s.slices_per_volume,
-                            files: BTreeMap::new(),
-                        });
-                        if group.files.insert(s.instance_number, path.clone()).is_some() {
+                        let group = slice_groups
+                            .entry((s.series_number, s.volume_index()))
+                            .or_insert_with(|| SliceGroup {
+                                description: s.series_description.clone(),
+                                wanted: s.slices_per_volume,
+                                files: BTreeMap::new(),
+                            });
+                        if group
+                            .files
+                            .insert(s.instance_number, path.clone())
+                            .is_some()
+                        {
                             scan.duplicates.push(path);
                         }
                     }
@@ -278,12 +371,23 @@ impl FolderScan {
                 Err(e) => scan.unreadable.push(e.to_string()),
             }
         }
-        for ((series, index), SliceGroup { description, wanted, files }) in slice_groups {
+        for (
+            (series, index),
+            SliceGroup {
+                description,
+                wanted,
+                files,
+            },
+        ) in slice_groups
+        {
             if files.len() != wanted {
                 scan.incomplete.push((series, index, files.len(), wanted));
                 continue;
             }
-            let (_, by_index) = scan.series.entry(series).or_insert_with(|| (description, BTreeMap::new()));
+            let (_, by_index) = scan
+                .series
+                .entry(series)
+                .or_insert_with(|| (description, BTreeMap::new()));
             by_index.insert(index, files.into_values().collect());
         }
         Ok(scan)
@@ -294,16 +398,37 @@ impl FolderScan {
         let listing = || {
             self.series
                 .iter()
-                .map(|(n, (desc, files))| format!("series {n} ({}{} volumes)", if desc.is_empty() { String::new() } else { format!("{desc}, ") }, files.len()))
+                .map(|(n, (desc, files))| {
+                    format!(
+                        "series {n} ({}{} volumes)",
+                        if desc.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{desc}, ")
+                        },
+                        files.len()
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         let number = match series {
             Some(n) if self.series.contains_key(&n) => n,
-            Some(n) => return Err(format!("{} holds no volume of series {n}; it holds {}", dir.display(), or_nothing(&listing()))),
+            Some(n) => {
+                return Err(format!(
+                    "{} holds no volume of series {n}; it holds {}",
+                    dir.display(),
+                    or_nothing(&listing())
+                ))
+            }
             None if self.series.len() == 1 => *self.series.keys().next().unwrap_or(&0),
             None if self.series.is_empty() => {
-                let reasons: String = self.unreadable.iter().take(3).map(|m| format!("\n  {m}")).collect();
+                let reasons: String = self
+                    .unreadable
+                    .iter()
+                    .take(3)
+                    .map(|m| format!("\n  {m}"))
+                    .collect();
                 return Err(format!(
                     "{} holds no readable volume (DICOM, mosaic or one slice per file, or Philips PAR/REC; {} files are neither, {} unreadable, {} volumes lack slices){reasons}",
                     dir.display(),
@@ -312,9 +437,21 @@ impl FolderScan {
                     self.incomplete.len()
                 ));
             }
-            None => return Err(format!("{} holds several series: {}; choose one with --series", dir.display(), listing())),
+            None => {
+                return Err(format!(
+                    "{} holds several series: {}; choose one with --series",
+                    dir.display(),
+                    listing()
+                ))
+            }
         };
-        Ok((number, self.series.get(&number).map(|(_, f)| f.clone()).unwrap_or_default()))
+        Ok((
+            number,
+            self.series
+                .get(&number)
+                .map(|(_, f)| f.clone())
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -336,18 +473,25 @@ pub struct SeriesRun {
 impl SeriesRun {
     /// Reads `path` (a folder, or one file) and chooses `series` (or the only one) from volume `start_at` on.
     pub fn open(path: &Path, series: Option<i64>, start_at: usize) -> Result<SeriesRun, String> {
-        let scan = FolderScan::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let scan =
+            FolderScan::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
         if let (false, [only_error]) = (path.is_dir(), scan.unreadable.as_slice()) {
             return Err(only_error.clone()); // one file given: its own error says it all
         }
         let (number, files) = scan.choose(path, series)?;
-        let mut files: VecDeque<(usize, Vec<PathBuf>)> = files.into_iter().filter(|(index, _)| *index >= start_at).collect();
+        let mut files: VecDeque<(usize, Vec<PathBuf>)> = files
+            .into_iter()
+            .filter(|(index, _)| *index >= start_at)
+            .collect();
         // The first volume that reads gives the run's geometry; any before it are reported and left out.
         let mut unreadable_volumes = Vec::new();
         let mut reader = VolumeReader::default();
         let first = loop {
             let Some((first_index, first_files)) = files.front() else {
-                let last_error = unreadable_volumes.last().map(|(m, _): &(String, usize)| format!(": {m}")).unwrap_or_default();
+                let last_error = unreadable_volumes
+                    .last()
+                    .map(|(m, _): &(String, usize)| format!(": {m}"))
+                    .unwrap_or_default();
                 return Err(format!("series {number} in {} has no readable volume from index {start_at} on{last_error}", path.display()));
             };
             match reader.read(first_files, *first_index) {
@@ -358,19 +502,44 @@ impl SeriesRun {
                 }
             }
         };
-        Ok(SeriesRun { number, files: files.into(), first, scan, unreadable_volumes, reader })
+        Ok(SeriesRun {
+            number,
+            files: files.into(),
+            first,
+            scan,
+            unreadable_volumes,
+            reader,
+        })
     }
 
     /// Warnings for what the folder held that is not sent: files that are neither DICOM nor PAR/REC,
     /// unreadable or repeated, and what readers left out of files.
     pub fn folder_warnings(&self) -> Vec<String> {
-        let mut warnings: Vec<String> = self.scan.unreadable.iter().map(|m| format!("skipped: {m}")).collect();
+        let mut warnings: Vec<String> = self
+            .scan
+            .unreadable
+            .iter()
+            .map(|m| format!("skipped: {m}"))
+            .collect();
         if let Some(first) = self.scan.not_scanner_files.first() {
-            warnings.push(format!("skipped {} files that are neither DICOM nor PAR/REC (first: {})", self.scan.not_scanner_files.len(), first.display()));
+            warnings.push(format!(
+                "skipped {} files that are neither DICOM nor PAR/REC (first: {})",
+                self.scan.not_scanner_files.len(),
+                first.display()
+            ));
         }
-        warnings.extend(self.scan.duplicates.iter().map(|p| format!("skipped {}: its series already has a file for the same volume (or slice) number", p.display())));
+        warnings.extend(self.scan.duplicates.iter().map(|p| {
+            format!(
+                "skipped {}: its series already has a file for the same volume (or slice) number",
+                p.display()
+            )
+        }));
         warnings.extend(self.scan.incomplete.iter().map(|(series, index, there, wanted)| format!("skipped volume {index} of series {series}: {there} of its {wanted} slice files are there")));
-        warnings.extend(self.unreadable_volumes.iter().map(|(m, _)| format!("skipped: {m}")));
+        warnings.extend(
+            self.unreadable_volumes
+                .iter()
+                .map(|(m, _)| format!("skipped: {m}")),
+        );
         let distinct_notes: std::collections::BTreeSet<&String> = self.scan.notes.iter().collect();
         warnings.extend(distinct_notes.into_iter().take(3).cloned());
         warnings
@@ -379,13 +548,20 @@ impl SeriesRun {
     /// Files left out of the run by [`SeriesRun::folder_warnings`].
     pub fn files_skipped(&self) -> usize {
         let scan = &self.scan;
-        let volumes_left_out: usize = scan.incomplete.iter().map(|i| i.2).sum::<usize>() + self.unreadable_volumes.iter().map(|u| u.1).sum::<usize>();
-        scan.unreadable.len() + scan.not_scanner_files.len() + scan.duplicates.len() + volumes_left_out
+        let volumes_left_out: usize = scan.incomplete.iter().map(|i| i.2).sum::<usize>()
+            + self.unreadable_volumes.iter().map(|u| u.1).sum::<usize>();
+        scan.unreadable.len()
+            + scan.not_scanner_files.len()
+            + scan.duplicates.len()
+            + volumes_left_out
     }
 
     /// One line for the log: series, volumes, gaps, matrix, type, TR and where the geometry came from.
     pub fn describe(&self, tr_secs: f64) -> String {
-        let (first_index, last_index) = (self.files.first().map_or(0, |f| f.0), self.files.last().map_or(0, |f| f.0));
+        let (first_index, last_index) = (
+            self.files.first().map_or(0, |f| f.0),
+            self.files.last().map_or(0, |f| f.0),
+        );
         let missing = last_index + 1 - first_index - self.files.len();
         format!(
             "series {}{}: {} volumes ({first_index} to {last_index}{}) of {:?} {}, TR {tr_secs} s, geometry: {}",
@@ -402,15 +578,21 @@ impl SeriesRun {
     /// The volumes for the wire, read one at a time (a pair holding the whole run is read once); a volume
     /// whose files changed or broke since the folder was read goes to `skipped` (the message, the number of
     /// files left out) and the run goes on.
-    pub fn wire_volumes(self, tr_secs: f64, mut skipped: impl FnMut(String, usize)) -> impl Iterator<Item = WireVolume> {
+    pub fn wire_volumes(
+        self,
+        tr_secs: f64,
+        mut skipped: impl FnMut(String, usize),
+    ) -> impl Iterator<Item = WireVolume> {
         let mut reader = self.reader;
-        self.files.into_iter().filter_map(move |(index, files)| match reader.read(&files, index) {
-            Ok(v) => Some(v.wire_volume(tr_secs)),
-            Err(message) => {
-                skipped(message, files.len());
-                None
-            }
-        })
+        self.files
+            .into_iter()
+            .filter_map(move |(index, files)| match reader.read(&files, index) {
+                Ok(v) => Some(v.wire_volume(tr_secs)),
+                Err(message) => {
+                    skipped(message, files.len());
+                    None
+                }
+            })
     }
 }
 
@@ -431,9 +613,20 @@ pub const SETTLE_SECS: f64 = 2.0;
 type Signature = [(u64, Option<SystemTime>); 2];
 
 fn signature(path: &Path) -> Option<Signature> {
-    let of = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let of = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
     let own = of(path)?;
-    let rec = if is_par_path(path) { rec_path_for(path).ok().and_then(|rec| of(&rec)).unwrap_or((0, None)) } else { (0, None) };
+    let rec = if is_par_path(path) {
+        rec_path_for(path)
+            .ok()
+            .and_then(|rec| of(&rec))
+            .unwrap_or((0, None))
+    } else {
+        (0, None)
+    };
     Some([own, rec])
 }
 
@@ -486,8 +679,22 @@ impl FolderWatcher {
     /// Starts following `dir`. With `series`, its files already present are sent too; without, the files
     /// present now are taken as earlier runs and the first series to gain a new file is followed.
     pub fn new(dir: &Path, series: Option<i64>) -> std::io::Result<FolderWatcher> {
-        let done = if series.is_some() { HashSet::new() } else { folder_files(dir)?.into_iter().collect() };
-        Ok(FolderWatcher { dir: dir.to_path_buf(), series, pending: HashMap::new(), done, sent_indices: HashSet::new(), notes_said: false, partial_volumes: BTreeMap::new(), focus: None, listings: HashMap::new() })
+        let done = if series.is_some() {
+            HashSet::new()
+        } else {
+            folder_files(dir)?.into_iter().collect()
+        };
+        Ok(FolderWatcher {
+            dir: dir.to_path_buf(),
+            series,
+            pending: HashMap::new(),
+            done,
+            sent_indices: HashSet::new(),
+            notes_said: false,
+            partial_volumes: BTreeMap::new(),
+            focus: None,
+            listings: HashMap::new(),
+        })
     }
 
     /// The series followed, once known.
@@ -499,7 +706,12 @@ impl FolderWatcher {
     /// a volume whose other slices have not come.
     pub fn unfinished(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
-        paths.extend(self.partial_volumes.values().flatten().map(|(s, _)| s.path.clone()));
+        paths.extend(
+            self.partial_volumes
+                .values()
+                .flatten()
+                .map(|(s, _)| s.path.clone()),
+        );
         paths.sort();
         paths
     }
@@ -526,14 +738,22 @@ impl FolderWatcher {
                     false
                 }
                 None => {
-                    self.pending.insert(path.clone(), Pending { signature, changed_at: now });
+                    self.pending.insert(
+                        path.clone(),
+                        Pending {
+                            signature,
+                            changed_at: now,
+                        },
+                    );
                     false
                 }
             };
             if !unchanged {
                 continue;
             }
-            let settled = self.pending.get(&path).is_some_and(|p| now.duration_since(p.changed_at) >= Duration::from_secs_f64(SETTLE_SECS));
+            let settled = self.pending.get(&path).is_some_and(|p| {
+                now.duration_since(p.changed_at) >= Duration::from_secs_f64(SETTLE_SECS)
+            });
             let outcome = read_export_file(&path);
             if outcome.is_err() && !settled {
                 continue; // perhaps still being written: try again at the next look
@@ -559,10 +779,17 @@ impl FolderWatcher {
                 }
                 self.focus_on(&path);
                 if !self.sent_indices.insert(v.index) {
-                    findings.skipped.push(format!("{}: volume {} of series {series} was already sent from another file", path.display(), v.index));
+                    findings.skipped.push(format!(
+                        "{}: volume {} of series {series} was already sent from another file",
+                        path.display(),
+                        v.index
+                    ));
                     continue;
                 }
-                findings.volumes.push(WatchedVolume { volume: v, written_at });
+                findings.volumes.push(WatchedVolume {
+                    volume: v,
+                    written_at,
+                });
             }
             if let Some(slice) = file.slice {
                 self.add_slice(slice, written_at, &mut findings);
@@ -590,7 +817,7 @@ impl FolderWatcher {
                 _ => match FolderListing::read(&dir, now) {
                     Ok(l) => l,
                     Err(e) if dir == top => return Err(e), // the watched folder itself: said by the caller
-                    Err(_) => continue,                   // a subfolder removed meanwhile
+                    Err(_) => continue,                    // a subfolder removed meanwhile
                 },
             };
             if dir == top && self.focus.is_none() {
@@ -599,7 +826,13 @@ impl FolderWatcher {
             let mut listing = listing;
             if !listing.all_done {
                 let before = candidates.len();
-                candidates.extend(listing.files.iter().filter(|p| !self.done.contains(*p)).cloned());
+                candidates.extend(
+                    listing
+                        .files
+                        .iter()
+                        .filter(|p| !self.done.contains(*p))
+                        .cloned(),
+                );
                 listing.all_done = candidates.len() == before;
             }
             self.listings.insert(dir, listing);
@@ -616,7 +849,12 @@ impl FolderWatcher {
     }
 
     /// Keeps a slice of the followed series until its volume is complete, then stacks the volume.
-    fn add_slice(&mut self, slice: DicomSlice, written_at: Option<SystemTime>, findings: &mut WatchFindings) {
+    fn add_slice(
+        &mut self,
+        slice: DicomSlice,
+        written_at: Option<SystemTime>,
+        findings: &mut WatchFindings,
+    ) {
         let series = *self.series.get_or_insert(slice.series_number);
         if slice.series_number != series {
             return; // another series written into the same folder
@@ -625,13 +863,23 @@ impl FolderWatcher {
         let path = slice.path.clone();
         self.focus_on(&path);
         if self.sent_indices.contains(&index) {
-            findings.skipped.push(format!("{}: a slice of volume {index} of series {series}, which was already sent", path.display()));
+            findings.skipped.push(format!(
+                "{}: a slice of volume {index} of series {series}, which was already sent",
+                path.display()
+            ));
             return;
         }
         let wanted = slice.slices_per_volume;
         let slices = self.partial_volumes.entry(index).or_default();
-        if slices.iter().any(|(s, _)| s.instance_number == slice.instance_number) {
-            findings.skipped.push(format!("{}: image {} of series {series} came already in another file", path.display(), slice.instance_number));
+        if slices
+            .iter()
+            .any(|(s, _)| s.instance_number == slice.instance_number)
+        {
+            findings.skipped.push(format!(
+                "{}: image {} of series {series} came already in another file",
+                path.display(),
+                slice.instance_number
+            ));
             return;
         }
         slices.push((slice, written_at));
@@ -643,7 +891,9 @@ impl FolderWatcher {
         self.sent_indices.insert(index);
         match stack_slices(slices.into_iter().map(|(s, _)| s).collect()) {
             Ok(volume) => findings.volumes.push(WatchedVolume { volume, written_at }),
-            Err(e) => findings.skipped.push(format!("volume {index} of series {series}: {e}")),
+            Err(e) => findings
+                .skipped
+                .push(format!("volume {index} of series {series}: {e}")),
         }
     }
 }
@@ -667,7 +917,14 @@ pub struct FollowOptions {
 
 impl Default for FollowOptions {
     fn default() -> Self {
-        FollowOptions { series: None, start_at: 0, max_volumes: None, idle_secs: 0.0, poll_ms: 20, tr_override_secs: None }
+        FollowOptions {
+            series: None,
+            start_at: 0,
+            max_volumes: None,
+            idle_secs: 0.0,
+            poll_ms: 20,
+            tr_override_secs: None,
+        }
     }
 }
 
@@ -701,7 +958,10 @@ impl FollowReport {
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
     #[error("{dir}: {source}")]
-    Folder { dir: PathBuf, source: std::io::Error },
+    Folder {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Send(#[from] SendError),
 }
@@ -717,11 +977,17 @@ pub fn follow_folder(
     stop: &AtomicBool,
     mut progress: impl FnMut(usize, &str),
 ) -> Result<FollowReport, FollowError> {
-    let mut watcher = FolderWatcher::new(dir, options.series).map_err(|source| FollowError::Folder { dir: dir.to_path_buf(), source })?;
+    let mut watcher =
+        FolderWatcher::new(dir, options.series).map_err(|source| FollowError::Folder {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     tracing::info!(
         "watching {} for {}",
         dir.display(),
-        options.series.map_or_else(|| "the next series".to_string(), |n| format!("series {n}"))
+        options
+            .series
+            .map_or_else(|| "the next series".to_string(), |n| format!("series {n}"))
     );
     let poll = Duration::from_millis(options.poll_ms.max(1));
     let idle_limit = (options.idle_secs > 0.0).then(|| Duration::from_secs_f64(options.idle_secs));
@@ -753,7 +1019,11 @@ pub fn follow_folder(
         let findings = match watcher.poll() {
             Ok(f) => {
                 if let Some(since) = unreadable_since.take() {
-                    tracing::info!("{} is readable again after {:.1} s", dir.display(), since.elapsed().as_secs_f64());
+                    tracing::info!(
+                        "{} is readable again after {:.1} s",
+                        dir.display(),
+                        since.elapsed().as_secs_f64()
+                    );
                 }
                 f
             }
@@ -783,16 +1053,25 @@ pub fn follow_folder(
             match options.tr_override_secs.or(volume.tr_secs) {
                 Some(tr_secs) => queue.push_back((volume.wire_volume(tr_secs), written_at)),
                 None => {
-                    tracing::warn!("skipped: {} gives no TR: give the TR", volume.path.display());
+                    tracing::warn!(
+                        "skipped: {} gives no TR: give the TR",
+                        volume.path.display()
+                    );
                     skipped.set(skipped.get() + 1);
                 }
             }
             last_volume_at = Instant::now();
         }
     });
-    let as_fast_as_files_come = Pacing { tr_secs: 0.0, speed: f64::INFINITY };
+    let as_fast_as_files_come = Pacing {
+        tr_secs: 0.0,
+        speed: f64::INFINITY,
+    };
     let stream = sender::stream(sender, volumes, as_fast_as_files_come, |index, reply| {
-        if let Some(age) = sent_file_written_at.get().and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        if let Some(age) = sent_file_written_at
+            .get()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+        {
             written_to_acknowledged_ms.push(age.as_secs_f64() * 1e3);
         }
         progress(index, reply);
@@ -807,5 +1086,9 @@ pub fn follow_folder(
             first.display()
         );
     }
-    Ok(FollowReport { stream, files_skipped: skipped.get(), written_to_acknowledged_ms })
+    Ok(FollowReport {
+        stream,
+        files_skipped: skipped.get(),
+        written_to_acknowledged_ms,
+    })
 }

@@ -13,7 +13,11 @@ pub enum SendError {
     #[error("ZeroMQ {context}: {source}")]
     Zmq { context: String, source: zmq::Error },
     #[error("no {what} from {endpoint} within {secs} s (is the receiver running?)")]
-    Timeout { what: String, endpoint: String, secs: f64 },
+    Timeout {
+        what: String,
+        endpoint: String,
+        secs: f64,
+    },
     #[error("handshake failed: sent {sent:?}, got back {got:?}")]
     Handshake { sent: String, got: String },
 }
@@ -50,11 +54,19 @@ pub struct WireVolume {
 
 impl ScannerSender {
     /// Connects and performs the handshake (`reply_timeout_secs` 0 waits forever).
-    pub fn connect(endpoint: &str, handshake: &str, reply_timeout_secs: f64) -> Result<ScannerSender, SendError> {
+    pub fn connect(
+        endpoint: &str,
+        handshake: &str,
+        reply_timeout_secs: f64,
+    ) -> Result<ScannerSender, SendError> {
         let context = zmq::Context::new();
-        let socket = context.socket(zmq::PAIR).map_err(zmq_err("creating the PAIR socket"))?;
+        let socket = context
+            .socket(zmq::PAIR)
+            .map_err(zmq_err("creating the PAIR socket"))?;
         socket.set_linger(0).map_err(zmq_err("setting linger"))?;
-        socket.connect(endpoint).map_err(zmq_err(format!("connecting to {endpoint}")))?;
+        socket
+            .connect(endpoint)
+            .map_err(zmq_err(format!("connecting to {endpoint}")))?;
         let sender = ScannerSender {
             _context: context,
             socket,
@@ -64,18 +76,31 @@ impl ScannerSender {
         };
         let started = Instant::now();
         loop {
-            sender.socket.send(handshake.as_bytes(), 0).map_err(zmq_err("sending the handshake"))?;
-            let ready = sender.socket.poll(zmq::POLLIN, HANDSHAKE_RESEND_MS).map_err(zmq_err("polling for the echo"))?;
+            sender
+                .socket
+                .send(handshake.as_bytes(), 0)
+                .map_err(zmq_err("sending the handshake"))?;
+            let ready = sender
+                .socket
+                .poll(zmq::POLLIN, HANDSHAKE_RESEND_MS)
+                .map_err(zmq_err("polling for the echo"))?;
             if ready > 0 {
                 break;
             }
             if reply_timeout_secs > 0.0 && started.elapsed().as_secs_f64() >= reply_timeout_secs {
-                return Err(SendError::Timeout { what: "handshake echo".into(), endpoint: endpoint.to_string(), secs: reply_timeout_secs });
+                return Err(SendError::Timeout {
+                    what: "handshake echo".into(),
+                    endpoint: endpoint.to_string(),
+                    secs: reply_timeout_secs,
+                });
             }
         }
         let echo = sender.wait_reply("handshake echo")?;
         if echo != handshake {
-            return Err(SendError::Handshake { sent: handshake.to_string(), got: echo });
+            return Err(SendError::Handshake {
+                sent: handshake.to_string(),
+                got: echo,
+            });
         }
         Ok(sender)
     }
@@ -84,7 +109,10 @@ impl ScannerSender {
         if self.reply_timeout_secs > 0.0 {
             let ready = self
                 .socket
-                .poll(zmq::POLLIN, (self.reply_timeout_secs * 1000.0).ceil() as i64)
+                .poll(
+                    zmq::POLLIN,
+                    (self.reply_timeout_secs * 1000.0).ceil() as i64,
+                )
                 .map_err(zmq_err("polling for a reply"))?;
             if ready == 0 {
                 return Err(SendError::Timeout {
@@ -94,15 +122,22 @@ impl ScannerSender {
                 });
             }
         }
-        let bytes = self.socket.recv_bytes(0).map_err(zmq_err("receiving a reply"))?;
+        let bytes = self
+            .socket
+            .recv_bytes(0)
+            .map_err(zmq_err("receiving a reply"))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Sends one volume and returns the receiver's reply.
     pub fn send_volume(&self, v: &WireVolume) -> Result<String, SendError> {
         let header = protocol::header_json(v.index, v.dtype, v.dims, &v.mm_from_voxel, v.tr_secs);
-        self.socket.send(header.as_bytes(), zmq::SNDMORE).map_err(zmq_err("sending a header"))?;
-        self.socket.send(&v.c_order_le[..], 0).map_err(zmq_err("sending a volume buffer"))?;
+        self.socket
+            .send(header.as_bytes(), zmq::SNDMORE)
+            .map_err(zmq_err("sending a header"))?;
+        self.socket
+            .send(&v.c_order_le[..], 0)
+            .map_err(zmq_err("sending a volume buffer"))?;
         loop {
             let reply = self.wait_reply(&format!("reply to volume {}", v.index))?;
             if reply != self.handshake {
@@ -114,9 +149,23 @@ impl ScannerSender {
 
 impl WireVolume {
     /// A volume for the wire from little-endian voxel bytes stored x fastest (converted to the wire's C order).
-    pub fn from_x_fastest(index: usize, dtype: Dtype, dims: [usize; 3], mm_from_voxel: Affine, tr_secs: f64, x_fastest_le: &[u8]) -> WireVolume {
+    pub fn from_x_fastest(
+        index: usize,
+        dtype: Dtype,
+        dims: [usize; 3],
+        mm_from_voxel: Affine,
+        tr_secs: f64,
+        x_fastest_le: &[u8],
+    ) -> WireVolume {
         let c_order_le = x_fastest_to_c_order(x_fastest_le, dims, dtype.itemsize());
-        WireVolume { index, dtype, dims, mm_from_voxel, tr_secs, c_order_le }
+        WireVolume {
+            index,
+            dtype,
+            dims,
+            mm_from_voxel,
+            tr_secs,
+            c_order_le,
+        }
     }
 }
 
@@ -125,7 +174,13 @@ impl WireVolume {
 pub fn nifti_wire_volume(img: &NiftiImage, t: usize, tr_secs: f64) -> WireVolume {
     let (dtype, x_fastest) = match img.scaling {
         None => (img.dtype, img.volume_bytes(t).to_vec()),
-        Some(_) => (Dtype::Float64, img.volume_values(t).iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Some(_) => (
+            Dtype::Float64,
+            img.volume_values(t)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
     };
     WireVolume::from_x_fastest(t, dtype, img.dims, img.mm_from_voxel, tr_secs, &x_fastest)
 }
@@ -161,7 +216,12 @@ pub struct StreamReport {
 }
 
 /// Streams volumes in order, paced, calling `progress` after each reply. Stops early on `STOP`.
-pub fn stream<I>(sender: &ScannerSender, volumes: I, pacing: Pacing, mut progress: impl FnMut(usize, &str)) -> Result<StreamReport, SendError>
+pub fn stream<I>(
+    sender: &ScannerSender,
+    volumes: I,
+    pacing: Pacing,
+    mut progress: impl FnMut(usize, &str),
+) -> Result<StreamReport, SendError>
 where
     I: IntoIterator<Item = WireVolume>,
 {

@@ -19,8 +19,14 @@ use realign::{Alignment, RealignSettings, Reference};
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
     #[error("volume {index}: dimensions {got:?} differ from the reference's {want:?}")]
-    Dimensions { index: usize, got: [usize; 3], want: [usize; 3] },
-    #[error("volume {index}: its affine differs from the reference's (a different slice prescription?)")]
+    Dimensions {
+        index: usize,
+        got: [usize; 3],
+        want: [usize; 3],
+    },
+    #[error(
+        "volume {index}: its affine differs from the reference's (a different slice prescription?)"
+    )]
     Affine { index: usize },
     #[error("the reference volume has no structure to register to (empty or constant)")]
     EmptyReference,
@@ -43,7 +49,9 @@ impl Default for PreprocessSettings {
         PreprocessSettings {
             realign: RealignSettings::default(),
             detrend: Detrend::default(),
-            zscore: ZScore::Running { baseline_volumes: 10 },
+            zscore: ZScore::Running {
+                baseline_volumes: 10,
+            },
             fd_radius_mm: 50.0,
         }
     }
@@ -101,20 +109,33 @@ pub struct Preprocessor {
 
 /// Affines equal to within 1e-4 mm (values pass through float32 in NIfTI files).
 fn same_affine(a: &Affine, b: &Affine) -> bool {
-    a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + x.abs()))
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + x.abs()))
 }
 
 impl Preprocessor {
     /// `reference` and `mask` (x-fastest voxel indices of the reference grid, ascending) define the space.
-    pub fn new(reference_volume: &[f32], dims: [usize; 3], mm_from_voxel: Affine, mask: Vec<usize>, tr_secs: f64, settings: PreprocessSettings) -> Result<Preprocessor, PreprocessError> {
+    pub fn new(
+        reference_volume: &[f32],
+        dims: [usize; 3],
+        mm_from_voxel: Affine,
+        mask: Vec<usize>,
+        tr_secs: f64,
+        settings: PreprocessSettings,
+    ) -> Result<Preprocessor, PreprocessError> {
         let n = dims.iter().product::<usize>();
         if let Some(&bad) = mask.iter().find(|&&i| i >= n) {
-            return Err(PreprocessError::Mask(format!("voxel index {bad} is outside the {dims:?} grid")));
+            return Err(PreprocessError::Mask(format!(
+                "voxel index {bad} is outside the {dims:?} grid"
+            )));
         }
         if mask.is_empty() {
             return Err(PreprocessError::Mask("the mask selects no voxel".into()));
         }
-        let reference = Reference::new(reference_volume, dims, mm_from_voxel, settings.realign).ok_or(PreprocessError::EmptyReference)?;
+        let reference = Reference::new(reference_volume, dims, mm_from_voxel, settings.realign)
+            .ok_or(PreprocessError::EmptyReference)?;
         Ok(Preprocessor {
             detrender: Detrender::new(settings.detrend, mask.len(), tr_secs),
             zscorer: ZScorer::new(settings.zscore.clone(), mask.len()),
@@ -140,11 +161,17 @@ impl Preprocessor {
         let r = &self.reference;
         if volume.dims != r.dims {
             self.counts.rejected_geometry += 1;
-            return Err(PreprocessError::Dimensions { index: volume.index, got: volume.dims, want: r.dims });
+            return Err(PreprocessError::Dimensions {
+                index: volume.index,
+                got: volume.dims,
+                want: r.dims,
+            });
         }
         if !same_affine(&volume.mm_from_voxel, &r.mm_from_voxel) {
             self.counts.rejected_geometry += 1;
-            return Err(PreprocessError::Affine { index: volume.index });
+            return Err(PreprocessError::Affine {
+                index: volume.index,
+            });
         }
         let mut values = volume.to_f32();
         let mut replaced = 0;
@@ -157,19 +184,32 @@ impl Preprocessor {
         if replaced > 0 {
             self.counts.non_finite_voxels_replaced += replaced;
             self.counts.volumes_with_non_finite += 1;
-            tracing::warn!("volume {}: {replaced} non-finite voxels replaced by the reference's values", volume.index);
+            tracing::warn!(
+                "volume {}: {replaced} non-finite voxels replaced by the reference's values",
+                volume.index
+            );
         }
         let t0 = Instant::now();
         let start = self.previous.unwrap_or_default();
         let alignment = r.align(&values, start, self.previous.is_none());
         if alignment.diverged {
             self.counts.diverged += 1;
-            tracing::warn!("volume {}: registration diverged; the previous transform is kept", volume.index);
+            tracing::warn!(
+                "volume {}: registration diverged; the previous transform is kept",
+                volume.index
+            );
         }
         let t1 = Instant::now();
         let resliced = r.reslice(&values, &alignment.motion);
         let t2 = Instant::now();
-        let fd_mm = self.previous.map(|p| alignment.motion.framewise_displacement(&p, self.settings.fd_radius_mm)).unwrap_or(0.0);
+        let fd_mm = self
+            .previous
+            .map(|p| {
+                alignment
+                    .motion
+                    .framewise_displacement(&p, self.settings.fd_radius_mm)
+            })
+            .unwrap_or(0.0);
         self.previous = Some(alignment.motion);
         Ok(Realigned {
             resliced,
@@ -182,7 +222,13 @@ impl Preprocessor {
 
     /// The full chain for one volume.
     pub fn process(&mut self, volume: &Volume) -> Result<Preprocessed, PreprocessError> {
-        let Realigned { resliced, alignment, fd_mm, non_finite_replaced, timing_ms: [t_align, t_reslice] } = self.realign_only(volume)?;
+        let Realigned {
+            resliced,
+            alignment,
+            fd_mm,
+            non_finite_replaced,
+            timing_ms: [t_align, t_reslice],
+        } = self.realign_only(volume)?;
         let t0 = Instant::now();
         let mut values: Vec<f32> = self.mask.iter().map(|&i| resliced[i]).collect();
         self.detrender.apply(&mut values);
@@ -202,7 +248,9 @@ impl Preprocessor {
 
 /// The x-fastest indices of a mask volume's non-zero voxels.
 pub fn mask_indices(mask: &[f32]) -> Vec<usize> {
-    (0..mask.len()).filter(|&i| mask[i] != 0.0 && mask[i].is_finite()).collect()
+    (0..mask.len())
+        .filter(|&i| mask[i] != 0.0 && mask[i].is_finite())
+        .collect()
 }
 
 /// Reads volume `t` of a NIfTI image as a [`Volume`] with the values a Pyneal sender would send (scaling applied,
@@ -219,7 +267,11 @@ pub fn nifti_volume(img: &crate::nifti::NiftiImage, t: usize, tr_secs: f64) -> V
         dims: img.dims,
         mm_from_voxel: img.mm_from_voxel,
         tr_secs,
-        dtype: if img.scaling.is_some() { crate::volume::Dtype::Float64 } else { img.dtype },
+        dtype: if img.scaling.is_some() {
+            crate::volume::Dtype::Float64
+        } else {
+            img.dtype
+        },
         voxel_bytes: bytes,
         arrived_at: Instant::now(),
     }
@@ -234,7 +286,9 @@ pub fn mean_volume(img: &crate::nifti::NiftiImage) -> Vec<f32> {
             *a += v;
         }
     }
-    acc.iter().map(|a| (a / img.volumes as f64) as f32).collect()
+    acc.iter()
+        .map(|a| (a / img.volumes as f64) as f32)
+        .collect()
 }
 
 /// Processes a recorded run volume by volume, exactly as the live pipeline does, and returns its trial

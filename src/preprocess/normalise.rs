@@ -14,7 +14,9 @@
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Detrend {
     /// Two cascaded exponential-moving-average high-pass stages with time constant `tau_secs`.
-    Ema { tau_secs: f64 },
+    Ema {
+        tau_secs: f64,
+    },
     /// Linear + quadratic fit of the run so far (by cumulative sums), evaluated at the current volume.
     Polynomial,
     None,
@@ -42,7 +44,20 @@ impl Detrender {
             Detrend::Ema { tau_secs } => (1.0 - (-tr_secs / tau_secs).exp()) as f32,
             _ => 0.0,
         };
-        Detrender { mode, alpha, ema: [Vec::new(), Vec::new()], sums: vec![[0.0; 3]; if matches!(mode, Detrend::Polynomial) { voxels } else { 0 }], count: 0 }
+        Detrender {
+            mode,
+            alpha,
+            ema: [Vec::new(), Vec::new()],
+            sums: vec![
+                [0.0; 3];
+                if matches!(mode, Detrend::Polynomial) {
+                    voxels
+                } else {
+                    0
+                }
+            ],
+            count: 0,
+        }
     }
 
     /// Detrends one volume's values in place.
@@ -74,7 +89,9 @@ impl Detrender {
                     acc[2] += xv * t * t;
                     let fit = match inv {
                         Some(inv) => {
-                            let c: Vec<f64> = (0..3).map(|r| (0..3).map(|k| inv[r][k] * acc[k]).sum()).collect();
+                            let c: Vec<f64> = (0..3)
+                                .map(|r| (0..3).map(|k| inv[r][k] * acc[k]).sum())
+                                .collect();
                             c[0] + c[1] * t + c[2] * t * t
                         }
                         None => acc[0] / n,
@@ -108,7 +125,12 @@ pub struct ZScorer {
 
 impl ZScorer {
     pub fn new(mode: ZScore, voxels: usize) -> ZScorer {
-        ZScorer { mode, count: 0, mean: vec![0.0; voxels], m2: vec![0.0; voxels] }
+        ZScorer {
+            mode,
+            count: 0,
+            mean: vec![0.0; voxels],
+            m2: vec![0.0; voxels],
+        }
     }
 
     /// Z-scores in place; returns false while the running baseline is still being collected.
@@ -123,13 +145,25 @@ impl ZScorer {
             }
             ZScore::Running { baseline_volumes } => {
                 let n = self.count as f64;
-                for ((v, mean), m2) in x.iter_mut().zip(self.mean.iter_mut()).zip(self.m2.iter_mut()) {
+                for ((v, mean), m2) in x
+                    .iter_mut()
+                    .zip(self.mean.iter_mut())
+                    .zip(self.m2.iter_mut())
+                {
                     let xv = *v as f64;
                     let d = xv - *mean;
                     *mean += d / n;
                     *m2 += d * (xv - *mean);
-                    let sd = if self.count > 1 { (*m2 / (n - 1.0)).sqrt() } else { 0.0 };
-                    *v = if sd > 1e-9 { ((xv - *mean) / sd) as f32 } else { 0.0 };
+                    let sd = if self.count > 1 {
+                        (*m2 / (n - 1.0)).sqrt()
+                    } else {
+                        0.0
+                    };
+                    *v = if sd > 1e-9 {
+                        ((xv - *mean) / sd) as f32
+                    } else {
+                        0.0
+                    };
                 }
                 self.count > *baseline_volumes
             }
@@ -158,7 +192,11 @@ mod tests {
         // after the first two minutes the output is the fast component (plus at most a small offset)
         let tail = &out[80..];
         let mean = tail.iter().map(|(o, _)| o).sum::<f64>() / tail.len() as f64;
-        let err = tail.iter().map(|(o, f)| (o - mean - f).powi(2)).sum::<f64>() / tail.len() as f64;
+        let err = tail
+            .iter()
+            .map(|(o, f)| (o - mean - f).powi(2))
+            .sum::<f64>()
+            / tail.len() as f64;
         // what is left is the 10-minute oscillation at the filter's gain of 0.09 (rms 0.19); without it, 2.1
         assert!(err.sqrt() < 0.25, "rms error {}", err.sqrt());
     }
@@ -178,7 +216,12 @@ mod tests {
 
     #[test]
     fn running_zscore_matches_batch_statistics() {
-        let mut z = ZScorer::new(ZScore::Running { baseline_volumes: 3 }, 1);
+        let mut z = ZScorer::new(
+            ZScore::Running {
+                baseline_volumes: 3,
+            },
+            1,
+        );
         let data = [1.0f32, 4.0, 2.0, 8.0, 5.0];
         let mut ready = Vec::new();
         let mut last = 0.0;

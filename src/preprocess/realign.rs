@@ -11,7 +11,9 @@ use crate::spatial::{affine_inverse, apply, grid_centre_mm, tricubic, trilinear,
 use crate::volume::Affine;
 
 /// Reslicing interpolation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     Trilinear,
@@ -34,7 +36,13 @@ pub struct RealignSettings {
 
 impl Default for RealignSettings {
     fn default() -> Self {
-        RealignSettings { subsample: 2, tolerance: 1e-3, max_iterations: 30, interpolation: Interpolation::Trilinear, max_jump: 10.0 }
+        RealignSettings {
+            subsample: 2,
+            tolerance: 1e-3,
+            max_iterations: 30,
+            interpolation: Interpolation::Trilinear,
+            max_jump: 10.0,
+        }
     }
 }
 
@@ -83,10 +91,12 @@ pub fn smooth(volume: &[f32], dims: [usize; 3], sigma: f64) -> Vec<f32> {
     }
     // 2.5 sigma: the tails beyond hold under 1.3 % of the weight
     let radius = (2.5 * sigma).ceil() as usize;
-    let kernel: Vec<f32> = (0..=2 * radius).map(|i| {
-        let d = i as f64 - radius as f64;
-        (-(d * d) / (2.0 * sigma * sigma)).exp() as f32
-    }).collect();
+    let kernel: Vec<f32> = (0..=2 * radius)
+        .map(|i| {
+            let d = i as f64 - radius as f64;
+            (-(d * d) / (2.0 * sigma * sigma)).exp() as f32
+        })
+        .collect();
     let strides = [1, dims[0], dims[0] * dims[1]];
     let mut current = volume.to_vec();
     let mut next = vec![0.0f32; volume.len()];
@@ -167,7 +177,12 @@ impl Reference {
     /// 99th percentile) are the sample points; gradients at three levels, smoothed by 2, 1.5 and 1 voxels.
     /// Both images are smoothed alike at every level, the last included: matching an interpolated (slightly
     /// blurred) volume against a sharp reference biased the estimates by up to 0.2 mm and 0.3 degrees in tests.
-    pub fn new(volume: &[f32], dims: [usize; 3], mm_from_voxel: Affine, settings: RealignSettings) -> Option<Reference> {
+    pub fn new(
+        volume: &[f32],
+        dims: [usize; 3],
+        mm_from_voxel: Affine,
+        settings: RealignSettings,
+    ) -> Option<Reference> {
         let mut sorted: Vec<f32> = volume.iter().copied().filter(|v| v.is_finite()).collect();
         sorted.sort_by(f32::total_cmp);
         let high = *sorted.get(sorted.len() * 99 / 100)?;
@@ -175,15 +190,45 @@ impl Reference {
         let centre_mm = grid_centre_mm(dims, &mm_from_voxel);
         let voxel_from_mm = affine_inverse(&mm_from_voxel);
         let mut levels = Vec::new();
-        for (sigma, step) in [(2.5, settings.subsample * 2), (2.0, settings.subsample), (1.5, settings.subsample)] {
+        for (sigma, step) in [
+            (2.5, settings.subsample * 2),
+            (2.0, settings.subsample),
+            (1.5, settings.subsample),
+        ] {
             let smoothed = smooth(volume, dims, sigma);
-            levels.push(Self::level(&smoothed, dims, &mm_from_voxel, &voxel_from_mm, centre_mm, step.max(1), threshold, sigma)?);
+            levels.push(Self::level(
+                &smoothed,
+                dims,
+                &mm_from_voxel,
+                &voxel_from_mm,
+                centre_mm,
+                step.max(1),
+                threshold,
+                sigma,
+            )?);
         }
-        Some(Reference { dims, mm_from_voxel, volume: volume.to_vec(), centre_mm, voxel_from_mm, levels, settings })
+        Some(Reference {
+            dims,
+            mm_from_voxel,
+            volume: volume.to_vec(),
+            centre_mm,
+            voxel_from_mm,
+            levels,
+            settings,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn level(vol: &[f32], dims: [usize; 3], mm_from_voxel: &Affine, voxel_from_mm: &Affine, centre: [f64; 3], step: usize, threshold: f32, sigma: f64) -> Option<Level> {
+    fn level(
+        vol: &[f32],
+        dims: [usize; 3],
+        mm_from_voxel: &Affine,
+        voxel_from_mm: &Affine,
+        centre: [f64; 3],
+        step: usize,
+        threshold: f32,
+        sigma: f64,
+    ) -> Option<Level> {
         let [nx, ny, nz] = dims;
         let at = |i: usize, j: usize, k: usize| vol[i + nx * (j + ny * k)];
         // Points near the field of view's faces are left out: after motion, the moving volume's missing content
@@ -193,7 +238,8 @@ impl Reference {
         let vf = voxel_from_mm;
         let (mut points, mut values, mut jac) = (Vec::new(), Vec::new(), Vec::new());
         let mut normal = [[0.0f64; 6]; 6];
-        let range = |n: usize| (margin.min(n / 4).max(1))..n.saturating_sub(margin.min(n / 4).max(1));
+        let range =
+            |n: usize| (margin.min(n / 4).max(1))..n.saturating_sub(margin.min(n / 4).max(1));
         for k in range(nz).step_by(step) {
             for j in range(ny).step_by(step) {
                 for i in range(nx).step_by(step) {
@@ -231,7 +277,14 @@ impl Reference {
             }
         }
         let inv_normal = invert6(&normal)?;
-        Some(Level { points, values, jac, normal, inv_normal, sigma })
+        Some(Level {
+            points,
+            values,
+            jac,
+            normal,
+            inv_normal,
+            sigma,
+        })
     }
 
     /// Maps reference voxel coordinates to the moving volume's voxel coordinates for motion `m`.
@@ -244,14 +297,19 @@ impl Reference {
         move |p: [f32; 3]| {
             let q = apply(&mv, [p[0] as f64, p[1] as f64, p[2] as f64]);
             let d = [q[0] - c[0], q[1] - c[1], q[2] - c[2]];
-            let moved = [0, 1, 2].map(|i| (0..3).map(|k| r[i][k] * d[k]).sum::<f64>() + c[i] + t[i]);
+            let moved =
+                [0, 1, 2].map(|i| (0..3).map(|k| r[i][k] * d[k]).sum::<f64>() + c[i] + t[i]);
             apply(&vm, moved)
         }
     }
 
     /// Estimates the motion of `volume` (same grid) starting from `start`; `coarse_to_fine` for a new session.
     pub fn align(&self, volume: &[f32], start: Rigid, coarse_to_fine: bool) -> Alignment {
-        let levels: Vec<&Level> = if coarse_to_fine { self.levels.iter().collect() } else { self.levels.last().into_iter().collect() };
+        let levels: Vec<&Level> = if coarse_to_fine {
+            self.levels.iter().collect()
+        } else {
+            self.levels.last().into_iter().collect()
+        };
         let mut m = start;
         let mut iterations = 0;
         let mut converged = false;
@@ -265,7 +323,9 @@ impl Reference {
                 volume
             };
             converged = false;
-            let margin = margin_voxels(level.sigma).min(self.dims.iter().min().copied().unwrap_or(4) / 4) as f64;
+            let margin = margin_voxels(level.sigma)
+                .min(self.dims.iter().min().copied().unwrap_or(4) / 4)
+                as f64;
             let upper = self.dims.map(|d| d as f64 - 1.0 - margin);
             for _ in 0..self.settings.max_iterations {
                 iterations += 1;
@@ -276,7 +336,13 @@ impl Reference {
                 // would compare the reference with nothing); the normal matrix is then rebuilt for the rest
                 let mut outside: Vec<usize> = Vec::new();
                 let mut used = 0usize;
-                for (i, ((p, &refv), row)) in level.points.iter().zip(&level.values).zip(&level.jac).enumerate() {
+                for (i, ((p, &refv), row)) in level
+                    .points
+                    .iter()
+                    .zip(&level.values)
+                    .zip(&level.jac)
+                    .enumerate()
+                {
                     let q = map(*p);
                     if (0..3).any(|a| q[a] < margin || q[a] > upper[a]) {
                         outside.push(i);
@@ -307,7 +373,8 @@ impl Reference {
                         None => break,
                     }
                 };
-                let delta: [f64; 6] = [0, 1, 2, 3, 4, 5].map(|a| (0..6).map(|b| inv_normal[a][b] * rhs[b]).sum());
+                let delta: [f64; 6] =
+                    [0, 1, 2, 3, 4, 5].map(|a| (0..6).map(|b| inv_normal[a][b] * rhs[b]).sum());
                 for i in 0..3 {
                     m.trans_mm[i] -= delta[i];
                     m.rot_deg[i] -= delta[i + 3];
@@ -321,12 +388,30 @@ impl Reference {
                 }
             }
         }
-        let jump = (0..3).map(|i| (m.trans_mm[i] - start.trans_mm[i]).abs().max((m.rot_deg[i] - start.rot_deg[i]).abs())).fold(0.0, f64::max);
+        let jump = (0..3)
+            .map(|i| {
+                (m.trans_mm[i] - start.trans_mm[i])
+                    .abs()
+                    .max((m.rot_deg[i] - start.rot_deg[i]).abs())
+            })
+            .fold(0.0, f64::max);
         let finite = m.trans_mm.iter().chain(&m.rot_deg).all(|v| v.is_finite());
         if !finite || (!coarse_to_fine && jump > self.settings.max_jump) {
-            return Alignment { motion: start, iterations, residual_rms, converged: false, diverged: true };
+            return Alignment {
+                motion: start,
+                iterations,
+                residual_rms,
+                converged: false,
+                diverged: true,
+            };
         }
-        Alignment { motion: m, iterations, residual_rms, converged, diverged: false }
+        Alignment {
+            motion: m,
+            iterations,
+            residual_rms,
+            converged,
+            diverged: false,
+        }
     }
 
     /// Reslices `volume` into the reference grid, undoing motion `m`. The mapping is affine, so source
@@ -336,7 +421,11 @@ impl Reference {
         let [nx, ny, nz] = self.dims;
         let origin = map([0.0, 0.0, 0.0]);
         let step_x = map([1.0, 0.0, 0.0]);
-        let dx = [step_x[0] - origin[0], step_x[1] - origin[1], step_x[2] - origin[2]];
+        let dx = [
+            step_x[0] - origin[0],
+            step_x[1] - origin[1],
+            step_x[2] - origin[2],
+        ];
         let mut out = Vec::with_capacity(volume.len());
         for k in 0..nz {
             for j in 0..ny {
@@ -363,17 +452,37 @@ mod tests {
     #[test]
     fn recovers_known_motion_of_the_phantom() {
         let anat = Anatomy::new([48, 48, 30], 3.0, 3);
-        let reference = Reference::new(&anat.baseline, anat.dims, anat.mm_from_voxel, RealignSettings::default()).unwrap();
+        let reference = Reference::new(
+            &anat.baseline,
+            anat.dims,
+            anat.mm_from_voxel,
+            RealignSettings::default(),
+        )
+        .unwrap();
         for truth in [
-            Rigid { trans_mm: [1.2, -0.7, 0.4], rot_deg: [0.8, -0.5, 1.1] },
-            Rigid { trans_mm: [-2.8, 2.5, -3.0], rot_deg: [-3.0, 2.6, 2.9] },
+            Rigid {
+                trans_mm: [1.2, -0.7, 0.4],
+                rot_deg: [0.8, -0.5, 1.1],
+            },
+            Rigid {
+                trans_mm: [-2.8, 2.5, -3.0],
+                rot_deg: [-3.0, 2.6, 2.9],
+            },
         ] {
             let moved = move_volume(&anat.baseline, anat.dims, &anat.mm_from_voxel, &truth);
             let a = reference.align(&moved, Rigid::default(), true);
             assert!(a.converged && !a.diverged, "{a:?}");
             for i in 0..3 {
-                assert!((a.motion.trans_mm[i] - truth.trans_mm[i]).abs() < 0.1, "{:?} vs {truth:?}", a.motion);
-                assert!((a.motion.rot_deg[i] - truth.rot_deg[i]).abs() < 0.1, "{:?} vs {truth:?}", a.motion);
+                assert!(
+                    (a.motion.trans_mm[i] - truth.trans_mm[i]).abs() < 0.1,
+                    "{:?} vs {truth:?}",
+                    a.motion
+                );
+                assert!(
+                    (a.motion.rot_deg[i] - truth.rot_deg[i]).abs() < 0.1,
+                    "{:?} vs {truth:?}",
+                    a.motion
+                );
             }
         }
     }
@@ -382,7 +491,10 @@ mod tests {
     fn smoothing_keeps_the_mean_and_inversion_works() {
         let v: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
         let s = smooth(&v, [10, 10, 10], 1.0);
-        let (ma, mb) = (v.iter().sum::<f32>() / 1000.0, s.iter().sum::<f32>() / 1000.0);
+        let (ma, mb) = (
+            v.iter().sum::<f32>() / 1000.0,
+            s.iter().sum::<f32>() / 1000.0,
+        );
         assert!((ma - mb).abs() < 0.05);
         let mut m = [[0.0; 6]; 6];
         for (i, row) in m.iter_mut().enumerate() {

@@ -33,7 +33,11 @@ const RECORD_END: &[u8; 4] = b"END!";
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("session {dir}: {context}: {source}")]
-    Io { dir: PathBuf, context: String, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        context: String,
+        source: std::io::Error,
+    },
     #[error("session {dir}: {reason}")]
     Invalid { dir: PathBuf, reason: String },
     #[error(transparent)]
@@ -100,7 +104,13 @@ pub struct LatencyMs {
 impl LatencyMs {
     pub fn from_samples(samples: &[f64]) -> LatencyMs {
         let p = Percentiles::new(samples);
-        LatencyMs { count: samples.len(), p50: p.at(50.0), p95: p.at(95.0), p99: p.at(99.0), max: p.at(100.0) }
+        LatencyMs {
+            count: samples.len(),
+            p50: p.at(50.0),
+            p95: p.at(95.0),
+            p99: p.at(99.0),
+            max: p.at(100.0),
+        }
     }
 }
 
@@ -138,7 +148,10 @@ pub struct Recorder {
 
 /// Seconds since the Unix epoch.
 pub fn unix_secs_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Recorder {
@@ -147,7 +160,11 @@ impl Recorder {
         let io = |dir: &Path, context: &str| {
             let dir = dir.to_path_buf();
             let context = context.to_string();
-            move |source| RecordError::Io { dir: dir.clone(), context: context.clone(), source }
+            move |source| RecordError::Io {
+                dir: dir.clone(),
+                context: context.clone(),
+                source,
+            }
         };
         std::fs::create_dir_all(root).map_err(io(root, "creating the sessions root"))?;
         let stamp = format_timestamp(meta.started_unix_secs);
@@ -158,12 +175,23 @@ impl Recorder {
             dir = root.join(format!("{stamp}-{n}"));
         }
         std::fs::create_dir(&dir).map_err(io(&dir, "creating the session folder"))?;
-        let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| RecordError::Invalid { dir: dir.clone(), reason: e.to_string() })?;
+        let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| RecordError::Invalid {
+            dir: dir.clone(),
+            reason: e.to_string(),
+        })?;
         std::fs::write(dir.join(SESSION), meta_json).map_err(io(&dir, "writing session.json"))?;
-        let spool = MappedSpool::create(&dir.join(SPOOL)).map_err(io(&dir, "creating spool.bin"))?;
-        let messages =
-            OpenOptions::new().create(true).append(true).open(dir.join(MESSAGES)).map_err(io(&dir, "opening messages.jsonl"))?;
-        Ok(Recorder { dir, spool, messages: BufWriter::new(messages) })
+        let spool =
+            MappedSpool::create(&dir.join(SPOOL)).map_err(io(&dir, "creating spool.bin"))?;
+        let messages = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(MESSAGES))
+            .map_err(io(&dir, "opening messages.jsonl"))?;
+        Ok(Recorder {
+            dir,
+            spool,
+            messages: BufWriter::new(messages),
+        })
     }
 
     /// The session folder.
@@ -173,7 +201,12 @@ impl Recorder {
 
     /// Appends an accepted volume (little-endian C-order buffer). Returns once the bytes are in the kernel's
     /// page cache, which survives the process being killed.
-    pub fn append_volume(&mut self, header: &VolumeHeader, c_order_le: &[u8], arrived_unix_secs: f64) -> Result<(), RecordError> {
+    pub fn append_volume(
+        &mut self,
+        header: &VolumeHeader,
+        c_order_le: &[u8],
+        arrived_unix_secs: f64,
+    ) -> Result<(), RecordError> {
         let record = SpoolHeader {
             index: header.index,
             dtype: header.dtype,
@@ -182,13 +215,20 @@ impl Recorder {
             tr_secs: header.tr_secs,
             arrived_unix_secs,
         };
-        let json = serde_json::to_vec(&record).map_err(|e| RecordError::Invalid { dir: self.dir.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_vec(&record).map_err(|e| RecordError::Invalid {
+            dir: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
         let mut prefix = Vec::with_capacity(16 + json.len());
         prefix.extend_from_slice(RECORD_MAGIC);
         prefix.extend_from_slice(&(json.len() as u32).to_le_bytes());
         prefix.extend_from_slice(&(c_order_le.len() as u64).to_le_bytes());
         prefix.extend_from_slice(&json);
-        let io = |source| RecordError::Io { dir: self.dir.clone(), context: "appending to spool.bin".into(), source };
+        let io = |source| RecordError::Io {
+            dir: self.dir.clone(),
+            context: "appending to spool.bin".into(),
+            source,
+        };
         self.spool.append(&prefix).map_err(io)?;
         self.spool.append(c_order_le).map_err(io)?;
         self.spool.append(RECORD_END).map_err(io)?;
@@ -197,8 +237,15 @@ impl Recorder {
 
     /// Appends one line to `messages.jsonl` and flushes it.
     pub fn log_message(&mut self, entry: &MessageLog) -> Result<(), RecordError> {
-        let io = |source| RecordError::Io { dir: self.dir.clone(), context: "appending to messages.jsonl".into(), source };
-        let line = serde_json::to_string(entry).map_err(|e| RecordError::Invalid { dir: self.dir.clone(), reason: e.to_string() })?;
+        let io = |source| RecordError::Io {
+            dir: self.dir.clone(),
+            context: "appending to messages.jsonl".into(),
+            source,
+        };
+        let line = serde_json::to_string(entry).map_err(|e| RecordError::Invalid {
+            dir: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
         writeln!(self.messages, "{line}").map_err(io)?;
         self.messages.flush().map_err(io)
     }
@@ -206,7 +253,11 @@ impl Recorder {
     /// Ends the session: writes the NIfTI and the summary.
     pub fn finalise(self, end_reason: &str, compress: bool) -> Result<Summary, RecordError> {
         let dir = self.dir.clone();
-        self.spool.finish().map_err(|source| RecordError::Io { dir: dir.clone(), context: "closing spool.bin".into(), source })?;
+        self.spool.finish().map_err(|source| RecordError::Io {
+            dir: dir.clone(),
+            context: "closing spool.bin".into(),
+            source,
+        })?;
         finalise_dir(&dir, end_reason, false, compress)
     }
 }
@@ -226,7 +277,12 @@ pub fn format_timestamp(unix_secs: f64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// True when `dir` is a session folder that was never finalised (a crash).
@@ -236,8 +292,14 @@ pub fn is_unfinalised(dir: &Path) -> bool {
 
 /// Unfinalised session folders directly under `root`.
 pub fn find_unfinalised(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
-    let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_unfinalised(p)).collect();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| is_unfinalised(p))
+        .collect();
     dirs.sort();
     dirs
 }
@@ -255,10 +317,21 @@ fn read_spool(dir: &Path) -> Result<(Vec<SpooledVolume>, bool), RecordError> {
     let mut bytes = Vec::new();
     match File::open(&path) {
         Ok(mut f) => {
-            f.read_to_end(&mut bytes).map_err(|source| RecordError::Io { dir: dir.to_path_buf(), context: "reading spool.bin".into(), source })?;
+            f.read_to_end(&mut bytes)
+                .map_err(|source| RecordError::Io {
+                    dir: dir.to_path_buf(),
+                    context: "reading spool.bin".into(),
+                    source,
+                })?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
-        Err(source) => return Err(RecordError::Io { dir: dir.to_path_buf(), context: "opening spool.bin".into(), source }),
+        Err(source) => {
+            return Err(RecordError::Io {
+                dir: dir.to_path_buf(),
+                context: "opening spool.bin".into(),
+                source,
+            })
+        }
     }
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -273,24 +346,39 @@ fn read_spool(dir: &Path) -> Result<(Vec<SpooledVolume>, bool), RecordError> {
             break;
         }
         let json_len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        let data_len = u64::from_le_bytes([rest[8], rest[9], rest[10], rest[11], rest[12], rest[13], rest[14], rest[15]]) as usize;
-        let total = 16usize.saturating_add(json_len).saturating_add(data_len).saturating_add(4);
+        let data_len = u64::from_le_bytes([
+            rest[8], rest[9], rest[10], rest[11], rest[12], rest[13], rest[14], rest[15],
+        ]) as usize;
+        let total = 16usize
+            .saturating_add(json_len)
+            .saturating_add(data_len)
+            .saturating_add(4);
         if rest.len() < total || &rest[total - 4..total] != RECORD_END {
             torn = true;
             break;
         }
-        let header: SpoolHeader = serde_json::from_slice(&rest[16..16 + json_len])
-            .map_err(|e| RecordError::Invalid { dir: dir.to_path_buf(), reason: format!("spool record at byte {at}: {e}") })?;
-        out.push(SpooledVolume { header, c_order_le: rest[16 + json_len..16 + json_len + data_len].to_vec() });
+        let header: SpoolHeader =
+            serde_json::from_slice(&rest[16..16 + json_len]).map_err(|e| RecordError::Invalid {
+                dir: dir.to_path_buf(),
+                reason: format!("spool record at byte {at}: {e}"),
+            })?;
+        out.push(SpooledVolume {
+            header,
+            c_order_le: rest[16 + json_len..16 + json_len + data_len].to_vec(),
+        });
         at += total;
     }
     Ok((out, torn))
 }
 
 fn read_messages(dir: &Path) -> Vec<MessageLog> {
-    let Ok(text) = std::fs::read_to_string(dir.join(MESSAGES)) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(dir.join(MESSAGES)) else {
+        return Vec::new();
+    };
     // a line torn by a crash fails to parse and is skipped
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// The element type of the 4-D file: the common one, float32 for float16, float64 when types differ.
@@ -324,13 +412,30 @@ fn convert_le(bytes: &[u8], from: Dtype, to: Dtype) -> Vec<u8> {
 }
 
 /// Finalises (or recovers) a session folder: writes `volumes.nii[.gz]` and `summary.json`, removes the spool.
-pub fn finalise_dir(dir: &Path, end_reason: &str, recovered: bool, compress: bool) -> Result<Summary, RecordError> {
+pub fn finalise_dir(
+    dir: &Path,
+    end_reason: &str,
+    recovered: bool,
+    compress: bool,
+) -> Result<Summary, RecordError> {
     let meta: SessionMeta = std::fs::read(dir.join(SESSION))
-        .map_err(|source| RecordError::Io { dir: dir.to_path_buf(), context: "reading session.json".into(), source })
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| RecordError::Invalid { dir: dir.to_path_buf(), reason: format!("session.json: {e}") }))?;
+        .map_err(|source| RecordError::Io {
+            dir: dir.to_path_buf(),
+            context: "reading session.json".into(),
+            source,
+        })
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| RecordError::Invalid {
+                dir: dir.to_path_buf(),
+                reason: format!("session.json: {e}"),
+            })
+        })?;
     let (mut volumes, torn) = read_spool(dir)?;
     if torn {
-        tracing::warn!("session {}: skipped a torn record at the end of spool.bin (never acknowledged)", dir.display());
+        tracing::warn!(
+            "session {}: skipped a torn record at the end of spool.bin (never acknowledged)",
+            dir.display()
+        );
     }
     let messages = read_messages(dir);
 
@@ -352,7 +457,12 @@ pub fn finalise_dir(dir: &Path, end_reason: &str, recovered: bool, compress: boo
         missing: 0,
         missing_indices: Vec::new(),
         messages: messages.len(),
-        reply_latency_ms: LatencyMs::from_samples(&messages.iter().map(|m| m.reply_latency_ms).collect::<Vec<_>>()),
+        reply_latency_ms: LatencyMs::from_samples(
+            &messages
+                .iter()
+                .map(|m| m.reply_latency_ms)
+                .collect::<Vec<_>>(),
+        ),
         volumes_file: None,
         volumes_in_file: 0,
         dims: None,
@@ -381,13 +491,24 @@ pub fn finalise_dir(dir: &Path, end_reason: &str, recovered: bool, compress: boo
         let mut data = vec![0u8; per_volume * n_volumes];
         for v in &volumes {
             if v.header.dims != dims {
-                return Err(RecordError::Invalid { dir: dir.to_path_buf(), reason: format!("volume {} has dims {:?}, the run {:?}", v.header.index, v.header.dims, dims) });
+                return Err(RecordError::Invalid {
+                    dir: dir.to_path_buf(),
+                    reason: format!(
+                        "volume {} has dims {:?}, the run {:?}",
+                        v.header.index, v.header.dims, dims
+                    ),
+                });
             }
             let x_fastest = c_order_to_x_fastest(&v.c_order_le, dims, v.header.dtype.itemsize());
             let converted = convert_le(&x_fastest, v.header.dtype, dtype);
-            data[v.header.index * per_volume..(v.header.index + 1) * per_volume].copy_from_slice(&converted);
+            data[v.header.index * per_volume..(v.header.index + 1) * per_volume]
+                .copy_from_slice(&converted);
         }
-        let name = if compress { "volumes.nii.gz" } else { "volumes.nii" };
+        let name = if compress {
+            "volumes.nii.gz"
+        } else {
+            "volumes.nii"
+        };
         let spec = NiftiSpec {
             dims,
             volumes: n_volumes,
@@ -404,15 +525,29 @@ pub fn finalise_dir(dir: &Path, end_reason: &str, recovered: bool, compress: boo
         summary.dtype = Some(dtype);
         summary.tr_secs = Some(first.header.tr_secs);
     }
-    let present: std::collections::BTreeSet<usize> = volumes.iter().map(|v| v.header.index).collect();
-    let upper = meta.expected_volumes.max(present.iter().next_back().map(|i| i + 1).unwrap_or(0));
+    let present: std::collections::BTreeSet<usize> =
+        volumes.iter().map(|v| v.header.index).collect();
+    let upper = meta
+        .expected_volumes
+        .max(present.iter().next_back().map(|i| i + 1).unwrap_or(0));
     summary.missing_indices = (0..upper).filter(|i| !present.contains(i)).collect();
     summary.missing = summary.missing_indices.len();
 
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| RecordError::Invalid { dir: dir.to_path_buf(), reason: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| RecordError::Invalid {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let tmp = dir.join("summary.json.partial");
-    std::fs::write(&tmp, json).map_err(|source| RecordError::Io { dir: dir.to_path_buf(), context: "writing summary.json".into(), source })?;
-    std::fs::rename(&tmp, dir.join(SUMMARY)).map_err(|source| RecordError::Io { dir: dir.to_path_buf(), context: "writing summary.json".into(), source })?;
+    std::fs::write(&tmp, json).map_err(|source| RecordError::Io {
+        dir: dir.to_path_buf(),
+        context: "writing summary.json".into(),
+        source,
+    })?;
+    std::fs::rename(&tmp, dir.join(SUMMARY)).map_err(|source| RecordError::Io {
+        dir: dir.to_path_buf(),
+        context: "writing summary.json".into(),
+        source,
+    })?;
     // the NIfTI and summary are complete: the spool is no longer needed
     let _ = std::fs::remove_file(dir.join(SPOOL));
     Ok(summary)
@@ -431,7 +566,12 @@ mod tests {
     #[test]
     fn a_torn_last_record_is_skipped_and_earlier_ones_kept() {
         let root = std::env::temp_dir().join(format!("hyper-rt-rec-{}", std::process::id()));
-        let meta = SessionMeta { started_unix_secs: 1.0, bind: "x".into(), expected_volumes: 3, hyper_rt_version: "t".into() };
+        let meta = SessionMeta {
+            started_unix_secs: 1.0,
+            bind: "x".into(),
+            expected_volumes: 3,
+            hyper_rt_version: "t".into(),
+        };
         let mut rec = Recorder::create(&root, &meta).unwrap();
         let header = |index| VolumeHeader {
             index,
@@ -441,8 +581,10 @@ mod tests {
             mm_from_voxel: crate::volume::IDENTITY_AFFINE,
             tr_secs: 2.0,
         };
-        rec.append_volume(&header(0), &[1, 0, 2, 0, 3, 0, 4, 0], 1.0).unwrap();
-        rec.append_volume(&header(2), &[5, 0, 6, 0, 7, 0, 8, 0], 1.0).unwrap();
+        rec.append_volume(&header(0), &[1, 0, 2, 0, 3, 0, 4, 0], 1.0)
+            .unwrap();
+        rec.append_volume(&header(2), &[5, 0, 6, 0, 7, 0, 8, 0], 1.0)
+            .unwrap();
         let dir = rec.dir().to_path_buf();
         drop(rec);
         // simulate a crash in the middle of a third record
@@ -452,7 +594,10 @@ mod tests {
         std::fs::write(dir.join(SPOOL), spool_bytes).unwrap();
         assert!(is_unfinalised(&dir));
         let s = finalise_dir(&dir, "recovered", true, false).unwrap();
-        assert_eq!((s.received, s.missing_indices.clone(), s.volumes_in_file), (2, vec![1], 3));
+        assert_eq!(
+            (s.received, s.missing_indices.clone(), s.volumes_in_file),
+            (2, vec![1], 3)
+        );
         let img = crate::nifti::NiftiImage::read(&dir.join("volumes.nii")).unwrap();
         // C order [2,2,1] -> x fastest: (0,0),(1,0),(0,1),(1,1) = c offsets 0,2,1,3
         assert_eq!(img.volume_values(0), vec![1.0, 3.0, 2.0, 4.0]);

@@ -45,26 +45,33 @@ pub struct MappedSpool {
 impl MappedSpool {
     /// Creates (truncating) the file and starts the helper that maps segments ahead.
     pub fn create(path: &Path) -> std::io::Result<MappedSpool> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         let helper_file = file.try_clone()?;
         let (tx, rx) = bounded(4);
         let (retired_tx, retired_rx) = crossbeam_channel::unbounded::<ToHelper>();
-        let helper = std::thread::Builder::new().name("spool-prefault".into()).spawn(move || {
-            let mut offset = 0u64;
-            let mut size = FIRST_SEGMENT_BYTES;
-            loop {
-                let segment = map_segment(&helper_file, offset, size);
-                let failed = segment.is_err();
-                if tx.send(segment).is_err() || failed {
-                    return; // the writer is gone, or the error was handed over
+        let helper = std::thread::Builder::new()
+            .name("spool-prefault".into())
+            .spawn(move || {
+                let mut offset = 0u64;
+                let mut size = FIRST_SEGMENT_BYTES;
+                loop {
+                    let segment = map_segment(&helper_file, offset, size);
+                    let failed = segment.is_err();
+                    if tx.send(segment).is_err() || failed {
+                        return; // the writer is gone, or the error was handed over
+                    }
+                    while let Ok(ToHelper::Unmap(old)) = retired_rx.try_recv() {
+                        drop(old);
+                    }
+                    offset += size;
+                    size = (size * 2).min(MAX_SEGMENT_BYTES);
                 }
-                while let Ok(ToHelper::Unmap(old)) = retired_rx.try_recv() {
-                    drop(old);
-                }
-                offset += size;
-                size = (size * 2).min(MAX_SEGMENT_BYTES);
-            }
-        })?;
+            })?;
         Ok(MappedSpool {
             file,
             ready: Some(rx),
@@ -79,21 +86,30 @@ impl MappedSpool {
     /// Appends `bytes`; when this returns they are in the page cache.
     pub fn append(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
-            let full = self.current.as_ref().is_none_or(|s| self.used_in_current == s.map.len());
+            let full = self
+                .current
+                .as_ref()
+                .is_none_or(|s| self.used_in_current == s.map.len());
             if full {
                 let next = self
                     .ready
                     .as_ref()
                     .and_then(|rx| rx.recv().ok())
-                    .unwrap_or_else(|| Err(std::io::Error::other("the spool helper thread stopped")))?;
+                    .unwrap_or_else(|| {
+                        Err(std::io::Error::other("the spool helper thread stopped"))
+                    })?;
                 if let (Some(old), Some(retired)) = (self.current.replace(next), &self.retired) {
                     let _ = retired.send(ToHelper::Unmap(old));
                 }
                 self.used_in_current = 0;
             }
-            let segment = self.current.as_mut().ok_or_else(|| std::io::Error::other("no spool segment"))?;
+            let segment = self
+                .current
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no spool segment"))?;
             let n = bytes.len().min(segment.map.len() - self.used_in_current);
-            segment.map[self.used_in_current..self.used_in_current + n].copy_from_slice(&bytes[..n]);
+            segment.map[self.used_in_current..self.used_in_current + n]
+                .copy_from_slice(&bytes[..n]);
             self.used_in_current += n;
             self.logical_len += n as u64;
             bytes = &bytes[n..];
@@ -134,7 +150,12 @@ fn map_segment(file: &File, offset: u64, size: u64) -> std::io::Result<Segment> 
     file.set_len(offset + size)?;
     // SAFETY: the file is private to this session's writer; nothing else truncates it while mapped
     // (the writer trims it only after the helper has stopped and every segment is unmapped).
-    let mut map = unsafe { MmapOptions::new().offset(offset).len(size as usize).map_mut(file)? };
+    let mut map = unsafe {
+        MmapOptions::new()
+            .offset(offset)
+            .len(size as usize)
+            .map_mut(file)?
+    };
     for page in (0..map.len()).step_by(PAGE_BYTES) {
         map[page] = 0;
     }

@@ -21,7 +21,12 @@ fn edge(r: f64, width: f64) -> f64 {
 /// The grid: voxel_mm isotropic, centred on the origin, RAS+.
 pub fn grid_affine(dims: [usize; 3], voxel_mm: f64) -> Affine {
     let c = |d: usize| -(d as f64 - 1.0) / 2.0 * voxel_mm;
-    [[voxel_mm, 0.0, 0.0, c(dims[0])], [0.0, voxel_mm, 0.0, c(dims[1])], [0.0, 0.0, voxel_mm, c(dims[2])], [0.0, 0.0, 0.0, 1.0]]
+    [
+        [voxel_mm, 0.0, 0.0, c(dims[0])],
+        [0.0, voxel_mm, 0.0, c(dims[1])],
+        [0.0, 0.0, voxel_mm, c(dims[2])],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
 }
 
 impl Anatomy {
@@ -37,9 +42,14 @@ impl Anatomy {
         let waves: Vec<([f64; 3], f64)> = (0..24)
             .map(|_| {
                 let dir = [rng.normal(), rng.normal(), rng.normal()];
-                let norm = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]).sqrt().max(1e-9);
+                let norm = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2])
+                    .sqrt()
+                    .max(1e-9);
                 let k = std::f64::consts::TAU / (15.0 + 30.0 * rng.uniform());
-                ([dir[0] / norm * k, dir[1] / norm * k, dir[2] / norm * k], std::f64::consts::TAU * rng.uniform())
+                (
+                    [dir[0] / norm * k, dir[1] / norm * k, dir[2] / norm * k],
+                    std::f64::consts::TAU * rng.uniform(),
+                )
             })
             .collect();
         let n = dims.iter().product();
@@ -50,14 +60,26 @@ impl Anatomy {
             for j in 0..dims[1] {
                 for i in 0..dims[0] {
                     let p = crate::spatial::apply(&mm_from_voxel, [i as f64, j as f64, k as f64]);
-                    let r = |radii: [f64; 3]| ((p[0] / radii[0]).powi(2) + (p[1] / radii[1]).powi(2) + (p[2] / radii[2]).powi(2)).sqrt();
+                    let r = |radii: [f64; 3]| {
+                        ((p[0] / radii[0]).powi(2)
+                            + (p[1] / radii[1]).powi(2)
+                            + (p[2] / radii[2]).powi(2))
+                        .sqrt()
+                    };
                     let (r_head, r_brain, r_wm) = (r(head), r(brain), r(wm));
                     // ventricles: two small ellipsoids either side of the midline
                     let vent = |sx: f64| {
-                        (((p[0] - sx) / (brain[0] * 0.12)).powi(2) + (p[1] / (brain[1] * 0.30)).powi(2) + ((p[2] - brain[2] * 0.1) / (brain[2] * 0.18)).powi(2)).sqrt()
+                        (((p[0] - sx) / (brain[0] * 0.12)).powi(2)
+                            + (p[1] / (brain[1] * 0.30)).powi(2)
+                            + ((p[2] - brain[2] * 0.1) / (brain[2] * 0.18)).powi(2))
+                        .sqrt()
                     };
                     let r_vent = vent(brain[0] * 0.15).min(vent(-brain[0] * 0.15));
-                    let texture: f64 = waves.iter().map(|(kv, ph)| (kv[0] * p[0] + kv[1] * p[1] + kv[2] * p[2] + ph).cos()).sum::<f64>() / (waves.len() as f64).sqrt();
+                    let texture: f64 = waves
+                        .iter()
+                        .map(|(kv, ph)| (kv[0] * p[0] + kv[1] * p[1] + kv[2] * p[2] + ph).cos())
+                        .sum::<f64>()
+                        / (waves.len() as f64).sqrt();
                     let w_head = 1.0 - edge(r_head, soft / head[0]);
                     let w_brain = 1.0 - edge(r_brain, soft / brain[0]);
                     let w_wm = 1.0 - edge(r_wm, soft / wm[0]);
@@ -74,6 +96,11 @@ impl Anatomy {
                 }
             }
         }
-        Anatomy { dims, mm_from_voxel, baseline, brain: brain_mask }
+        Anatomy {
+            dims,
+            mm_from_voxel,
+            baseline,
+            brain: brain_mask,
+        }
     }
 }
