@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
-use hyper_rt::generate::cuda::{CudaGenerator, Precision};
+use hyper_rt::generate::cuda::generator::CudaGenerator;
+use hyper_rt::generate::Precision;
 use hyper_rt::generate::{image_0rgb, model, relative_l2, ConvKernels, GpuLaunch, UpsampleConv};
 use hyper_rt::rng::Rng;
 

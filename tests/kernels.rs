@@ -7,10 +7,11 @@
 
 use std::process::Command;
 
-use hyper_rt::generate::cuda::{compile_ptx, known_compute_capabilities, KERNELS};
-use hyper_rt::generate::ptx_cache::{
-    cache_file, nvrtc_supported_archs, nvrtc_version, ptx_via_disk, PtxSource,
+use hyper_rt::generate::cuda::nvrtc::{
+    compile_ptx, known_compute_capabilities, nvrtc_supported_archs, nvrtc_version,
 };
+use hyper_rt::generate::cuda::plan::KERNELS;
+use hyper_rt::generate::cuda::ptx_cache::{cache_file, ptx_via_disk, PtxSource};
 
 fn required() -> bool {
     std::env::var("HYPER_RT_REQUIRE_NVRTC").is_ok_and(|v| v == "1")

@@ -8,7 +8,7 @@ use hyper_rt::config::Config;
 use hyper_rt::generate::{
     self,
     cpu::{CpuAlgorithm, CpuGenerator},
-    model, Backend, DeviceChoice, Precision,
+    model, DeviceChoice, Precision,
 };
 use hyper_rt::rng::Rng;
 
@@ -141,16 +141,14 @@ fn bench_gpu(
     model: std::sync::Arc<model::PgganModel>,
     gflop: f64,
 ) -> anyhow::Result<()> {
-    let mut backend = Backend::open(
-        model.clone(),
-        args.device,
-        args.which_gpu.gpu_index,
-        args.algorithm,
-        args.precision,
-    )?;
-    args.gpu.apply(&mut backend)?;
     #[cfg(feature = "cuda")]
-    if let Backend::Cuda(mut generator) = backend {
+    {
+        use hyper_rt::generate::cuda::generator::CudaGenerator;
+        let mut generator =
+            CudaGenerator::new(model.clone(), args.precision, args.which_gpu.gpu_index).map_err(
+                |e| anyhow::anyhow!("the GPU is not available here ({e}); use --device cpu"),
+            )?;
+        generator.use_settings(args.gpu.settings())?;
         let kernels = format!(
             "{:?} kernels, {:?} upsampling",
             args.gpu.kernels, args.gpu.upsample
@@ -212,19 +210,19 @@ fn bench_gpu(
             "{}",
             serde_json::json!({"backend": "cuda", "device": generator.device_name(), "precision": args.precision, "kernels": args.gpu.kernels, "upsample": args.gpu.upsample, "launch": launch, "graph_failure": graph_failure, "gflop_per_image": gflop, "peak_rss_mib": peak_rss_mib(), "results": rows, "tuning": tuning})
         );
-        return Ok(());
+        Ok(())
     }
-    let _ = gflop; // reported only from the GPU
-    anyhow::bail!(
-        "the GPU is not available here ({}); use --device cpu",
-        backend.describe()
-    )
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (args, model, gflop);
+        anyhow::bail!("this build has no CUDA support (cargo feature `cuda`); use --device cpu")
+    }
 }
 
 /// The kernel tuning's measurements for one batch size: a row per candidate, the reference (the gather kernel
 /// with the upsampling asked for) first, the chosen one marked, then the sums.
 #[cfg(feature = "cuda")]
-fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
+fn print_tuning(batch: usize, layers: &[generate::cuda::tune::LayerChoice]) {
     println!("kernel tuning (batch {batch}, ms per launch; rel diff: from the reference, the first row of a layer)");
     println!(
         "{:<22} {:<18} {:>9} {:>9}",
@@ -247,6 +245,6 @@ fn print_tuning(batch: usize, layers: &[generate::cuda::LayerChoice]) {
             println!("{layer:<22} {:<18} {ms:>9} {diff:>9}  {note}", c.kernel);
         }
     }
-    let (reference, tuned) = generate::cuda::tuning_totals(layers);
+    let (reference, tuned) = generate::cuda::tune::tuning_totals(layers);
     println!("sum of the references {reference:.4} ms, of the chosen {tuned:.4} ms");
 }

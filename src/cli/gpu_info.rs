@@ -25,8 +25,9 @@ pub struct Args {
 #[cfg(feature = "cuda")]
 fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
     use hyper_rt::generate::cpu::{CpuAlgorithm, CpuGenerator};
-    use hyper_rt::generate::cuda::{CudaGenerator, Precision};
+    use hyper_rt::generate::cuda::generator::CudaGenerator;
     use hyper_rt::generate::model::PgganModel;
+    use hyper_rt::generate::Precision;
     use hyper_rt::generate::{gpu_parity_bound, relative_l2};
 
     let model = std::sync::Arc::new(PgganModel::builtin_random());
@@ -72,7 +73,7 @@ fn check_drawing(gpu_index: usize, tf32_available: bool) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
-    use hyper_rt::generate::cuda_report::{cuda_report, Check};
+    use hyper_rt::generate::cuda::report::{cuda_report, Check};
 
     let gpu_index = args.which_gpu.gpu_index;
     let report = cuda_report(gpu_index);

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::generate::{self, launch, ConvKernels, Precision, UpsampleConv};
+use hyper_rt::generate::cuda::{launches, plan};
+use hyper_rt::generate::{self, ConvKernels, Precision, UpsampleConv};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,14 +44,14 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         (kernels, _) => kernels == ConvKernels::Staged,
     };
     let model = generate::load_model(args.weights.as_deref())?;
-    let plans = launch::layer_plans(
+    let plans = plan::layer_plans(
         &model,
         args.sm_count,
         args.batch,
         staged,
         args.gpu.upsample == UpsampleConv::Phased,
     );
-    let plan = launch::describe(&model, &plans, args.precision, args.batch);
+    let plan = launches::describe(&model, &plans, args.precision, args.batch);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: String, data: &[f32]| -> anyhow::Result<()> {
@@ -58,7 +59,7 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
     };
-    use launch::Buf;
+    use launches::Buf;
     write(Buf::DenseWeight.name(), &model.dense_weight)?;
     write(Buf::DenseBias.name(), &model.dense_bias)?;
     for (i, c) in model.convs.iter().enumerate() {

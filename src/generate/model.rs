@@ -6,8 +6,8 @@
 //! the equivalent nearest-upsample + 3 x 3 convolution (kernel flipped spatially, in/out swapped). The dense layer
 //! is `[latent, 16 * C4]` with column `c * 16 + y * 4 + x`; ToRGB is `[C, 3]`.
 
-use super::weights::Checkpoint;
-use super::GenerateError;
+use crate::generate::error::GenerateError;
+use crate::generate::weights::Checkpoint;
 use crate::rng::Rng;
 
 /// One 3 x 3 convolution with bias, leaky ReLU and pixel norm after it.
@@ -454,5 +454,13 @@ mod tests {
         }
         let err = PgganModel::from_checkpoint(&ck).unwrap_err().to_string();
         assert!(err.contains("32 x 32") && err.contains("missing"), "{err}");
+    }
+}
+
+/// Loads the model from a checkpoint file, or the built-in random network when `weights` is `None`.
+pub fn load_model(weights: Option<&std::path::Path>) -> Result<PgganModel, GenerateError> {
+    match weights {
+        Some(path) => PgganModel::from_checkpoint(&Checkpoint::load(path)?),
+        None => Ok(PgganModel::builtin_random()),
     }
 }

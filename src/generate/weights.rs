@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::GenerateError;
+use crate::generate::error::GenerateError;
 
 /// One float32 tensor in the checkpoint's own (TensorFlow) layout.
 #[derive(Debug, Clone)]

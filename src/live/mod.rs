@@ -756,6 +756,7 @@ pub fn load_boundaries(dir: &Path, latent_size: usize) -> Vec<(String, Vec<f64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::backend::TestGpu;
     use crate::generate::cpu::CpuGenerator;
     use crate::generate::model::PgganModel;
 
@@ -763,11 +764,7 @@ mod tests {
     fn a_gpu_that_fails_mid_run_hands_over_to_the_cpu_without_losing_the_frame() {
         let model = Arc::new(PgganModel::builtin_random());
         let mut reference = Backend::Cpu(CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd));
-        let mut generator = Backend::TestGpu {
-            cpu: CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd),
-            passes_before_failure: 2,
-            scale_error: 0.0,
-        };
+        let mut generator = TestGpu::boxed(model.clone(), 2, 0.0);
         let stats = Mutex::new(LiveStats::default());
         let mut rng = crate::rng::Rng::new(5);
         for volume in 0..4 {
@@ -782,7 +779,7 @@ mod tests {
             let fell_back = stats.lock().unwrap().generator_fell_back_to_cpu.clone();
             match volume {
                 0 | 1 => {
-                    assert!(fell_back.is_none() && matches!(generator, Backend::TestGpu { .. }))
+                    assert!(fell_back.is_none() && matches!(generator, Backend::Gpu(_)))
                 }
                 _ => {
                     assert!(

@@ -21,21 +21,11 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu::{bias_lrelu_pixel_norm, matmul, reuse_buffer};
-use super::model::ConvLayer;
+use super::ops::{bias_lrelu_pixel_norm, matmul, reuse_buffer};
+use super::tiles::{tile_sources, BandSink, WinogradSpec, NARROW_COUT, NARROW_ROW_MULTIPLE};
 #[cfg(target_arch = "x86_64")]
 use super::winograd_avx2;
-
-/// Where one input tile reads: the channel-0 offset in the `[side_in, side_in, cin]` input of each of its
-/// `a x a` pixels (row major; at most 6 x 6), `None` outside the (upsampled) image, which reads as zero padding.
-pub(super) type TileSources = [Option<usize>; 36];
-
-/// Layers with at most this many output channels (and the AVX2 kernels) run in small blocks with a
-/// register-blocked micro-kernel instead of the packed GEMM, whose set-up costs more than such thin products.
-pub(super) const NARROW_COUT: usize = 64;
-
-/// Row counts of the narrow micro-kernel's products are multiples of this (it takes 12, 6 or 3 rows at a time).
-pub(super) const NARROW_ROW_MULTIPLE: usize = 12;
+use crate::generate::model::ConvLayer;
 
 /// Whether the AVX2 + FMA kernels can run a layer with these channels on this CPU.
 fn avx2_supported(cin: usize, cout: usize) -> bool {
@@ -52,70 +42,6 @@ fn avx2_supported(cin: usize, cout: usize) -> bool {
         false
     }
 }
-
-/// The transform matrices of one F(m, 3) variant.
-#[derive(Debug)]
-pub struct WinogradSpec {
-    /// Output tile side.
-    pub m: usize,
-    /// Input tile side, m + 2.
-    pub a: usize,
-    /// `B^T`, a x a, row major.
-    bt: &'static [f32],
-    /// `G`, a x 3, row major (exact rationals, applied in f64).
-    g: &'static [f64],
-    /// `A^T`, m x a, row major.
-    at: &'static [f32],
-}
-
-pub static F2: WinogradSpec = WinogradSpec {
-    m: 2,
-    a: 4,
-    bt: &[
-        1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 1.0, 0.0, -1.0,
-    ],
-    g: &[1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0],
-    at: &[1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, -1.0],
-};
-
-pub static F4: WinogradSpec = WinogradSpec {
-    m: 4,
-    a: 6,
-    bt: &[
-        4.0, 0.0, -5.0, 0.0, 1.0, 0.0, //
-        0.0, -4.0, -4.0, 1.0, 1.0, 0.0, //
-        0.0, 4.0, -4.0, -1.0, 1.0, 0.0, //
-        0.0, -2.0, -1.0, 2.0, 1.0, 0.0, //
-        0.0, 2.0, -1.0, -2.0, 1.0, 0.0, //
-        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
-    ],
-    g: &[
-        0.25,
-        0.0,
-        0.0, //
-        -1.0 / 6.0,
-        -1.0 / 6.0,
-        -1.0 / 6.0, //
-        -1.0 / 6.0,
-        1.0 / 6.0,
-        -1.0 / 6.0, //
-        1.0 / 24.0,
-        1.0 / 12.0,
-        1.0 / 6.0, //
-        1.0 / 24.0,
-        -1.0 / 12.0,
-        1.0 / 6.0, //
-        0.0,
-        0.0,
-        1.0,
-    ],
-    at: &[
-        1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
-        0.0, 1.0, -1.0, 2.0, -2.0, 0.0, //
-        0.0, 1.0, 1.0, 4.0, 4.0, 0.0, //
-        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
-    ],
-};
 
 /// A convolution layer prepared for Winograd: transformed weights `[a*a][cin][cout]`.
 #[derive(Debug, Clone)]
@@ -249,29 +175,6 @@ pub fn conv3x3_to_rgb(
     Some(side)
 }
 
-/// Where a band's finished pixels go.
-pub(super) enum BandSink<'a> {
-    /// Channels-last activations `[rows, side, cout]`.
-    Activations(&'a mut [f32]),
-    /// Through the 1 x 1 ToRGB layer into three planar `[rows, side]` slices; `weight` is `[3][C]`.
-    Rgb {
-        planes: [&'a mut [f32]; 3],
-        weight: &'a [f32],
-        bias: [f32; 3],
-    },
-}
-
-impl BandSink<'_> {
-    /// Output rows the band holds.
-    fn rows(&self, side: usize, cout: usize) -> usize {
-        match self {
-            BandSink::Activations(out) => out.len() / (side * cout),
-            BandSink::Rgb { planes, .. } => planes[0].len() / side,
-        }
-    }
-}
-
-/// Tile rows per band: one on the narrow path (which blocks further inside the band), else bands of about
 /// [`BAND_BYTES`] of transformed input, at least one per thread (so that the transforms run in parallel too),
 /// or the whole layer where it is small.
 fn band_tile_rows(layer: &WinogradLayer, side: usize) -> usize {
@@ -493,31 +396,6 @@ fn run_band(
     }
 }
 
-/// The channel-0 offsets in the input of the `a x a` pixels of the tile whose top-left input pixel is `(oy, ox)`
-/// in the (upsampled) image, `None` for zero padding.
-fn tile_sources(
-    spec: &WinogradSpec,
-    side_in: usize,
-    side: usize,
-    up: usize,
-    cin: usize,
-    oy: isize,
-    ox: isize,
-) -> TileSources {
-    let a = spec.a;
-    let mut sources = [None; 36];
-    for r in 0..a {
-        for c in 0..a {
-            let (y, x) = (oy + r as isize, ox + c as isize);
-            if y >= 0 && x >= 0 && y < side as isize && x < side as isize {
-                sources[r * a + c] =
-                    Some((((y as usize) >> up) * side_in + ((x as usize) >> up)) * cin);
-            }
-        }
-    }
-    sources
-}
-
 /// The first half of a tile transform: `tmp[i][c] = sum_r mat[i][r] x(r, c)` for `rows` x `a` coefficients `mat`
 /// (row major) and an `a` x `a` tile `x` of `width`-channel vectors; zero coefficients are skipped.
 fn left_multiply<'x>(
@@ -638,6 +516,7 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::cpu::tiles::{F2, F4};
     use crate::rng::Rng;
 
     fn random_layer(cin: usize, cout: usize, upsample: bool, seed: u64) -> ConvLayer {
@@ -684,7 +563,7 @@ mod tests {
                 .map(|_| rng.normal() as f32)
                 .collect();
             let mut direct = Vec::new();
-            let side = crate::generate::cpu::conv3x3(&input, side_in, &layer, &mut direct);
+            let side = crate::generate::cpu::ops::conv3x3(&input, side_in, &layer, &mut direct);
             for spec in [&F2, &F4] {
                 let fast = WinogradLayer::new(&layer, spec);
                 // a reused buffer holding stale values: every element must be overwritten
@@ -731,7 +610,7 @@ mod tests {
             return;
         };
         let mut act = Vec::new();
-        crate::generate::cpu::conv3x3(&input, side_in, &layer, &mut act);
+        crate::generate::cpu::ops::conv3x3(&input, side_in, &layer, &mut act);
         let plane = side * side;
         let mut expected = vec![0.0f32; 3 * plane];
         for (p, pixel) in act.chunks_exact(cout).enumerate() {

@@ -8,10 +8,12 @@ use std::time::Instant;
 use cudarc::driver::CudaContext;
 use serde::Serialize;
 
-use super::cuda::{
-    driver_cuda_version, enable_staged, kernel_arch, load_kernels, probe, Precision,
-};
-use super::ptx_cache::{nvrtc_supported_archs, nvrtc_version, PtxSource};
+use super::device::{driver_cuda_version, probe};
+use super::execute::{enable_staged, load_kernels};
+use super::nvrtc::{kernel_arch, nvrtc_supported_archs, nvrtc_version};
+use super::plan::KERNELS;
+use super::ptx_cache::PtxSource;
+use crate::generate::settings::Precision;
 
 /// One thing checked: whether it is usable, and what was found (or why not).
 #[derive(Debug, Clone, Serialize)]
@@ -162,10 +164,7 @@ fn device_report(index: usize, nvrtc_present: bool) -> DeviceReport {
                 };
                 Ok((
                     kernels,
-                    format!(
-                        "{arch}: {} kernels {how}, loaded",
-                        super::cuda::KERNELS.len()
-                    ),
+                    format!("{arch}: {} kernels {how}, loaded", KERNELS.len()),
                 ))
             })
     };

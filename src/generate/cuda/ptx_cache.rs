@@ -14,8 +14,9 @@ use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
-use super::cuda::{compile_ptx, kernel_source, NVRTC_OPTIONS};
-use super::GenerateError;
+use super::nvrtc::{compile_to_text, nvrtc_version, NVRTC_OPTIONS};
+use super::source::kernel_source;
+use crate::generate::error::CudaError;
 
 const HEADER_PREFIX: &str = "// hyper-rt kernel cache, sha256 of the PTX below: ";
 
@@ -42,17 +43,6 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("hyper-rt")))
 }
 
-/// NVRTC's output as text (PTX is ASCII, ended by a NUL in the compiled image).
-fn compile_to_text(arch: &'static str) -> Result<String, GenerateError> {
-    let ptx = compile_ptx(arch)?;
-    let bytes = ptx
-        .as_bytes()
-        .ok_or_else(|| GenerateError::Cuda("NVRTC returned no PTX image".into()))?;
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8(bytes[..end].to_vec())
-        .map_err(|_| GenerateError::Cuda("NVRTC returned PTX that is not text".into()))
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -60,40 +50,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// NVRTC's version, e.g. "13.0" (the library must be present: callers probe first).
-pub fn nvrtc_version() -> String {
-    let (mut major, mut minor) = (0, 0);
-    // SAFETY: two out-pointers to live integers; the library was found by the caller's probe.
-    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    if status == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-        format!("{major}.{minor}")
-    } else {
-        "unknown".into()
-    }
-}
-
-/// The compute capabilities NVRTC compiles for (major * 10 + minor, e.g. 75); empty if it does not say.
-pub fn nvrtc_supported_archs() -> Vec<i32> {
-    let mut count = 0;
-    // SAFETY: an out-pointer to a live integer, then a buffer of the size NVRTC gave; the library was probed.
-    unsafe {
-        if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count)
-            != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
-        {
-            return Vec::new();
-        }
-        let mut archs = vec![0; usize::try_from(count).unwrap_or(0)];
-        if archs.is_empty()
-            || cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr())
-                != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS
-        {
-            return Vec::new();
-        }
-        archs
-    }
-}
-
-/// The cache file for `arch` in `dir`.
 pub fn cache_file(dir: &Path, arch: &str) -> PathBuf {
     let key = format!(
         "{}\n{}\n{arch}\nnvrtc {}",
@@ -160,7 +116,7 @@ fn write_cached(path: &Path, ptx: &str) -> Result<(), String> {
 pub fn ptx_via_disk(
     arch: &'static str,
     dir: &Path,
-) -> Result<(String, PtxSource, Option<String>), GenerateError> {
+) -> Result<(String, PtxSource, Option<String>), CudaError> {
     let path = cache_file(dir, arch);
     let mut warning = match read_cached(&path) {
         Ok(Some(ptx)) => return Ok((ptx, PtxSource::Disk, None)),
@@ -179,12 +135,12 @@ pub fn ptx_via_disk(
 pub fn kernels_ptx(
     arch: &'static str,
     dir: Option<&Path>,
-) -> Result<(String, PtxSource), GenerateError> {
+) -> Result<(String, PtxSource), CudaError> {
     static MEMORY: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
     let memory = MEMORY.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(ptx) = memory
         .lock()
-        .map_err(|_| GenerateError::Cuda("kernel cache lock poisoned".into()))?
+        .map_err(|_| CudaError::Plan("kernel cache lock poisoned".into()))?
         .get(arch)
     {
         return Ok((ptx.clone(), PtxSource::Memory));
@@ -201,7 +157,7 @@ pub fn kernels_ptx(
     };
     memory
         .lock()
-        .map_err(|_| GenerateError::Cuda("kernel cache lock poisoned".into()))?
+        .map_err(|_| CudaError::Plan("kernel cache lock poisoned".into()))?
         .insert(arch, ptx.clone());
     Ok((ptx, source))
 }

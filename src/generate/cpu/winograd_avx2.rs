@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 /// Lanes of a 256-bit vector of float32.
 const LANES: usize = 8;
 
-use super::winograd::{BandSink, TileSources, NARROW_ROW_MULTIPLE};
+use super::tiles::{BandSink, TileSources, NARROW_ROW_MULTIPLE};
 
 /// `V[(i * 6 + j)][tile][c] = (B^T d B)[i][j][c]` for one tile: `v` points at the tile's row of position 0 and
 /// position `xi` lies `xi * stride` floats further. `sources` are the tile's 36 pixels (see [`TileSources`]);
