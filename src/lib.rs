@@ -18,7 +18,6 @@
 
 pub mod config;
 pub mod decode;
-pub mod dicom;
 pub mod display;
 pub mod feedback;
 pub mod generate;
@@ -26,10 +25,9 @@ pub mod ingest;
 pub mod live;
 pub mod nifti;
 pub mod npy;
-pub mod parrec;
 pub mod preprocess;
 pub mod rng;
-pub mod session;
+pub mod scanner;
 pub mod simulate;
 pub mod spatial;
 pub mod stats;

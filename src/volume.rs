@@ -20,8 +20,8 @@ pub const IDENTITY_AFFINE: Affine = [
 ];
 
 /// One volume read from a scanner's exported files (a Siemens mosaic DICOM file, one dynamic of a Philips
-/// PAR/REC pair), before it is sent: what the readers in [`crate::dicom`] and [`crate::parrec`] produce for
-/// [`crate::ingest::scanner_export`].
+/// PAR/REC pair), before it is sent: what the readers in [`crate::scanner::dicom`] and [`crate::parrec`] produce for
+/// [`crate::scanner`].
 #[derive(Debug, Clone)]
 pub struct ExportedVolume {
     /// The file it was read from (for a Philips pair, the PAR header).
@@ -29,7 +29,7 @@ pub struct ExportedVolume {
     pub series_number: i64,
     /// Siemens `SeriesDescription`, Philips protocol name; empty when absent.
     pub series_description: String,
-    /// 0-based volume index (see [`crate::ingest::scanner_export`] for each vendor's numbering).
+    /// 0-based volume index (see [`crate::scanner`] for each vendor's numbering).
     pub index: usize,
     /// `[x, y, slices]`.
     pub dims: [usize; 3],

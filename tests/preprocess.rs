@@ -12,7 +12,7 @@ use hyper_rt::preprocess::trials::{read_events, TrialAverager, TrialWindow};
 use hyper_rt::preprocess::{
     mask_indices, nifti_volume, run_patterns, PreprocessError, PreprocessSettings, Preprocessor,
 };
-use hyper_rt::session::recorder::{Recorder, SessionMeta};
+use hyper_rt::ingest::recorder::{Recorder, SessionMeta};
 use hyper_rt::volume::Volume;
 
 fn small_config() -> SimulateConfig {

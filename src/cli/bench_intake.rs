@@ -5,7 +5,7 @@ use anyhow::ensure;
 use hyper_rt::config::Config;
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::rng::Rng;
-use hyper_rt::session::recorder::LatencyMs;
+use hyper_rt::ingest::recorder::LatencyMs;
 use hyper_rt::volume::Dtype;
 
 #[derive(clap::Args, Debug)]

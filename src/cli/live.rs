@@ -9,9 +9,9 @@ use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
 use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
-use hyper_rt::ingest::scanner_export::{
-    follow_folder, is_scanner_export, FollowOptions, FollowReport, SeriesRun,
-};
+use hyper_rt::ingest::follow::{follow_folder, FollowOptions, FollowReport};
+use hyper_rt::scanner::export::is_scanner_export;
+use hyper_rt::scanner::series::SeriesRun;
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
@@ -426,7 +426,9 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             tracing::info!("replaying {}", series.describe(tr_secs));
             let (volumes, dims) = (series.files.len(), series.first.dims);
             let wire = Box::new(
-                series.wire_volumes(tr_secs, |message, _| tracing::warn!("skipped: {message}")),
+                series
+                    .volumes(|message, _| tracing::warn!("skipped: {message}"))
+                    .map(move |v| sender::exported_wire_volume(&v, tr_secs)),
             );
             (
                 RunStream {

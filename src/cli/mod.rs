@@ -198,7 +198,7 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 /// Prints a session summary as a short table.
-pub fn print_summary(dir: &std::path::Path, s: &hyper_rt::session::recorder::Summary) {
+pub fn print_summary(dir: &std::path::Path, s: &hyper_rt::ingest::recorder::Summary) {
     println!("session       {}", dir.display());
     println!(
         "end           {}{}",
@@ -256,7 +256,7 @@ pub fn bind_receiver(
 ) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
     use hyper_rt::ingest::protocol::Limits;
     use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
-    use hyper_rt::session::recorder::{unix_secs_now, Recorder, SessionMeta};
+    use hyper_rt::ingest::recorder::{unix_secs_now, Recorder, SessionMeta};
     let meta = SessionMeta {
         started_unix_secs: unix_secs_now(),
         bind: bind.to_string(),
@@ -279,7 +279,7 @@ pub fn bind_receiver(
 /// A receiver running in a background thread on an ephemeral loopback port (demo and benchmark).
 pub struct LoopbackReceiver {
     pub endpoint: String,
-    handle: std::thread::JoinHandle<anyhow::Result<hyper_rt::session::recorder::Summary>>,
+    handle: std::thread::JoinHandle<anyhow::Result<hyper_rt::ingest::recorder::Summary>>,
 }
 
 impl LoopbackReceiver {
@@ -304,7 +304,7 @@ impl LoopbackReceiver {
     }
 
     /// Waits for the run to end and returns the finalised summary.
-    pub fn join(self) -> anyhow::Result<hyper_rt::session::recorder::Summary> {
+    pub fn join(self) -> anyhow::Result<hyper_rt::ingest::recorder::Summary> {
         self.handle
             .join()
             .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::session::recorder;
+use hyper_rt::ingest::recorder;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
-use hyper_rt::ingest::scanner_export::{
-    follow_folder, is_scanner_export, read_volume, FolderScan, FollowOptions, SeriesRun,
-};
+use hyper_rt::ingest::follow::{follow_folder, FollowOptions};
+use hyper_rt::scanner::export::{is_scanner_export, read_volume};
+use hyper_rt::scanner::series::{FolderScan, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
 
@@ -93,7 +93,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         Some(tr) => bail!("--tr-secs must be positive, got {tr}"),
         None => None,
     };
-    if hyper_rt::parrec::is_rec_path(&args.run) {
+    if hyper_rt::scanner::parrec::is_rec_path(&args.run) {
         bail!(
             "{} is a Philips REC file: give its PAR header (or the folder)",
             args.run.display()
@@ -317,10 +317,12 @@ fn send_export_series(
         speed: if args.fast { f64::INFINITY } else { args.speed },
     };
     let bar = progress_bar(args.quiet, Some(run.files.len() as u64));
-    let volumes = run.wire_volumes(tr_secs, |message, files| {
-        tracing::warn!("skipped: {message}");
-        skipped.set(skipped.get() + files);
-    });
+    let volumes = run
+        .volumes(|message, files| {
+            tracing::warn!("skipped: {message}");
+            skipped.set(skipped.get() + files);
+        })
+        .map(|v| sender::exported_wire_volume(&v, tr_secs));
     stream_and_report(config, volumes, pacing, &bar, || skipped.get())?;
     Ok(())
 }

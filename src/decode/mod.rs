@@ -482,7 +482,7 @@ pub fn train(
                 }
             ),
             fingerprint: fingerprint(&runs, &data.root.join("stimuli").join("latents.npy")),
-            created_unix_secs: crate::session::recorder::unix_secs_now(),
+            created_unix_secs: crate::ingest::recorder::unix_secs_now(),
         },
     })
 }

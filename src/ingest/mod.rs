@@ -1,7 +1,12 @@
-//! Scanner intake: the Pyneal Scanner wire protocol, the receiver that speaks it, and a sender that plays
-//! files (NIfTI runs, Siemens and GE DICOM and Philips PAR/REC series, also while the scanner writes them) or simulated runs over it.
+//! Scanner intake: the Pyneal Scanner wire protocol ([`protocol`]), the receiver that speaks it ([`receiver`]) and
+//! records every volume crash-safely as it arrives ([`recorder`], on the memory-mapped [`spool`]), and the
+//! scanner-side sender ([`sender`]) that plays NIfTI runs, scanner exports and simulated runs over it, or follows an
+//! export folder as the scanner writes into it ([`follow`]). The wire protocol is specified in
+//! `docs/protocols.md`.
 
+pub mod follow;
 pub mod protocol;
 pub mod receiver;
-pub mod scanner_export;
+pub mod recorder;
 pub mod sender;
+pub mod spool;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::protocol;
 use crate::nifti::NiftiImage;
-use crate::volume::{x_fastest_to_c_order, Affine, Dtype};
+use crate::volume::{x_fastest_to_c_order, Affine, Dtype, ExportedVolume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -167,6 +167,18 @@ impl WireVolume {
             c_order_le,
         }
     }
+}
+
+/// A volume read from a scanner's export, in its wire form, sent with `tr_secs`.
+pub fn exported_wire_volume(volume: &ExportedVolume, tr_secs: f64) -> WireVolume {
+    WireVolume::from_x_fastest(
+        volume.index,
+        volume.dtype,
+        volume.dims,
+        volume.mm_from_voxel,
+        tr_secs,
+        &volume.voxel_bytes,
+    )
 }
 
 /// The values a NIfTI volume is sent with: native type when unscaled; with scaling, float64 computed as

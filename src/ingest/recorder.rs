@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ingest::protocol::{Rejection, VolumeHeader};
 use crate::nifti::{self, NiftiSpec};
-use crate::session::spool::MappedSpool;
+use crate::ingest::spool::MappedSpool;
 use crate::stats::Percentiles;
 use crate::volume::{c_order_to_x_fastest, Affine, Dtype};
 

@@ -1,0 +1,405 @@
+//! The DICOM Part-10 byte parser: the preamble and file meta group, then the data set in implicit or explicit VR
+//! little endian, sequences (defined or undefined length) walked over, every element kept by tag. Damage is an
+//! error naming the file, the element and the byte offset.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::error::DicomError;
+
+/// A DICOM tag as `(group << 16) | element`.
+pub type Tag = u32;
+
+pub(super) const fn tag(group: u16, element: u16) -> Tag {
+    ((group as u32) << 16) | element as u32
+}
+
+pub(super) const TRANSFER_SYNTAX_UID: Tag = tag(0x0002, 0x0010);
+pub(super) const IMAGE_TYPE: Tag = tag(0x0008, 0x0008);
+pub(super) const SERIES_DESCRIPTION: Tag = tag(0x0008, 0x103E);
+pub(super) const SLICE_THICKNESS: Tag = tag(0x0018, 0x0050);
+pub(super) const REPETITION_TIME: Tag = tag(0x0018, 0x0080);
+pub(super) const SPACING_BETWEEN_SLICES: Tag = tag(0x0018, 0x0088);
+pub(super) const SERIES_NUMBER: Tag = tag(0x0020, 0x0011);
+pub(super) const INSTANCE_NUMBER: Tag = tag(0x0020, 0x0013);
+pub(super) const IMAGES_IN_ACQUISITION: Tag = tag(0x0020, 0x1002);
+pub(super) const IN_STACK_POSITION_NUMBER: Tag = tag(0x0020, 0x9057);
+pub(super) const IMAGE_POSITION_PATIENT: Tag = tag(0x0020, 0x0032);
+pub(super) const IMAGE_ORIENTATION_PATIENT: Tag = tag(0x0020, 0x0037);
+pub(super) const SAMPLES_PER_PIXEL: Tag = tag(0x0028, 0x0002);
+pub(super) const NUMBER_OF_FRAMES: Tag = tag(0x0028, 0x0008);
+pub(super) const ROWS: Tag = tag(0x0028, 0x0010);
+pub(super) const COLUMNS: Tag = tag(0x0028, 0x0011);
+pub(super) const PIXEL_SPACING: Tag = tag(0x0028, 0x0030);
+pub(super) const BITS_ALLOCATED: Tag = tag(0x0028, 0x0100);
+pub(super) const BITS_STORED: Tag = tag(0x0028, 0x0101);
+pub(super) const PIXEL_REPRESENTATION: Tag = tag(0x0028, 0x0103);
+pub(super) const RESCALE_INTERCEPT: Tag = tag(0x0028, 0x1052);
+pub(super) const RESCALE_SLOPE: Tag = tag(0x0028, 0x1053);
+pub(super) const PIXEL_DATA: Tag = tag(0x7FE0, 0x0010);
+pub(super) const ITEM: Tag = tag(0xFFFE, 0xE000);
+pub(super) const ITEM_END: Tag = tag(0xFFFE, 0xE00D);
+pub(super) const SEQUENCE_END: Tag = tag(0xFFFE, 0xE0DD);
+pub(super) const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+
+/// Value representations whose explicit-VR length field is 4 bytes (after 2 reserved bytes).
+pub(super) const LONG_VRS: [&[u8; 2]; 13] = [
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV",
+];
+
+/// The top-level elements of a DICOM file: tag -> value bytes (sequences are skipped over, not kept).
+#[derive(Debug, Clone)]
+pub struct DataSet {
+    pub(super) path: PathBuf,
+    elements: HashMap<Tag, Vec<u8>>,
+}
+
+/// Whether a file's bytes begin like DICOM Part 10 (the "DICM" marker after the preamble).
+pub fn looks_like_dicom(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM".as_slice())
+}
+
+/// Whether the file at `path` begins like DICOM Part 10 (reads its first 132 bytes).
+pub fn file_looks_like_dicom(path: &Path) -> std::io::Result<bool> {
+    let mut head = Vec::with_capacity(132);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(path)?, 132),
+        &mut head,
+    )?;
+    Ok(looks_like_dicom(&head))
+}
+
+impl DataSet {
+    /// Parses the bytes of a DICOM Part 10 file; `path` is only used in messages.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<DataSet, DicomError> {
+        if !looks_like_dicom(bytes) {
+            return Err(DicomError::NotDicom {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut reader = Reader {
+            path,
+            bytes,
+            offset: 132,
+            explicit_vr: true,
+        };
+        let mut elements = HashMap::new();
+        // The file meta group is always explicit VR little endian; it ends where group 0002 ends.
+        while reader.offset < bytes.len() && reader.peek_group()? == 0x0002 {
+            let (t, value) = reader.element()?;
+            if let Some(value) = value {
+                elements.insert(t, value.to_vec());
+            }
+        }
+        let syntax = elements
+            .get(&TRANSFER_SYNTAX_UID)
+            .map(|v| text(v))
+            .unwrap_or_default();
+        reader.explicit_vr = match syntax.as_str() {
+            "1.2.840.10008.1.2" => false,
+            "1.2.840.10008.1.2.1" => true,
+            "" => {
+                return Err(DicomError::Invalid { path: path.to_path_buf(), reason: "no transfer syntax (0002,0010) in the file meta group".into() })
+            }
+            "1.2.840.10008.1.2.2" => {
+                return Err(DicomError::Unsupported { path: path.to_path_buf(), reason: "big-endian transfer syntax (1.2.840.10008.1.2.2) is not supported".into() })
+            }
+            other => {
+                return Err(DicomError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "transfer syntax {other} (compressed or deflated) is not supported: export the series uncompressed \
+                         (implicit or explicit VR little endian)"
+                    ),
+                })
+            }
+        };
+        while reader.offset < bytes.len() {
+            let (t, value) = reader.element()?;
+            if let Some(value) = value {
+                elements.insert(t, value.to_vec());
+            }
+        }
+        Ok(DataSet {
+            path: path.to_path_buf(),
+            elements,
+        })
+    }
+
+    pub(super) fn invalid(&self, reason: impl Into<String>) -> DicomError {
+        DicomError::Invalid {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The raw value bytes of an element, if present.
+    pub fn bytes(&self, t: Tag) -> Option<&[u8]> {
+        self.elements.get(&t).map(|v| v.as_slice())
+    }
+
+    /// A text element (trailing spaces and NULs removed), if present.
+    pub fn text(&self, t: Tag) -> Option<String> {
+        self.bytes(t).map(text)
+    }
+
+    /// A 16-bit unsigned element, required.
+    pub(super) fn u16(&self, t: Tag, name: &str) -> Result<u16, DicomError> {
+        match self.bytes(t) {
+            Some(v) if v.len() >= 2 => Ok(u16::from_le_bytes([v[0], v[1]])),
+            Some(_) => Err(self.invalid(format!("{name} {} is shorter than 2 bytes", tag_name(t)))),
+            None => Err(self.invalid(format!("{name} {} is missing", tag_name(t)))),
+        }
+    }
+
+    /// A decimal or integer string element (backslash-separated values), if present.
+    pub(super) fn numbers(&self, t: Tag, name: &str) -> Result<Option<Vec<f64>>, DicomError> {
+        let Some(s) = self.text(t) else {
+            return Ok(None);
+        };
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.split('\\')
+            .map(|part| part.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect::<Option<Vec<f64>>>()
+            .map(Some)
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "{name} {} is not a list of numbers: {s:?}",
+                    tag_name(t)
+                ))
+            })
+    }
+
+    /// A required numeric element with exactly `n` values.
+    pub(super) fn numbers_n(&self, t: Tag, name: &str, n: usize) -> Result<Vec<f64>, DicomError> {
+        let values = self
+            .numbers(t, name)?
+            .ok_or_else(|| self.invalid(format!("{name} {} is missing", tag_name(t))))?;
+        if values.len() != n {
+            return Err(self.invalid(format!(
+                "{name} {} has {} values, expected {n}",
+                tag_name(t),
+                values.len()
+            )));
+        }
+        Ok(values)
+    }
+
+    /// An optional single number.
+    pub(super) fn number(&self, t: Tag, name: &str) -> Result<Option<f64>, DicomError> {
+        Ok(self.numbers(t, name)?.and_then(|v| v.first().copied()))
+    }
+
+    /// The element `element_low` in the private block a creator named `creator` reserved in `group`
+    /// (the creator `(gggg,00xx)` reserves elements `(gggg,xx00)` to `(gggg,xxFF)`).
+    pub fn private(&self, group: u16, creator: &str, element_low: u8) -> Option<&[u8]> {
+        (0x10u16..=0xFF).find_map(|block| {
+            let owner = self.text(tag(group, block))?;
+            (owner.trim() == creator)
+                .then(|| self.bytes(tag(group, (block << 8) | element_low as u16)))?
+        })
+    }
+}
+
+/// A DICOM text value without its padding.
+pub(super) fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v)
+        .trim_end_matches(['\0', ' '])
+        .trim_start()
+        .to_string()
+}
+
+/// `(gggg,eeee)`.
+pub fn tag_name(t: Tag) -> String {
+    format!("({:04X},{:04X})", t >> 16, t & 0xFFFF)
+}
+
+/// A cursor over the bytes of a data set.
+pub(super) struct Reader<'a> {
+    pub(super) path: &'a Path,
+    pub(super) bytes: &'a [u8],
+    pub(super) offset: usize,
+    pub(super) explicit_vr: bool,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn malformed(&self, offset: usize, reason: impl Into<String>) -> DicomError {
+        DicomError::Malformed {
+            path: self.path.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    pub(super) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DicomError> {
+        let end = self
+            .offset
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| {
+                self.malformed(
+                    self.offset,
+                    format!(
+                        "{what} needs {n} bytes but the file ends after {}",
+                        self.bytes.len() - self.offset
+                    ),
+                )
+            })?;
+        let slice = &self.bytes[self.offset..end];
+        self.offset = end;
+        Ok(slice)
+    }
+
+    pub(super) fn u16(&mut self, what: &str) -> Result<u16, DicomError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, DicomError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(super) fn peek_group(&self) -> Result<u16, DicomError> {
+        let b = self
+            .bytes
+            .get(self.offset..self.offset + 2)
+            .ok_or_else(|| self.malformed(self.offset, "a tag is cut off"))?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    pub(super) fn tag(&mut self) -> Result<Tag, DicomError> {
+        let group = self.u16("a tag")?;
+        let element = self.u16("a tag")?;
+        Ok(tag(group, element))
+    }
+
+    /// Reads one element. Returns its value, or `None` for a sequence (skipped over).
+    pub(super) fn element(&mut self) -> Result<(Tag, Option<&'a [u8]>), DicomError> {
+        let start = self.offset;
+        let t = self.tag()?;
+        let (vr, length) = if self.explicit_vr && t >> 16 != 0xFFFE {
+            let vr_bytes = self.take(2, "a value representation")?;
+            let vr = [vr_bytes[0], vr_bytes[1]];
+            if !vr.iter().all(u8::is_ascii_uppercase) {
+                return Err(self.malformed(
+                    start,
+                    format!(
+                        "element {} has no valid value representation ({vr:?})",
+                        tag_name(t)
+                    ),
+                ));
+            }
+            if LONG_VRS.contains(&&vr) {
+                self.take(2, "reserved bytes")?;
+                (Some(vr), self.u32("a value length")?)
+            } else {
+                (Some(vr), self.u16("a value length")? as u32)
+            }
+        } else {
+            (None, self.u32("a value length")?)
+        };
+        let is_sequence = vr == Some(*b"SQ")
+            || (length == UNDEFINED_LENGTH && vr != Some(*b"OB") && vr != Some(*b"OW"));
+        if is_sequence {
+            // An explicit-VR UN element of undefined length holds an implicit-VR sequence.
+            let nested_explicit = self.explicit_vr && vr != Some(*b"UN");
+            self.skip_sequence(t, length, nested_explicit)?;
+            return Ok((t, None));
+        }
+        if length == UNDEFINED_LENGTH {
+            return Err(DicomError::Unsupported {
+                path: self.path.to_path_buf(),
+                reason: format!(
+                    "element {} is encapsulated (compressed) pixel data, which is not supported",
+                    tag_name(t)
+                ),
+            });
+        }
+        let value = self.take(length as usize, &format!("the value of {}", tag_name(t)))?;
+        Ok((t, Some(value)))
+    }
+
+    /// Skips the items of a sequence (defined length, or up to its delimiter).
+    pub(super) fn skip_sequence(
+        &mut self,
+        seq: Tag,
+        length: u32,
+        explicit_vr: bool,
+    ) -> Result<(), DicomError> {
+        let outer_explicit = self.explicit_vr;
+        self.explicit_vr = explicit_vr;
+        let result = if length == UNDEFINED_LENGTH {
+            self.skip_items_until_delimiter(seq)
+        } else {
+            let end = self
+                .offset
+                .checked_add(length as usize)
+                .filter(|&e| e <= self.bytes.len());
+            match end {
+                Some(end) => {
+                    self.offset = end;
+                    Ok(())
+                }
+                None => Err(self.malformed(
+                    self.offset,
+                    format!(
+                        "sequence {} claims {length} bytes, more than the file holds",
+                        tag_name(seq)
+                    ),
+                )),
+            }
+        };
+        self.explicit_vr = outer_explicit;
+        result
+    }
+
+    pub(super) fn skip_items_until_delimiter(&mut self, seq: Tag) -> Result<(), DicomError> {
+        loop {
+            let at = self.offset;
+            let t = self.tag().map_err(|_| {
+                self.malformed(
+                    at,
+                    format!("sequence {} has no end delimiter", tag_name(seq)),
+                )
+            })?;
+            let length = self.u32("an item length")?;
+            match t {
+                SEQUENCE_END => return Ok(()),
+                ITEM if length == UNDEFINED_LENGTH => loop {
+                    if self.peek_tag()? == ITEM_END {
+                        self.offset += 8;
+                        break;
+                    }
+                    self.element()?;
+                },
+                ITEM => {
+                    self.take(length as usize, "a sequence item")?;
+                }
+                other => {
+                    return Err(self.malformed(
+                        at,
+                        format!(
+                            "expected an item in sequence {}, found {}",
+                            tag_name(seq),
+                            tag_name(other)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    pub(super) fn peek_tag(&self) -> Result<Tag, DicomError> {
+        let b = self
+            .bytes
+            .get(self.offset..self.offset + 4)
+            .ok_or_else(|| self.malformed(self.offset, "an item has no end delimiter"))?;
+        Ok(tag(
+            u16::from_le_bytes([b[0], b[1]]),
+            u16::from_le_bytes([b[2], b[3]]),
+        ))
+    }
+}

@@ -1,0 +1,225 @@
+//! DICOM stored one slice per file (GE; Siemens with mosaic off): a slice's place in its volume, its plane, and the
+//! slices of one volume stacked into a 3-D volume along the slice normal.
+
+use std::path::PathBuf;
+
+use super::error::DicomError;
+use super::parse::*;
+use super::pixels::*;
+use crate::volume::{Affine, Dtype, ExportedVolume};
+
+/// One 2-D slice of a series stored one slice per file (GE, Siemens with mosaic off).
+#[derive(Debug, Clone)]
+pub struct DicomSlice {
+    pub path: PathBuf,
+    pub series_number: i64,
+    pub series_description: String,
+    /// `InstanceNumber`, counting the slices of the whole series from 1.
+    pub instance_number: usize,
+    /// `ImagesInAcquisition` (0020,1002): the slices of one volume.
+    pub slices_per_volume: usize,
+    /// `InStackPositionNumber` (0020,9057), the slice's place in its volume from 1, when given.
+    pub in_stack_position: Option<usize>,
+    plane: PlaneGeometry,
+    /// `SpacingBetweenSlices`, else `SliceThickness`, else 0: the slice axis of a volume of one slice.
+    slice_spacing_mm: f64,
+    pub tr_secs: Option<f64>,
+    pub dtype: Dtype,
+    /// Rows x columns values of `dtype`, little endian, row index fastest (voxel axis 0 runs down the rows).
+    pub voxel_bytes: Vec<u8>,
+}
+
+impl DicomSlice {
+    /// The 0-based volume this slice belongs to: `(InstanceNumber - 1) / ImagesInAcquisition`.
+    pub fn volume_index(&self) -> usize {
+        (self.instance_number - 1) / self.slices_per_volume
+    }
+
+    /// `[rows, columns]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.plane.rows, self.plane.columns]
+    }
+}
+
+/// Reads one slice of a series stored one slice per file.
+pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
+    let slices_per_volume = match ds.number(IMAGES_IN_ACQUISITION, "ImagesInAcquisition")? {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
+        Some(n) => return Err(ds.invalid(format!("ImagesInAcquisition {n} is not a slice count"))),
+        None => {
+            return Err(ds.invalid(
+                "neither a Siemens mosaic nor a slice with ImagesInAcquisition (0020,1002): cannot tell which volume it belongs to",
+            ))
+        }
+    };
+    let in_stack_position = match ds.bytes(IN_STACK_POSITION_NUMBER) {
+        Some(b) if b.len() == 4 => {
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).filter(|&p| p >= 1)
+        }
+        Some(_) => {
+            return Err(ds.invalid("InStackPositionNumber (0020,9057) is not one 4-byte number"))
+        }
+        None => None,
+    };
+    let pixels = stored_pixels(ds)?;
+    let plane = PlaneGeometry::read(ds)?;
+    let (rows, columns, itemsize) = (pixels.rows, pixels.columns, pixels.dtype.itemsize());
+    let mut transposed = vec![0u8; pixels.bytes.len()];
+    for i in 0..rows {
+        for j in 0..columns {
+            let (src, dst) = ((i * columns + j) * itemsize, (i + rows * j) * itemsize);
+            transposed[dst..dst + itemsize].copy_from_slice(&pixels.bytes[src..src + itemsize]);
+        }
+    }
+    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, transposed)?;
+    Ok(DicomSlice {
+        path: ds.path.clone(),
+        series_number: series_number(ds)?,
+        series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
+        instance_number: instance_number(ds)?,
+        slices_per_volume,
+        in_stack_position,
+        plane,
+        slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
+        tr_secs: tr_secs(ds)?,
+        dtype,
+        voxel_bytes,
+    })
+}
+
+/// Stacks the slices of one volume (any order) into a volume. The slices are ordered by
+/// `InStackPositionNumber` where every slice has one, else along the slice normal; the slice axis runs from
+/// the first slice's `ImagePositionPatient` to the last one's.
+pub fn stack_slices(mut slices: Vec<DicomSlice>) -> Result<ExportedVolume, DicomError> {
+    let Some(first) = slices.first() else {
+        return Err(DicomError::Invalid {
+            path: PathBuf::new(),
+            reason: "no slice to stack".into(),
+        });
+    };
+    let mismatch = |s: &DicomSlice, what: &str| DicomError::Invalid {
+        path: s.path.clone(),
+        reason: format!(
+            "its {what} differs from {}'s, in the same volume",
+            first.path.display()
+        ),
+    };
+    for s in &slices[1..] {
+        if s.shape() != first.shape() || s.dtype != first.dtype {
+            return Err(mismatch(s, "matrix or pixel type"));
+        }
+        let same_plane = (0..3).all(|a| {
+            (s.plane.row_cos[a] - first.plane.row_cos[a]).abs() < 1e-4
+                && (s.plane.col_cos[a] - first.plane.col_cos[a]).abs() < 1e-4
+        });
+        if !same_plane || s.plane.spacing != first.plane.spacing {
+            return Err(mismatch(s, "ImageOrientationPatient or PixelSpacing"));
+        }
+    }
+    let normal = cross(first.plane.row_cos, first.plane.col_cos);
+    let along_normal =
+        |s: &DicomSlice| (0..3).map(|a| s.plane.position[a] * normal[a]).sum::<f64>();
+    if slices.iter().all(|s| s.in_stack_position.is_some()) {
+        slices.sort_by_key(|s| s.in_stack_position);
+    } else {
+        slices.sort_by(|a, b| along_normal(a).total_cmp(&along_normal(b)));
+    }
+    let (first, last) = (&slices[0], &slices[slices.len() - 1]);
+    let n = slices.len();
+    let slice_step: [f64; 3] = if n > 1 {
+        std::array::from_fn(|a| (last.plane.position[a] - first.plane.position[a]) / (n - 1) as f64)
+    } else {
+        normal.map(|c| c * first.slice_spacing_mm)
+    };
+    let mm_from_voxel = first.plane.ras_affine(first.plane.position, slice_step);
+    let [rows, columns] = first.shape();
+    let mut voxel_bytes = Vec::with_capacity(first.voxel_bytes.len() * n);
+    for s in &slices {
+        voxel_bytes.extend_from_slice(&s.voxel_bytes);
+    }
+    Ok(ExportedVolume {
+        path: first.path.clone(),
+        series_number: first.series_number,
+        series_description: first.series_description.clone(),
+        index: first.volume_index(),
+        dims: [rows, columns, n],
+        mm_from_voxel,
+        tr_secs: first.tr_secs,
+        dtype: first.dtype,
+        voxel_bytes,
+        geometry: format!(
+            "{n} single-slice files, slice axis from the first to the last ImagePositionPatient"
+        ),
+    })
+}
+
+/// The image plane of a file: pixel spacing, the first pixel's position and the direction cosines (LPS).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PlaneGeometry {
+    pub(super) rows: usize,
+    pub(super) columns: usize,
+    /// `PixelSpacing`: between rows, between columns (mm).
+    pub(super) spacing: [f64; 2],
+    pub(super) position: [f64; 3],
+    pub(super) row_cos: [f64; 3],
+    pub(super) col_cos: [f64; 3],
+}
+
+impl PlaneGeometry {
+    pub(super) fn read(ds: &DataSet) -> Result<PlaneGeometry, DicomError> {
+        let spacing = ds.numbers_n(PIXEL_SPACING, "PixelSpacing", 2)?;
+        let position = ds.numbers_n(IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
+        let orientation = ds.numbers_n(IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
+        let row_cos = [orientation[0], orientation[1], orientation[2]];
+        let col_cos = [orientation[3], orientation[4], orientation[5]];
+        for (name, v) in [("row", row_cos), ("column", col_cos)] {
+            if (norm(v) - 1.0).abs() > 1e-3 {
+                return Err(ds.invalid(format!(
+                    "ImageOrientationPatient's {name} cosine {v:?} is not a unit vector"
+                )));
+            }
+        }
+        if spacing.iter().any(|&s| s <= 0.0) {
+            return Err(ds.invalid(format!("PixelSpacing {spacing:?} must be positive")));
+        }
+        Ok(PlaneGeometry {
+            rows: ds.u16(ROWS, "Rows")? as usize,
+            columns: ds.u16(COLUMNS, "Columns")? as usize,
+            spacing: [spacing[0], spacing[1]],
+            position: [position[0], position[1], position[2]],
+            row_cos,
+            col_cos,
+        })
+    }
+
+    /// The RAS+ affine of voxels (i down the rows, j along the columns, k along `slice_step_lps`) whose first
+    /// voxel is at `first_lps`.
+    pub(super) fn ras_affine(&self, first_lps: [f64; 3], slice_step_lps: [f64; 3]) -> Affine {
+        let lps_columns = [
+            self.col_cos.map(|c| c * self.spacing[0]),
+            self.row_cos.map(|c| c * self.spacing[1]),
+            slice_step_lps,
+        ];
+        let mut mm_from_voxel = [[0.0; 4]; 4];
+        for axis in 0..3 {
+            let ras_sign = if axis < 2 { -1.0 } else { 1.0 }; // LPS -> RAS flips x and y
+            for (v, column) in lps_columns.iter().enumerate() {
+                mm_from_voxel[axis][v] = ras_sign * column[axis];
+            }
+            mm_from_voxel[axis][3] = ras_sign * first_lps[axis];
+        }
+        mm_from_voxel[3][3] = 1.0;
+        mm_from_voxel
+    }
+}
+
+/// `SpacingBetweenSlices`, else `SliceThickness`.
+pub(super) fn slice_spacing_mm(ds: &DataSet) -> Result<f64, DicomError> {
+    match ds.number(SPACING_BETWEEN_SLICES, "SpacingBetweenSlices")? {
+        Some(s) if s > 0.0 => Ok(s),
+        _ => ds
+            .number(SLICE_THICKNESS, "SliceThickness")?
+            .filter(|&s| s > 0.0)
+            .ok_or_else(|| ds.invalid("neither SpacingBetweenSlices (0018,0088) nor SliceThickness (0018,0050) gives the slice spacing")),
+    }
+}
