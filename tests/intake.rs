@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 
 use hyper_rt::ingest::protocol::Limits;
 use hyper_rt::ingest::receiver::{EndReason, Receiver, ReceiverSettings};
-use hyper_rt::ingest::sender::{stream, Pacing, ScannerSender, WireVolume};
 use hyper_rt::ingest::recorder::{Recorder, SessionMeta};
+use hyper_rt::ingest::sender::{stream, Pacing, ScannerSender, WireVolume};
 use hyper_rt::volume::{x_fastest_to_c_order, Dtype, IDENTITY_AFFINE};
 
 #[test]

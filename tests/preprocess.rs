@@ -6,13 +6,13 @@ use std::sync::atomic::AtomicBool;
 use hyper_rt::config::SimulateConfig;
 use hyper_rt::ingest::protocol::Limits;
 use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
+use hyper_rt::ingest::recorder::{Recorder, SessionMeta};
 use hyper_rt::ingest::sender::{nifti_wire_volume, stream, Pacing, ScannerSender};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::{read_events, TrialAverager, TrialWindow};
 use hyper_rt::preprocess::{
     mask_indices, nifti_volume, run_patterns, PreprocessError, PreprocessSettings, Preprocessor,
 };
-use hyper_rt::ingest::recorder::{Recorder, SessionMeta};
 use hyper_rt::volume::Volume;
 
 fn small_config() -> SimulateConfig {

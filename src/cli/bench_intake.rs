@@ -3,9 +3,9 @@
 
 use anyhow::ensure;
 use hyper_rt::config::Config;
+use hyper_rt::ingest::recorder::LatencyMs;
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::rng::Rng;
-use hyper_rt::ingest::recorder::LatencyMs;
 use hyper_rt::volume::Dtype;
 
 #[derive(clap::Args, Debug)]

@@ -10,12 +10,12 @@ use hyper_rt::decode::bundle::DecoderBundle;
 use hyper_rt::display::View;
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions, FollowReport};
-use hyper_rt::scanner::export::is_scanner_export;
-use hyper_rt::scanner::series::SeriesRun;
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
 use hyper_rt::preprocess::trials::read_events;
+use hyper_rt::scanner::export::is_scanner_export;
+use hyper_rt::scanner::series::SeriesRun;
 
 /// Flags shared by `live` and `replay` (each overrides its `[live]` key).
 #[derive(clap::Args, Debug)]

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use hyper_rt::config::Config;
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions};
-use hyper_rt::scanner::export::{is_scanner_export, read_volume};
-use hyper_rt::scanner::series::{FolderScan, SeriesRun};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
+use hyper_rt::scanner::export::{is_scanner_export, read_volume};
+use hyper_rt::scanner::series::{FolderScan, SeriesRun};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -2,15 +2,14 @@
 //! FOLDER --watch`, `hyper-rt live --dicom-folder`): the watcher of [`crate::scanner::watch`] feeding the sender.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::ingest::sender::{self, Pacing, ScannerSender, SendError, StreamReport};
 use crate::scanner::watch::{FolderWatcher, WatchedVolume};
 use crate::stats::Percentiles;
-
 
 /// How to follow a folder (see [`follow_folder`]).
 #[derive(Debug, Clone)]
@@ -165,7 +164,9 @@ pub fn follow_folder(
                 continue;
             }
             match options.tr_override_secs.or(volume.tr_secs) {
-                Some(tr_secs) => queue.push_back((sender::exported_wire_volume(&volume, tr_secs), written_at)),
+                Some(tr_secs) => {
+                    queue.push_back((sender::exported_wire_volume(&volume, tr_secs), written_at))
+                }
                 None => {
                     tracing::warn!(
                         "skipped: {} gives no TR: give the TR",
@@ -206,4 +207,3 @@ pub fn follow_folder(
         written_to_acknowledged_ms,
     })
 }
-

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::protocol::{self, Limits, Message, ProtocolError, Rejection, VolumeHeader};
-use crate::ingest::recorder::{
-    unix_secs_now, MessageLog, Outcome, RecordError, Recorder, Summary,
-};
+use crate::ingest::recorder::{unix_secs_now, MessageLog, Outcome, RecordError, Recorder, Summary};
 use crate::volume::{swap_bytes_in_place, Affine, ByteOrder, Volume};
 
 #[derive(Debug, thiserror::Error)]

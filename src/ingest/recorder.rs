@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::protocol::{Rejection, VolumeHeader};
-use crate::nifti::{self, NiftiSpec};
 use crate::ingest::spool::MappedSpool;
+use crate::nifti::{self, NiftiSpec};
 use crate::stats::Percentiles;
 use crate::volume::{c_order_to_x_fastest, Affine, Dtype};
 

@@ -10,7 +10,6 @@ use crate::scanner::dicom::{
 use crate::scanner::parrec::{is_par_path, is_rec_path, ParRecError, ParRecRun};
 use crate::volume::{Dtype, ExportedVolume};
 
-
 /// Philips numbering, for the volume type the readers share.
 impl ExportedVolume {
     fn from_parrec(run: ParRecRun) -> Result<Vec<ExportedVolume>, ExportError> {

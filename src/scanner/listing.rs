@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-
 /// The regular, non-hidden files of a folder and of its non-hidden subfolders (one level down), sorted by
 /// path. A subfolder that vanishes while being listed is passed over.
 pub fn folder_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

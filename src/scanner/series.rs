@@ -8,7 +8,6 @@ use crate::scanner::export::{read_export_file, ExportError, VolumeReader};
 use crate::scanner::listing::folder_files;
 use crate::volume::ExportedVolume;
 
-
 /// The single-slice files of one volume found by a folder scan.
 struct SliceGroup {
     description: String,

@@ -12,7 +12,6 @@ use crate::scanner::listing::{folder_files, FolderListing};
 use crate::scanner::parrec::{is_par_path, rec_path_for};
 use crate::volume::ExportedVolume;
 
-
 /// How long a file that does not read as a volume is waited for (it may still be being written, or have
 /// been allocated at full size before being filled, or be a PAR header whose REC file is yet to come) before
 /// it is reported and skipped.

@@ -79,7 +79,11 @@ pub(super) fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
 
 /// The stored values as they are, or as float64 `stored * RescaleSlope + RescaleIntercept` when the file
 /// asks for rescaling.
-pub(super) fn rescaled(ds: &DataSet, dtype: Dtype, stored: Vec<u8>) -> Result<(Dtype, Vec<u8>), DicomError> {
+pub(super) fn rescaled(
+    ds: &DataSet,
+    dtype: Dtype,
+    stored: Vec<u8>,
+) -> Result<(Dtype, Vec<u8>), DicomError> {
     let slope = ds.number(RESCALE_SLOPE, "RescaleSlope")?.unwrap_or(1.0);
     let intercept = ds
         .number(RESCALE_INTERCEPT, "RescaleIntercept")?
@@ -153,4 +157,3 @@ pub(super) fn sign_extend(bytes: &mut [u8], dtype: Dtype, bits_stored: u16) {
         }
     }
 }
-

@@ -269,8 +269,7 @@ fn damage_and_unsupported_files_are_named() {
         mosaic(&no_marker),
         Err(DicomError::NotDicom { .. })
     ));
-    let big_endian =
-        mosaic(&file_bytes("1.2.840.10008.1.2.2", true, &[])).expect_err("big endian");
+    let big_endian = mosaic(&file_bytes("1.2.840.10008.1.2.2", true, &[])).expect_err("big endian");
     assert!(
         big_endian.to_string().contains("big-endian"),
         "{big_endian}"
