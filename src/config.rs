@@ -23,13 +23,13 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveConfig {
-    pub decoder: PathBuf,
-    pub events: PathBuf,
-    pub onsets: String,
+    pub decoder: Option<PathBuf>,
+    pub events: Option<PathBuf>,
+    pub onsets: Option<String>,
     pub mode: LiveMode,
     pub sliding_volumes: usize,
-    pub stimuli: PathBuf,
-    pub weights: PathBuf,
+    pub stimuli: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
     pub device: crate::generate::DeviceChoice,
     /// The GPU to run on, in CUDA's numbering.
     pub gpu: usize,
@@ -43,11 +43,12 @@ pub struct LiveConfig {
     pub publish: String,
     pub feedback_attribute: String,
     pub feedback_scale: f64,
-    pub boundaries: PathBuf,
-    /// A scanner export folder (Siemens or GE DICOM, Philips PAR/REC) `live` follows itself (empty: none).
-    pub dicom_folder: PathBuf,
-    /// The series to follow there; 0: the first to gain a file after the start.
-    pub dicom_series: i64,
+    /// A folder of attribute directions to use instead of the embedded ones.
+    pub boundaries: Option<PathBuf>,
+    /// A scanner export folder (Siemens or GE DICOM, Philips PAR/REC) `live` follows itself.
+    pub export_folder: Option<PathBuf>,
+    /// The series to follow there; none: the first to gain a file after the start.
+    pub export_series: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -68,13 +69,13 @@ pub enum DisplayMode {
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
-            decoder: PathBuf::new(),
-            events: PathBuf::new(),
-            onsets: String::new(),
+            decoder: None,
+            events: None,
+            onsets: None,
             mode: LiveMode::Trials,
             sliding_volumes: 3,
-            stimuli: PathBuf::new(),
-            weights: PathBuf::new(),
+            stimuli: None,
+            weights: None,
             device: crate::generate::DeviceChoice::Auto,
             gpu: 0,
             precision: crate::generate::Precision::F32,
@@ -87,9 +88,9 @@ impl Default for LiveConfig {
             publish: "tcp://127.0.0.1:5557".into(),
             feedback_attribute: "smile".into(),
             feedback_scale: 3.0,
-            boundaries: PathBuf::from("../shared/data/interfacegan"),
-            dicom_folder: PathBuf::new(),
-            dicom_series: 0,
+            boundaries: None,
+            export_folder: None,
+            export_series: None,
         }
     }
 }
@@ -99,7 +100,7 @@ impl Default for LiveConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiverConfig {
     pub bind: String,
-    pub expected_volumes: usize,
+    pub expected_volumes: Option<usize>,
     pub idle_timeout_secs: f64,
     pub max_volume_bytes: u64,
     pub max_dim: usize,
@@ -109,7 +110,7 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             bind: "tcp://127.0.0.1:5555".into(),
-            expected_volumes: 0,
+            expected_volumes: None,
             idle_timeout_secs: 30.0,
             max_volume_bytes: 256 << 20,
             max_dim: 2048,
@@ -322,6 +323,14 @@ impl SimulateConfig {
     }
 }
 
+/// Lays a command-line flag over a config value: the flag, when given, replaces it (a flag `T` also sets an
+/// `Option<T>` key). Precedence: built-in defaults < config file < flags.
+pub fn overlay<T: Clone, U: From<T>>(value: &mut U, flag: &Option<T>) {
+    if let Some(v) = flag {
+        *value = U::from(v.clone());
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -472,7 +481,7 @@ mod tests {
     #[test]
     fn a_partial_file_keeps_the_other_defaults() {
         let c = Config::parse("[receiver]\nexpected_volumes = 12\n", Path::new("p.toml")).unwrap();
-        assert_eq!(c.receiver.expected_volumes, 12);
+        assert_eq!(c.receiver.expected_volumes, Some(12));
         assert_eq!(c.receiver.bind, ReceiverConfig::default().bind);
         assert_eq!(c.session, SessionConfig::default());
     }

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod decode;
 pub mod display;
+pub mod evaluate;
 pub mod feedback;
 pub mod generate;
 pub mod ingest;

@@ -26,6 +26,11 @@ pub fn read_f32(path: &Path) -> Result<NpyArray, NpyError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_f32(&bytes, path)
+}
+
+/// Parses the bytes of a `.npy` file (little-endian float32 or float64, C order); `path` names them in errors.
+pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<NpyArray, NpyError> {
     let fail = |message: &str| NpyError::Format {
         path: path.to_path_buf(),
         message: message.to_string(),

@@ -15,12 +15,12 @@ fn volumes_flow_downstream_in_arrival_order_without_loss() {
     let meta = SessionMeta {
         started_unix_secs: 0.0,
         bind: "tcp://127.0.0.1:*".into(),
-        expected_volumes: 8,
+        expected_volumes: Some(8),
         hyper_rt_version: "test".into(),
     };
     let settings = ReceiverSettings {
         bind: "tcp://127.0.0.1:*".into(),
-        expected_volumes: 8,
+        expected_volumes: Some(8),
         idle_timeout_secs: 10.0,
         limits: Limits {
             max_volume_bytes: 1 << 20,

@@ -69,12 +69,12 @@ fn live_and_offline_trial_patterns_are_bit_identical() {
     let meta = SessionMeta {
         started_unix_secs: 0.0,
         bind: "tcp://127.0.0.1:*".into(),
-        expected_volumes: img.volumes,
+        expected_volumes: Some(img.volumes),
         hyper_rt_version: "test".into(),
     };
     let settings = ReceiverSettings {
         bind: "tcp://127.0.0.1:*".into(),
-        expected_volumes: img.volumes,
+        expected_volumes: Some(img.volumes),
         idle_timeout_secs: 20.0,
         limits: Limits {
             max_volume_bytes: 1 << 26,

@@ -36,7 +36,7 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
         })
         .collect();
     let root = std::env::temp_dir().join(format!("hyper-rt-bench-{}", std::process::id()));
-    let receiver = super::LoopbackReceiver::start(&config, &root, args.volumes, false)?;
+    let receiver = super::LoopbackReceiver::start(&config, &root, Some(args.volumes), false)?;
     let scanner = ScannerSender::connect(&receiver.endpoint, &config.sender.handshake, 30.0)?;
     let started = std::time::Instant::now();
     let wire = (0..args.volumes).map(|t| WireVolume {

@@ -111,9 +111,9 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         .clone();
     let img = NiftiImage::read(&test_run.bold)?;
     let tr = img.tr_secs.unwrap_or(1.5);
-    config.live.events = test_run.events.clone();
-    config.live.stimuli = data_dir.join("stimuli").join("latents.npy");
-    let inputs = super::live::inputs(&config.live, Some(bundle))?;
+    config.live.events = Some(test_run.events.clone());
+    config.live.stimuli = Some(data_dir.join("stimuli").join("latents.npy"));
+    let inputs = hyper_rt::live::LiveInputs::load(&config.live, Some(bundle))?;
     println!(
         "3/4 streaming the test run ({} volumes, {} s at {}x) over loopback ZeroMQ into the live pipeline",
         img.volumes,
@@ -124,7 +124,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         &config,
         &config.session.root,
         "tcp://127.0.0.1:*",
-        img.volumes,
+        Some(img.volumes),
         30.0,
     )?;
     let sender_thread = super::live::stream_run_in_background(

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use hyper_rt::config::Config;
 use hyper_rt::decode::bundle::DecoderBundle;
-use hyper_rt::decode::eval::{evaluate, EvalSettings};
 use hyper_rt::decode::Dataset;
+use hyper_rt::evaluate::eval::{evaluate, EvalSettings};
 use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
 
 #[derive(clap::Args, Debug)]
@@ -24,9 +24,10 @@ pub struct Args {
     /// Output folder: report.json, report.md, grid.png
     #[arg(long)]
     out: PathBuf,
-    /// Folder of the InterFaceGAN boundaries (pggan_celebahq_<attribute>_boundary.npy)
-    #[arg(long, default_value = "../shared/data/interfacegan")]
-    boundaries: PathBuf,
+    /// A folder of attribute directions (pggan_celebahq_<attribute>_boundary.npy) to use instead of the
+    /// InterFaceGAN ones built into the binary
+    #[arg(long, value_name = "FOLDER")]
+    boundaries: Option<PathBuf>,
     /// Random latents in the permutation test
     #[arg(long, default_value_t = 1000)]
     permutations: usize,

@@ -2,18 +2,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use hyper_rt::config::{Config, DisplayMode, LiveConfig, LiveMode};
-use hyper_rt::decode::bundle::DecoderBundle;
+use hyper_rt::config::{overlay, Config, DisplayMode, LiveMode};
 use hyper_rt::display::View;
-use hyper_rt::generate::{self, cpu::CpuAlgorithm, Backend, DeviceChoice, Precision};
+use hyper_rt::generate::{DeviceChoice, Precision};
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions, FollowReport};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
 use hyper_rt::nifti::NiftiImage;
-use hyper_rt::preprocess::trials::read_events;
 use hyper_rt::scanner::export::is_scanner_export;
 use hyper_rt::scanner::series::SeriesRun;
 
@@ -79,13 +76,13 @@ pub struct Args {
     expected_volumes: Option<usize>,
     /// Follow a scanner's export folder (Siemens mosaic DICOM, GE DICOM one slice per file, Philips PAR/REC;
     /// also a session folder that gains one subfolder per series): each volume is sent to this session's
-    /// receiver as soon as its file is complete (no scanner-side program needed) [live.dicom_folder]
-    #[arg(long)]
-    dicom_folder: Option<PathBuf>,
-    /// The series to follow in --dicom-folder (its files already there are taken too); 0: the next series to
-    /// appear [live.dicom_series]
-    #[arg(long)]
-    dicom_series: Option<i64>,
+    /// receiver as soon as its file is complete (no scanner-side program needed) [live.export_folder]
+    #[arg(long, visible_alias = "dicom-folder", value_name = "FOLDER")]
+    export_folder: Option<PathBuf>,
+    /// The series to follow in --export-folder (its files already there are taken too); not given: the next
+    /// series to appear [live.export_series]
+    #[arg(long, visible_alias = "dicom-series", value_name = "NUMBER")]
+    export_series: Option<i64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,110 +103,23 @@ pub struct ReplayArgs {
 
 fn apply(flags: &LiveFlags, config: &mut Config) {
     let l = &mut config.live;
-    if let Some(v) = &flags.decoder {
-        l.decoder = v.clone();
-    }
-    if let Some(v) = &flags.events {
-        l.events = v.clone();
-    }
-    if let Some(v) = &flags.onsets {
-        l.onsets = v.clone();
-    }
-    if let Some(v) = &flags.stimuli {
-        l.stimuli = v.clone();
-    }
-    if let Some(v) = flags.mode {
-        l.mode = v;
-    }
-    if let Some(v) = flags.display {
-        l.display = v;
-    }
+    overlay(&mut l.decoder, &flags.decoder);
+    overlay(&mut l.events, &flags.events);
+    overlay(&mut l.onsets, &flags.onsets);
+    overlay(&mut l.stimuli, &flags.stimuli);
+    overlay(&mut l.mode, &flags.mode);
+    overlay(&mut l.display, &flags.display);
     if flags.headless {
         l.display = DisplayMode::Headless;
     }
-    if let Some(v) = flags.view {
-        l.view = v;
-    }
-    if let Some(v) = &flags.weights {
-        l.weights = v.clone();
-    }
-    if let Some(v) = flags.device {
-        l.device = v;
-    }
-    if let Some(v) = flags.gpu {
-        l.gpu = v;
-    }
-    if let Some(v) = flags.precision {
-        l.precision = v;
-    }
-    if let Some(v) = flags.results_port {
-        l.results_port = v;
-    }
-    if let Some(v) = &flags.publish {
-        l.publish = v.clone();
-    }
-    if let Some(v) = &flags.session_root {
-        config.session.root = v.clone();
-    }
-}
-
-fn opt_path(p: &Path) -> Option<&Path> {
-    (!p.as_os_str().is_empty()).then_some(p)
-}
-
-/// Loads the decoder, schedule, stimuli, generator and boundaries the `[live]` config names.
-pub fn inputs(l: &LiveConfig, bundle: Option<DecoderBundle>) -> anyhow::Result<LiveInputs> {
-    let bundle = match bundle {
-        Some(b) => b,
-        None => {
-            let path = opt_path(&l.decoder)
-                .context("no decoder: give --decoder (or [live] decoder in the config)")?;
-            DecoderBundle::load(path)?
-        }
-    };
-    let schedule = match opt_path(&l.events) {
-        Some(p) => read_events(p, None)?,
-        None => Vec::new(),
-    };
-    if schedule.is_empty() && l.onsets.is_empty() && l.mode == LiveMode::Trials {
-        tracing::warn!("no stimulus schedule (events): in trials mode nothing will be decoded; use --mode sliding for continuous decoding");
-    }
-    let stimuli = match opt_path(&l.stimuli) {
-        Some(p) => Some(hyper_rt::npy::read_f32(p)?.data),
-        None => None,
-    };
-    let model = Arc::new(generate::load_model(opt_path(&l.weights))?);
-    if model.latent_size != bundle.latent_size() {
-        bail!(
-            "the decoder gives {}-d latents but the generator takes {}",
-            bundle.latent_size(),
-            model.latent_size
-        );
-    }
-    tracing::info!("generator: {}", model.label);
-    let mut generator = Backend::open(model, l.device, l.gpu, CpuAlgorithm::Winograd, l.precision)?;
-    generator.use_gpu_settings(generate::GpuSettings {
-        upsample: l.upsample,
-        launch: l.launch,
-        ..Default::default()
-    })?;
-    // one frame before the receiver binds: buffers, lazily loaded GPU kernels and caches are ready for the first trial
-    let warm_up = Instant::now();
-    generator.warm_up(l.device, CpuAlgorithm::Winograd)?;
-    tracing::info!(
-        "generating on {} (first frame {:.0} ms)",
-        generator.describe(),
-        warm_up.elapsed().as_secs_f64() * 1e3
-    );
-    let boundaries = live::load_boundaries(&l.boundaries, bundle.latent_size());
-    Ok(LiveInputs {
-        config: l.clone(),
-        bundle,
-        schedule,
-        stimuli,
-        generator,
-        boundaries,
-    })
+    overlay(&mut l.view, &flags.view);
+    overlay(&mut l.weights, &flags.weights);
+    overlay(&mut l.device, &flags.device);
+    overlay(&mut l.gpu, &flags.gpu);
+    overlay(&mut l.precision, &flags.precision);
+    overlay(&mut l.results_port, &flags.results_port);
+    overlay(&mut l.publish, &flags.publish);
+    overlay(&mut config.session.root, &flags.session_root);
 }
 
 /// A run to stream: how many volumes, the TR, and the volumes themselves.
@@ -308,24 +218,21 @@ pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     apply(&args.flags, &mut config);
-    if let Some(v) = args.bind {
-        config.receiver.bind = v;
-    }
-    if let Some(v) = args.expected_volumes {
-        config.receiver.expected_volumes = v;
-    }
-    if let Some(v) = args.dicom_folder {
-        config.live.dicom_folder = v;
-    }
-    if let Some(v) = args.dicom_series {
-        config.live.dicom_series = v;
-    }
+    overlay(&mut config.receiver.bind, &args.bind);
+    overlay(
+        &mut config.receiver.expected_volumes,
+        &args.expected_volumes,
+    );
+    overlay(&mut config.live.export_folder, &args.export_folder);
+    overlay(&mut config.live.export_series, &args.export_series);
     config.validate(Path::new("<command line>"))?;
-    let folder = &config.live.dicom_folder;
-    if !folder.as_os_str().is_empty() && !folder.is_dir() {
-        bail!("live.dicom_folder: {} is not a folder", folder.display());
+    if let Some(folder) = config.live.export_folder.as_ref().filter(|f| !f.is_dir()) {
+        bail!(
+            "live.export_folder (--export-folder): {} is not a folder",
+            folder.display()
+        );
     }
-    let inputs = inputs(&config.live, None)?;
+    let inputs = LiveInputs::load(&config.live, None)?;
     let receiver = super::bind_receiver(
         &config,
         &config.session.root,
@@ -335,22 +242,26 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     )?;
     println!("listening on {}", receiver.endpoint());
     let stop = super::interrupt_flag();
-    let follower = (!config.live.dicom_folder.as_os_str().is_empty())
-        .then(|| follow_in_background(&config, receiver.endpoint(), stop.clone()));
+    let follower = config
+        .live
+        .export_folder
+        .clone()
+        .map(|folder| follow_in_background(&config, folder, receiver.endpoint(), stop.clone()));
     let outcome = live::run(receiver, inputs, stop.clone());
     if let Some(follower) = follower {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if follower.join().is_err() {
-            tracing::error!("the DICOM folder follower panicked");
+            tracing::error!("the export folder follower panicked");
         }
     }
     let (stats, dir) = outcome?;
     report(&stats, &dir)
 }
 
-/// Follows `[live] dicom_folder` on a background thread, sending each volume to this session's own receiver.
+/// Follows the export `folder` on a background thread, sending each volume to this session's own receiver.
 fn follow_in_background(
     config: &Config,
+    folder: PathBuf,
     receiver_endpoint: &str,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
@@ -358,18 +269,19 @@ fn follow_in_background(
     let endpoint = receiver_endpoint
         .replace("://0.0.0.0:", "://127.0.0.1:")
         .replace("://*:", "://127.0.0.1:");
-    let folder = config.live.dicom_folder.clone();
-    let expected = config.receiver.expected_volumes;
     let options = FollowOptions {
-        series: (config.live.dicom_series != 0).then_some(config.live.dicom_series),
-        max_volumes: (expected > 0).then_some(expected),
+        series: config.live.export_series,
+        max_volumes: config.receiver.expected_volumes,
         ..FollowOptions::default()
     };
     std::thread::spawn(move || {
         // Said at once: the session goes on (a scanner-side sender may still connect) but gets nothing from here.
         let follow = || -> anyhow::Result<FollowReport> {
-            let sender =
-                ScannerSender::connect(&endpoint, "hello from hyper-rt live (DICOM folder)", 30.0)?;
+            let sender = ScannerSender::connect(
+                &endpoint,
+                "hello from hyper-rt live (export folder)",
+                30.0,
+            )?;
             Ok(follow_folder(&folder, &options, &sender, &stop, |_, _| {})?)
         };
         let report = match follow() {
@@ -445,7 +357,7 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             (RunStream::nifti(img), dims)
         }
     };
-    let inputs = inputs(&config.live, None)?;
+    let inputs = LiveInputs::load(&config.live, None)?;
     if inputs.bundle.dims != dims {
         bail!(
             "{} has volumes of {:?} but the decoder was trained on {:?}: every volume would be rejected",
@@ -458,7 +370,7 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
         &config,
         &config.session.root,
         "tcp://127.0.0.1:*",
-        run.volumes,
+        Some(run.volumes),
         30.0,
     )?;
     let sender_thread = stream_run_in_background(

@@ -251,7 +251,7 @@ pub fn bind_receiver(
     config: &Config,
     root: &std::path::Path,
     bind: &str,
-    expected: usize,
+    expected: Option<usize>,
     idle_secs: f64,
 ) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
     use hyper_rt::ingest::protocol::Limits;
@@ -287,7 +287,7 @@ impl LoopbackReceiver {
     pub fn start(
         config: &Config,
         root: &std::path::Path,
-        expected_volumes: usize,
+        expected_volumes: Option<usize>,
         compress: bool,
     ) -> anyhow::Result<LoopbackReceiver> {
         let mut receiver =

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use hyper_rt::config::Config;
+use hyper_rt::config::{overlay, Config};
 use hyper_rt::ingest::recorder;
 
 #[derive(clap::Args, Debug)]
@@ -27,18 +27,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
-    if let Some(v) = args.bind {
-        config.receiver.bind = v;
-    }
-    if let Some(v) = args.expected_volumes {
-        config.receiver.expected_volumes = v;
-    }
-    if let Some(v) = args.idle_timeout_secs {
-        config.receiver.idle_timeout_secs = v;
-    }
-    if let Some(v) = args.session_root {
-        config.session.root = v;
-    }
+    overlay(&mut config.receiver.bind, &args.bind);
+    overlay(
+        &mut config.receiver.expected_volumes,
+        &args.expected_volumes,
+    );
+    overlay(
+        &mut config.receiver.idle_timeout_secs,
+        &args.idle_timeout_secs,
+    );
+    overlay(&mut config.session.root, &args.session_root);
     if args.no_compress {
         config.session.compress = false;
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use hyper_rt::config::Config;
+use hyper_rt::config::{overlay, Config};
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
@@ -71,15 +71,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
-    if let Some(v) = args.connect.clone() {
-        config.sender.connect = v;
-    }
-    if let Some(v) = args.handshake.clone() {
-        config.sender.handshake = v;
-    }
-    if let Some(v) = args.reply_timeout_secs {
-        config.sender.reply_timeout_secs = v;
-    }
+    overlay(&mut config.sender.connect, &args.connect);
+    overlay(&mut config.sender.handshake, &args.handshake);
+    overlay(
+        &mut config.sender.reply_timeout_secs,
+        &args.reply_timeout_secs,
+    );
     config.validate(Path::new("<command line>"))?;
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number, got {}", args.speed);

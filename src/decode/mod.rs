@@ -2,10 +2,9 @@
 //! selection, ridge with cross-validated penalty: [`train`]), the bundle ([`bundle`]), and HYPER's metrics
 //! ([`metrics`]). Trial patterns come from [`crate::preprocess`], the same code the live pipeline runs.
 
+pub mod attributes;
 pub mod bundle;
-pub mod eval;
 pub mod metrics;
-pub mod plots;
 pub mod ridge;
 
 use std::path::{Path, PathBuf};

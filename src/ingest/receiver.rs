@@ -32,7 +32,8 @@ fn zmq_err(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> IngestError
 #[derive(Debug, Clone)]
 pub struct ReceiverSettings {
     pub bind: String,
-    pub expected_volumes: usize,
+    /// Volumes in the run, when known: the last one's reply says STOP and later indices are refused.
+    pub expected_volumes: Option<usize>,
     pub idle_timeout_secs: f64,
     pub limits: Limits,
 }
@@ -155,13 +156,8 @@ impl Receiver {
                     }
                 }
             }
-            if self.settings.expected_volumes > 0
-                && self.accepted_count >= self.settings.expected_volumes
-            {
-                tracing::info!(
-                    "all {} expected volumes received",
-                    self.settings.expected_volumes
-                );
+            if self.run_complete() {
+                tracing::info!("all {} expected volumes received", self.accepted_count);
                 return Ok(EndReason::Complete);
             }
         }
@@ -293,20 +289,21 @@ impl Receiver {
     }
 
     fn run_complete(&self) -> bool {
-        self.settings.expected_volumes > 0 && self.accepted_count >= self.settings.expected_volumes
+        self.settings
+            .expected_volumes
+            .is_some_and(|expected| self.accepted_count >= expected)
     }
 
     fn check_volume(&self, header: &[u8], data: &[u8]) -> Result<VolumeHeader, ProtocolError> {
         let h = protocol::parse_header(header, self.settings.limits)?;
         protocol::check_buffer(&h, data)?;
-        let expected = self.settings.expected_volumes;
-        if expected > 0 && h.index >= expected {
+        if let Some(expected) = self.settings.expected_volumes.filter(|e| h.index >= *e) {
             return Err(ProtocolError {
                 kind: Rejection::IndexBeyondExpected,
                 message: format!(
                     "volIdx {} is beyond the expected {expected} volumes (0 to {})",
                     h.index,
-                    expected - 1
+                    expected.saturating_sub(1)
                 ),
             });
         }

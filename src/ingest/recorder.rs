@@ -49,7 +49,8 @@ pub enum RecordError {
 pub struct SessionMeta {
     pub started_unix_secs: f64,
     pub bind: String,
-    pub expected_volumes: usize,
+    /// Volumes in the run, when known.
+    pub expected_volumes: Option<usize>,
     pub hyper_rt_version: String,
 }
 
@@ -121,7 +122,7 @@ pub struct Summary {
     pub recovered_after_crash: bool,
     pub started_unix_secs: f64,
     pub finalised_unix_secs: f64,
-    pub expected_volumes: usize,
+    pub expected_volumes: Option<usize>,
     pub received: usize,
     pub rejected: usize,
     pub rejected_by_kind: BTreeMap<Rejection, usize>,
@@ -529,6 +530,7 @@ pub fn finalise_dir(
         volumes.iter().map(|v| v.header.index).collect();
     let upper = meta
         .expected_volumes
+        .unwrap_or(0)
         .max(present.iter().next_back().map(|i| i + 1).unwrap_or(0));
     summary.missing_indices = (0..upper).filter(|i| !present.contains(i)).collect();
     summary.missing = summary.missing_indices.len();
@@ -569,7 +571,7 @@ mod tests {
         let meta = SessionMeta {
             started_unix_secs: 1.0,
             bind: "x".into(),
-            expected_volumes: 3,
+            expected_volumes: Some(3),
             hyper_rt_version: "t".into(),
         };
         let mut rec = Recorder::create(&root, &meta).unwrap();

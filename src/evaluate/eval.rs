@@ -3,22 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
-use super::bundle::DecoderBundle;
-use super::metrics::{
+use super::plots;
+use crate::decode::attributes::{self, Boundary};
+use crate::decode::bundle::DecoderBundle;
+use crate::decode::metrics::{
     attribute_score, cosine, identification, latent_similarity, luminance, p_value, pearson,
     resize_rgb, ssim_rgb,
 };
-use super::{decode_trials, Dataset, DecodeError};
+use crate::decode::{decode_trials, Dataset, DecodeError};
 use crate::generate::{image_rgb8, Backend, GenerateError};
 use crate::rng::Rng;
-
-pub const ATTRIBUTES: [&str; 5] = ["gender", "age", "pose", "eyeglasses", "smile"];
 
 /// Evaluation settings.
 #[derive(Debug, Clone)]
 pub struct EvalSettings {
-    /// Folder with `pggan_celebahq_<attribute>_boundary.npy`.
-    pub boundaries: PathBuf,
+    /// Folder with `pggan_celebahq_<attribute>_boundary.npy` to use instead of the embedded attribute directions.
+    pub boundaries: Option<PathBuf>,
     /// Random latents in the permutation test of the latent measures.
     pub permutations: usize,
     /// Random images in the permutation test of the image measures (each costs a generator pass).
@@ -84,35 +84,11 @@ fn measure(values: &[f64], null: &[f64]) -> Measure {
     }
 }
 
-/// The InterFaceGAN boundary of `attribute` in `dir` (`pggan_celebahq_<attribute>_boundary.npy`), checked against
-/// the latent size.
-pub fn read_boundary(dir: &Path, attribute: &str, latent: usize) -> Result<Vec<f64>, DecodeError> {
-    let path = dir.join(format!("pggan_celebahq_{attribute}_boundary.npy"));
-    let arr = crate::npy::read_f32(&path)?;
-    if arr.data.len() != latent {
-        return Err(DecodeError::Data {
-            path,
-            message: format!(
-                "boundary has {} values, the latents {latent}",
-                arr.data.len()
-            ),
-        });
-    }
-    Ok(arr.data.iter().map(|v| *v as f64).collect())
-}
-
-fn read_boundaries(dir: &Path, latent: usize) -> Result<Vec<(String, Vec<f64>)>, DecodeError> {
-    ATTRIBUTES
-        .iter()
-        .map(|a| Ok((a.to_string(), read_boundary(dir, a, latent)?)))
-        .collect()
-}
-
 fn report_set(
     preds: &[Vec<f32>],
     truths: &[Vec<f32>],
     randoms: &[Vec<f32>],
-    boundaries: &[(String, Vec<f64>)],
+    boundaries: &[Boundary],
     seed: u64,
 ) -> ReportSet {
     let sims: Vec<f64> = preds
@@ -137,21 +113,30 @@ fn report_set(
     let (pair, nway) = identification(preds, truths);
     let attribute_scores: Vec<(String, Vec<f64>, Vec<f64>)> = boundaries
         .iter()
-        .map(|(name, n)| {
+        .map(|b| {
             (
-                name.clone(),
-                truths.iter().map(|z| attribute_score(z, n)).collect(),
-                preds.iter().map(|z| attribute_score(z, n)).collect(),
+                b.name.clone(),
+                truths
+                    .iter()
+                    .map(|z| attribute_score(z, &b.normal))
+                    .collect(),
+                preds
+                    .iter()
+                    .map(|z| attribute_score(z, &b.normal))
+                    .collect(),
             )
         })
         .collect();
     let attributes = boundaries
         .iter()
         .zip(&attribute_scores)
-        .map(|((name, n), (_, t, p))| {
+        .map(|(b, (_, t, p))| {
             let r = pearson(t, p);
             // null: for each permutation, a random latent (drawn from the pool) in place of every prediction
-            let pool: Vec<f64> = randoms.iter().map(|z| attribute_score(z, n)).collect();
+            let pool: Vec<f64> = randoms
+                .iter()
+                .map(|z| attribute_score(z, &b.normal))
+                .collect();
             let mut rng = Rng::new(seed ^ 0xA77);
             let null: Vec<f64> = (0..randoms.len())
                 .map(|_| {
@@ -163,7 +148,7 @@ fn report_set(
                     pearson(t, &drawn)
                 })
                 .collect();
-            (name.clone(), r, p_value(r, &null))
+            (b.name.clone(), r, p_value(r, &null))
         })
         .collect();
     ReportSet {
@@ -223,7 +208,7 @@ pub fn evaluate(
         .map(|_| (0..latent).map(|_| rng.normal() as f32).collect())
         .collect();
     let boundaries = if latent == 512 {
-        read_boundaries(&settings.boundaries, latent)?
+        attributes::all(settings.boundaries.as_deref(), latent)?
     } else {
         Vec::new()
     };
@@ -318,10 +303,10 @@ pub fn evaluate(
         path: out.to_path_buf(),
         message: format!("plot: {e}"),
     };
-    super::plots::cv_curve(&out.join("cv_curve.png"), &report.cv_curve, report.penalty)
+    plots::cv_curve(&out.join("cv_curve.png"), &report.cv_curve, report.penalty)
         .map_err(plot_err)?;
     if !report.averaged.attribute_scores.is_empty() {
-        super::plots::attribute_scatter(
+        plots::attribute_scatter(
             &out.join("attributes.png"),
             &report.averaged.attribute_scores,
         )
@@ -349,7 +334,7 @@ pub fn evaluate(
             report.ssim.null.clone(),
         ),
     ];
-    super::plots::null_histograms(&out.join("null_histograms.png"), &measures).map_err(plot_err)?;
+    plots::null_histograms(&out.join("null_histograms.png"), &measures).map_err(plot_err)?;
     Ok(report)
 }
 
