@@ -1,5 +1,6 @@
-// Shared helpers of the PGGAN kernels. Compiled with NVRTC at start-up (see src/generate/cuda.rs); the sources
-// are concatenated in the order common.cuh, dense.cu, conv.cu, torgb.cu, so no #include is needed at run time.
+// Shared helpers of the PGGAN kernels. Compiled with NVRTC at start-up (see src/generate/cuda/source.rs); the sources
+// are concatenated in the order common.cuh, dense.cu, conv_common.cuh, conv_gather.cu, conv_pipelined.cu,
+// conv_spatial.cu, conv_finish.cu, torgb.cu, so no #include is needed at run time.
 #pragma once
 
 #define LRELU_SLOPE 0.2f

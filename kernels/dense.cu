@@ -1,5 +1,5 @@
 // Kernel (1): latent pixel norm + the 4x4 dense layer. Bias, leaky ReLU and the pixel norm over channels follow in
-// conv_finish_f32 (conv.cu), which the host launches on this kernel's output as on a convolution's partial sums.
+// conv_finish_f32 (conv_finish.cu), which the host launches on this kernel's output as on a convolution's partial sums.
 #include "common.cuh"
 
 // grid (ceil(16*c4 / blockDim.x), N); one thread per dense output column j = c*16 + y*4 + x.

@@ -77,14 +77,34 @@ pub fn invert_3x3(a: &Mat3) -> Option<Mat3> {
     }))
 }
 
+/// Why an affine cannot place voxels in scanner space.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AffineError {
+    #[error("its entry [{row}][{column}] is {value}")]
+    NotFinite {
+        row: usize,
+        column: usize,
+        value: f64,
+    },
+    #[error("its 3 x 3 part is singular (determinant {determinant:e}, voxel sizes {:.3} x {:.3} x {:.3} mm): voxels have no distinct positions in scanner space", voxel_sizes_mm[0], voxel_sizes_mm[1], voxel_sizes_mm[2])]
+    Singular {
+        determinant: f64,
+        voxel_sizes_mm: [f64; 3],
+    },
+}
+
 /// Why `mm_from_voxel` cannot place voxels in scanner space (a non-finite entry, or a singular 3 x 3 part, as a
 /// header with zero voxel sizes gives), or `Ok` when it can. Realignment needs the inverse.
-pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), String> {
-    if let Some((r, c)) = (0..4)
+pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), AffineError> {
+    if let Some((row, column)) = (0..4)
         .flat_map(|r| (0..4).map(move |c| (r, c)))
         .find(|&(r, c)| !mm_from_voxel[r][c].is_finite())
     {
-        return Err(format!("its entry [{r}][{c}] is {}", mm_from_voxel[r][c]));
+        return Err(AffineError::NotFinite {
+            row,
+            column,
+            value: mm_from_voxel[row][column],
+        });
     }
     let det = nalgebra::Matrix3::from_fn(|i, j| mm_from_voxel[i][j]).determinant();
     let voxel_sizes_mm: [f64; 3] = std::array::from_fn(|j| {
@@ -95,10 +115,10 @@ pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), String> {
     });
     // relative to the voxel sizes (the columns' lengths), so that small voxels are not taken for a singular affine
     if det.abs() <= 1e-9 * voxel_sizes_mm.iter().product::<f64>() {
-        let [x, y, z] = voxel_sizes_mm;
-        return Err(format!(
-            "its 3 x 3 part is singular (determinant {det:e}, voxel sizes {x:.3} x {y:.3} x {z:.3} mm): voxels have no distinct positions in scanner space"
-        ));
+        return Err(AffineError::Singular {
+            determinant: det,
+            voxel_sizes_mm,
+        });
     }
     Ok(())
 }
@@ -394,17 +414,21 @@ mod tests {
         assert_eq!(check_affine(&diag(-3.0, 3.0, 3.5)), Ok(()));
         // small voxels are voxels: the test is relative to their size
         assert_eq!(check_affine(&diag(1e-4, 1e-4, 1e-4)), Ok(()));
-        let zero = check_affine(&diag(3.0, 0.0, 3.0)).unwrap_err();
+        let zero = check_affine(&diag(3.0, 0.0, 3.0)).unwrap_err().to_string();
         assert!(
             zero.contains("singular") && zero.contains("3.000 x 0.000 x 3.000 mm"),
             "{zero}"
         );
         let mut parallel = diag(2.0, 2.0, 2.0);
         (parallel[0][2], parallel[2][2]) = (2.0, 1e-12);
-        assert!(check_affine(&parallel).unwrap_err().contains("singular"));
+        assert!(matches!(
+            check_affine(&parallel),
+            Err(AffineError::Singular { .. })
+        ));
         let mut nan = diag(2.0, 2.0, 2.0);
         nan[1][3] = f64::NAN;
-        assert_eq!(check_affine(&nan), Err("its entry [1][3] is NaN".into()));
+        let e = check_affine(&nan).unwrap_err();
+        assert_eq!(e.to_string(), "its entry [1][3] is NaN");
     }
 
     #[test]

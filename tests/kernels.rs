@@ -134,24 +134,26 @@ fn compiled_kernels_are_cached_on_disk_and_damage_is_recompiled() {
     let dir = std::env::temp_dir().join(format!("hyper-rt-ptx-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let arch = "compute_80";
-    let (compiled, source, warning) = ptx_via_disk(arch, &dir).unwrap();
-    assert_eq!((source, warning), (PtxSource::Compiled, None));
+    let (compiled, source, problems) = ptx_via_disk(arch, &dir).unwrap();
+    assert_eq!(source, PtxSource::Compiled);
+    assert!(problems.is_empty(), "{problems:?}");
     assert!(compiled.contains(".entry conv3x3_tf32s_n16"));
     let file = cache_file(&dir, arch);
     assert!(file.exists(), "{} was not written", file.display());
 
-    let (read, source, warning) = ptx_via_disk(arch, &dir).unwrap();
-    assert_eq!((source, warning), (PtxSource::Disk, None));
+    let (read, source, problems) = ptx_via_disk(arch, &dir).unwrap();
+    assert_eq!(source, PtxSource::Disk);
+    assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(read, compiled);
 
     // a file cut short (a crash while copying a home folder, a full disk) is noticed and replaced
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, &text[..text.len() / 2]).unwrap();
-    let (again, source, warning) = ptx_via_disk(arch, &dir).unwrap();
+    let (again, source, problems) = ptx_via_disk(arch, &dir).unwrap();
     assert_eq!(source, PtxSource::Compiled);
     assert!(
-        warning.as_deref().is_some_and(|w| w.contains("checksum")),
-        "{warning:?}"
+        problems.iter().any(|p| p.to_string().contains("checksum")),
+        "{problems:?}"
     );
     assert_eq!(again, compiled);
     assert_eq!(ptx_via_disk(arch, &dir).unwrap().1, PtxSource::Disk);
@@ -159,8 +161,8 @@ fn compiled_kernels_are_cached_on_disk_and_damage_is_recompiled() {
     // a cache "folder" that is a file: the kernels still come, with a warning naming the problem
     let blocked = dir.join("not-a-folder");
     std::fs::write(&blocked, b"x").unwrap();
-    let (ptx, source, warning) = ptx_via_disk(arch, &blocked).unwrap();
+    let (ptx, source, problems) = ptx_via_disk(arch, &blocked).unwrap();
     assert_eq!((ptx.len(), source), (compiled.len(), PtxSource::Compiled));
-    assert!(warning.is_some());
+    assert!(!problems.is_empty());
     std::fs::remove_dir_all(&dir).ok();
 }

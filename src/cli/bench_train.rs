@@ -33,7 +33,13 @@ pub fn run(args: Args, _config: Config) -> anyhow::Result<()> {
         })
         .collect();
     let started = std::time::Instant::now();
-    let fit = fit_ridge_cv(&x, &y, n, p, q, &log_grid(1.0, 1e6, 20), 5, &|_, _| {})?;
+    let fit = fit_ridge_cv(
+        ndarray::ArrayView2::from_shape((n, p), &x)?,
+        ndarray::ArrayView2::from_shape((n, q), &y)?,
+        &log_grid(1.0, 1e6, 20),
+        5,
+        &|_, _| {},
+    )?;
     let secs = started.elapsed().as_secs_f64();
     println!("ridge fit: {n} trials x {p} voxels -> {q}, 5-fold CV over 20 penalties: {secs:.2} s on {} threads (penalty {:.3e})", rayon::current_num_threads(), fit.penalty);
     Ok(())

@@ -329,8 +329,7 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
             )
         }
         None if is_export_series => {
-            let series =
-                SeriesRun::open(&args.source, args.series, 0).map_err(anyhow::Error::msg)?;
+            let series = SeriesRun::open(&args.source, args.series, 0)?;
             for warning in series.folder_warnings() {
                 tracing::warn!("{warning}");
             }

@@ -299,7 +299,7 @@ fn send_export_series(
     config: &Config,
     tr_override: Option<f64>,
 ) -> anyhow::Result<()> {
-    let run = SeriesRun::open(&args.run, args.series, args.start_at).map_err(anyhow::Error::msg)?;
+    let run = SeriesRun::open(&args.run, args.series, args.start_at)?;
     for warning in run.folder_warnings() {
         tracing::warn!("{warning}");
     }

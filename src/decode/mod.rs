@@ -9,6 +9,7 @@ pub mod ridge;
 
 use std::path::{Path, PathBuf};
 
+use ndarray::{Array2, ArrayView1};
 use sha2::{Digest, Sha256};
 
 use crate::nifti::NiftiImage;
@@ -420,36 +421,34 @@ pub fn train(
     let mut keep: Vec<usize> = order.into_iter().take(settings.voxels.min(c)).collect();
     keep.sort_unstable();
     let k = keep.len();
-    let mut x = vec![0.0f32; n * k];
-    let mut y = vec![0.0f32; n * data.latent_size];
-    for (row, (stim, members)) in groups.iter().enumerate() {
-        for (col, &ci) in keep.iter().enumerate() {
-            x[row * k + col] =
-                members.iter().map(|p| p.pattern[ci]).sum::<f32>() / members.len() as f32;
+    // trial patterns [n, k] (repetitions averaged) and their latents [n, latent]
+    let mut x = Array2::<f32>::zeros((n, k));
+    let mut y = Array2::<f32>::zeros((n, data.latent_size));
+    for ((stim, members), (mut x_row, mut y_row)) in groups
+        .iter()
+        .zip(x.rows_mut().into_iter().zip(y.rows_mut()))
+    {
+        for (value, &ci) in x_row.iter_mut().zip(&keep) {
+            *value = members.iter().map(|p| p.pattern[ci]).sum::<f32>() / members.len() as f32;
         }
-        y[row * data.latent_size..(row + 1) * data.latent_size].copy_from_slice(data.latent(*stim));
+        y_row.assign(&ArrayView1::from(data.latent(*stim)));
     }
     // normalisation statistics of the selected voxels over training patterns
     let mut mean = vec![0.0f32; k];
     let mut std = vec![0.0f32; k];
-    for col in 0..k {
-        let m = (0..n).map(|r| x[r * k + col] as f64).sum::<f64>() / n as f64;
-        let v = (0..n)
-            .map(|r| (x[r * k + col] as f64 - m).powi(2))
+    for ((mut column, m_out), s_out) in x.columns_mut().into_iter().zip(&mut mean).zip(&mut std) {
+        let m = column.iter().map(|v| f64::from(*v)).sum::<f64>() / n as f64;
+        let v = column
+            .iter()
+            .map(|v| (f64::from(*v) - m).powi(2))
             .sum::<f64>()
             / (n.max(2) - 1) as f64;
-        mean[col] = m as f32;
-        std[col] = v.sqrt().max(1e-6) as f32;
-        for r in 0..n {
-            x[r * k + col] = (x[r * k + col] - mean[col]) / std[col];
-        }
+        (*m_out, *s_out) = (m as f32, v.sqrt().max(1e-6) as f32);
+        column.mapv_inplace(|value| (value - *m_out) / *s_out);
     }
     let fit = ridge::fit_ridge_cv(
-        &x,
-        &y,
-        n,
-        k,
-        data.latent_size,
+        x.view(),
+        y.view(),
         &settings.penalties,
         settings.folds,
         &|d, t| progress(TrainProgress::Fold { done: d, total: t }),

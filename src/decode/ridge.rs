@@ -6,6 +6,7 @@
 //! X and Y are centred with the training means; the intercept restores them.
 
 use nalgebra::{DMatrix, SymmetricEigen};
+use ndarray::ArrayView2;
 
 /// The fitted decoder.
 #[derive(Debug, Clone)]
@@ -25,12 +26,8 @@ pub enum RidgeError {
         "{trials} trials cannot be split into {folds} folds (need at least 2 trials per fold)"
     )]
     TooFewTrials { trials: usize, folds: usize },
-    #[error("pattern matrix has {rows} rows of {cols} values but {values} values were given")]
-    Shape {
-        rows: usize,
-        cols: usize,
-        values: usize,
-    },
+    #[error("{patterns} patterns but {latents} latents: one latent per pattern is needed")]
+    RowsDiffer { patterns: usize, latents: usize },
     #[error("no penalties to try")]
     NoPenalties,
 }
@@ -42,8 +39,8 @@ pub fn log_grid(low: f64, high: f64, count: usize) -> Vec<f64> {
         .collect()
 }
 
-fn to_matrix(data: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
-    DMatrix::from_fn(rows, cols, |r, c| data[r * cols + c] as f64)
+fn to_matrix(data: ArrayView2<f32>) -> DMatrix<f64> {
+    DMatrix::from_fn(data.nrows(), data.ncols(), |r, c| f64::from(data[(r, c)]))
 }
 
 fn centre(m: &mut DMatrix<f64>) -> Vec<f64> {
@@ -55,30 +52,19 @@ fn centre(m: &mut DMatrix<f64>) -> Vec<f64> {
 }
 
 /// Fits `Y ~ X W + b` with the penalty from `penalties` that minimises the `folds`-fold CV error.
-/// `x`: `[n, p]`, `y`: `[n, q]`, row major. `progress(done, total)` is called per fold.
-#[allow(clippy::too_many_arguments)]
+/// `x`: the patterns `[n, p]`, `y`: their latents `[n, q]`. `progress(done, total)` is called per fold.
 pub fn fit_ridge_cv(
-    x: &[f32],
-    y: &[f32],
-    n: usize,
-    p: usize,
-    q: usize,
+    x: ArrayView2<f32>,
+    y: ArrayView2<f32>,
     penalties: &[f64],
     folds: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<RidgeFit, RidgeError> {
-    if x.len() != n * p {
-        return Err(RidgeError::Shape {
-            rows: n,
-            cols: p,
-            values: x.len(),
-        });
-    }
-    if y.len() != n * q {
-        return Err(RidgeError::Shape {
-            rows: n,
-            cols: q,
-            values: y.len(),
+    let ((n, p), q) = (x.dim(), y.ncols());
+    if y.nrows() != n {
+        return Err(RidgeError::RowsDiffer {
+            patterns: n,
+            latents: y.nrows(),
         });
     }
     if penalties.is_empty() {
@@ -87,8 +73,8 @@ pub fn fit_ridge_cv(
     if folds < 2 || n < 2 * folds {
         return Err(RidgeError::TooFewTrials { trials: n, folds });
     }
-    let xm = to_matrix(x, n, p);
-    let ym = to_matrix(y, n, q);
+    let xm = to_matrix(x);
+    let ym = to_matrix(y);
     let mut errors = vec![0.0f64; penalties.len()];
     for fold in 0..folds {
         let train: Vec<usize> = (0..n).filter(|i| i % folds != fold).collect();
@@ -191,7 +177,11 @@ mod tests {
                 y[i * q + c] = (v + 2.0 + 0.1 * rng.normal()) as f32;
             }
         }
-        let fit = fit_ridge_cv(&x, &y, n, p, q, &log_grid(1e-3, 1e3, 13), 5, &|_, _| {}).unwrap();
+        let (xa, ya) = (
+            ArrayView2::from_shape((n, p), &x).unwrap(),
+            ArrayView2::from_shape((n, q), &y).unwrap(),
+        );
+        let fit = fit_ridge_cv(xa, ya, &log_grid(1e-3, 1e3, 13), 5, &|_, _| {}).unwrap();
         assert!(fit.penalty < 1.0, "penalty {}", fit.penalty);
         for (j, (&fitted, &truth)) in fit.weights.iter().zip(&w_true).enumerate() {
             assert!((fitted as f64 - truth).abs() < 0.1, "weight {j}");
@@ -199,8 +189,21 @@ mod tests {
         let pred = predict(&x[..p], &fit.weights, &fit.intercept);
         assert!((pred[0] - y[0]).abs() < 0.5);
         assert!(matches!(
-            fit_ridge_cv(&x[..8 * p], &y[..8 * q], 8, p, q, &[1.0], 5, &|_, _| {}),
+            fit_ridge_cv(
+                xa.slice(ndarray::s![..8, ..]),
+                ya.slice(ndarray::s![..8, ..]),
+                &[1.0],
+                5,
+                &|_, _| {}
+            ),
             Err(RidgeError::TooFewTrials { .. })
+        ));
+        assert!(matches!(
+            fit_ridge_cv(xa, ya.slice(ndarray::s![..8, ..]), &[1.0], 5, &|_, _| {}),
+            Err(RidgeError::RowsDiffer {
+                patterns: 120,
+                latents: 8
+            })
         ));
     }
 }

@@ -285,15 +285,14 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// A window, or `None` with the reason when there is no display.
-    pub fn window(title: &str, view: View) -> Result<Sink, String> {
+    /// A window, or minifb's reason when there is none (no display).
+    pub fn window(title: &str, view: View) -> Result<Sink, minifb::Error> {
         let (w, h) = match view {
             View::Operator => OPERATOR_SIZE,
             _ => (512, 512),
         };
         minifb::Window::new(title, w, h, minifb::WindowOptions::default())
             .map(|w| Sink::Window(Box::new(w)))
-            .map_err(|e| e.to_string())
     }
 
     /// Shows (or writes) a frame; returns false when the window was closed.

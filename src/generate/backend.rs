@@ -219,14 +219,15 @@ pub(crate) struct TestGpu {
 
 #[cfg(test)]
 impl TestGpu {
-    /// A backend on this stand-in, its CPU images drawn with Winograd.
+    /// A backend on this stand-in, its CPU images drawn with `algorithm`.
     pub(crate) fn boxed(
         model: Arc<PgganModel>,
+        algorithm: CpuAlgorithm,
         passes_before_failure: usize,
         scale_error: f32,
     ) -> Backend {
         Backend::Gpu(Box::new(TestGpu {
-            cpu: CpuGenerator::new(model, CpuAlgorithm::Winograd),
+            cpu: CpuGenerator::new(model, algorithm),
             passes_before_failure,
             scale_error,
         }))
@@ -289,7 +290,12 @@ mod tests {
     fn a_gpu_that_fails_its_first_image_is_replaced_by_the_cpu_only_under_auto() {
         let model = std::sync::Arc::new(PgganModel::builtin_random());
         let gpu = |passes_before_failure, scale_error| {
-            TestGpu::boxed(model.clone(), passes_before_failure, scale_error)
+            TestGpu::boxed(
+                model.clone(),
+                CpuAlgorithm::Winograd,
+                passes_before_failure,
+                scale_error,
+            )
         };
         let mut auto = gpu(0, 0.0);
         auto.warm_up(DeviceChoice::Auto, CpuAlgorithm::Direct)
@@ -324,7 +330,7 @@ mod tests {
     #[test]
     fn a_gpu_whose_first_image_differs_from_the_cpus_is_not_used() {
         let model = std::sync::Arc::new(PgganModel::builtin_random());
-        let wrong = || TestGpu::boxed(model.clone(), usize::MAX, 2e-5);
+        let wrong = || TestGpu::boxed(model.clone(), CpuAlgorithm::Direct, usize::MAX, 2e-5);
         let mut auto = wrong();
         auto.warm_up(DeviceChoice::Auto, CpuAlgorithm::Winograd)
             .unwrap();

@@ -25,7 +25,7 @@ pub struct ConvLayer {
 
 impl ConvLayer {
     /// For an upsampling layer, its weights as four 2 x 2 convolutions over the input grid, one per output phase
-    /// `(a, b) = (y % 2, x % 2)` (the GPU's phased kernels, kernels/conv.cu): `[4][4 * cin][cout]`, phase
+    /// `(a, b) = (y % 2, x % 2)` (the GPU's phased kernels, kernels/conv_common.cuh): `[4][4 * cin][cout]`, phase
     /// `a * 2 + b`, row `(t * 2 + u) * cin + ci`. Output pixel `(2i + a, 2j + b)` of the upsampled layer reads input
     /// row `i + a - 1 + t` and column `j + b - 1 + u`; the 3 x 3 taps `(dy, dx)` that land there are summed, those
     /// with `(a + dy - 1).div_euclid(2) = a - 1 + t` and the same for columns.

@@ -193,7 +193,7 @@ mod tests {
     fn a_gpu_that_fails_mid_run_hands_over_to_the_cpu_without_losing_the_frame() {
         let model = Arc::new(PgganModel::builtin_random());
         let mut reference = Backend::Cpu(CpuGenerator::new(model.clone(), CpuAlgorithm::Winograd));
-        let mut generator = TestGpu::boxed(model.clone(), 2, 0.0);
+        let mut generator = TestGpu::boxed(model.clone(), CpuAlgorithm::Winograd, 2, 0.0);
         let stats = Mutex::new(LiveStats::default());
         let mut rng = crate::rng::Rng::new(5);
         for volume in 0..4 {

@@ -76,6 +76,9 @@ pub enum ExportError {
     Dicom(#[from] DicomError),
     #[error(transparent)]
     ParRec(#[from] ParRecError),
+    /// A file that read before and no longer does as it did (the scanner or someone else changed it).
+    #[error("{}: {what}", path.display())]
+    Changed { path: PathBuf, what: String },
 }
 
 /// What one file of an export holds.
@@ -131,7 +134,7 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
 
 /// Reads the volume `index` made of `files`: one file (a mosaic, or a PAR/REC pair holding it), or the
 /// single-slice files of one volume, stacked.
-pub fn read_volume(files: &[PathBuf], index: usize) -> Result<ExportedVolume, String> {
+pub fn read_volume(files: &[PathBuf], index: usize) -> Result<ExportedVolume, ExportError> {
     VolumeReader::default().read(files, index)
 }
 
@@ -144,13 +147,13 @@ pub struct VolumeReader {
 
 impl VolumeReader {
     /// As [`read_volume`].
-    pub fn read(&mut self, files: &[PathBuf], index: usize) -> Result<ExportedVolume, String> {
+    pub fn read(&mut self, files: &[PathBuf], index: usize) -> Result<ExportedVolume, ExportError> {
         if let [one] = files {
             if self.last_file.as_ref().is_none_or(|(path, _)| path != one) {
                 self.last_file = None;
-                let file = read_export_file(one).map_err(|e| e.to_string())?;
+                let file = read_export_file(one)?;
                 if let Some(slice) = file.slice {
-                    return stack_slices(vec![slice]).map_err(|e| e.to_string());
+                    return Ok(stack_slices(vec![slice])?);
                 }
                 self.last_file = Some((one.clone(), file.volumes));
             }
@@ -162,21 +165,24 @@ impl VolumeReader {
                 .iter()
                 .find(|v| v.index == index)
                 .cloned()
-                .ok_or_else(|| format!("{}: volume {index} is no longer in it", one.display()));
+                .ok_or_else(|| ExportError::Changed {
+                    path: one.clone(),
+                    what: format!("volume {index} is no longer in it"),
+                });
         }
         let mut slices = Vec::with_capacity(files.len());
         for path in files {
-            match read_export_file(path).map_err(|e| e.to_string())?.slice {
+            match read_export_file(path)?.slice {
                 Some(slice) => slices.push(slice),
                 None => {
-                    return Err(format!(
-                        "{}: no longer a single-slice image",
-                        path.display()
-                    ))
+                    return Err(ExportError::Changed {
+                        path: path.clone(),
+                        what: "no longer a single-slice image".into(),
+                    })
                 }
             }
         }
-        stack_slices(slices).map_err(|e| e.to_string())
+        Ok(stack_slices(slices)?)
     }
 }
 

@@ -17,6 +17,44 @@ struct SliceGroup {
     files: BTreeMap<usize, PathBuf>,
 }
 
+/// Why a series could not be chosen from a folder or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SeriesError {
+    #[error("reading {}: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The one file given could not be read; its reader's message names it.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{} holds no volume of series {series}; it holds {present}", dir.display())]
+    NoSuchSeries {
+        dir: PathBuf,
+        series: i64,
+        present: String,
+    },
+    #[error("{} holds no readable volume (DICOM, mosaic or one slice per file, or Philips PAR/REC; {not_scanner_files} files are neither, {unreadable} unreadable, {incomplete} volumes lack slices){reasons}", dir.display())]
+    NothingReadable {
+        dir: PathBuf,
+        not_scanner_files: usize,
+        unreadable: usize,
+        incomplete: usize,
+        /// The first few files' errors, each on a line of its own.
+        reasons: String,
+    },
+    #[error("{} holds several series: {present}; choose one with --series", dir.display())]
+    SeveralSeries { dir: PathBuf, present: String },
+    #[error("series {series} in {} has no readable volume from index {start_at} on{last_error}", dir.display())]
+    NoReadableVolume {
+        dir: PathBuf,
+        series: i64,
+        start_at: usize,
+        /// ": " and the last volume's error, if one was tried.
+        last_error: String,
+    },
+}
+
 /// Volume index -> the volume's file, or its slices' files.
 pub type VolumeFiles = BTreeMap<usize, Vec<PathBuf>>;
 
@@ -111,7 +149,11 @@ impl FolderScan {
     }
 
     /// The files of the chosen series in volume order: `series` if given, else the only one present.
-    pub fn choose(&self, dir: &Path, series: Option<i64>) -> Result<(i64, VolumeFiles), String> {
+    pub fn choose(
+        &self,
+        dir: &Path,
+        series: Option<i64>,
+    ) -> Result<(i64, VolumeFiles), SeriesError> {
         let listing = || {
             self.series
                 .iter()
@@ -132,11 +174,11 @@ impl FolderScan {
         let number = match series {
             Some(n) if self.series.contains_key(&n) => n,
             Some(n) => {
-                return Err(format!(
-                    "{} holds no volume of series {n}; it holds {}",
-                    dir.display(),
-                    or_nothing(&listing())
-                ))
+                return Err(SeriesError::NoSuchSeries {
+                    dir: dir.to_path_buf(),
+                    series: n,
+                    present: or_nothing(&listing()).to_string(),
+                })
             }
             None if self.series.len() == 1 => *self.series.keys().next().unwrap_or(&0),
             None if self.series.is_empty() => {
@@ -146,20 +188,19 @@ impl FolderScan {
                     .take(3)
                     .map(|m| format!("\n  {m}"))
                     .collect();
-                return Err(format!(
-                    "{} holds no readable volume (DICOM, mosaic or one slice per file, or Philips PAR/REC; {} files are neither, {} unreadable, {} volumes lack slices){reasons}",
-                    dir.display(),
-                    self.not_scanner_files.len(),
-                    self.unreadable.len(),
-                    self.incomplete.len()
-                ));
+                return Err(SeriesError::NothingReadable {
+                    dir: dir.to_path_buf(),
+                    not_scanner_files: self.not_scanner_files.len(),
+                    unreadable: self.unreadable.len(),
+                    incomplete: self.incomplete.len(),
+                    reasons,
+                });
             }
             None => {
-                return Err(format!(
-                    "{} holds several series: {}; choose one with --series",
-                    dir.display(),
-                    listing()
-                ))
+                return Err(SeriesError::SeveralSeries {
+                    dir: dir.to_path_buf(),
+                    present: listing(),
+                })
             }
         };
         Ok((
@@ -183,17 +224,24 @@ pub struct SeriesRun {
     pub scan: FolderScan,
     /// Volumes at the start of the run that did not read (the message, the files left out with them).
     pub unreadable_volumes: Vec<(String, usize)>,
-    /// The reader that read `first`, handed on to [`SeriesRun::wire_volumes`].
+    /// The reader that read `first`, handed on to [`SeriesRun::volumes`].
     reader: VolumeReader,
 }
 
 impl SeriesRun {
     /// Reads `path` (a folder, or one file) and chooses `series` (or the only one) from volume `start_at` on.
-    pub fn open(path: &Path, series: Option<i64>, start_at: usize) -> Result<SeriesRun, String> {
-        let scan =
-            FolderScan::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    pub fn open(
+        path: &Path,
+        series: Option<i64>,
+        start_at: usize,
+    ) -> Result<SeriesRun, SeriesError> {
+        let scan = FolderScan::read(path).map_err(|source| SeriesError::Folder {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if let (false, [only_error]) = (path.is_dir(), scan.unreadable.as_slice()) {
-            return Err(only_error.clone()); // one file given: its own error says it all
+            // one file given: its own error says it all
+            return Err(SeriesError::Unreadable(only_error.clone()));
         }
         let (number, files) = scan.choose(path, series)?;
         let mut files: VecDeque<(usize, Vec<PathBuf>)> = files
@@ -209,12 +257,17 @@ impl SeriesRun {
                     .last()
                     .map(|(m, _): &(String, usize)| format!(": {m}"))
                     .unwrap_or_default();
-                return Err(format!("series {number} in {} has no readable volume from index {start_at} on{last_error}", path.display()));
+                return Err(SeriesError::NoReadableVolume {
+                    dir: path.to_path_buf(),
+                    series: number,
+                    start_at,
+                    last_error,
+                });
             };
             match reader.read(first_files, *first_index) {
                 Ok(volume) => break volume,
-                Err(message) => {
-                    unreadable_volumes.push((message, first_files.len()));
+                Err(e) => {
+                    unreadable_volumes.push((e.to_string(), first_files.len()));
                     files.pop_front();
                 }
             }
@@ -304,8 +357,8 @@ impl SeriesRun {
             .into_iter()
             .filter_map(move |(index, files)| match reader.read(&files, index) {
                 Ok(v) => Some(v),
-                Err(message) => {
-                    skipped(message, files.len());
+                Err(e) => {
+                    skipped(e.to_string(), files.len());
                     None
                 }
             })

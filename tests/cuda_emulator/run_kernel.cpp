@@ -43,7 +43,11 @@ inline bool register_entry(std::map<std::string, void*>& entries, const char* na
 
 #include "../../kernels/common.cuh"
 #include "../../kernels/dense.cu"
-#include "../../kernels/conv.cu"
+#include "../../kernels/conv_common.cuh"
+#include "../../kernels/conv_gather.cu"
+#include "../../kernels/conv_pipelined.cu"
+#include "../../kernels/conv_spatial.cu"
+#include "../../kernels/conv_finish.cu"
 #include "../../kernels/torgb.cu"
 
 static std::vector<unsigned int> read_words(const std::string& path) {

@@ -121,10 +121,10 @@ def rel_l2(got, want):
 
 def conv_kernels():
     """name: (BM, BN, BK, dynamic shared bytes). The default kernels' tiles are BM x BN = 4096 with BK 16; the
-    pipelined ones are read from kernels/conv.cu's PIPE_ENTRY lines (shared memory: per stage a [BM][32 + 4] input
+    pipelined ones are read from kernels/conv_pipelined.cu's PIPE_ENTRY lines (shared memory: per stage a [BM][32 + 4] input
     slice and a [32][BN + 8] weight slice)."""
     kernels = {f"{p}_n{bn}": (4096 // bn, bn, 16, 0) for p in ("f32", "tf32") for bn in (16, 32, 64)}
-    source = (ROOT / "kernels" / "conv.cu").read_text()
+    source = "".join(p.read_text() for p in sorted((ROOT / "kernels").glob("conv_*")))
     for name, bm, bn, _wm, _wn, stages in re.findall(
             r"^PIPE_ENTRY\(conv3x3_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", source, re.M):
         bm, bn, stages = int(bm), int(bn), int(stages)
@@ -134,11 +134,11 @@ def conv_kernels():
 
 
 def spatial_kernels():
-    """name: (BN, output rows per block TH, bytes of one pipeline stage), from kernels/conv.cu's SPATIAL_ENTRY lines:
+    """name: (BN, output rows per block TH, bytes of one pipeline stage), from kernels/conv_spatial.cu's SPATIAL_ENTRY lines:
     8 warps as TH rows x BN / WN slices; a stage is the (TH + 2) x 34 x (16 + 4) input patch and the chunk's
     9 x 16 x (BN + 8) weights; for the phased variants (SPATIAL_PHASED_ENTRY) the (TH / 2 + 2) x 18 x (16 + 4) patch
     and 16 x 16 x (BN + 8) phase weights."""
-    source = (ROOT / "kernels" / "conv.cu").read_text()
+    source = "".join(p.read_text() for p in sorted((ROOT / "kernels").glob("conv_*")))
     kernels = {}
     for entry, name, bn, wn in re.findall(r"^(SPATIAL_ENTRY|SPATIAL_PHASED_ENTRY)\(conv3x3_(\w+), (\d+), (\d+)\)",
                                           source, re.M):
@@ -300,14 +300,14 @@ def test_convolution_kernels_have_no_data_races(run_kernel_racecheck, kernel, n,
 
 
 def mutant_runner(tmp_path_factory, sanitizer, original, replacement):
-    """A runner built from a copy of the sources in which kernels/conv.cu's `original` (found exactly once) is
-    replaced by `replacement`: for the tests that show a check can fail."""
+    """A runner built from a copy of the sources in which the convolution kernels' `original` (found exactly once in
+    kernels/conv_*) is replaced by `replacement`: for the tests that show a check can fail."""
     mutant = tmp_path_factory.mktemp("mutant")
     shutil.copytree(ROOT / "kernels", mutant / "kernels")
     shutil.copytree(ROOT / "tests" / "cuda_emulator", mutant / "tests" / "cuda_emulator")
-    source = (mutant / "kernels" / "conv.cu").read_text()
-    assert source.count(original) == 1, original
-    (mutant / "kernels" / "conv.cu").write_text(source.replace(original, replacement))
+    holding = [p for p in sorted((mutant / "kernels").glob("conv_*")) if original in p.read_text()]
+    assert len(holding) == 1 and holding[0].read_text().count(original) == 1, original
+    holding[0].write_text(holding[0].read_text().replace(original, replacement))
     return build_runner(tmp_path_factory, sanitizer, source_root=mutant)
 
 

@@ -17,7 +17,7 @@ use super::plan::{staged_kernels_shared_bytes, KERNELS};
 use super::ptx_cache::{default_cache_dir, kernels_ptx, PtxSource};
 use crate::generate::error::CudaError;
 
-// SAFETY: plain old data with the C layout (`#[repr(C)]`, twelve i32) of kernels/conv.cu's `struct ConvShape`.
+// SAFETY: plain old data with the C layout (`#[repr(C)]`, twelve i32) of kernels/conv_common.cuh's `struct ConvShape`.
 unsafe impl DeviceRepr for ConvShape {}
 
 /// A GPU generator's device, for the work done outside its forward pass (the kernel tuning).
@@ -243,27 +243,27 @@ pub(super) fn enable_staged(
     ctx: &CudaContext,
     (major, minor): (i32, i32),
     kernels: &Kernels,
-) -> Result<(), String> {
+) -> Result<(), CudaError> {
     if major < 8 {
-        return Err(format!(
+        return Err(CudaError::Unsupported(format!(
             "they need compute capability 8.0, this GPU has {major}.{minor}"
-        ));
+        )));
     }
     let opt_in = ctx
         .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(|e| format!("reading the shared memory per block: {e}"))? as usize;
+        .map_err(driver_err("reading the shared memory per block"))? as usize;
     for (name, bytes) in staged_kernels_shared_bytes() {
-        let func = kernels.get(name).map_err(|e| e.to_string())?;
+        let func = kernels.get(name)?;
         if bytes > opt_in {
-            return Err(format!(
+            return Err(CudaError::Unsupported(format!(
                 "they use up to {bytes} bytes of shared memory per block, this GPU allows {opt_in}"
-            ));
+            )));
         }
         func.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             bytes as i32,
         )
-        .map_err(|e| format!("allowing {bytes} bytes of shared memory: {e}"))?;
+        .map_err(driver_err("allowing the staged kernels their shared memory"))?;
     }
     Ok(())
 }

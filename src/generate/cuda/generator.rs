@@ -142,7 +142,9 @@ impl CudaGenerator {
             )
             .map_err(driver_err("reading the multiprocessor count"))? as usize;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        let staged_unavailable = enable_staged(&ctx, (major, minor), &kernels).err();
+        let staged_unavailable = enable_staged(&ctx, (major, minor), &kernels)
+            .err()
+            .map(|e| e.to_string());
         Ok(CudaGenerator {
             kernels,
             staged_unavailable,

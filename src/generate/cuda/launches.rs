@@ -76,7 +76,7 @@ pub struct LayerLaunches {
     pub launches: Vec<Launch>,
 }
 
-/// The kernels' view of a convolution layer (kernels/conv.cu `struct ConvShape`, field for field; passed by value).
+/// The kernels' view of a convolution layer (kernels/conv_common.cuh `struct ConvShape`, field for field; passed by value).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvShape {
@@ -481,13 +481,13 @@ mod tests {
     use crate::generate::cuda::source::kernel_source;
     use crate::generate::model;
 
-    /// `ConvShape`'s fields are kernels/conv.cu's, in the same order.
+    /// `ConvShape`'s fields are kernels/conv_common.cuh's, in the same order.
     #[test]
     fn conv_shape_fields_match_the_kernel_source() {
         let src = kernel_source();
         let start = src
             .find("struct ConvShape {")
-            .expect("struct ConvShape in kernels/conv.cu");
+            .expect("struct ConvShape in kernels/conv_common.cuh");
         let body = &src[start..start + src[start..].find('}').expect("end of struct ConvShape")];
         let fields: Vec<&str> = body
             .lines()

@@ -6,18 +6,18 @@
 //! lent GPU.
 //!
 //! Activations are channels-last `[N, H, W, C]`; weights are the model's effective weights (`[9 * Cin, Cout]`), and
-//! for phased layers (an upsampling layer run as four 2 x 2 convolutions, see kernels/conv.cu) their phase weights
+//! for phased layers (an upsampling layer run as four 2 x 2 convolutions, see kernels/conv_common.cuh) their phase weights
 //! ([`super::model::ConvLayer::phase_weights`]).
 
 use crate::generate::model::PgganModel;
 
 /// Threads per block of every kernel.
 pub const THREADS: u32 = 256;
-/// K slice depth of the gather kernels conv3x3_{f32,tf32}_* (kernels/conv.cu `BK`).
+/// K slice depth of the gather kernels conv3x3_{f32,tf32}_* (kernels/conv_common.cuh `BK`).
 pub(super) const BK: usize = 16;
-/// K slice depth of the pipelined kernels conv3x3_tf32p_* (kernels/conv.cu `PIPE_BK`).
+/// K slice depth of the pipelined kernels conv3x3_tf32p_* (kernels/conv_pipelined.cu `PIPE_BK`).
 const PIPE_BK: usize = 32;
-/// Every gather tile holds BM x BN = 4096 outputs (see kernels/conv.cu).
+/// Every gather tile holds BM x BN = 4096 outputs (see kernels/conv_gather.cu).
 const TILE_OUTPUTS: usize = 4096;
 
 /// The gather kernels by [vectorised gather (Cin a multiple of 16)][precision f32, tf32][tile width 16, 32, 64].
@@ -94,24 +94,24 @@ fn tile_n(cout: usize) -> usize {
     }
 }
 
-/// The pipelined kernels' tiles by tile width 16, 32, 64: (BM, pipeline stages), as in kernels/conv.cu's
+/// The pipelined kernels' tiles by tile width 16, 32, 64: (BM, pipeline stages), as in kernels/conv_pipelined.cu's
 /// `PIPE_ENTRY` lines.
 const PIPE_TILES: [(usize, usize); 3] = [(256, 2), (256, 2), (128, 3)];
 
-/// The pipelined kernel of tile width `bn`: its BM and its dynamic shared memory in bytes (kernels/conv.cu
+/// The pipelined kernel of tile width `bn`: its BM and its dynamic shared memory in bytes (kernels/conv_pipelined.cu
 /// `PipeTile::SHARED_FLOATS`: per stage a [BM][PIPE_BK + 4] input slice and a [PIPE_BK][BN + 8] weight slice).
 fn pipe_tile(bn: usize) -> (usize, usize) {
     let (bm, stages) = PIPE_TILES[bn.trailing_zeros() as usize - 4];
     (bm, 4 * stages * (bm * (PIPE_BK + 4) + PIPE_BK * (bn + 8)))
 }
 
-/// The spatial-tile kernels (kernels/conv.cu `SPATIAL_ENTRY`) by tile width 16, 32: (BN, WN).
+/// The spatial-tile kernels (kernels/conv_spatial.cu `SPATIAL_ENTRY`) by tile width 16, 32: (BN, WN).
 const SPATIAL_TILES: [(usize, usize); 2] = [(16, 16), (32, 32)];
-/// Output columns per spatial tile and input channels per chunk (kernels/conv.cu `SPATIAL_TW`, `SPATIAL_CC`).
+/// Output columns per spatial tile and input channels per chunk (kernels/conv_spatial.cu `SPATIAL_TW`, `SPATIAL_CC`).
 const SPATIAL_TW: usize = 32;
 const SPATIAL_CC: usize = 16;
 
-/// The spatial-tile kernel of width `bn`: output rows per block and the bytes of one pipeline stage (kernels/conv.cu
+/// The spatial-tile kernel of width `bn`: output rows per block and the bytes of one pipeline stage (kernels/conv_spatial.cu
 /// `SpatialTile`: the (TH + 2) x (TW + 2) input patch with 16 + 4 floats per pixel, and the chunk's nine taps of
 /// 16 weight rows of BN + 8 floats; `phased`: the (TH / 2 + 2) x (TW / 2 + 2) patch and 16 phase taps).
 fn spatial_tile(bn: usize, phased: bool) -> (usize, usize) {
@@ -313,7 +313,7 @@ mod tests {
     use super::*;
     use crate::generate::cuda::source::kernel_source;
 
-    /// The tiles the host plans with are those kernels/conv.cu instantiates.
+    /// The tiles the host plans with are those the kernel sources instantiate.
     #[test]
     fn pipelined_tiles_match_the_kernel_kernel_source() {
         let mut seen = 0;
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(seen, 3);
     }
 
-    /// The spatial kernels the host plans with are those kernels/conv.cu instantiates.
+    /// The spatial kernels the host plans with are those the kernel sources instantiate.
     #[test]
     fn spatial_tiles_match_the_kernel_kernel_source() {
         for prefix in [
@@ -372,7 +372,7 @@ mod tests {
         ] {
             assert!(
                 kernel_source().contains(&needle),
-                "kernels/conv.cu lacks `{needle}`"
+                "the kernel sources lack `{needle}`"
             );
         }
     }

@@ -63,34 +63,61 @@ pub fn cache_file(dir: &Path, arch: &str) -> PathBuf {
     ))
 }
 
+/// Why the kernel cache could not be used (the kernels are then compiled, and this is said as a warning).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {why}", path.display())]
+    Damaged { path: PathBuf, why: &'static str },
+}
+
 /// The PTX stored in `path`, if it is there and intact.
-fn read_cached(path: &Path) -> Result<Option<String>, String> {
+fn read_cached(path: &Path) -> Result<Option<String>, CacheError> {
+    let damaged = |why| CacheError::Damaged {
+        path: path.to_path_buf(),
+        why,
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        Err(source) => {
+            return Err(CacheError::Io {
+                action: "reading",
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     let (header, ptx) = text
         .split_once('\n')
-        .ok_or_else(|| format!("{}: no header line", path.display()))?;
+        .ok_or_else(|| damaged("no header line"))?;
     let recorded = header
         .strip_prefix(HEADER_PREFIX)
-        .ok_or_else(|| format!("{}: not a hyper-rt kernel cache file", path.display()))?;
+        .ok_or_else(|| damaged("not a hyper-rt kernel cache file"))?;
     if recorded != sha256_hex(ptx.as_bytes()) {
-        return Err(format!(
-            "{}: the PTX does not match its checksum (truncated or altered)",
-            path.display()
+        return Err(damaged(
+            "the PTX does not match its checksum (truncated or altered)",
         ));
     }
     Ok(Some(ptx.to_owned()))
 }
 
 /// Writes `ptx` to `path` through a temporary file and a rename, so that readers never see half a file.
-fn write_cached(path: &Path, ptx: &str) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| format!("{}: no parent folder", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+fn write_cached(path: &Path, ptx: &str) -> Result<(), CacheError> {
+    let dir = path.parent().ok_or_else(|| CacheError::Damaged {
+        path: path.to_path_buf(),
+        why: "no parent folder",
+    })?;
+    std::fs::create_dir_all(dir).map_err(|source| CacheError::Io {
+        action: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name()
@@ -105,29 +132,34 @@ fn write_cached(path: &Path, ptx: &str) -> Result<(), String> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    write().map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        format!("writing {}: {e}", path.display())
+        CacheError::Io {
+            action: "writing",
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
 /// The kernels' PTX for `arch` through the cache folder `dir` alone (no in-process layer): read if present and
-/// intact, else compiled and stored. Problems with the folder are returned as a warning beside the PTX.
+/// intact, else compiled and stored. Problems with the folder are returned beside the PTX, to be said as warnings.
 pub fn ptx_via_disk(
     arch: &'static str,
     dir: &Path,
-) -> Result<(String, PtxSource, Option<String>), CudaError> {
+) -> Result<(String, PtxSource, Vec<CacheError>), CudaError> {
     let path = cache_file(dir, arch);
-    let mut warning = match read_cached(&path) {
-        Ok(Some(ptx)) => return Ok((ptx, PtxSource::Disk, None)),
-        Ok(None) => None,
-        Err(e) => Some(e),
-    };
+    let mut problems = Vec::new();
+    match read_cached(&path) {
+        Ok(Some(ptx)) => return Ok((ptx, PtxSource::Disk, problems)),
+        Ok(None) => {}
+        Err(e) => problems.push(e),
+    }
     let ptx = compile_to_text(arch)?;
     if let Err(e) = write_cached(&path, &ptx) {
-        warning = Some(warning.map_or(e.clone(), |w| format!("{w}; {e}")));
+        problems.push(e);
     }
-    Ok((ptx, PtxSource::Compiled, warning))
+    Ok((ptx, PtxSource::Compiled, problems))
 }
 
 /// The kernels' PTX for `arch`: from this process's memory, else the cache folder (`dir`, when given), else
@@ -147,9 +179,9 @@ pub fn kernels_ptx(
     }
     let (ptx, source) = match dir {
         Some(dir) => {
-            let (ptx, source, warning) = ptx_via_disk(arch, dir)?;
-            if let Some(w) = warning {
-                tracing::warn!("kernel cache not used: {w}");
+            let (ptx, source, problems) = ptx_via_disk(arch, dir)?;
+            for problem in problems {
+                tracing::warn!("kernel cache not used: {problem}");
             }
             (ptx, source)
         }

@@ -183,7 +183,7 @@ fn device_report(index: usize, nvrtc_present: bool) -> DeviceReport {
             let staged = match (tf32.ok, enable_staged(&ctx, (major, minor), kernels)) {
                 (false, _) => Check::failed("needs the TF32 path"),
                 (true, Ok(())) => Check::ok("cp.async pipelined and spatial-tile kernels"),
-                (true, Err(why)) => Check::failed(why),
+                (true, Err(why)) => Check::failed(why.to_string()),
             };
             (
                 Check::ok(how.clone()),

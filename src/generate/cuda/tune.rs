@@ -68,7 +68,10 @@ pub fn tuning_totals(layers: &[LayerChoice]) -> (f64, f64) {
 /// reference's output, or why they could not be measured. A candidate must agree with the reference within
 /// [`TUNING_AGREEMENT`] and be at least [`TUNING_MIN_GAIN`] faster than the best so far; returns its index in
 /// `others` plus one (0: the reference).
-fn choose_candidate(reference_ms: f64, others: &[Result<(f64, f64), String>]) -> (usize, String) {
+fn choose_candidate(
+    reference_ms: f64,
+    others: &[Result<(f64, f64), CudaError>],
+) -> (usize, String) {
     let (mut best, mut best_ms) = (0, reference_ms);
     let mut rejected = Vec::new();
     for (i, other) in others.iter().enumerate() {
@@ -223,13 +226,9 @@ pub(super) fn tune(
             Ok((output, ms))
         };
         let (reference, reference_ms) = measure(&launches[0])?;
-        let others: Vec<Result<(f64, f64), String>> = launches[1..]
+        let others: Vec<Result<(f64, f64), CudaError>> = launches[1..]
             .iter()
-            .map(|l| {
-                measure(l)
-                    .map(|(out, ms)| (ms, relative_l2(&out, &reference)))
-                    .map_err(|e| e.to_string())
-            })
+            .map(|l| measure(l).map(|(out, ms)| (ms, relative_l2(&out, &reference))))
             .collect();
         let (chosen, reason) = choose_candidate(reference_ms, &others);
         if chosen + 1 != launches.len() {
@@ -247,7 +246,7 @@ pub(super) fn tune(
                 kernel: plan_label(plan),
                 ms: measured.as_ref().ok().map(|m| m.0),
                 difference: measured.as_ref().ok().map(|m| m.1),
-                failure: measured.err(),
+                failure: measured.err().map(|e| e.to_string()),
             })
             .collect();
         let choice = LayerChoice {
@@ -283,7 +282,10 @@ mod tests {
     #[test]
     fn tuning_uses_a_candidate_only_when_it_agrees_and_is_faster() {
         let decide = |others: &[Result<(f64, f64), &str>]| {
-            let others: Vec<_> = others.iter().map(|o| o.map_err(str::to_string)).collect();
+            let others: Vec<_> = others
+                .iter()
+                .map(|o| o.map_err(|why| CudaError::Plan(why.to_string())))
+                .collect();
             choose_candidate(0.50, &others)
         };
         assert_eq!(
