@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A float64 NumPy implementation of the PGGAN generator, written from ../shared/PGGAN.md, as the independent
+"""A float64 NumPy implementation of the PGGAN generator, written from docs/pggan.md, as the independent
 reference the Rust and CUDA generators are tested against. Slow and plain on purpose.
 
     python scripts/pggan_reference.py WEIGHTS.safetensors LATENTS.npy OUT.npy   # writes float64 [N,3,H,W]

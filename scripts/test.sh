@@ -3,6 +3,7 @@
 #   - system packages (apt) where missing,
 #   - a Python venv (.venv) with the independent references (scripts/requirements-test.txt),
 #   - the real data: ../shared/data in the workplace, else fetched once from the public sources into .cache/,
+#   - the code's form: cargo fmt --check and cargo clippy -D warnings,
 #   - cargo tests (unit + integration), then the Python tests against the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,10 @@ NVIDIA_DIR=$(.venv/bin/python -c 'import nvidia, os; print(os.path.join(list(nvi
 export LD_LIBRARY_PATH="$NVIDIA_DIR/lib:${LD_LIBRARY_PATH:-}"
 export PTXAS="$NVIDIA_DIR/bin/ptxas"
 export HYPER_RT_REQUIRE_NVRTC=1
+
+say "form: rustfmt and clippy"
+cargo fmt --check || { echo "cargo fmt --check: run cargo fmt" >&2; exit 1; }
+cargo clippy --release --locked --all-targets -- -D warnings
 
 say "build (release)"
 cargo build --release --locked

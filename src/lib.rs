@@ -1,20 +1,22 @@
-//! hyper-rt: a real-time fMRI face decoder after HYPER (Dado et al., Scientific Reports 2022).
+//! hyper-rt: a real-time fMRI face decoder after HYPER (Dado et al., Scientific Reports 2022). The method is in
+//! `docs/hyper.md`, the generator in `docs/pggan.md`, the wire protocols in `docs/protocols.md`.
 //!
-//! Data flows through the modules in this order:
-//! - [`simulate`]: a synthetic subject and its scanner runs with known ground truth (stands in for the scanner);
-//! - [`ingest`]: the Pyneal-Scanner-compatible ZeroMQ receiver ([`ingest::receiver`]), the wire protocol
-//!   ([`ingest::protocol`]) and the scanner-side sender ([`ingest::sender`]), which plays NIfTI files and
-//!   scanner exports (Siemens and GE DICOM, Philips PAR/REC), finished or still being written ([`ingest::scanner_export`]);
+//! The modules in data-flow order; each imports only from those before it (`scripts/check_layout.py` checks):
+//! - ground floor: [`volume`] (the `Volume` type and voxel types), [`spatial`] (rigid-body geometry and affines),
+//!   [`nifti`] (NIfTI-1 files), [`npy`] (NumPy arrays), [`stats`] (percentiles), [`rng`], and [`error_chain`];
+//! - [`scanner`]: what scanners write (Siemens mosaic and GE single-slice DICOM, Philips PAR/REC), a finished series
+//!   in a folder and a folder being written, as volumes;
+//! - [`ingest`]: the Pyneal-Scanner-compatible wire protocol, the receiver, its crash-safe recorder and spool, the
+//!   scanner-side sender and the export-folder follower;
 //! - [`preprocess`]: realignment, masking, detrending, z-scoring and trial patterns, one volume at a time;
-//! - [`decode`]: decoder training and evaluation (ridge from trial patterns to latents, HYPER's metrics);
-//! - [`session`]: crash-safe recording of everything received, finalised into NIfTI + summary;
-//! - [`generate`]: the PGGAN generator (converted checkpoints, CPU forward pass) that draws a latent as an image;
-//! - later stages (preprocess, decode, display, feedback) join them through [`volume::Volume`]s and latents.
-//!
-//! Shared pieces: [`volume`] (the `Volume` type and element types), [`nifti`] (NIfTI-1 files), [`dicom`]
-//! (Siemens mosaic and single-slice DICOM files), [`parrec`] (Philips PAR/REC files),
-//! [`config`] (typed TOML configuration), [`stats`] (percentiles), [`spatial`] (rigid-body geometry), [`npy`] (NumPy arrays), [`rng`],
-//! and [`error_chain`] (how an error is said).
+//! - [`decode`]: the BIDS dataset, decoder training (ridge), the decoder bundle, HYPER's metrics and the attribute
+//!   directions;
+//! - [`generate`]: the PGGAN generator on the CPU or our CUDA kernels;
+//! - [`display`] (the window and its overlays) and [`feedback`] (the results server and the PUB stream);
+//! - [`evaluate`]: the offline evaluation report (it draws images, so it sits above the generator);
+//! - [`config`]: the typed TOML configuration;
+//! - [`simulate`]: a synthetic subject and its scanner runs with known ground truth;
+//! - [`live`]: the live pipeline, one thread per stage.
 
 pub mod config;
 pub mod decode;

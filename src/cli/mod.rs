@@ -135,19 +135,18 @@ fn init_logging(verbose: bool) {
 /// `launch-plan`); the CPU ignores them.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct GpuRunArgs {
-    /// GPU, TF32 convolution kernels: gather (measured), staged (pipelined and spatial-tile wherever a layer's
+    /// GPU, TF32 convolution kernels (docs/benchmarks.md has their measured speeds): gather (every layer shape and GPU), staged (pipelined and spatial-tile wherever a layer's
     /// shape allows), or tuned (per layer the fastest on this GPU of the two, on the upsampling layers each also
     /// with the other --upsample form, after checking it against the gather kernel with the form asked for;
     /// `bench-generator --layers` prints what the tuning measured)
     #[arg(long, value_enum, default_value = "gather")]
     pub kernels: hyper_rt::generate::ConvKernels,
     /// GPU: how the upsampling layers run: phased (four 2 x 2 convolutions on the input grid, 4/9 of the
-    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing, as timed on an H100)
+    /// multiply-adds) or folded (the upsample in the 3 x 3 convolution's indexing)
     #[arg(long, value_enum, default_value = "phased")]
     pub upsample: hyper_rt::generate::UpsampleConv,
     /// GPU: how a forward pass is queued: graph (captured once per batch size as a CUDA graph, replayed with one
-    /// call; falls back to stream with a warning if the capture fails) or stream (kernel by kernel, as timed on
-    /// an H100)
+    /// call; falls back to stream with a warning if the capture fails) or stream (kernel by kernel)
     #[arg(long, value_enum, default_value = "graph")]
     pub launch: hyper_rt::generate::GpuLaunch,
 }

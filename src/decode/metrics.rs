@@ -1,4 +1,4 @@
-//! HYPER's evaluation measures, as `HYPER.md` defines them: latent similarity `1 / (1 + MSE)` (and cosine),
+//! HYPER's evaluation measures, as `docs/hyper.md` defines them: latent similarity `1 / (1 + MSE)` (and cosine),
 //! attribute scores along InterFaceGAN boundaries, identification, pixel Pearson r of luminance and SSIM at
 //! 224 x 224, and permutation tests against random latents.
 

@@ -1,4 +1,4 @@
-//! Outputs for the stimulus computer: a Pyneal-compatible results server (PROTOCOLS.md section 2: one request
+//! Outputs for the stimulus computer: a Pyneal-compatible results server (docs/protocols.md section 2: one request
 //! per TCP connection, the volume index as ASCII digits, one JSON line back) that serves many clients at once so
 //! a slow or dead client delays nobody, and a ZeroMQ PUB stream of one JSON message per volume and per trial.
 

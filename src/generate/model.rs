@@ -329,6 +329,14 @@ pub fn random_checkpoint(
     ck
 }
 
+/// Loads the model from a checkpoint file, or the built-in random network when `weights` is `None`.
+pub fn load_model(weights: Option<&std::path::Path>) -> Result<PgganModel, GenerateError> {
+    match weights {
+        Some(path) => PgganModel::from_checkpoint(&Checkpoint::load(path)?),
+        None => Ok(PgganModel::builtin_random()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +415,7 @@ mod tests {
         assert_eq!(model.final_channels(), 16);
         let params: usize = ck.tensors.values().map(|t| t.data.len()).sum();
         assert_eq!(params, 23_071_507); // the tensors used at lod 0
-        assert_eq!(model.macs_per_image(), 42_672_848_896.0); // PGGAN.md: dense + convolutions + ToRGB
+        assert_eq!(model.macs_per_image(), 42_672_848_896.0); // docs/pggan.md: dense + convolutions + ToRGB
                                                               // phased: the eight upsampling layers (27.33 G multiply-adds as 3 x 3) take 4/9 of theirs
         let upsampling: f64 = model
             .convs
@@ -454,13 +462,5 @@ mod tests {
         }
         let err = PgganModel::from_checkpoint(&ck).unwrap_err().to_string();
         assert!(err.contains("32 x 32") && err.contains("missing"), "{err}");
-    }
-}
-
-/// Loads the model from a checkpoint file, or the built-in random network when `weights` is `None`.
-pub fn load_model(weights: Option<&std::path::Path>) -> Result<PgganModel, GenerateError> {
-    match weights {
-        Some(path) => PgganModel::from_checkpoint(&Checkpoint::load(path)?),
-        None => Ok(PgganModel::builtin_random()),
     }
 }

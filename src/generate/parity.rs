@@ -5,7 +5,7 @@
 use crate::generate::settings::Precision;
 
 /// The largest relative L2 difference a GPU image may have from the CPU's (direct path) at `precision`: the parity
-/// bounds of issue 5, used by tests/cuda_parity.rs, `hyper-rt gpu-info --check` and the live warm-up.
+/// bounds used by tests/cuda_parity.rs, `hyper-rt gpu-info --check` and the start-up check of every command.
 pub fn gpu_parity_bound(precision: Precision) -> f64 {
     match precision {
         Precision::F32 => 1e-5,

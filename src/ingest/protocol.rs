@@ -1,4 +1,4 @@
-//! The Pyneal Scanner wire protocol (see `PROTOCOLS.md` section 1): classifying messages, parsing and
+//! The Pyneal Scanner wire protocol (see `docs/protocols.md` section 1): classifying messages, parsing and
 //! validating the JSON volume header, and the reply strings.
 //!
 //! Everything here is pure (no sockets), so every malformed input has a unit test. Each rejection carries a

@@ -1,4 +1,4 @@
-"""A scanner-side client written from PROTOCOLS.md section 1 (the Pyneal Scanner protocol), independent of
+"""A scanner-side client written from docs/protocols.md section 1 (the Pyneal Scanner protocol), independent of
 the Rust code: a ZeroMQ PAIR socket that connects, a handshake string echoed back, then per volume a JSON
 header frame and a raw C-order buffer frame, each answered by a one-frame reply."""
 

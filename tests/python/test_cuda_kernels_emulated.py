@@ -1,6 +1,6 @@
 """The CUDA kernels' logic, checked without a GPU: kernels/*.cu are compiled with g++ against a CPU emulation of
 the CUDA features they use (tests/cuda_emulator), run on small layers, and compared with NumPy written from the
-layouts in kernels/*.cu and ../shared/PGGAN.md.
+layouts in kernels/*.cu and docs/pggan.md.
 
 This covers indexing, tiling, split-K, the upsample folded into the gather or run as four phased 2 x 2
 convolutions, the mma fragment layouts, the

@@ -1,4 +1,4 @@
-"""The PGGAN generator against the float64 NumPy reference written from PGGAN.md, and the converter against a
+"""The PGGAN generator against the float64 NumPy reference written from docs/pggan.md, and the converter against a
 pickle with the official structure."""
 
 import json

@@ -1,4 +1,4 @@
-"""Scanner intake against an independent Python client (PROTOCOLS.md section 1) and nibabel."""
+"""Scanner intake against an independent Python client (docs/protocols.md section 1) and nibabel."""
 
 import json
 import os

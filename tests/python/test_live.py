@@ -305,8 +305,9 @@ def test_replay_of_a_recorded_run_and_of_a_session_folder(subject):
 
 
 def test_live_follows_a_siemens_dicom_export_folder(subject):
-    """`live --dicom-folder`: the scanner's export folder followed by the session itself, files written one by one
-    (an earlier run already there is ignored); every volume recorded exactly, every trial decoded."""
+    """`live --export-folder`: the scanner's export folder followed by the session itself, files written one by one
+    (an earlier run already there is ignored); every volume recorded exactly, every trial decoded. The flag's older
+    name `--dicom-folder` still works."""
     import nibabel as nib
     from mosaic_writer import write_mosaic, write_nifti_run
     tmp, data, dec, run, events = subject
@@ -319,7 +320,7 @@ def test_live_follows_a_siemens_dicom_export_folder(subject):
     export.mkdir()
     write_mosaic(export / "001_000006_000001.dcm", stored[..., 0], img.affine, 0.1, 1, series=6,
                  slope=float(img.dataobj.slope), intercept=float(img.dataobj.inter))
-    proc, ports, root = start_live(tmp, dec, events, n_vols, extra=["--dicom-folder", str(export)])
+    proc, ports, root = start_live(tmp, dec, events, n_vols, extra=["--export-folder", str(export)])
     try:
         time.sleep(0.5)
         for f in sorted(staged.iterdir()):
@@ -338,7 +339,7 @@ def test_live_follows_a_siemens_dicom_export_folder(subject):
     # a folder that is not there is refused before anything starts
     r = subprocess.run([binary(), "live", "--decoder", str(dec), "--dicom-folder", str(tmp / "nowhere"), "-n", "3",
                         "--display", "none"], capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "live.dicom_folder" in r.stderr and "is not a folder" in r.stderr
+    assert r.returncode != 0 and "live.export_folder (--export-folder)" in r.stderr and "is not a folder" in r.stderr
 
 
 def test_replay_of_the_run_as_scanner_dicom_matches_the_nifti_run(subject):

@@ -49,7 +49,7 @@ def reference(par_path, permit_truncated=False):
 
 
 class Capture:
-    """A receiver written from PROTOCOLS.md section 1: binds a PAIR socket, echoes the handshake, keeps each
+    """A receiver written from docs/protocols.md section 1: binds a PAIR socket, echoes the handshake, keeps each
     volume's header (the affine exactly, as JSON) and array, replies `received volIdx N`."""
 
     def __init__(self):

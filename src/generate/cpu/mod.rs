@@ -1,4 +1,4 @@
-//! The generator on the CPU: the exact forward pass of `PGGAN.md` in float32, channels-last.
+//! The generator on the CPU: the exact forward pass of `docs/pggan.md` in float32, channels-last.
 //!
 //! Activations are stored `[H, W, C]` (channels last). Each 3 x 3 convolution processes bands of output rows:
 //! the band's patches are gathered into a `[pixels, 9 * Cin]` matrix (the nearest-neighbour upsample is folded

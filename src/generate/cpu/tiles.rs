@@ -99,8 +99,6 @@ impl BandSink<'_> {
     }
 }
 
-/// Tile rows per band: one on the narrow path (which blocks further inside the band), else bands of about
-
 /// The channel-0 offsets in the input of the `a x a` pixels of the tile whose top-left input pixel is `(oy, ox)`
 /// in the (upsampled) image, `None` for zero padding.
 pub(super) fn tile_sources(

@@ -175,6 +175,7 @@ pub fn conv3x3_to_rgb(
     Some(side)
 }
 
+/// Tile rows per band: one on the narrow path (which blocks further inside the band), else bands of about
 /// [`BAND_BYTES`] of transformed input, at least one per thread (so that the transforms run in parallel too),
 /// or the whole layer where it is small.
 fn band_tile_rows(layer: &WinogradLayer, side: usize) -> usize {

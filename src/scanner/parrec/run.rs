@@ -49,7 +49,6 @@ pub fn rec_path_for(par_path: &Path) -> Result<PathBuf, ParRecError> {
 }
 
 /// One dynamic of a PAR/REC run.
-
 #[derive(Debug, Clone)]
 pub struct ParRecVolume {
     /// The PAR's dynamic scan number (1-based).
