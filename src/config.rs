@@ -441,6 +441,43 @@ mod tests {
     }
 
     #[test]
+    fn the_optional_keys_shown_commented_out_are_real_keys() {
+        // `# key = value` lines directly under their section: uncommented, the file must still parse, and each
+        // such key must then be set
+        let text = include_str!("../config/default.toml");
+        let uncommented: String = text
+            .lines()
+            .map(
+                |l| match l.strip_prefix("# ").and_then(|rest| rest.split_once(" = ")) {
+                    Some((key, _)) if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
+                        &l[2..]
+                    }
+                    _ => l,
+                },
+            )
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed = Config::parse(&uncommented, Path::new("uncommented.toml")).unwrap();
+        assert!(parsed.live.decoder.is_some() && parsed.live.events.is_some());
+        assert!(parsed.live.onsets.is_some() && parsed.live.stimuli.is_some());
+        assert!(parsed.live.weights.is_some() && parsed.live.boundaries.is_some());
+        assert_eq!(parsed.live.export_series, Some(7));
+        assert_eq!(parsed.receiver.expected_volumes, Some(175));
+    }
+
+    #[test]
+    fn a_flag_overrides_a_value_and_sets_an_optional_one() {
+        let mut port = 5556u16;
+        overlay(&mut port, &None::<u16>);
+        assert_eq!(port, 5556);
+        overlay(&mut port, &Some(6000u16));
+        assert_eq!(port, 6000);
+        let mut decoder: Option<PathBuf> = None;
+        overlay(&mut decoder, &Some(PathBuf::from("d.safetensors")));
+        assert_eq!(decoder, Some(PathBuf::from("d.safetensors")));
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_name_the_key_and_file() {
         let err = Config::parse("[receiver]\nbindd = \"x\"\n", Path::new("my.toml"))
             .unwrap_err()
