@@ -104,6 +104,12 @@ pub struct ReceiverConfig {
     pub idle_timeout_secs: f64,
     pub max_volume_bytes: u64,
     pub max_dim: usize,
+    /// The highest `volIdx` taken when `expected_volumes` is not set.
+    pub max_volume_index: usize,
+    /// A peer that connects and sends nothing for this long is dropped and the socket bound afresh. 0 = never.
+    pub handshake_timeout_secs: f64,
+    /// Addresses (`192.168.2.10`) or networks (`192.168.2.0/24`) that may connect over TCP; empty = any.
+    pub allow_from: Vec<String>,
 }
 
 impl Default for ReceiverConfig {
@@ -114,6 +120,9 @@ impl Default for ReceiverConfig {
             idle_timeout_secs: 30.0,
             max_volume_bytes: 256 << 20,
             max_dim: 2048,
+            max_volume_index: 9999,
+            handshake_timeout_secs: 5.0,
+            allow_from: Vec::new(),
         }
     }
 }
@@ -391,6 +400,38 @@ impl Config {
         }
         if self.receiver.max_dim == 0 {
             return Err(invalid("receiver.max_dim", "must be positive"));
+        }
+        // a NIfTI-1 file holds at most 32767 volumes, and the recording is one file
+        if self.receiver.max_volume_index >= i16::MAX as usize {
+            return Err(invalid(
+                "receiver.max_volume_index",
+                "must be below 32767 (a NIfTI-1 recording holds at most 32767 volumes)",
+            ));
+        }
+        if let Some(n) = self.receiver.expected_volumes {
+            if n == 0 || n > i16::MAX as usize {
+                return Err(invalid(
+                    "receiver.expected_volumes",
+                    "must be 1 to 32767 (a NIfTI-1 recording holds at most 32767 volumes)",
+                ));
+            }
+        }
+        if !(self.receiver.handshake_timeout_secs.is_finite()
+            && self.receiver.handshake_timeout_secs >= 0.0)
+        {
+            return Err(invalid(
+                "receiver.handshake_timeout_secs",
+                "must be a finite number >= 0",
+            ));
+        }
+        for entry in &self.receiver.allow_from {
+            if let Err(why) = crate::ingest::access::AllowRule::parse(entry) {
+                return Err(ConfigError::Invalid {
+                    path: origin.to_path_buf(),
+                    key: "receiver.allow_from",
+                    problem: why.to_string(),
+                });
+            }
         }
         if !(self.receiver.bind.starts_with("tcp://") || self.receiver.bind.starts_with("ipc://")) {
             return Err(invalid("receiver.bind", "must start with tcp:// or ipc://"));

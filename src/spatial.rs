@@ -91,6 +91,8 @@ pub enum AffineError {
         determinant: f64,
         voxel_sizes_mm: [f64; 3],
     },
+    #[error("its last row is {row:?}, not [0, 0, 0, 1]: it is not an affine map")]
+    LastRow { row: [f64; 4] },
 }
 
 /// Why `mm_from_voxel` cannot place voxels in scanner space (a non-finite entry, or a singular 3 x 3 part, as a
@@ -105,6 +107,14 @@ pub fn check_affine(mm_from_voxel: &Affine) -> Result<(), AffineError> {
             column,
             value: mm_from_voxel[row][column],
         });
+    }
+    let last = mm_from_voxel[3];
+    if last
+        .iter()
+        .zip([0.0, 0.0, 0.0, 1.0])
+        .any(|(&have, want)| (have - want).abs() > 1e-6)
+    {
+        return Err(AffineError::LastRow { row: last });
     }
     let det = nalgebra::Matrix3::from_fn(|i, j| mm_from_voxel[i][j]).determinant();
     let voxel_sizes_mm: [f64; 3] = std::array::from_fn(|j| {

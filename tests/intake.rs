@@ -16,15 +16,19 @@ fn volumes_flow_downstream_in_arrival_order_without_loss() {
         started_unix_secs: 0.0,
         bind: "tcp://127.0.0.1:*".into(),
         expected_volumes: Some(8),
+        max_volume_index: None,
         hyper_rt_version: "test".into(),
     };
     let settings = ReceiverSettings {
         bind: "tcp://127.0.0.1:*".into(),
         expected_volumes: Some(8),
         idle_timeout_secs: 10.0,
+        handshake_timeout_secs: 5.0,
+        allow_from: Vec::new(),
         limits: Limits {
             max_volume_bytes: 1 << 20,
             max_dim: 64,
+            max_volume_index: 9999,
         },
     };
     let mut receiver = Receiver::bind(settings, Recorder::create(&root, &meta).unwrap()).unwrap();

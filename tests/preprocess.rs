@@ -70,15 +70,19 @@ fn live_and_offline_trial_patterns_are_bit_identical() {
         started_unix_secs: 0.0,
         bind: "tcp://127.0.0.1:*".into(),
         expected_volumes: Some(img.volumes),
+        max_volume_index: None,
         hyper_rt_version: "test".into(),
     };
     let settings = ReceiverSettings {
         bind: "tcp://127.0.0.1:*".into(),
         expected_volumes: Some(img.volumes),
         idle_timeout_secs: 20.0,
+        handshake_timeout_secs: 5.0,
+        allow_from: Vec::new(),
         limits: Limits {
             max_volume_bytes: 1 << 26,
             max_dim: 512,
+            max_volume_index: 9999,
         },
     };
     let mut receiver = Receiver::bind(

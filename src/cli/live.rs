@@ -71,7 +71,7 @@ pub struct Args {
     /// Receiver endpoint [receiver.bind]
     #[arg(long)]
     bind: Option<String>,
-    /// Volumes in the run [receiver.expected_volumes]
+    /// Volumes in the run; 0 = not known [receiver.expected_volumes]
     #[arg(long, short = 'n')]
     expected_volumes: Option<usize>,
     /// Follow a scanner's export folder (Siemens mosaic DICOM, GE DICOM one slice per file, Philips PAR/REC;
@@ -83,6 +83,8 @@ pub struct Args {
     /// series to appear [live.export_series]
     #[arg(long, visible_alias = "dicom-series", value_name = "NUMBER")]
     export_series: Option<i64>,
+    #[command(flatten)]
+    guard: super::IntakeGuardArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -219,12 +221,13 @@ pub fn report(stats: &LiveStats, dir: &Path) -> anyhow::Result<()> {
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     apply(&args.flags, &mut config);
     overlay(&mut config.receiver.bind, &args.bind);
-    overlay(
-        &mut config.receiver.expected_volumes,
-        &args.expected_volumes,
-    );
+    if let Some(n) = args.expected_volumes {
+        // 0 = not known (as Pyneal's own setting has it)
+        config.receiver.expected_volumes = (n > 0).then_some(n);
+    }
     overlay(&mut config.live.export_folder, &args.export_folder);
     overlay(&mut config.live.export_series, &args.export_series);
+    args.guard.apply(&mut config);
     config.validate(Path::new("<command line>"))?;
     if let Some(folder) = config.live.export_folder.as_ref().filter(|f| !f.is_dir()) {
         bail!(

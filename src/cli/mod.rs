@@ -175,6 +175,39 @@ impl GpuRunArgs {
     }
 }
 
+/// Who may connect to the intake, and how far a header is trusted (`receive` and `live`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IntakeGuardArgs {
+    /// Hosts that may connect over TCP: addresses or networks, e.g. --allow-from 192.168.2.10,192.168.2.0/24.
+    /// Anyone else is refused before sending anything (logged with its address) [config: receiver.allow_from]
+    #[arg(long, value_delimiter = ',', value_name = "ADDRESS[/BITS]")]
+    allow_from: Vec<String>,
+    /// Drop a peer that connects and sends nothing for this long, so a hung old sender or a stray client cannot
+    /// lock the scanner out; 0 = never [config: receiver.handshake_timeout_secs]
+    #[arg(long)]
+    handshake_timeout_secs: Option<f64>,
+    /// Highest volIdx accepted when the run's length is not given [config: receiver.max_volume_index]
+    #[arg(long)]
+    max_volume_index: Option<usize>,
+}
+
+impl IntakeGuardArgs {
+    /// Lays the flags over `[receiver]`.
+    pub fn apply(&self, config: &mut Config) {
+        if !self.allow_from.is_empty() {
+            config.receiver.allow_from = self.allow_from.clone();
+        }
+        hyper_rt::config::overlay(
+            &mut config.receiver.handshake_timeout_secs,
+            &self.handshake_timeout_secs,
+        );
+        hyper_rt::config::overlay(
+            &mut config.receiver.max_volume_index,
+            &self.max_volume_index,
+        );
+    }
+}
+
 /// Which GPU a command that draws runs on, when it runs on one.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct GpuIndexArg {
@@ -184,7 +217,8 @@ pub struct GpuIndexArg {
     pub gpu_index: usize,
 }
 
-/// A flag set by Ctrl-C (SIGINT / SIGTERM).
+/// A flag set by Ctrl-C, SIGTERM or SIGHUP (the `ctrlc` crate's termination feature), so that a run ends
+/// through its normal path and its session is finalised.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
@@ -253,6 +287,8 @@ pub fn bind_receiver(
     expected: Option<usize>,
     idle_secs: f64,
 ) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
+    use anyhow::Context;
+    use hyper_rt::ingest::access::AllowRule;
     use hyper_rt::ingest::protocol::Limits;
     use hyper_rt::ingest::receiver::{Receiver, ReceiverSettings};
     use hyper_rt::ingest::recorder::{unix_secs_now, Recorder, SessionMeta};
@@ -260,6 +296,7 @@ pub fn bind_receiver(
         started_unix_secs: unix_secs_now(),
         bind: bind.to_string(),
         expected_volumes: expected,
+        max_volume_index: Some(config.receiver.max_volume_index),
         hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let recorder = Recorder::create(root, &meta)?;
@@ -267,9 +304,18 @@ pub fn bind_receiver(
         bind: bind.to_string(),
         expected_volumes: expected,
         idle_timeout_secs: idle_secs,
+        handshake_timeout_secs: config.receiver.handshake_timeout_secs,
+        allow_from: config
+            .receiver
+            .allow_from
+            .iter()
+            .map(|entry| AllowRule::parse(entry))
+            .collect::<Result<_, _>>()
+            .context("receiver.allow_from (--allow-from)")?,
         limits: Limits {
             max_volume_bytes: config.receiver.max_volume_bytes,
             max_dim: config.receiver.max_dim,
+            max_volume_index: config.receiver.max_volume_index,
         },
     };
     Ok(Receiver::bind(settings, recorder)?)

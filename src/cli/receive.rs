@@ -3,16 +3,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use hyper_rt::config::{overlay, Config};
-use hyper_rt::ingest::recorder;
+use hyper_rt::ingest::finalise;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Endpoint to bind, e.g. tcp://0.0.0.0:5555 or ipc:///tmp/scanner [config: receiver.bind]
     #[arg(long)]
     bind: Option<String>,
-    /// Volumes in the run; the reply to the last one says STOP [config: receiver.expected_volumes]
+    /// Volumes in the run; the reply to the last one says STOP; 0 = not known [config: receiver.expected_volumes]
     #[arg(long, short = 'n')]
     expected_volumes: Option<usize>,
     /// End the run after this many seconds without a message, 0 = never [config: receiver.idle_timeout_secs]
@@ -24,32 +23,32 @@ pub struct Args {
     /// Write volumes.nii instead of volumes.nii.gz [config: session.compress = false]
     #[arg(long)]
     no_compress: bool,
+    #[command(flatten)]
+    guard: super::IntakeGuardArgs,
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     overlay(&mut config.receiver.bind, &args.bind);
-    overlay(
-        &mut config.receiver.expected_volumes,
-        &args.expected_volumes,
-    );
+    if let Some(n) = args.expected_volumes {
+        // 0 = not known (as Pyneal's own setting has it)
+        config.receiver.expected_volumes = (n > 0).then_some(n);
+    }
     overlay(
         &mut config.receiver.idle_timeout_secs,
         &args.idle_timeout_secs,
     );
     overlay(&mut config.session.root, &args.session_root);
+    args.guard.apply(&mut config);
     if args.no_compress {
         config.session.compress = false;
     }
     config.validate(std::path::Path::new("<command line>"))?;
 
     if config.session.recover_on_start {
-        for dir in recorder::find_unfinalised(&config.session.root) {
-            tracing::warn!(
-                "session {} was left unfinalised (crash?): recovering it",
-                dir.display()
-            );
-            let summary = recorder::finalise_dir(&dir, "recovered", true, config.session.compress)
-                .with_context(|| format!("recovering {}", dir.display()))?;
+        // a session that cannot be recovered now is named and kept; it does not stop this run
+        let (recovered, _failed) =
+            finalise::recover_all(&config.session.root, config.session.compress);
+        for (dir, summary) in recovered {
             tracing::info!(
                 "recovered {} volumes into {}",
                 summary.received,

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use hyper_rt::config::Config;
-use hyper_rt::ingest::recorder;
+use hyper_rt::ingest::{finalise, recorder};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,10 +28,23 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
             args.session.display()
         );
     }
+    let mut failed = Vec::new();
     for dir in dirs {
-        let summary = recorder::finalise_dir(&dir, "recovered", true, config.session.compress)
-            .with_context(|| format!("recovering {}", dir.display()))?;
-        super::print_summary(&dir, &summary);
+        // one session that cannot be recovered (a full disk, a damaged spool) does not keep the others back
+        match finalise::finalise_dir(&dir, "recovered", true, config.session.compress) {
+            Ok(summary) => super::print_summary(&dir, &summary),
+            Err(e) => {
+                eprintln!(
+                    "error: recovering {}: {e}\n  its spool is kept; fix the cause (free disk space?) and run `hyper-rt recover {}` again",
+                    dir.display(),
+                    dir.display()
+                );
+                failed.push(dir);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of the sessions could not be recovered", failed.len());
     }
     Ok(())
 }

@@ -157,12 +157,16 @@ fn stream_and_report(
         bar.set_message(reply.to_string());
     })?;
     bar.finish();
-    print_result(config, &report, skipped());
-    Ok(())
+    print_result(config, &report, skipped())
 }
 
-/// The one-line result: volumes sent, whether the receiver ended the run, rejections and files skipped.
-fn print_result(config: &Config, report: &StreamReport, files_skipped: usize) {
+/// The one-line result: volumes sent, whether the receiver ended the run, rejections and files skipped. A run
+/// in which the receiver rejected volumes is a failure (exit status 1), so that a script notices.
+fn print_result(
+    config: &Config,
+    report: &StreamReport,
+    files_skipped: usize,
+) -> anyhow::Result<()> {
     println!(
         "sent {} volumes to {}{}{}{}",
         report.sent,
@@ -183,6 +187,14 @@ fn print_result(config: &Config, report: &StreamReport, files_skipped: usize) {
             String::new()
         }
     );
+    if report.error_replies > 0 {
+        bail!(
+            "the receiver at {} rejected {} of the volumes sent (its replies are in the warnings above)",
+            config.sender.connect,
+            report.error_replies
+        );
+    }
+    Ok(())
 }
 
 fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
@@ -353,9 +365,8 @@ fn send_watched_folder(
         bar.set_message(reply.to_string());
     })?;
     bar.finish();
-    print_result(config, &report.stream, report.files_skipped);
     if let Some(latency) = report.latency_summary() {
         println!("{latency} (polling every {} ms)", args.poll_ms);
     }
-    Ok(())
+    print_result(config, &report.stream, report.files_skipped)
 }

@@ -14,6 +14,13 @@ pub type ResultsStore = Arc<Mutex<HashMap<usize, serde_json::Value>>>;
 /// How long a client may take to send its request before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most connections served at once; more wait in the kernel's accept queue, so memory stays bounded however
+/// many clients connect.
+const MAX_CONNECTIONS: usize = 512;
+
+/// How long the server waits after a failed accept (for example, out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// The results server: runs on its own tokio runtime until `stop` is set.
 pub struct ResultsServer {
     pub port: u16,
@@ -31,16 +38,39 @@ impl ResultsServer {
         let listener = runtime.block_on(tokio::net::TcpListener::bind((host, port)))?;
         let port = listener.local_addr()?.port();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let handle = std::thread::Builder::new()
             .name("results-server".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    let mut failed_accepts = 0u64;
                     loop {
+                        let slot = tokio::select! {
+                            _ = &mut rx => break,
+                            slot = slots.clone().acquire_owned() => match slot {
+                                Ok(slot) => slot,
+                                Err(_) => break,
+                            },
+                        };
                         tokio::select! {
                             _ = &mut rx => break,
-                            accepted = listener.accept() => {
-                                if let Ok((stream, _)) = accepted {
-                                    tokio::spawn(serve(stream, store.clone()));
+                            accepted = listener.accept() => match accepted {
+                                Ok((stream, _)) => {
+                                    let store = store.clone();
+                                    tokio::spawn(async move {
+                                        serve(stream, store).await;
+                                        drop(slot);
+                                    });
+                                }
+                                Err(e) => {
+                                    failed_accepts += 1;
+                                    if failed_accepts == 1 || failed_accepts.is_multiple_of(100) {
+                                        tracing::warn!(
+                                            "results server on port {port}: accepting a connection failed \
+                                             ({failed_accepts} so far): {e}"
+                                        );
+                                    }
+                                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                                 }
                             }
                         }
@@ -117,8 +147,12 @@ async fn serve(mut stream: tokio::net::TcpStream, store: ResultsStore) {
             serde_json::json!({"foundResults": false, "error": "request must be the volume index as ASCII digits (at most 16)"})
         }
     };
-    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
-    let _ = stream.shutdown().await;
+    // a client that never reads cannot hold the connection: the reply is small, the write bounded in time
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// A ZeroMQ PUB socket on its own thread; messages are `"<topic> <json>"`.

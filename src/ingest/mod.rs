@@ -4,7 +4,10 @@
 //! export folder as the scanner writes into it ([`follow`]). The wire protocol is specified in
 //! `docs/protocols.md`.
 
+pub mod access;
+pub mod finalise;
 pub mod follow;
+pub mod geometry;
 pub mod protocol;
 pub mod receiver;
 pub mod recorder;

@@ -28,6 +28,8 @@ pub enum Rejection {
     BufferLength,
     FrameCount,
     GeometryChanged,
+    /// Valid, but it could not be recorded (a full disk, an I/O error): not acknowledged, so it may be sent again.
+    NotRecorded,
 }
 
 /// A rejected message: its kind and a human-readable reason (sent after `error: `).
@@ -79,7 +81,14 @@ impl VolumeHeader {
 pub struct Limits {
     pub max_volume_bytes: u64,
     pub max_dim: usize,
+    /// The highest `volIdx` taken when the run's length is not known (`receiver.max_volume_index`): an index
+    /// sizes the recording, so a header cannot be allowed to claim any.
+    pub max_volume_index: usize,
 }
+
+/// The shortest and longest TR taken, in seconds (after milliseconds are converted): outside these a header's
+/// TR is a mistake, and an absurd one would break the pacing and the timing of trials downstream.
+pub const TR_RANGE_SECS: (f64, f64) = (0.01, 100.0);
 
 /// What a received multipart message is.
 #[derive(Debug)]
@@ -137,7 +146,16 @@ pub fn parse_header(frame: &[u8], limits: Limits) -> Result<VolumeHeader, Protoc
 
     let index_value = get("volIdx")?;
     let index = match index_value.as_i64() {
-        Some(i) if i >= 0 => i as usize,
+        Some(i) if i >= 0 && i as u64 <= limits.max_volume_index as u64 => i as usize,
+        Some(i) if i >= 0 => {
+            return Err(ProtocolError::new(
+                BadIndex,
+                format!(
+                    "volIdx {i} exceeds the limit of {} (receiver.max_volume_index, or --expected-volumes)",
+                    limits.max_volume_index
+                ),
+            ))
+        }
         Some(i) => {
             return Err(ProtocolError::new(
                 BadIndex,
@@ -160,7 +178,13 @@ pub fn parse_header(frame: &[u8], limits: Limits) -> Result<VolumeHeader, Protoc
         )
     })?;
     let (dtype, byte_order) = Dtype::parse_numpy(dtype_name).ok_or_else(|| {
-        ProtocolError::new(UnknownDtype, format!("unknown or non-numeric dtype \"{dtype_name}\" (int8 ... float64, or <f4-style names)"))
+        ProtocolError::new(
+            UnknownDtype,
+            format!(
+                "unknown or non-numeric dtype \"{}\" (int8 ... float64, or <f4-style names)",
+                dtype_name.escape_debug()
+            ),
+        )
     })?;
 
     let shape_value = get("shape")?;
@@ -290,7 +314,15 @@ fn parse_tr(value: &Value) -> Result<f64, ProtocolError> {
             format!("TR {tr} must be a positive number"),
         ));
     }
-    Ok(if tr > 100.0 { tr / 1000.0 } else { tr })
+    let tr_secs = if tr > 100.0 { tr / 1000.0 } else { tr };
+    let (shortest, longest) = TR_RANGE_SECS;
+    if !(shortest..=longest).contains(&tr_secs) {
+        return Err(ProtocolError::new(
+            BadTr,
+            format!("TR {tr} is {tr_secs} s, outside {shortest} to {longest} s (values over 100 are milliseconds)"),
+        ));
+    }
+    Ok(tr_secs)
 }
 
 /// Checks the data frame's length against the header.
@@ -350,6 +382,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_volume_bytes: 1 << 20,
         max_dim: 512,
+        max_volume_index: 9999,
     };
 
     #[test]
@@ -482,6 +515,49 @@ mod tests {
             kind_of(&h("0", "\"int16\"", "[2,2,2]", ok_affine, "\"-2\"")),
             Rejection::BadTr
         );
+    }
+
+    /// What a hostile test sent: indices that sized memory, absurd TRs, a projective affine, a dtype that forged
+    /// a log line.
+    #[test]
+    fn hostile_headers_are_bounded() {
+        let ok_affine = "\"[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]\"";
+        let h = |idx: &str, dtype: &str, affine: &str, tr: &str| {
+            format!(
+                r#"{{"volIdx": {idx}, "dtype": {dtype}, "shape": [2,2,2], "affine": {affine}, "TR": {tr}}}"#
+            )
+        };
+        for idx in ["10000", "1000000", "1000000000000", "9223372036854775807"] {
+            let err = parse_header(h(idx, "\"int16\"", ok_affine, "\"1\"").as_bytes(), LIMITS)
+                .unwrap_err();
+            assert_eq!(err.kind, Rejection::BadIndex, "{idx}");
+            assert!(
+                err.message.contains("receiver.max_volume_index"),
+                "{}",
+                err.message
+            );
+        }
+        assert!(parse_header(
+            h("9999", "\"int16\"", ok_affine, "\"1\"").as_bytes(),
+            LIMITS
+        )
+        .is_ok());
+        for tr in ["\"1e308\"", "\"1e-300\"", "\"1e9\"", "\"0.001\""] {
+            assert_eq!(
+                kind_of(&h("0", "\"int16\"", ok_affine, tr)),
+                Rejection::BadTr,
+                "{tr}"
+            );
+        }
+        let projective = "\"[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0.5,1]]\"";
+        assert_eq!(
+            kind_of(&h("0", "\"int16\"", projective, "\"1\"")),
+            Rejection::BadAffine
+        );
+        let forged = h("0", "\"x\\nINFO forged line\"", ok_affine, "\"1\"");
+        let err = parse_header(forged.as_bytes(), LIMITS).unwrap_err();
+        assert_eq!(err.kind, Rejection::UnknownDtype);
+        assert!(!err.message.contains('\n'), "{}", err.message);
     }
 
     #[test]

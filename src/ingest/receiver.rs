@@ -5,20 +5,36 @@
 //! `... - STOP` when the run is complete), and only after the reply converts the buffer into a [`Volume`] for
 //! the pipeline. Every malformed message gets an `error: ...` reply, one log line and a counter; nothing
 //! accepted is dropped (the downstream channel is bounded and blocking).
+//!
+//! What a scanner, a network or a disk may do does not end the run: an index is bounded before it is trusted, a
+//! frame larger than the limits is dropped by libzmq before it is held, a volume that cannot be recorded (a full
+//! disk) gets an error reply and the run goes on, a peer that connects and stays silent is dropped so that it
+//! cannot lock the scanner out, `allow_from` is checked before a peer can send anything ([`super::access`]), a
+//! stray volume cannot fix the run's geometry ([`super::geometry`]), and a signal ends the run through the
+//! stop flag so that the session is finalised.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::access::{AllowRule, ZapHandler, ZAP_DOMAIN};
+use super::geometry::{Admission, Check, Geometry, RunGeometry};
 use super::protocol::{self, Limits, Message, ProtocolError, Rejection, VolumeHeader};
-use crate::ingest::recorder::{unix_secs_now, MessageLog, Outcome, RecordError, Recorder, Summary};
-use crate::volume::{swap_bytes_in_place, Affine, ByteOrder, Volume};
+use crate::ingest::recorder::{
+    unix_secs_now, MessageLog, Outcome, PeerCounts, RecordError, Recorder, Summary,
+};
+use crate::volume::{swap_bytes_in_place, ByteOrder, Volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("ZeroMQ {context}: {source}")]
     Zmq { context: String, source: zmq::Error },
+    #[error("ZeroMQ binding {endpoint}: {source}; is another receiver running there? Choose another endpoint with --bind or receiver.bind")]
+    AddressInUse {
+        endpoint: String,
+        source: zmq::Error,
+    },
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -35,6 +51,10 @@ pub struct ReceiverSettings {
     /// Volumes in the run, when known: the last one's reply says STOP and later indices are refused.
     pub expected_volumes: Option<usize>,
     pub idle_timeout_secs: f64,
+    /// A peer that connects and sends nothing for this long is dropped (the socket is bound afresh); 0 = never.
+    pub handshake_timeout_secs: f64,
+    /// Who may connect over TCP; empty = anyone.
+    pub allow_from: Vec<AllowRule>,
     pub limits: Limits,
 }
 
@@ -61,47 +81,89 @@ impl EndReason {
 
 /// A bound receiver with its session recorder.
 pub struct Receiver {
-    _context: zmq::Context,
+    // field order is drop order: the socket closes before the handler, the handler before the context
     socket: zmq::Socket,
+    zap: ZapHandler,
+    context: zmq::Context,
     settings: ReceiverSettings,
     recorder: Recorder,
     endpoint: String,
-    accepted: Vec<bool>,
-    accepted_count: usize,
-    geometry: Option<([usize; 3], Affine)>,
+    geometry: RunGeometry,
+    /// Volumes accepted before their geometry was confirmed, held back from the analysis.
+    held: Vec<(Geometry, Volume)>,
     seq: u64,
     last_message_at: Option<Instant>,
+    /// The connection (time) last dropped for silence, so that it is dropped once.
+    dropped_knock: Option<Instant>,
+    dropped_silent: u64,
+    log_failures: u64,
 }
 
 /// How often the loop wakes to check the stop flag and the idle timeout while no message arrives.
 const WAKE_INTERVAL_MS: i64 = 100;
+/// Room for the JSON header beside the largest volume: libzmq drops a peer that sends a bigger frame before it
+/// is ever held in memory (`ZMQ_MAXMSGSIZE`).
+const HEADER_ALLOWANCE_BYTES: u64 = 1 << 20;
+
+/// Creates the PAIR socket with its limits and ZAP domain, and binds it.
+fn open_socket(
+    context: &zmq::Context,
+    settings: &ReceiverSettings,
+    endpoint: &str,
+) -> Result<zmq::Socket, IngestError> {
+    let socket = context
+        .socket(zmq::PAIR)
+        .map_err(zmq_err("creating the PAIR socket"))?;
+    socket.set_linger(0).map_err(zmq_err("setting linger"))?;
+    socket
+        .set_zap_domain(ZAP_DOMAIN)
+        .map_err(zmq_err("setting the ZAP domain"))?;
+    let max_message_bytes = settings
+        .limits
+        .max_volume_bytes
+        .saturating_add(HEADER_ALLOWANCE_BYTES)
+        .min(i64::MAX as u64) as i64;
+    socket
+        .set_maxmsgsize(max_message_bytes)
+        .map_err(zmq_err("setting the largest message"))?;
+    socket.bind(endpoint).map_err(|source| match source {
+        zmq::Error::EADDRINUSE => IngestError::AddressInUse {
+            endpoint: endpoint.to_string(),
+            source,
+        },
+        _ => IngestError::Zmq {
+            context: format!("binding {endpoint} (--bind or receiver.bind)"),
+            source,
+        },
+    })?;
+    Ok(socket)
+}
 
 impl Receiver {
     /// Binds the socket. The endpoint actually bound (with the real port for `tcp://...:0`) is in [`Receiver::endpoint`].
     pub fn bind(settings: ReceiverSettings, recorder: Recorder) -> Result<Receiver, IngestError> {
         let context = zmq::Context::new();
-        let socket = context
-            .socket(zmq::PAIR)
-            .map_err(zmq_err("creating the PAIR socket"))?;
-        socket.set_linger(0).map_err(zmq_err("setting linger"))?;
-        socket
-            .bind(&settings.bind)
-            .map_err(zmq_err(format!("binding {}", settings.bind)))?;
+        let zap = ZapHandler::start(&context, settings.allow_from.clone())
+            .map_err(zmq_err("starting the ZAP access handler"))?;
+        let socket = open_socket(&context, &settings, &settings.bind)?;
         let endpoint = socket
             .get_last_endpoint()
             .map_err(zmq_err("reading the bound endpoint"))?
             .unwrap_or_else(|_| settings.bind.clone());
         Ok(Receiver {
-            _context: context,
             socket,
+            zap,
+            context,
+            geometry: RunGeometry::new(settings.expected_volumes),
             settings,
             recorder,
             endpoint,
-            accepted: Vec::new(),
-            accepted_count: 0,
-            geometry: None,
+            held: Vec::new(),
             seq: 0,
             last_message_at: None,
+            dropped_knock: None,
+            dropped_silent: 0,
+            log_failures: 0,
         })
     }
 
@@ -135,20 +197,20 @@ impl Receiver {
                     return Ok(EndReason::IdleTimeout);
                 }
             }
-            let ready = self
-                .socket
-                .poll(zmq::POLLIN, WAKE_INTERVAL_MS)
-                .map_err(zmq_err("polling"))?;
-            if ready == 0 {
-                continue;
-            }
-            let frames = self
-                .socket
-                .recv_multipart(0)
-                .map_err(zmq_err("receiving"))?;
+            self.drop_a_silent_peer()?;
+            // a signal (Ctrl-C, SIGTERM) interrupts the wait: look at the stop flag again
+            let ready = match self.socket.poll(zmq::POLLIN, WAKE_INTERVAL_MS) {
+                Err(zmq::Error::EINTR) | Ok(0) => continue,
+                other => other.map_err(zmq_err(format!("polling {}", self.endpoint)))?,
+            };
+            debug_assert!(ready > 0);
+            let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Err(zmq::Error::EINTR | zmq::Error::EAGAIN) => continue,
+                other => other.map_err(zmq_err(format!("receiving on {}", self.endpoint)))?,
+            };
             let received_at = Instant::now();
             self.last_message_at = Some(received_at);
-            if let Some(volume) = self.handle(frames, received_at)? {
+            for volume in self.handle(frames, received_at) {
                 if let Some(tx) = downstream {
                     if tx.send(volume).is_err() {
                         tracing::error!("the analysis has stopped: volumes are still received and recorded, no longer analysed");
@@ -157,15 +219,78 @@ impl Receiver {
                 }
             }
             if self.run_complete() {
-                tracing::info!("all {} expected volumes received", self.accepted_count);
+                tracing::info!(
+                    "all {} expected volumes received",
+                    self.geometry.accepted_count()
+                );
                 return Ok(EndReason::Complete);
             }
         }
     }
 
+    /// The handshake deadline: when the latest peer connected more than `handshake_timeout_secs` ago and nothing
+    /// has arrived since, it is silent (a hung old sender, a stray client) and, the socket being PAIR, it locks the
+    /// scanner out. Closing the socket and binding afresh drops it; a real sender reconnects by itself.
+    fn drop_a_silent_peer(&mut self) -> Result<(), IngestError> {
+        let timeout = self.settings.handshake_timeout_secs;
+        if timeout <= 0.0 {
+            return Ok(());
+        }
+        let Some((knock_at, address)) = self.zap.peers.latest_allowed() else {
+            return Ok(());
+        };
+        let heard_since = self.last_message_at.is_some_and(|m| m >= knock_at);
+        if heard_since
+            || self.dropped_knock == Some(knock_at)
+            || knock_at.elapsed() < Duration::from_secs_f64(timeout)
+        {
+            return Ok(());
+        }
+        self.dropped_knock = Some(knock_at);
+        self.dropped_silent += 1;
+        tracing::warn!(
+            "a peer ({}) connected {:.1} s ago and has sent nothing (receiver.handshake_timeout_secs = {timeout}): dropping it and binding {} afresh, so that the scanner can connect",
+            if address.is_empty() { "local IPC" } else { &address },
+            knock_at.elapsed().as_secs_f64(),
+            self.endpoint
+        );
+        let fresh = zmq::Context::socket(&self.context, zmq::PAIR)
+            .map_err(zmq_err("creating the PAIR socket"))?;
+        // the old socket must release the address before the new one binds it
+        let old = std::mem::replace(&mut self.socket, fresh);
+        drop(old);
+        let endpoint = self.endpoint.clone();
+        let mut last_error = None;
+        for _ in 0..50 {
+            match open_socket(&self.context, &self.settings, &endpoint) {
+                Ok(socket) => {
+                    self.socket = socket;
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| IngestError::Zmq {
+            context: format!("binding {endpoint} afresh"),
+            source: zmq::Error::EADDRINUSE,
+        }))
+    }
+
     /// Finalises the session recording.
     pub fn finish(self, reason: EndReason, compress: bool) -> Result<Summary, IngestError> {
-        Ok(self.recorder.finalise(reason.as_str(), compress)?)
+        let peers = PeerCounts {
+            refused: self.zap.peers.refused(),
+            dropped_silent: self.dropped_silent,
+            log_lines_lost: self.log_failures,
+        };
+        let dir = self.recorder.close()?;
+        let mut summary = super::finalise::finalise_dir(&dir, reason.as_str(), false, compress)?;
+        summary.peers = Some(peers);
+        super::finalise::write_summary(&dir, &summary)?;
+        Ok(summary)
     }
 
     fn reply(&self, text: &str) {
@@ -175,12 +300,23 @@ impl Receiver {
         }
     }
 
-    /// Handles one message; returns the accepted volume, if any.
-    fn handle(
-        &mut self,
-        frames: Vec<Vec<u8>>,
-        received_at: Instant,
-    ) -> Result<Option<Volume>, IngestError> {
+    /// Appends a line to `messages.jsonl`. The line is a record of the message, not the message itself: when it
+    /// cannot be written (a full disk) the run goes on, with one warning for the first failure and every 100th.
+    fn log(&mut self, entry: &MessageLog) {
+        if let Err(e) = self.recorder.log_message(entry) {
+            self.log_failures += 1;
+            if self.log_failures % 100 == 1 {
+                tracing::warn!(
+                    "{e} ({} message lines lost so far; the volumes themselves are in spool.bin)",
+                    self.log_failures
+                );
+            }
+        }
+    }
+
+    /// Handles one message; returns the volumes it lets go on to the analysis (none, this one, or those held
+    /// back until this one confirmed their geometry).
+    fn handle(&mut self, frames: Vec<Vec<u8>>, received_at: Instant) -> Vec<Volume> {
         self.seq += 1;
         let arrived_unix_secs = unix_secs_now();
         let bytes: usize = frames.iter().map(|f| f.len()).sum();
@@ -206,26 +342,21 @@ impl Receiver {
                 );
                 log.outcome = Outcome::Handshake;
                 log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
-                self.recorder.log_message(&log)?;
-                return Ok(None);
+                self.log(&log);
+                return Vec::new();
             }
             Message::Malformed(err) => Err(err),
             Message::Volume { header, data } => self.check_volume(header, data),
         };
-        let header = match checked {
+        let (header, check) = match checked {
             Ok(h) => h,
             Err(err) => {
-                self.reply(&err.reply());
-                tracing::warn!("message {} rejected: {}", self.seq, err.message);
-                log.rejection = Some(err.kind);
-                log.error = Some(err.message);
-                log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
-                self.recorder.log_message(&log)?;
-                return Ok(None);
+                self.reject(err, &mut log, received_at);
+                return Vec::new();
             }
         };
         log.vol_idx = Some(header.index);
-        if self.accepted.get(header.index).copied().unwrap_or(false) {
+        if check == Check::Duplicate {
             self.reply(&protocol::volume_reply(
                 header.index,
                 self.run_complete(),
@@ -237,8 +368,8 @@ impl Receiver {
             );
             log.outcome = Outcome::Duplicate;
             log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
-            self.recorder.log_message(&log)?;
-            return Ok(None);
+            self.log(&log);
+            return Vec::new();
         }
 
         let mut data = frames.into_iter().nth(1).unwrap_or_default();
@@ -249,20 +380,20 @@ impl Receiver {
             .recorder
             .append_volume(&header, &data, arrived_unix_secs)
         {
-            self.reply(&format!(
-                "error: receiver cannot record volume {}: {e}",
-                header.index
-            ));
-            return Err(e.into());
+            // not recorded, so not acknowledged: the sender may send it again once there is room
+            let err = ProtocolError {
+                kind: Rejection::NotRecorded,
+                message: format!("receiver cannot record volume {}: {e}", header.index),
+            };
+            tracing::error!("{}", err.message);
+            self.reject(err, &mut log, received_at);
+            return Vec::new();
         }
-        if self.accepted.len() <= header.index {
-            self.accepted.resize(header.index + 1, false);
-        }
-        self.accepted[header.index] = true;
-        self.accepted_count += 1;
-        if self.geometry.is_none() {
-            self.geometry = Some((header.dims, header.mm_from_voxel));
-        }
+        let geometry = Geometry {
+            dims: header.dims,
+            mm_from_voxel: header.mm_from_voxel,
+        };
+        let admission = self.geometry.admit(&geometry, header.index);
         self.reply(&protocol::volume_reply(
             header.index,
             self.run_complete(),
@@ -270,14 +401,14 @@ impl Receiver {
         ));
         log.outcome = Outcome::Accepted;
         log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
-        self.recorder.log_message(&log)?;
+        self.log(&log);
         tracing::debug!(
             "volume {} accepted ({} bytes, reply after {:.3} ms)",
             header.index,
             bytes,
             log.reply_latency_ms
         );
-        Ok(Some(Volume::from_c_order(
+        let volume = Volume::from_c_order(
             header.index,
             header.dims,
             header.mm_from_voxel,
@@ -285,18 +416,61 @@ impl Receiver {
             header.dtype,
             &data,
             received_at,
-        )))
+        );
+        match admission {
+            Admission::Run => vec![volume],
+            Admission::Held => {
+                self.held.push((geometry, volume));
+                Vec::new()
+            }
+            Admission::Confirmed { stray_indices } => {
+                if !stray_indices.is_empty() {
+                    tracing::warn!(
+                        "the run's geometry is {:?} (two volumes agree): the volumes {stray_indices:?} of other shapes or affines are strays, kept in strays/ when the session is finalised and not analysed",
+                        geometry.dims
+                    );
+                }
+                // in arrival order, as every other volume goes on
+                std::mem::take(&mut self.held)
+                    .into_iter()
+                    .filter(|(g, _)| g == &geometry)
+                    .map(|(_, v)| v)
+                    .chain(std::iter::once(volume))
+                    .collect()
+            }
+        }
+    }
+
+    fn reject(&mut self, err: ProtocolError, log: &mut MessageLog, received_at: Instant) {
+        self.reply(&err.reply());
+        tracing::warn!(
+            "message {} rejected: {}",
+            self.seq,
+            err.message.escape_debug()
+        );
+        log.rejection = Some(err.kind);
+        log.error = Some(err.message);
+        log.reply_latency_ms = received_at.elapsed().as_secs_f64() * 1e3;
+        self.log(log);
     }
 
     fn run_complete(&self) -> bool {
         self.settings
             .expected_volumes
-            .is_some_and(|expected| self.accepted_count >= expected)
+            .is_some_and(|expected| self.geometry.accepted_count() >= expected)
     }
 
-    fn check_volume(&self, header: &[u8], data: &[u8]) -> Result<VolumeHeader, ProtocolError> {
-        let h = protocol::parse_header(header, self.settings.limits)?;
-        protocol::check_buffer(&h, data)?;
+    fn check_volume(
+        &self,
+        header: &[u8],
+        data: &[u8],
+    ) -> Result<(VolumeHeader, Check), ProtocolError> {
+        // a known run length bounds the index more tightly, with its own rejection below
+        let mut limits = self.settings.limits;
+        if let Some(expected) = self.settings.expected_volumes {
+            limits.max_volume_index = limits.max_volume_index.max(expected.saturating_sub(1));
+        }
+        let h = protocol::parse_header(header, limits)?;
         if let Some(expected) = self.settings.expected_volumes.filter(|e| h.index >= *e) {
             return Err(ProtocolError {
                 kind: Rejection::IndexBeyondExpected,
@@ -307,20 +481,12 @@ impl Receiver {
                 ),
             });
         }
-        if let Some((dims, affine)) = &self.geometry {
-            if *dims != h.dims {
-                return Err(ProtocolError {
-                    kind: Rejection::GeometryChanged,
-                    message: format!("shape {:?} differs from this run's {:?}", h.dims, dims),
-                });
-            }
-            if affine != &h.mm_from_voxel {
-                return Err(ProtocolError {
-                    kind: Rejection::GeometryChanged,
-                    message: "affine differs from this run's first volume".to_string(),
-                });
-            }
-        }
-        Ok(h)
+        protocol::check_buffer(&h, data)?;
+        let geometry = Geometry {
+            dims: h.dims,
+            mm_from_voxel: h.mm_from_voxel,
+        };
+        let check = self.geometry.check(&geometry, h.index)?;
+        Ok((h, check))
     }
 }

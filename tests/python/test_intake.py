@@ -115,8 +115,9 @@ def test_every_bad_input_gets_an_error_reply_and_a_counter(receiver):
     # the receiver is still healthy: a complete run follows
     assert c.send_volume(1, good) == "received volIdx 1"
     assert c.send_volume(1, good + 1) == "received volIdx 1 (duplicate, ignored)"
-    bad([with_(volIdx=2, shape=[4, 3, 2]), buf], "differs from this run")
     assert c.send_volume(0, good + 2) == "received volIdx 0"
+    # two volumes agree on the geometry: now a volume of another shape is refused
+    bad([with_(volIdx=2, shape=[4, 3, 2]), buf], "differs from this run")
     assert c.send_volume(2, good + 3) == "received volIdx 2 - STOP"
     s = r.wait()
     assert s["received"] == 3 and s["duplicates"] == 1 and s["missing"] == 0
