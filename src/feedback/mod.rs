@@ -1,15 +1,52 @@
 //! Outputs for the stimulus computer: a Pyneal-compatible results server (docs/protocols.md section 2: one request
 //! per TCP connection, the volume index as ASCII digits, one JSON line back) that serves many clients at once so
-//! a slow or dead client delays nobody, and a ZeroMQ PUB stream of one JSON message per volume and per trial.
+//! a slow or dead client delays nobody, in bounded memory (at most 512 connections served at once, the latest
+//! [`RESULTS_KEPT`] volumes' results kept), and a ZeroMQ PUB stream of one JSON message per volume and per trial.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Results by volume index, shared by the pipeline (writer) and the server (reader).
-pub type ResultsStore = Arc<Mutex<HashMap<usize, serde_json::Value>>>;
+pub type ResultsStore = Arc<Mutex<RecentResults>>;
+
+/// How many volumes' results the server keeps: the latest 4,096 (a run of over 30 minutes at a TR of 0.5 s),
+/// so that a session of any length holds bounded memory. Clients ask for the volume just acquired.
+pub const RESULTS_KEPT: usize = 4096;
+
+/// The latest [`RESULTS_KEPT`] volumes' results by index; the oldest is forgotten first.
+#[derive(Debug, Default)]
+pub struct RecentResults {
+    by_index: HashMap<usize, serde_json::Value>,
+    arrival: VecDeque<usize>,
+}
+
+impl RecentResults {
+    pub fn insert(&mut self, index: usize, result: serde_json::Value) {
+        if self.by_index.insert(index, result).is_none() {
+            self.arrival.push_back(index);
+        }
+        while self.arrival.len() > RESULTS_KEPT {
+            if let Some(oldest) = self.arrival.pop_front() {
+                self.by_index.remove(&oldest);
+            }
+        }
+    }
+
+    pub fn get(&self, index: usize) -> Option<&serde_json::Value> {
+        self.by_index.get(&index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_index.is_empty()
+    }
+}
 
 /// How long a client may take to send its request before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,7 +171,7 @@ async fn serve(mut stream: tokio::net::TcpStream, store: ResultsStore) {
     .await;
     let reply = match (read, parse_request(&buf[..len])) {
         (Ok(()), Some(index)) => {
-            let found = store.lock().ok().and_then(|s| s.get(&index).cloned());
+            let found = store.lock().ok().and_then(|s| s.get(index).cloned());
             match found {
                 Some(serde_json::Value::Object(mut map)) => {
                     map.insert("foundResults".into(), serde_json::Value::Bool(true));
@@ -218,5 +255,20 @@ mod tests {
         assert_eq!(parse_request(b"abc"), None);
         assert_eq!(parse_request(b""), None);
         assert_eq!(parse_request(b"12345678901234567"), None);
+    }
+
+    #[test]
+    fn only_the_latest_results_are_kept() {
+        let mut kept = RecentResults::default();
+        for i in 0..RESULTS_KEPT + 10 {
+            kept.insert(i, serde_json::json!({ "volIdx": i }));
+        }
+        kept.insert(RESULTS_KEPT + 9, serde_json::json!({ "again": true }));
+        assert_eq!(kept.len(), RESULTS_KEPT);
+        assert!(kept.get(9).is_none() && kept.get(10).is_some());
+        assert_eq!(
+            kept.get(RESULTS_KEPT + 9),
+            Some(&serde_json::json!({ "again": true }))
+        );
     }
 }
