@@ -126,6 +126,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         "tcp://127.0.0.1:*",
         Some(img.volumes),
         30.0,
+        false,
     )?;
     let sender_thread = super::live::stream_run_in_background(
         super::live::RunStream::nifti(img),

@@ -242,6 +242,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         &config.receiver.bind,
         config.receiver.expected_volumes,
         config.receiver.idle_timeout_secs,
+        args.guard.resume,
     )?;
     println!("listening on {}", receiver.endpoint());
     let stop = super::interrupt_flag();
@@ -374,6 +375,7 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
         "tcp://127.0.0.1:*",
         Some(run.volumes),
         30.0,
+        false,
     )?;
     let sender_thread = stream_run_in_background(
         run,

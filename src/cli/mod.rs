@@ -189,6 +189,11 @@ pub struct IntakeGuardArgs {
     /// Highest volIdx accepted when the run's length is not given [config: receiver.max_volume_index]
     #[arg(long)]
     max_volume_index: Option<usize>,
+    /// After a crash or restart mid-run: go on with the newest unfinalised session recorded on this endpoint
+    /// (same folder, volumes so far count, STOP at the right volume) instead of starting a new one. Only for the
+    /// same run: a new run must start without it
+    #[arg(long)]
+    pub resume: bool,
 }
 
 impl IntakeGuardArgs {
@@ -286,6 +291,7 @@ pub fn bind_receiver(
     bind: &str,
     expected: Option<usize>,
     idle_secs: f64,
+    resume: bool,
 ) -> anyhow::Result<hyper_rt::ingest::receiver::Receiver> {
     use anyhow::Context;
     use hyper_rt::ingest::access::AllowRule;
@@ -299,7 +305,6 @@ pub fn bind_receiver(
         max_volume_index: Some(config.receiver.max_volume_index),
         hyper_rt_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let recorder = Recorder::create(root, &meta)?;
     let settings = ReceiverSettings {
         bind: bind.to_string(),
         expected_volumes: expected,
@@ -318,6 +323,20 @@ pub fn bind_receiver(
             max_volume_index: config.receiver.max_volume_index,
         },
     };
+    if resume {
+        match hyper_rt::ingest::resume::find_resumable(root, bind) {
+            Some(dir) => {
+                tracing::info!("--resume: going on with {}", dir.display());
+                return hyper_rt::ingest::resume::resume(&dir, settings)
+                    .with_context(|| format!("--resume: reopening {}", dir.display()));
+            }
+            None => tracing::warn!(
+                "--resume: no unfinalised session recorded on {bind} under {}: starting a new one",
+                root.display()
+            ),
+        }
+    }
+    let recorder = Recorder::create(root, &meta)?;
     Ok(Receiver::bind(settings, recorder)?)
 }
 
@@ -335,8 +354,14 @@ impl LoopbackReceiver {
         expected_volumes: Option<usize>,
         compress: bool,
     ) -> anyhow::Result<LoopbackReceiver> {
-        let mut receiver =
-            bind_receiver(config, root, "tcp://127.0.0.1:*", expected_volumes, 30.0)?;
+        let mut receiver = bind_receiver(
+            config,
+            root,
+            "tcp://127.0.0.1:*",
+            expected_volumes,
+            30.0,
+            false,
+        )?;
         let endpoint = receiver.endpoint().to_string();
         let handle = std::thread::Builder::new()
             .name("receiver".into())

@@ -44,8 +44,18 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     }
     config.validate(std::path::Path::new("<command line>"))?;
 
+    let r = &config.receiver;
+    let mut receiver = super::bind_receiver(
+        &config,
+        &config.session.root,
+        &r.bind,
+        r.expected_volumes,
+        r.idle_timeout_secs,
+        args.guard.resume,
+    )?;
     if config.session.recover_on_start {
-        // a session that cannot be recovered now is named and kept; it does not stop this run
+        // after binding, so that a session resumed here is locked and left alone; a session that cannot be
+        // recovered now is named and kept, and does not stop this run
         let (recovered, _failed) =
             finalise::recover_all(&config.session.root, config.session.compress);
         for (dir, summary) in recovered {
@@ -56,15 +66,6 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
             );
         }
     }
-
-    let r = &config.receiver;
-    let mut receiver = super::bind_receiver(
-        &config,
-        &config.session.root,
-        &r.bind,
-        r.expected_volumes,
-        r.idle_timeout_secs,
-    )?;
     let dir = receiver.session_dir().to_path_buf();
     println!("listening on {}", receiver.endpoint());
     println!("recording to {}", dir.display());

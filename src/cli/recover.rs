@@ -23,8 +23,15 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
             println!("{} is already finalised", args.session.display());
             return Ok(());
         }
+        if args.session.is_dir() {
+            println!(
+                "nothing to recover: no unfinalised session under {}",
+                args.session.display()
+            );
+            return Ok(());
+        }
         bail!(
-            "{} is neither an unfinalised session folder nor a folder holding one",
+            "{} is neither a session folder nor a folder of sessions",
             args.session.display()
         );
     }
@@ -33,6 +40,7 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
         // one session that cannot be recovered (a full disk, a damaged spool) does not keep the others back
         match finalise::finalise_dir(&dir, "recovered", true, config.session.compress) {
             Ok(summary) => super::print_summary(&dir, &summary),
+            Err(e @ recorder::RecordError::InUse { .. }) => eprintln!("note: {e}"),
             Err(e) => {
                 eprintln!(
                     "error: recovering {}: {e}\n  its spool is kept; fix the cause (free disk space?) and run `hyper-rt recover {}` again",

@@ -11,151 +11,20 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::recorder::{
-    unix_secs_now, LatencyMs, MessageLog, Outcome, RecordError, SessionMeta, SpoolHeader, Summary,
-    MESSAGES, RECORD_END, RECORD_MAGIC, SESSION, SPOOL, SUMMARY,
+    unix_secs_now, LatencyMs, MessageLog, Outcome, RecordError, SessionMeta, Summary, MESSAGES,
+    SESSION, SPOOL, SUMMARY,
 };
+use super::spool_scan::{io_error, read_c_order, scan_spool, SpoolEntry};
 use crate::nifti::{NiftiSpec, NiftiWriter};
 use crate::volume::{c_order_to_x_fastest, Affine, Dtype};
 
 /// The most volumes a NIfTI-1 file holds, and so the highest index a recording can place.
 const NIFTI_MAX_VOLUMES: usize = i16::MAX as usize;
-/// A record header longer than this is not one the recorder wrote.
-const MAX_RECORD_JSON_BYTES: usize = 64 << 10;
 /// Strays beyond this many are counted but not written out one file each.
 const MAX_STRAY_FILES: usize = 100;
-
-/// Where a volume lies in `spool.bin`.
-#[derive(Debug, Clone)]
-struct SpoolEntry {
-    header: SpoolHeader,
-    data_offset: u64,
-    data_len: u64,
-}
-
-/// What the scan of the spool found.
-#[derive(Debug, Default)]
-struct SpoolScan {
-    entries: Vec<SpoolEntry>,
-    /// A record cut short at the end (the process died while writing it, before its reply).
-    torn: bool,
-    /// Records skipped: an index beyond the limit, a length that does not match the header.
-    skipped: usize,
-}
-
-fn io_error(dir: &Path, context: &str) -> impl FnOnce(std::io::Error) -> RecordError {
-    let (dir, context) = (dir.to_path_buf(), context.to_string());
-    move |source| RecordError::Io {
-        dir,
-        context,
-        source,
-    }
-}
-
-/// Reads the records' headers and where their data lies, never the data itself.
-fn scan_spool(dir: &Path, max_index: usize) -> Result<SpoolScan, RecordError> {
-    let path = dir.join(SPOOL);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SpoolScan::default()),
-        Err(e) => return Err(io_error(dir, "opening spool.bin")(e)),
-    };
-    let file_len = file
-        .metadata()
-        .map_err(io_error(dir, "reading spool.bin"))?
-        .len();
-    let mut reader = BufReader::with_capacity(64 << 10, file);
-    let mut scan = SpoolScan::default();
-    let mut at = 0u64;
-    while at < file_len {
-        let mut prefix = [0u8; 16];
-        let have = file_len - at;
-        if have < 16 {
-            // the zeroed tail of a spool whose mapping was never trimmed ends the data; anything else is torn
-            let mut rest = vec![0u8; have as usize];
-            reader
-                .read_exact(&mut rest)
-                .map_err(io_error(dir, "reading spool.bin"))?;
-            scan.torn = rest.iter().any(|&b| b != 0);
-            break;
-        }
-        reader
-            .read_exact(&mut prefix)
-            .map_err(io_error(dir, "reading spool.bin"))?;
-        if prefix[..4] == [0; 4] {
-            break; // the zeroed tail of a spool that was never trimmed (the process died): the end of the data
-        }
-        let json_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
-        let data_len = u64::from_le_bytes([
-            prefix[8], prefix[9], prefix[10], prefix[11], prefix[12], prefix[13], prefix[14],
-            prefix[15],
-        ]);
-        let total = 16u64
-            .saturating_add(json_len as u64)
-            .saturating_add(data_len)
-            .saturating_add(4);
-        if &prefix[..4] != RECORD_MAGIC || json_len > MAX_RECORD_JSON_BYTES || total > have {
-            scan.torn = true;
-            break;
-        }
-        let mut json = vec![0u8; json_len];
-        reader
-            .read_exact(&mut json)
-            .map_err(io_error(dir, "reading spool.bin"))?;
-        let data_offset = at + 16 + json_len as u64;
-        reader
-            .seek(SeekFrom::Start(data_offset + data_len))
-            .map_err(io_error(dir, "reading spool.bin"))?;
-        let mut end = [0u8; 4];
-        reader
-            .read_exact(&mut end)
-            .map_err(io_error(dir, "reading spool.bin"))?;
-        if &end != RECORD_END {
-            scan.torn = true;
-            break;
-        }
-        at += total;
-        let header: SpoolHeader = match serde_json::from_slice(&json) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(
-                    "{}: the record at byte {} has an unreadable header ({e}): skipped",
-                    path.display(),
-                    at - total
-                );
-                scan.skipped += 1;
-                continue;
-            }
-        };
-        let expected_len =
-            header.dims.iter().map(|&d| d as u64).product::<u64>() * header.dtype.itemsize() as u64;
-        if header.index > max_index || data_len != expected_len {
-            tracing::warn!(
-                "{}: the record of volume {} ({} bytes, shape {:?}) is {}: skipped",
-                path.display(),
-                header.index,
-                data_len,
-                header.dims,
-                if header.index > max_index {
-                    format!("beyond this session's highest index {max_index}")
-                } else {
-                    format!("not the {expected_len} bytes its shape needs")
-                }
-            );
-            scan.skipped += 1;
-            continue;
-        }
-        scan.entries.push(SpoolEntry {
-            header,
-            data_offset,
-            data_len,
-        });
-    }
-    Ok(scan)
-}
 
 fn read_messages(dir: &Path) -> Vec<MessageLog> {
     let Ok(text) = std::fs::read_to_string(dir.join(MESSAGES)) else {
@@ -206,11 +75,7 @@ fn read_volume(
     dtype: Dtype,
     dir: &Path,
 ) -> Result<Vec<u8>, RecordError> {
-    let mut c_order = vec![0u8; entry.data_len as usize];
-    spool
-        .seek(SeekFrom::Start(entry.data_offset))
-        .and_then(|_| spool.read_exact(&mut c_order))
-        .map_err(io_error(dir, "reading spool.bin"))?;
+    let c_order = read_c_order(spool, entry, dir)?;
     let itemsize = entry.header.dtype.itemsize();
     let x_fastest = c_order_to_x_fastest(&c_order, entry.header.dims, itemsize);
     Ok(convert_le(x_fastest, entry.header.dtype, dtype))
@@ -289,20 +154,10 @@ pub fn finalise_dir(
     recovered: bool,
     compress: bool,
 ) -> Result<Summary, RecordError> {
-    let meta: SessionMeta = std::fs::read(dir.join(SESSION))
-        .map_err(io_error(dir, "reading session.json"))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| RecordError::Invalid {
-                dir: dir.to_path_buf(),
-                reason: format!("session.json: {e}"),
-            })
-        })?;
-    let max_index = meta
-        .expected_volumes
-        .map(|n| n.saturating_sub(1))
-        .or(meta.max_volume_index)
-        .unwrap_or(NIFTI_MAX_VOLUMES - 1)
-        .min(NIFTI_MAX_VOLUMES - 1);
+    let meta = read_meta(dir)?;
+    // held until the end: a receiver still writing this session, or a second recovery, is kept out
+    let _lock = lock_spool(dir)?;
+    let max_index = highest_index(&meta);
     let scan = scan_spool(dir, max_index)?;
     if scan.torn {
         tracing::warn!(
@@ -425,6 +280,48 @@ pub fn finalise_dir(
     Ok(summary)
 }
 
+/// A session's `session.json`.
+pub(super) fn read_meta(dir: &Path) -> Result<SessionMeta, RecordError> {
+    std::fs::read(dir.join(SESSION))
+        .map_err(io_error(dir, "reading session.json"))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| RecordError::Invalid {
+                dir: dir.to_path_buf(),
+                reason: format!("session.json: {e}"),
+            })
+        })
+}
+
+/// The highest index a session may hold: below its expected count, else its configured limit, and never more
+/// than a NIfTI-1 file can place.
+pub(super) fn highest_index(meta: &SessionMeta) -> usize {
+    meta.expected_volumes
+        .map(|n| n.saturating_sub(1))
+        .or(meta.max_volume_index)
+        .unwrap_or(NIFTI_MAX_VOLUMES - 1)
+        .min(NIFTI_MAX_VOLUMES - 1)
+}
+
+/// Locks the session's spool against its writer and other finalisers; `None` when there is no spool.
+fn lock_spool(dir: &Path) -> Result<Option<File>, RecordError> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(SPOOL))
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(dir, "opening spool.bin")(e)),
+    };
+    match super::spool::try_lock_exclusive(&file) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Err(RecordError::InUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(e) => Err(io_error(dir, "locking spool.bin")(e)),
+    }
+}
+
 /// Writes `summary.json` atomically (a temporary file renamed over it).
 pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), RecordError> {
     let json = serde_json::to_vec_pretty(summary).map_err(|e| RecordError::Invalid {
@@ -442,17 +339,21 @@ pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), RecordError> {
 }
 
 /// Recovers every unfinalised session under `root`, going on past one that fails (saying which and why), so
-/// that one bad session cannot keep the others unrecovered. Returns the recovered and the failed folders.
+/// that one bad session cannot keep the others unrecovered. A session whose receiver is still running is left
+/// alone. Returns the recovered and the failed folders.
 pub fn recover_all(root: &Path, compress: bool) -> (Vec<(PathBuf, Summary)>, Vec<PathBuf>) {
     let mut recovered = Vec::new();
     let mut failed = Vec::new();
     for dir in super::recorder::find_unfinalised(root) {
-        tracing::warn!(
-            "session {} was left unfinalised (crash?): recovering it",
-            dir.display()
-        );
         match finalise_dir(&dir, "recovered", true, compress) {
-            Ok(summary) => recovered.push((dir, summary)),
+            Ok(summary) => {
+                tracing::warn!(
+                    "session {} was left unfinalised (crash?): recovered it",
+                    dir.display()
+                );
+                recovered.push((dir, summary))
+            }
+            Err(e @ RecordError::InUse { .. }) => tracing::info!("{e}"),
             Err(e) => {
                 tracing::error!(
                     "could not recover {}: {e}; its spool is kept: run `hyper-rt recover {}` again once the cause is fixed",

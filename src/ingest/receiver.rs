@@ -13,6 +13,7 @@
 //! stray volume cannot fix the run's geometry ([`super::geometry`]), and a signal ends the run through the
 //! stop flag so that the session is finalised.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use crossbeam_channel::Sender;
 use super::access::{AllowRule, ZapHandler, ZAP_DOMAIN};
 use super::geometry::{Admission, Check, Geometry, RunGeometry};
 use super::protocol::{self, Limits, Message, ProtocolError, Rejection, VolumeHeader};
+use super::spool_scan::{read_c_order, SpoolEntry};
 use crate::ingest::recorder::{
     unix_secs_now, MessageLog, Outcome, PeerCounts, RecordError, Recorder, Summary,
 };
@@ -91,12 +93,41 @@ pub struct Receiver {
     geometry: RunGeometry,
     /// Volumes accepted before their geometry was confirmed, held back from the analysis.
     held: Vec<(Geometry, Volume)>,
+    /// A resumed session's volumes, passed downstream (read from the spool one at a time) when the run starts.
+    replay: VecDeque<Replay>,
     seq: u64,
     last_message_at: Option<Instant>,
     /// The connection (time) last dropped for silence, so that it is dropped once.
     dropped_knock: Option<Instant>,
     dropped_silent: u64,
     log_failures: u64,
+}
+
+/// A resumed session's volume waiting to go downstream.
+enum Replay {
+    /// In the spool: read when it is its turn.
+    Spooled(SpoolEntry),
+    /// Held back in memory until its geometry was confirmed.
+    Ready(Volume),
+}
+
+/// A spooled volume as the analysis takes it.
+fn spooled_volume(
+    spool: &mut std::fs::File,
+    entry: &SpoolEntry,
+    dir: &std::path::Path,
+) -> Result<Volume, RecordError> {
+    let h = &entry.header;
+    let data = read_c_order(spool, entry, dir)?;
+    Ok(Volume::from_c_order(
+        h.index,
+        h.dims,
+        h.mm_from_voxel,
+        h.tr_secs,
+        h.dtype,
+        &data,
+        Instant::now(),
+    ))
 }
 
 /// How often the loop wakes to check the stop flag and the idle timeout while no message arrives.
@@ -159,12 +190,102 @@ impl Receiver {
             recorder,
             endpoint,
             held: Vec::new(),
+            replay: VecDeque::new(),
             seq: 0,
             last_message_at: None,
             dropped_knock: None,
             dropped_silent: 0,
             log_failures: 0,
         })
+    }
+
+    /// Binds the socket and goes on with a session reopened after a restart (`ingest::resume`): its spooled
+    /// volumes count as received (so `STOP` comes at the right volume and a resent one is a duplicate), decide
+    /// the run's geometry as they did live, and go downstream first when the run starts.
+    pub fn resume(
+        settings: ReceiverSettings,
+        recorder: Recorder,
+        spooled: Vec<SpoolEntry>,
+    ) -> Result<Receiver, IngestError> {
+        let mut receiver = Receiver::bind(settings, recorder)?;
+        let dir = receiver.recorder.dir().to_path_buf();
+        let mut spool =
+            std::fs::File::open(dir.join("spool.bin")).map_err(|source| RecordError::Io {
+                dir: dir.clone(),
+                context: "opening spool.bin".into(),
+                source,
+            })?;
+        for entry in spooled {
+            let h = &entry.header;
+            let geometry = Geometry {
+                dims: h.dims,
+                mm_from_voxel: h.mm_from_voxel,
+            };
+            match receiver.geometry.check(&geometry, h.index) {
+                Ok(Check::New) => {}
+                Ok(Check::Duplicate) => continue,
+                Err(e) => {
+                    tracing::warn!("resuming {}: spooled {}", dir.display(), e.message);
+                    continue;
+                }
+            }
+            match receiver.geometry.admit(&geometry, h.index) {
+                Admission::Run => receiver.replay.push_back(Replay::Spooled(entry)),
+                Admission::Held => {
+                    let volume = spooled_volume(&mut spool, &entry, &dir)?;
+                    receiver.held.push((geometry, volume));
+                }
+                Admission::Confirmed { .. } => {
+                    for (g, volume) in std::mem::take(&mut receiver.held) {
+                        if g == geometry {
+                            receiver.replay.push_back(Replay::Ready(volume));
+                        }
+                    }
+                    receiver.replay.push_back(Replay::Spooled(entry));
+                }
+            }
+        }
+        tracing::info!(
+            "resumed {}: {} volumes already received",
+            dir.display(),
+            receiver.geometry.accepted_count()
+        );
+        Ok(receiver)
+    }
+
+    /// Passes a resumed session's volumes downstream, in their order of arrival, before anything new.
+    fn release_replay(&mut self, downstream: &mut Option<&Sender<Volume>>) {
+        let Some(tx) = *downstream else {
+            self.replay.clear();
+            return;
+        };
+        let dir = self.recorder.dir().to_path_buf();
+        let mut spool = std::fs::File::open(dir.join("spool.bin"));
+        while let Some(item) = self.replay.pop_front() {
+            let volume = match (item, spool.as_mut()) {
+                (Replay::Ready(volume), _) => volume,
+                (Replay::Spooled(entry), Ok(file)) => match spooled_volume(file, &entry, &dir) {
+                    Ok(volume) => volume,
+                    Err(e) => {
+                        tracing::error!(
+                            "resuming: volume {} not analysed: {e}",
+                            entry.header.index
+                        );
+                        continue;
+                    }
+                },
+                (Replay::Spooled(entry), Err(e)) => {
+                    tracing::error!("resuming: volume {} not analysed: {e}", entry.header.index);
+                    continue;
+                }
+            };
+            if tx.send(volume).is_err() {
+                tracing::error!("the analysis has stopped: volumes are still received and recorded, no longer analysed");
+                *downstream = None;
+                self.replay.clear();
+                return;
+            }
+        }
     }
 
     /// The bound endpoint.
@@ -186,6 +307,7 @@ impl Receiver {
         stop: &AtomicBool,
     ) -> Result<EndReason, IngestError> {
         let mut downstream = downstream;
+        self.release_replay(&mut downstream);
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(EndReason::Interrupted);

@@ -40,6 +40,8 @@ pub enum RecordError {
     },
     #[error("session {dir}: {reason}")]
     Invalid { dir: PathBuf, reason: String },
+    #[error("session {dir} is being recorded by a running receiver (its spool.bin is locked); it is left alone")]
+    InUse { dir: PathBuf },
     #[error(transparent)]
     Nifti(#[from] nifti::NiftiError),
 }
@@ -87,7 +89,7 @@ pub struct MessageLog {
 
 /// Record header inside `spool.bin`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct SpoolHeader {
+pub struct SpoolHeader {
     pub index: usize,
     pub dtype: Dtype,
     pub dims: [usize; 3],
@@ -217,6 +219,38 @@ impl Recorder {
             .map_err(io(&dir, "opening messages.jsonl"))?;
         Ok(Recorder {
             dir,
+            spool,
+            messages: BufWriter::new(messages),
+        })
+    }
+
+    /// Reopens an unfinalised session to go on recording it (see `ingest::resume`): the spool is appended to
+    /// after its first `valid_len` bytes, the message log after its last line.
+    pub fn reopen(dir: &Path, valid_len: u64) -> Result<Recorder, RecordError> {
+        let io = |context: &'static str| {
+            let dir = dir.to_path_buf();
+            move |source| RecordError::Io {
+                dir,
+                context: context.to_string(),
+                source,
+            }
+        };
+        let spool = MappedSpool::reopen(&dir.join(SPOOL), valid_len).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                RecordError::InUse {
+                    dir: dir.to_path_buf(),
+                }
+            } else {
+                io("reopening spool.bin")(e)
+            }
+        })?;
+        let messages = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(MESSAGES))
+            .map_err(io("opening messages.jsonl"))?;
+        Ok(Recorder {
+            dir: dir.to_path_buf(),
             spool,
             messages: BufWriter::new(messages),
         })

@@ -55,7 +55,7 @@ pub struct MappedSpool {
     helper: Option<JoinHandle<()>>,
     /// Mapped segments in file order; the front one is being written.
     segments: VecDeque<Segment>,
-    used_in_front: usize,
+    /// Bytes of data in the file; the next record goes here.
     logical_len: u64,
     /// End of the mapped (reserved) part of the file.
     mapped_end: u64,
@@ -64,19 +64,39 @@ pub struct MappedSpool {
 impl MappedSpool {
     /// Creates (truncating) the file and starts the helper that maps segments ahead.
     pub fn create(path: &Path) -> std::io::Result<MappedSpool> {
+        MappedSpool::open(path, None)
+    }
+
+    /// Opens an existing spool to append after its first `valid_len` bytes (the end of its last complete
+    /// record: anything after it, a record torn by a crash or the zeroed tail, is cut off).
+    pub fn reopen(path: &Path, valid_len: u64) -> std::io::Result<MappedSpool> {
+        MappedSpool::open(path, Some(valid_len))
+    }
+
+    fn open(path: &Path, keep_bytes: Option<u64>) -> std::io::Result<MappedSpool> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create(keep_bytes.is_none())
+            .truncate(keep_bytes.is_none())
             .open(path)?;
+        if !try_lock_exclusive(&file)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another process is writing this spool",
+            ));
+        }
+        let logical_len = keep_bytes.unwrap_or(0);
+        file.set_len(logical_len)?;
+        // mappings start on a page: the first one takes in the partly written page the data ends in
+        let first_offset = logical_len / PAGE_BYTES * PAGE_BYTES;
         let helper_file = file.try_clone()?;
         let (tx, rx) = bounded(4);
         let (retired_tx, retired_rx) = crossbeam_channel::unbounded::<ToHelper>();
         let helper = std::thread::Builder::new()
             .name("spool-prefault".into())
             .spawn(move || {
-                let mut offset = 0u64;
+                let mut offset = first_offset;
                 let mut size = FIRST_SEGMENT_BYTES;
                 loop {
                     let segment = map_segment(&helper_file, offset, size);
@@ -97,9 +117,8 @@ impl MappedSpool {
             retired: Some(retired_tx),
             helper: Some(helper),
             segments: VecDeque::new(),
-            used_in_front: 0,
-            logical_len: 0,
-            mapped_end: 0,
+            logical_len,
+            mapped_end: first_offset,
         })
     }
 
@@ -113,37 +132,33 @@ impl MappedSpool {
     pub fn append_all(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
         let needed: u64 = parts.iter().map(|p| p.len() as u64).sum();
         self.reserve(needed)?;
+        let mut at = self.logical_len;
         for mut bytes in parts.iter().copied() {
             while !bytes.is_empty() {
-                let full = self
-                    .segments
-                    .front()
-                    .is_some_and(|s| self.used_in_front == s.map.len());
-                if full {
+                while self.segments.front().is_some_and(|s| at >= s.end()) {
                     if let (Some(old), Some(retired)) = (self.segments.pop_front(), &self.retired) {
                         let _ = retired.send(ToHelper::Unmap(old));
                     }
-                    self.used_in_front = 0;
                 }
                 let segment = self
                     .segments
                     .front_mut()
                     .ok_or_else(|| std::io::Error::other("no spool segment reserved"))?;
-                let n = bytes.len().min(segment.map.len() - self.used_in_front);
-                segment.map[self.used_in_front..self.used_in_front + n]
-                    .copy_from_slice(&bytes[..n]);
-                self.used_in_front += n;
+                let start = (at - segment.offset) as usize;
+                let n = bytes.len().min(segment.map.len() - start);
+                segment.map[start..start + n].copy_from_slice(&bytes[..n]);
+                at += n as u64;
                 bytes = &bytes[n..];
             }
         }
-        self.logical_len += needed;
+        self.logical_len = at;
         Ok(())
     }
 
     /// Maps segments until `needed` more bytes fit.
     fn reserve(&mut self, needed: u64) -> std::io::Result<()> {
         loop {
-            let room = self.mapped_end - self.logical_len;
+            let room = self.mapped_end.saturating_sub(self.logical_len);
             if room >= needed {
                 return Ok(());
             }
@@ -205,6 +220,24 @@ impl Drop for MappedSpool {
     }
 }
 
+/// Takes an exclusive advisory lock (`flock`) on the open file, without waiting: `Ok(false)` when another
+/// process holds it. The writer holds it for the spool's life, so that finalising or recovering a session whose
+/// receiver is still running (two receivers sharing a session root) is refused instead of racing it. The lock
+/// goes with the last descriptor of the open file.
+pub fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+    // SAFETY: a plain system call on a file descriptor this function borrows; it touches no memory of ours.
+    let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if status == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
 /// Reserves the blocks for `size` bytes from `offset` (extending the file), maps them and touches every page.
 /// Reserving first is what makes a full disk an ENOSPC here instead of a SIGBUS at a later store.
 fn map_segment(file: &File, offset: u64, size: u64) -> std::io::Result<Segment> {
@@ -225,8 +258,11 @@ fn map_segment(file: &File, offset: u64, size: u64) -> std::io::Result<Segment> 
             .len(size as usize)
             .map_mut(file)?
     };
+    // touch each page (a volatile read and write of the same byte, as the first page may hold data already)
     for page in (0..map.len()).step_by(PAGE_BYTES as usize) {
-        map[page] = 0;
+        let byte = &mut map[page];
+        // SAFETY: `byte` is a valid, aligned reference into the mapping for the duration of both calls.
+        unsafe { std::ptr::write_volatile(byte, std::ptr::read_volatile(byte)) };
     }
     Ok(Segment { map, offset })
 }
@@ -246,6 +282,28 @@ mod tests {
             expected.extend_from_slice(&chunk);
         }
         spool.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn reopening_appends_after_the_valid_bytes_and_cuts_a_torn_tail() {
+        let path = std::env::temp_dir().join(format!("hyper-rt-spool-re-{}", std::process::id()));
+        let first: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8 + 1).collect();
+        let mut spool = MappedSpool::create(&path).unwrap();
+        spool.append(&first).unwrap();
+        spool.append(b"torn record").unwrap();
+        spool.finish().unwrap();
+        // a second writer is refused while one holds the spool
+        let holder = MappedSpool::reopen(&path, first.len() as u64).unwrap();
+        assert!(MappedSpool::reopen(&path, first.len() as u64).is_err());
+        drop(holder);
+        let mut spool = MappedSpool::reopen(&path, first.len() as u64).unwrap();
+        let second: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 7) as u8 + 1).collect();
+        spool.append(&second).unwrap();
+        spool.finish().unwrap();
+        let mut expected = first.clone();
+        expected.extend_from_slice(&second);
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         std::fs::remove_file(&path).unwrap();
     }

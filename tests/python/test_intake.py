@@ -254,7 +254,7 @@ def test_receiver_kill9_loses_no_acknowledged_volume(receiver, tmp_path, how):
         c2 = ScannerClient(r2.endpoint)
         assert c2.send_volume(0, np.zeros((2, 2, 2))) == "received volIdx 0 - STOP"
         r2.wait()
-        assert "recovering it" in r2.stderr
+        assert "was left unfinalised" in r2.stderr
     s = r.summary()
     assert s["recovered_after_crash"] and s["received"] == 20
     assert s["missing_indices"] == list(range(20, 50))

@@ -244,6 +244,56 @@ def test_a_second_receiver_on_the_same_address_names_it_and_the_flag(receiver, t
     assert r.proc.poll() is None
 
 
+def test_a_second_receiver_on_the_same_session_root_leaves_the_running_session_alone(receiver):
+    first = receiver(expected=4, idle=10.0)
+    c = ScannerClient(first.endpoint)
+    for i in range(2):
+        assert c.send_volume(i, np.full((3, 3, 3), i, np.float32)) == f"received volIdx {i}"
+    # the second one recovers unfinalised sessions at start: the running one must not be taken
+    second = receiver(expected=1, idle=10.0, root=first.root)
+    out = subprocess.run([binary(), "recover", str(first.root)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "running receiver" in out.stderr, out.stderr
+    for i in range(2, 4):
+        c.send_volume(i, np.full((3, 3, 3), i, np.float32))
+    s = first.wait()
+    assert s["received"] == 4 and not s["recovered_after_crash"]
+    assert recorded(first, s)[0, 0, 0].tolist() == [0, 1, 2, 3]
+    second.proc.send_signal(signal.SIGINT)
+    second.wait()
+
+
+def test_a_receiver_restarted_with_resume_keeps_the_run_in_one_session(receiver):
+    rng = np.random.default_rng(11)
+    sent = [rng.standard_normal((8, 8, 4)).astype(np.float32) for _ in range(12)]
+    first = receiver(expected=12, idle=0)
+    c = ScannerClient(first.endpoint)
+    for i in range(5):
+        assert c.send_volume(i, sent[i]) == f"received volIdx {i}"
+    first.proc.kill()
+    first.proc.wait()
+    c.close()
+    # the same endpoint, the same root: --resume goes on with the crashed session
+    args = [binary(), "receive", "--bind", first.endpoint, "-n", "12", "--idle-timeout-secs", "10",
+            "--session-root", str(first.root), "--resume"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("listening on")
+        assert proc.stdout.readline().strip() == f"recording to {first.session_dir}"
+        c2 = ScannerClient(first.endpoint)
+        # resent after the crash (its reply may have been lost): a duplicate, acknowledged and not kept twice
+        assert c2.send_volume(4, sent[4]) == "received volIdx 4 (duplicate, ignored)"
+        replies = [c2.send_volume(i, sent[i]) for i in range(5, 12)]
+        assert replies[-1] == "received volIdx 11 - STOP", replies
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        proc.kill()
+    s = first.summary()
+    assert (s["received"], s["missing"], s["duplicates"]) == (12, 0, 1) and s["end_reason"] == "complete"
+    np.testing.assert_array_equal(recorded(first, s), np.stack(sent, axis=-1))
+    assert len(list(first.root.iterdir())) == 1, "one run, one session folder"
+
+
 # --- 4. Ctrl-C and SIGTERM finalise -------------------------------------------------------------------------------
 
 
@@ -507,3 +557,35 @@ def test_10000_volumes_through_live_with_flat_memory(small_subject):
     print(f"live soak: RssAnon KiB {rss}, volumes processed {live['volumes_processed']}")
     # the results server keeps the latest 4,096 volumes (feedback::RESULTS_KEPT): past that, memory is flat
     assert rss["after 10,000"] - rss["after 5,000"] < 4 * 1024, rss
+
+
+def test_live_restarted_with_resume_analyses_the_whole_run(small_subject):
+    tmp, dec, events, run, affine = small_subject
+    n_vols = run.shape[-1]
+    bind = free_port()
+    root = tmp / f"sessions-resume-{bind}"
+    args = [binary(), "live", "--decoder", str(dec), "--events", str(events), "--headless", "--bind",
+            f"tcp://127.0.0.1:{bind}", "-n", str(n_vols), "--results-port", "0", "--session-root", str(root)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout.readline().startswith("listening on")
+    c = ScannerClient(f"tcp://127.0.0.1:{bind}")
+    for i in range(n_vols // 2):
+        assert c.send_volume(i, run[..., i], affine=affine).startswith("received")
+    first.kill()
+    first.communicate()
+    c.close()
+    second = subprocess.Popen(args + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert second.stdout.readline().startswith("listening on")
+        c2 = ScannerClient(f"tcp://127.0.0.1:{bind}")
+        replies = [c2.send_volume(i, run[..., i], affine=affine) for i in range(n_vols // 2, n_vols)]
+        assert replies[-1].endswith("STOP"), replies[-3:]
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err[-3000:]
+    finally:
+        second.kill()
+    sessions = list(root.iterdir())
+    assert len(sessions) == 1
+    summary = json.loads((sessions[0] / "summary.json").read_text())
+    live = json.loads((sessions[0] / "live_summary.json").read_text())
+    assert summary["received"] == n_vols and live["volumes_processed"] == n_vols and live["end_reason"] == "complete"
