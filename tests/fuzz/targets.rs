@@ -101,7 +101,8 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// Joins a header frame and a data frame as [`protocol_message`] reads them.
+/// Joins a header frame and a data frame as [`protocol_message`] reads them (for seeds; the libFuzzer build
+/// reads its corpus from files instead).
 pub fn wire_input(header: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = (header.len().min(u16::MAX as usize) as u16)
         .to_le_bytes()
@@ -111,7 +112,7 @@ pub fn wire_input(header: &[u8], data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Joins PAR text and REC bytes as [`parrec`] reads them.
+/// Joins PAR text and REC bytes as [`parrec`] reads them (for seeds).
 pub fn parrec_input(par: &[u8], rec: &[u8]) -> Vec<u8> {
     let mut out = (par.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(par);

@@ -1,6 +1,8 @@
 //! libFuzzer entry for the `protocol_message` target (tests/fuzz/targets.rs).
 #![no_main]
 
+// each entry uses one of the shared targets
+#[allow(dead_code)]
 #[path = "../targets.rs"]
 mod targets;
 
