@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::scanner::dicom::{
-    is_mosaic, looks_like_dicom, mosaic_from_data_set, slice_from_data_set, stack_slices,
-    DicomError, DicomSlice,
+    enhanced_volumes, is_enhanced_mr, is_mosaic, looks_like_dicom, mosaic_from_data_set,
+    slice_from_data_set, stack_slices, DicomError, DicomSlice,
 };
 use crate::scanner::parrec::{is_par_path, is_rec_path, ParRecError, ParRecRun};
 use crate::volume::{Dtype, ExportedVolume};
@@ -84,7 +84,8 @@ pub enum ExportError {
 /// What one file of an export holds.
 #[derive(Debug, Default)]
 pub struct ExportFile {
-    /// Its volumes: one for a mosaic file, one per complete dynamic for a PAR/REC pair, none for a REC file
+    /// Its volumes: one for a mosaic file, one per temporal position of an Enhanced MR Image (one for a Siemens
+    /// XA file), one per complete dynamic for a PAR/REC pair, none for a REC file
     /// (read through its PAR header) or a single-slice file.
     pub volumes: Vec<ExportedVolume>,
     /// A single-slice file's slice, to be stacked with the rest of its volume.
@@ -120,6 +121,12 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
         });
     }
     let ds = crate::scanner::dicom::DataSet::parse(path, &bytes)?;
+    if is_enhanced_mr(&ds) {
+        return Ok(ExportFile {
+            volumes: enhanced_volumes(&ds)?,
+            ..ExportFile::default()
+        });
+    }
     if is_mosaic(&ds) {
         return Ok(ExportFile {
             volumes: vec![mosaic_from_data_set(&ds)?],

@@ -51,14 +51,17 @@ pub fn nifti(data: &[u8]) {
     }
 }
 
-/// A DICOM Part-10 file's bytes, read as the export watcher reads one: a Siemens mosaic, else one slice.
+/// A DICOM Part-10 file's bytes, read as the export watcher reads one: an Enhanced MR Image (Siemens XA), a
+/// Siemens mosaic, else one slice.
 pub fn dicom(data: &[u8]) {
     let path = Path::new("fuzz.dcm");
     if !dicom::looks_like_dicom(data) {
         return;
     }
     if let Ok(ds) = DataSet::parse(path, data) {
-        if dicom::is_mosaic(&ds) {
+        if dicom::is_enhanced_mr(&ds) {
+            let _ = dicom::enhanced_volumes(&ds);
+        } else if dicom::is_mosaic(&ds) {
             let _ = dicom::mosaic_from_data_set(&ds);
         } else if let Ok(slice) = dicom::slice_from_data_set(&ds) {
             let _ = dicom::stack_slices(vec![slice]);

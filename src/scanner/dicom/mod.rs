@@ -23,10 +23,14 @@
 //! case they become float64 computed as `stored * slope + intercept`. Everything a file lacks or gets wrong
 //! is an error that names the file, the element and, for structural damage, the byte offset.
 //!
+//! Siemens XA scanners export Enhanced MR Images instead: one multi-frame file per volume, each frame a slice
+//! with its geometry in functional groups; [`enhanced`] reads them into the same volumes.
+//!
 //! The files: [`parse`] (the Part-10 byte parser), [`siemens`] (the CSA header and mosaics), [`slices`] (one slice
-//! per file, and stacking slices into a volume), [`pixels`] (the pixel data and the header values every reader
-//! needs).
+//! per file, and stacking slices into a volume), [`enhanced`] (multi-frame Enhanced MR Images), [`pixels`] (the
+//! pixel data and the header values every reader needs).
 
+pub mod enhanced;
 pub mod error;
 pub mod parse;
 pub mod pixels;
@@ -35,7 +39,10 @@ pub mod slices;
 #[cfg(test)]
 mod tests;
 
+pub use enhanced::{enhanced_volumes, is_enhanced_mr};
 pub use error::DicomError;
-pub use parse::{file_looks_like_dicom, looks_like_dicom, tag_name, DataSet, Tag};
+pub use parse::{
+    file_looks_like_dicom, looks_like_dicom, tag_name, DataSet, Tag, ENHANCED_MR_IMAGE_STORAGE,
+};
 pub use siemens::{is_mosaic, mosaic_from_data_set, CsaHeader};
 pub use slices::{slice_from_data_set, stack_slices, DicomSlice};

@@ -1,6 +1,6 @@
 //! The DICOM Part-10 byte parser: the preamble and file meta group, then the data set in implicit or explicit VR
-//! little endian, sequences (defined or undefined length) walked over, every element kept by tag. Damage is an
-//! error naming the file, the element and the byte offset.
+//! little endian, every element kept by tag and every sequence (defined or undefined length) as its items, each a
+//! data set (at most 16 levels deep). Damage is an error naming the file, the element and the byte offset.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,12 @@ pub(super) const fn tag(group: u16, element: u16) -> Tag {
 
 pub(super) const TRANSFER_SYNTAX_UID: Tag = tag(0x0002, 0x0010);
 pub(super) const IMAGE_TYPE: Tag = tag(0x0008, 0x0008);
+pub(super) const MEDIA_STORAGE_SOP_CLASS_UID: Tag = tag(0x0002, 0x0002);
+pub(super) const SOP_CLASS_UID: Tag = tag(0x0008, 0x0016);
 pub(super) const SERIES_DESCRIPTION: Tag = tag(0x0008, 0x103E);
+pub(super) const TEMPORAL_POSITION_INDEX: Tag = tag(0x0020, 0x9128);
+pub(super) const SHARED_FUNCTIONAL_GROUPS: Tag = tag(0x5200, 0x9229);
+pub(super) const PER_FRAME_FUNCTIONAL_GROUPS: Tag = tag(0x5200, 0x9230);
 pub(super) const SLICE_THICKNESS: Tag = tag(0x0018, 0x0050);
 pub(super) const REPETITION_TIME: Tag = tag(0x0018, 0x0080);
 pub(super) const SPACING_BETWEEN_SLICES: Tag = tag(0x0018, 0x0088);
@@ -42,16 +47,31 @@ pub(super) const ITEM_END: Tag = tag(0xFFFE, 0xE00D);
 pub(super) const SEQUENCE_END: Tag = tag(0xFFFE, 0xE0DD);
 pub(super) const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
 
+/// The SOP class UID of Enhanced MR Image Storage (Siemens XA exports).
+pub const ENHANCED_MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4.1";
+
 /// Value representations whose explicit-VR length field is 4 bytes (after 2 reserved bytes).
 pub(super) const LONG_VRS: [&[u8; 2]; 13] = [
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV",
 ];
 
-/// The top-level elements of a DICOM file: tag -> value bytes (sequences are skipped over, not kept).
+/// The elements of a DICOM file: tag -> value bytes, and tag -> items for sequences (each item a data set of
+/// its own, as the functional groups of an enhanced multi-frame file are).
 #[derive(Debug, Clone)]
 pub struct DataSet {
     pub(super) path: PathBuf,
     elements: HashMap<Tag, Vec<u8>>,
+    sequences: HashMap<Tag, Vec<DataSet>>,
+}
+
+/// Sequences nested deeper than this are refused: real files nest a few levels, and each level of a hostile
+/// file would otherwise cost a stack frame.
+pub(super) const MAX_SEQUENCE_DEPTH: usize = 16;
+
+/// One element as read: a value, or a sequence's items.
+pub(super) enum Element<'a> {
+    Value(&'a [u8]),
+    Sequence(Vec<DataSet>),
 }
 
 /// Whether a file's bytes begin like DICOM Part 10 (the "DICM" marker after the preamble).
@@ -82,19 +102,15 @@ impl DataSet {
             bytes,
             offset: 132,
             explicit_vr: true,
+            depth: 0,
         };
-        let mut elements = HashMap::new();
+        let mut data_set = DataSet::empty(path);
         // The file meta group is always explicit VR little endian; it ends where group 0002 ends.
         while reader.offset < bytes.len() && reader.peek_group()? == 0x0002 {
-            let (t, value) = reader.element()?;
-            if let Some(value) = value {
-                elements.insert(t, value.to_vec());
-            }
+            let (t, element) = reader.element()?;
+            data_set.insert(t, element);
         }
-        let syntax = elements
-            .get(&TRANSFER_SYNTAX_UID)
-            .map(|v| text(v))
-            .unwrap_or_default();
+        let syntax = data_set.text(TRANSFER_SYNTAX_UID).unwrap_or_default();
         reader.explicit_vr = match syntax.as_str() {
             "1.2.840.10008.1.2" => false,
             "1.2.840.10008.1.2.1" => true,
@@ -115,15 +131,62 @@ impl DataSet {
             }
         };
         while reader.offset < bytes.len() {
-            let (t, value) = reader.element()?;
-            if let Some(value) = value {
-                elements.insert(t, value.to_vec());
+            let (t, element) = reader.element()?;
+            data_set.insert(t, element);
+        }
+        Ok(data_set)
+    }
+
+    fn empty(path: &Path) -> DataSet {
+        DataSet {
+            path: path.to_path_buf(),
+            elements: HashMap::new(),
+            sequences: HashMap::new(),
+        }
+    }
+
+    fn insert(&mut self, t: Tag, element: Element<'_>) {
+        match element {
+            Element::Value(value) => {
+                self.elements.insert(t, value.to_vec());
+            }
+            Element::Sequence(items) => {
+                self.sequences.insert(t, items);
             }
         }
-        Ok(DataSet {
-            path: path.to_path_buf(),
-            elements,
-        })
+    }
+
+    /// One frame of an enhanced multi-frame file as a flat data set: this data set's own values (not its pixel
+    /// data) with the attributes of each functional-group macro in `groups` laid over them, later groups over
+    /// earlier ones (the shared groups, then the frame's own). A group item holds one sequence per macro, each
+    /// with one item of attributes.
+    pub(super) fn frame_view(&self, groups: &[&DataSet]) -> DataSet {
+        let mut flat = DataSet::empty(&self.path);
+        for (t, v) in &self.elements {
+            if *t != PIXEL_DATA {
+                flat.elements.insert(*t, v.clone());
+            }
+        }
+        for group in groups {
+            for items in group.sequences.values() {
+                if let Some(attributes) = items.first() {
+                    for (t, v) in &attributes.elements {
+                        flat.elements.insert(*t, v.clone());
+                    }
+                }
+            }
+        }
+        flat
+    }
+
+    /// The items of a sequence; empty when it is absent.
+    pub fn items(&self, t: Tag) -> &[DataSet] {
+        self.sequences.get(&t).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The first item of a sequence, if any (functional-group macros hold one).
+    pub fn item(&self, t: Tag) -> Option<&DataSet> {
+        self.items(t).first()
     }
 
     pub(super) fn invalid(&self, reason: impl Into<String>) -> DicomError {
@@ -222,6 +285,8 @@ pub(super) struct Reader<'a> {
     pub(super) bytes: &'a [u8],
     pub(super) offset: usize,
     pub(super) explicit_vr: bool,
+    /// Sequences entered and not yet left.
+    pub(super) depth: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -276,8 +341,8 @@ impl<'a> Reader<'a> {
         Ok(tag(group, element))
     }
 
-    /// Reads one element. Returns its value, or `None` for a sequence (skipped over).
-    pub(super) fn element(&mut self) -> Result<(Tag, Option<&'a [u8]>), DicomError> {
+    /// Reads one element: its value, or a sequence's items.
+    pub(super) fn element(&mut self) -> Result<(Tag, Element<'a>), DicomError> {
         let start = self.offset;
         let t = self.tag()?;
         let (vr, length) = if self.explicit_vr && t >> 16 != 0xFFFE {
@@ -306,8 +371,8 @@ impl<'a> Reader<'a> {
         if is_sequence {
             // An explicit-VR UN element of undefined length holds an implicit-VR sequence.
             let nested_explicit = self.explicit_vr && vr != Some(*b"UN");
-            self.skip_sequence(t, length, nested_explicit)?;
-            return Ok((t, None));
+            let items = self.sequence(t, length, nested_explicit)?;
+            return Ok((t, Element::Sequence(items)));
         }
         if length == UNDEFINED_LENGTH {
             return Err(DicomError::Unsupported {
@@ -319,45 +384,59 @@ impl<'a> Reader<'a> {
             });
         }
         let value = self.take(length as usize, &format!("the value of {}", tag_name(t)))?;
-        Ok((t, Some(value)))
+        Ok((t, Element::Value(value)))
     }
 
-    /// Skips the items of a sequence (defined length, or up to its delimiter).
-    pub(super) fn skip_sequence(
+    /// Reads the items of a sequence (defined length, or up to its delimiter).
+    pub(super) fn sequence(
         &mut self,
         seq: Tag,
         length: u32,
         explicit_vr: bool,
-    ) -> Result<(), DicomError> {
+    ) -> Result<Vec<DataSet>, DicomError> {
+        if self.depth >= MAX_SEQUENCE_DEPTH {
+            return Err(self.malformed(
+                self.offset,
+                format!(
+                    "sequence {} is nested more than {MAX_SEQUENCE_DEPTH} levels deep",
+                    tag_name(seq)
+                ),
+            ));
+        }
+        let end = if length == UNDEFINED_LENGTH {
+            None
+        } else {
+            Some(
+                self.offset
+                    .checked_add(length as usize)
+                    .filter(|&e| e <= self.bytes.len())
+                    .ok_or_else(|| {
+                        self.malformed(
+                            self.offset,
+                            format!(
+                                "sequence {} claims {length} bytes, more than the file holds",
+                                tag_name(seq)
+                            ),
+                        )
+                    })?,
+            )
+        };
         let outer_explicit = self.explicit_vr;
         self.explicit_vr = explicit_vr;
-        let result = if length == UNDEFINED_LENGTH {
-            self.skip_items_until_delimiter(seq)
-        } else {
-            let end = self
-                .offset
-                .checked_add(length as usize)
-                .filter(|&e| e <= self.bytes.len());
-            match end {
-                Some(end) => {
-                    self.offset = end;
-                    Ok(())
-                }
-                None => Err(self.malformed(
-                    self.offset,
-                    format!(
-                        "sequence {} claims {length} bytes, more than the file holds",
-                        tag_name(seq)
-                    ),
-                )),
-            }
-        };
+        self.depth += 1;
+        let result = self.items_until(seq, end);
+        self.depth -= 1;
         self.explicit_vr = outer_explicit;
         result
     }
 
-    pub(super) fn skip_items_until_delimiter(&mut self, seq: Tag) -> Result<(), DicomError> {
+    /// Items up to `end`, or up to the sequence delimiter when the length is undefined.
+    fn items_until(&mut self, seq: Tag, end: Option<usize>) -> Result<Vec<DataSet>, DicomError> {
+        let mut items = Vec::new();
         loop {
+            if end.is_some_and(|end| self.offset >= end) {
+                return Ok(items);
+            }
             let at = self.offset;
             let t = self.tag().map_err(|_| {
                 self.malformed(
@@ -367,16 +446,33 @@ impl<'a> Reader<'a> {
             })?;
             let length = self.u32("an item length")?;
             match t {
-                SEQUENCE_END => return Ok(()),
-                ITEM if length == UNDEFINED_LENGTH => loop {
-                    if self.peek_tag()? == ITEM_END {
-                        self.offset += 8;
-                        break;
-                    }
-                    self.element()?;
-                },
+                SEQUENCE_END if end.is_none() => return Ok(items),
                 ITEM => {
-                    self.take(length as usize, "a sequence item")?;
+                    let mut item = DataSet::empty(self.path);
+                    let item_end = if length == UNDEFINED_LENGTH {
+                        None
+                    } else {
+                        Some(self.offset.saturating_add(length as usize))
+                    };
+                    loop {
+                        match item_end {
+                            Some(item_end) if self.offset >= item_end => break,
+                            None if self.peek_tag()? == ITEM_END => {
+                                self.offset += 8;
+                                break;
+                            }
+                            _ => {}
+                        }
+                        let (t, element) = self.element()?;
+                        item.insert(t, element);
+                    }
+                    if item_end.is_some_and(|item_end| self.offset != item_end) {
+                        return Err(self.malformed(
+                            at,
+                            format!("an item of sequence {} overruns its length", tag_name(seq)),
+                        ));
+                    }
+                    items.push(item);
                 }
                 other => {
                     return Err(self.malformed(

@@ -13,7 +13,26 @@ pub(super) struct StoredPixels {
     pub(super) bytes: Vec<u8>,
 }
 
+/// The pixels of a single-frame file.
 pub(super) fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
+    if let Some(frames) = ds
+        .number(NUMBER_OF_FRAMES, "NumberOfFrames")?
+        .filter(|&n| n > 1.0)
+    {
+        return Err(ds.invalid(format!(
+            "{frames} frames, but not an Enhanced MR Image (SOP class {}): not read",
+            ENHANCED_MR_IMAGE_STORAGE
+        )));
+    }
+    stored_frame(ds, 0, 1)
+}
+
+/// Frame `frame` of the `n_frames` a file's pixel data holds one after another.
+pub(super) fn stored_frame(
+    ds: &DataSet,
+    frame: usize,
+    n_frames: usize,
+) -> Result<StoredPixels, DicomError> {
     let samples = ds
         .bytes(SAMPLES_PER_PIXEL)
         .map(|_| ds.u16(SAMPLES_PER_PIXEL, "SamplesPerPixel"))
@@ -23,12 +42,6 @@ pub(super) fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
         return Err(ds.invalid(format!(
             "SamplesPerPixel is {samples}: only grey-scale images are fMRI volumes"
         )));
-    }
-    if let Some(frames) = ds
-        .number(NUMBER_OF_FRAMES, "NumberOfFrames")?
-        .filter(|&n| n > 1.0)
-    {
-        return Err(ds.invalid(format!("a multi-frame (enhanced) image of {frames} frames: not read; export one image per file")));
     }
     let rows = ds.u16(ROWS, "Rows")? as usize;
     let columns = ds.u16(COLUMNS, "Columns")? as usize;
@@ -58,14 +71,15 @@ pub(super) fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
     let pixels = ds
         .bytes(PIXEL_DATA)
         .ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
-    let needed = rows * columns * dtype.itemsize();
+    let frame_bytes = rows * columns * dtype.itemsize();
+    let needed = frame_bytes * n_frames;
     if pixels.len() < needed {
         return Err(ds.invalid(format!(
-            "PixelData holds {} bytes, a {rows} x {columns} x {bits}-bit image needs {needed}",
+            "PixelData holds {} bytes, {n_frames} frame(s) of {rows} x {columns} x {bits} bits need {needed}",
             pixels.len()
         )));
     }
-    let mut bytes = pixels[..needed].to_vec();
+    let mut bytes = pixels[frame * frame_bytes..(frame + 1) * frame_bytes].to_vec();
     if signed && bits_stored < bits {
         sign_extend(&mut bytes, dtype, bits_stored);
     }

@@ -63,15 +63,7 @@ pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
     };
     let pixels = stored_pixels(ds)?;
     let plane = PlaneGeometry::read(ds)?;
-    let (rows, columns, itemsize) = (pixels.rows, pixels.columns, pixels.dtype.itemsize());
-    let mut transposed = vec![0u8; pixels.bytes.len()];
-    for i in 0..rows {
-        for j in 0..columns {
-            let (src, dst) = ((i * columns + j) * itemsize, (i + rows * j) * itemsize);
-            transposed[dst..dst + itemsize].copy_from_slice(&pixels.bytes[src..src + itemsize]);
-        }
-    }
-    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, transposed)?;
+    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, transposed(&pixels))?;
     Ok(DicomSlice {
         path: ds.path.clone(),
         series_number: series_number(ds)?,
@@ -85,6 +77,44 @@ pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
         dtype,
         voxel_bytes,
     })
+}
+
+/// One frame of an enhanced multi-frame file as a slice of volume `volume_index`: `flat` is the frame's view
+/// (`DataSet::frame_view`), `pixels` its stored pixels.
+pub(super) fn frame_slice(
+    flat: &DataSet,
+    pixels: StoredPixels,
+    volume_index: usize,
+    in_stack_position: Option<usize>,
+) -> Result<DicomSlice, DicomError> {
+    let plane = PlaneGeometry::read(flat)?;
+    let (dtype, voxel_bytes) = rescaled(flat, pixels.dtype, transposed(&pixels))?;
+    Ok(DicomSlice {
+        path: flat.path.clone(),
+        series_number: series_number(flat)?,
+        series_description: flat.text(SERIES_DESCRIPTION).unwrap_or_default(),
+        instance_number: volume_index + 1,
+        slices_per_volume: 1,
+        in_stack_position,
+        plane,
+        slice_spacing_mm: slice_spacing_mm(flat).unwrap_or(0.0),
+        tr_secs: tr_secs(flat)?,
+        dtype,
+        voxel_bytes,
+    })
+}
+
+/// Rows x columns stored row by row -> row index fastest (voxel axis 0 runs down the rows).
+fn transposed(pixels: &StoredPixels) -> Vec<u8> {
+    let (rows, columns, itemsize) = (pixels.rows, pixels.columns, pixels.dtype.itemsize());
+    let mut out = vec![0u8; pixels.bytes.len()];
+    for i in 0..rows {
+        for j in 0..columns {
+            let (src, dst) = ((i * columns + j) * itemsize, (i + rows * j) * itemsize);
+            out[dst..dst + itemsize].copy_from_slice(&pixels.bytes[src..src + itemsize]);
+        }
+    }
+    out
 }
 
 /// Stacks the slices of one volume (any order) into a volume. The slices are ordered by

@@ -328,3 +328,55 @@ fn signed_values_with_fewer_stored_bits_are_sign_extended() {
         .collect();
     assert_eq!(values, [-1, -2048, 2047]);
 }
+
+#[test]
+fn sequences_are_kept_as_items_and_hostile_nesting_is_refused() {
+    // item -> (0008,0100) and a nested sequence holding one item -> (0008,0104)
+    let mut inner_item = Vec::new();
+    write_element(
+        &mut inner_item,
+        true,
+        tag(0x0008, 0x0104),
+        b"LO",
+        &ds_text("INNER"),
+    );
+    let mut inner = Vec::new();
+    inner.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+    inner.extend_from_slice(&(inner_item.len() as u32).to_le_bytes()); // an item of defined length
+    inner.extend_from_slice(&inner_item);
+    inner.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    let mut item = Vec::new();
+    write_element(
+        &mut item,
+        true,
+        tag(0x0008, 0x0100),
+        b"SH",
+        &ds_text("CODE"),
+    );
+    write_element(&mut item, true, tag(0x0040, 0xA730), b"SQ", &inner);
+    let mut outer = vec![0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF];
+    outer.extend_from_slice(&item);
+    outer.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+    outer.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    let bytes = file_bytes(
+        "1.2.840.10008.1.2.1",
+        true,
+        &[(tag(0x0040, 0x0260), b"SQ", outer)],
+    );
+    let ds = DataSet::parse(Path::new("nested.dcm"), &bytes).expect("nested");
+    let item = ds.item(tag(0x0040, 0x0260)).expect("the outer item");
+    assert_eq!(item.text(tag(0x0008, 0x0100)).as_deref(), Some("CODE"));
+    let inner = item.item(tag(0x0040, 0xA730)).expect("the inner item");
+    assert_eq!(inner.text(tag(0x0008, 0x0104)).as_deref(), Some("INNER"));
+
+    // 10,000 sequences each opening an item inside the last: refused at the depth limit, not a stack overflow
+    let mut deep = Vec::new();
+    for _ in 0..10_000 {
+        write_element(&mut deep, true, tag(0x0040, 0x0260), b"SQ", &[]);
+        deep.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+    let mut bytes = file_bytes("1.2.840.10008.1.2.1", true, &[]);
+    bytes.extend_from_slice(&deep);
+    let err = DataSet::parse(Path::new("deep.dcm"), &bytes).unwrap_err();
+    assert!(err.to_string().contains("nested more than"), "{err}");
+}

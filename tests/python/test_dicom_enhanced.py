@@ -1,0 +1,144 @@
+"""Siemens XA Enhanced MR Image intake (`hyper-rt send FOLDER`) against dcm2niix, the converter the field trusts,
+on a real XA30 multiband BOLD run (20 volumes, oblique): voxels equal, voxel positions within 0.01 mm."""
+
+import json
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import binary, data_dir
+
+pytestmark = pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="dcm2niix is installed by scripts/test.sh")
+
+
+def xa_folder():
+    folder = data_dir() / "siemens-xa30"
+    if len(list(folder.glob("*.dcm"))) != 20:
+        pytest.fail(f"{folder}: expected the 20 XA30 files; run scripts/test.sh, which fetches them")
+    return folder
+
+
+def dcm2niix(folder, out):
+    out.mkdir()
+    r = subprocess.run(["dcm2niix", "-o", str(out), "-f", "run", "-z", "n", str(folder)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return nib.load(str(out / "run.nii")), json.loads((out / "run.json").read_text())
+
+
+def send(*args, timeout=120):
+    return subprocess.run([binary(), "send", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def same_voxels_in_space(ours, theirs, atol_mm=0.01):
+    """Maps each of our voxel centres into the other image's voxel grid through both affines: every one must land
+    on a voxel centre (within `atol_mm`) holding the same value."""
+    a, b = ours.affine, theirs.affine
+    shape = ours.shape[:3]
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    world = ijk @ a[:3, :3].T + a[:3, 3]
+    theirs_ijk = (world - b[:3, 3]) @ np.linalg.inv(b[:3, :3]).T
+    nearest = np.rint(theirs_ijk)
+    off_mm = np.linalg.norm((theirs_ijk - nearest) @ b[:3, :3].T, axis=1)
+    assert off_mm.max() < atol_mm, f"voxel centres differ by up to {off_mm.max():.4f} mm"
+    n = nearest.astype(int)
+    assert (n >= 0).all() and (n < np.array(theirs.shape[:3])).all(), "the grids do not cover the same voxels"
+    mine = np.asanyarray(ours.dataobj).reshape(-1, ours.shape[3])
+    other = np.asanyarray(theirs.dataobj)[n[:, 0], n[:, 1], n[:, 2], :]
+    np.testing.assert_array_equal(mine.astype(np.int64), other.astype(np.int64))
+
+
+def test_the_xa30_run_is_recorded_as_dcm2niix_converts_it(receiver, tmp_path):
+    folder = xa_folder()
+    listing = send(folder, "--list")
+    assert listing.returncode == 0, listing.stderr
+    assert "64 x 64 x 33" in listing.stdout and "0-19" in listing.stdout, listing.stdout
+    r = receiver(expected=20)
+    out = send(folder, "--connect", r.endpoint, "--fast", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "sent 20 volumes" in out.stdout and "the receiver said STOP" in out.stdout
+    s = r.wait()
+    assert (s["received"], s["missing"], s["rejected"]) == (20, 0, 0)
+    ours = nib.load(str(r.session_dir / s["volumes_file"]))
+    theirs, sidecar = dcm2niix(folder, tmp_path / "dcm2niix")
+    assert ours.shape == theirs.shape == (64, 64, 33, 20)
+    same_voxels_in_space(ours, theirs)
+    assert abs(ours.header.get_zooms()[3] - sidecar["RepetitionTime"]) < 1e-6
+
+
+def test_the_siemens_mosaics_agree_with_dcm2niix_too(receiver, tmp_path):
+    folder = data_dir() / "pyneal" / "siemens"
+    r = receiver(expected=3)
+    out = send(folder, "--connect", r.endpoint, "--fast", "--quiet")
+    assert out.returncode == 0, out.stderr
+    s = r.wait()
+    ours = nib.load(str(r.session_dir / s["volumes_file"]))
+    theirs, _ = dcm2niix(folder, tmp_path / "dcm2niix")
+    same_voxels_in_space(ours, theirs)
+
+
+def broken_copies(folder, tmp_path):
+    """Damaged XA files, each with the message that must name what is wrong."""
+    files = sorted(folder.glob("*.dcm"))
+    cases = {}
+    data = files[0].read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) * 2 // 3])
+    cases["cut.dcm"] = "cut.dcm"
+    ds = pydicom.dcmread(str(files[0]))
+    del ds.PerFrameFunctionalGroupsSequence[-1]
+    ds.save_as(str(tmp_path / "frames.dcm"), enforce_file_format=True)
+    cases["frames.dcm"] = "holds 32 items for 33 frames"
+    ds = pydicom.dcmread(str(files[0]))
+    del ds.PerFrameFunctionalGroupsSequence[5].PlanePositionSequence
+    ds.save_as(str(tmp_path / "no_position.dcm"), enforce_file_format=True)
+    cases["no_position.dcm"] = "ImagePositionPatient (0020,0032) is missing"
+    ds = pydicom.dcmread(str(files[0]))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(str(tmp_path / "short_pixels.dcm"), enforce_file_format=True)
+    cases["short_pixels.dcm"] = "33 frame(s) of 64 x 64"
+    return cases
+
+
+def test_damaged_xa_files_get_a_clear_error_and_the_rest_of_the_run_goes_on(receiver, tmp_path):
+    folder = xa_folder()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    cases = broken_copies(folder, damaged)
+    for name, expected in cases.items():
+        out = send(damaged / name, "--connect", "tcp://127.0.0.1:9", "--fast")
+        assert out.returncode != 0, name
+        assert name in out.stderr and expected in out.stderr, (name, out.stderr)
+        assert "panicked" not in out.stderr
+    # a run folder with one damaged file: named and counted, the other 19 volumes sent
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    first = sorted(run.glob("*.dcm"))[0]
+    first.write_bytes(first.read_bytes()[:100_000])
+    r = receiver(expected=20, idle=2.0)
+    out = send(run, "--connect", r.endpoint, "--fast")
+    assert first.name in out.stderr, out.stderr
+    s = r.wait()
+    assert s["received"] == 19 and s["missing_indices"] == [0]
+
+
+def test_watch_sends_each_xa_volume_as_its_file_is_written(receiver, tmp_path):
+    from conftest import finish_watch, start_watch
+    folder = xa_folder()
+    export = tmp_path / "export"
+    export.mkdir()
+    r = receiver(expected=20)
+    proc, log = start_watch(tmp_path, export, r.endpoint, "--series", "7")
+    for f in sorted(folder.glob("*.dcm")):
+        data = f.read_bytes()
+        with open(export / f.name, "wb") as out:  # written in two halves, as an export is
+            out.write(data[: len(data) // 2])
+            out.flush()
+            out.write(data[len(data) // 2:])
+    out, err = finish_watch(proc, log)
+    assert "sent 20 volumes" in out, out + err
+    s = r.wait()
+    assert (s["received"], s["missing"]) == (20, 0)
