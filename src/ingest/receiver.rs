@@ -24,7 +24,7 @@ use super::geometry::{Admission, Check, Geometry, RunGeometry};
 use super::protocol::{self, Limits, Message, ProtocolError, Rejection, VolumeHeader};
 use super::spool_scan::{read_c_order, SpoolEntry};
 use crate::ingest::recorder::{
-    unix_secs_now, MessageLog, Outcome, PeerCounts, RecordError, Recorder, Summary,
+    unix_secs_now, MessageLog, Outcome, PeerCounts, RecordError, Recorder, Summary, SPOOL,
 };
 use crate::volume::{swap_bytes_in_place, ByteOrder, Volume};
 
@@ -209,12 +209,11 @@ impl Receiver {
     ) -> Result<Receiver, IngestError> {
         let mut receiver = Receiver::bind(settings, recorder)?;
         let dir = receiver.recorder.dir().to_path_buf();
-        let mut spool =
-            std::fs::File::open(dir.join("spool.bin")).map_err(|source| RecordError::Io {
-                dir: dir.clone(),
-                context: "opening spool.bin".into(),
-                source,
-            })?;
+        let mut spool = std::fs::File::open(dir.join(SPOOL)).map_err(|source| RecordError::Io {
+            dir: dir.clone(),
+            context: "opening spool.bin".into(),
+            source,
+        })?;
         for entry in spooled {
             let h = &entry.header;
             let geometry = Geometry {
@@ -260,7 +259,7 @@ impl Receiver {
             return;
         };
         let dir = self.recorder.dir().to_path_buf();
-        let mut spool = std::fs::File::open(dir.join("spool.bin"));
+        let mut spool = std::fs::File::open(dir.join(SPOOL));
         while let Some(item) = self.replay.pop_front() {
             let volume = match (item, spool.as_mut()) {
                 (Replay::Ready(volume), _) => volume,

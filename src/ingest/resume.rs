@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::finalise::{highest_index, read_meta};
 use super::receiver::{IngestError, Receiver, ReceiverSettings};
-use super::recorder::{find_unfinalised, Recorder};
+use super::recorder::{find_unfinalised, Recorder, SPOOL};
 use super::spool_scan::scan_spool;
 
 /// The newest unfinalised session under `root` that was recorded on `bind` (by its spool's last change).
@@ -20,7 +20,7 @@ pub fn find_resumable(root: &Path, bind: &str) -> Option<PathBuf> {
         .into_iter()
         .filter(|dir| read_meta(dir).is_ok_and(|meta| meta.bind == bind))
         .filter_map(|dir| {
-            let changed = std::fs::metadata(dir.join("spool.bin"))
+            let changed = std::fs::metadata(dir.join(SPOOL))
                 .and_then(|m| m.modified())
                 .ok()?;
             Some((changed, dir))

@@ -56,8 +56,18 @@ pub fn enhanced_volumes(ds: &DataSet) -> Result<Vec<ExportedVolume>, DicomError>
     for (f, own) in per_frame.iter().enumerate() {
         let groups: Vec<&DataSet> = shared.into_iter().chain(std::iter::once(own)).collect();
         let flat = ds.frame_view(&groups);
-        let temporal = ul(&flat, TEMPORAL_POSITION_INDEX, "TemporalPositionIndex", f)?.unwrap_or(1);
-        let in_stack = ul(&flat, IN_STACK_POSITION_NUMBER, "InStackPositionNumber", f)?;
+        let temporal = flat
+            .ul(
+                TEMPORAL_POSITION_INDEX,
+                &format!("frame {}: TemporalPositionIndex", f + 1),
+            )?
+            .map_or(1, |t| t as usize);
+        let in_stack = flat
+            .ul(
+                IN_STACK_POSITION_NUMBER,
+                &format!("frame {}: InStackPositionNumber", f + 1),
+            )?
+            .map(|p| p as usize);
         places.push((flat, temporal, in_stack));
     }
     let temporal_positions: BTreeMap<usize, Vec<usize>> =
@@ -97,20 +107,4 @@ pub fn enhanced_volumes(ds: &DataSet) -> Result<Vec<ExportedVolume>, DicomError>
         volumes.push(volume);
     }
     Ok(volumes)
-}
-
-/// An unsigned long (UL) of a frame's view, counting from 1, when present.
-fn ul(flat: &DataSet, t: Tag, name: &str, frame: usize) -> Result<Option<usize>, DicomError> {
-    match flat.bytes(t) {
-        None => Ok(None),
-        Some(b) if b.len() == 4 => {
-            let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            Ok(Some(v))
-        }
-        Some(_) => Err(flat.invalid(format!(
-            "frame {}: {name} {} is not one 4-byte number",
-            frame + 1,
-            tag_name(t)
-        ))),
-    }
 }

@@ -215,6 +215,17 @@ impl DataSet {
         }
     }
 
+    /// An unsigned long (UL) element, if present; `name` says which, in the error.
+    pub(super) fn ul(&self, t: Tag, name: &str) -> Result<Option<u32>, DicomError> {
+        match self.bytes(t) {
+            None => Ok(None),
+            Some(b) if b.len() == 4 => Ok(Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Some(_) => {
+                Err(self.invalid(format!("{name} {} is not one 4-byte number", tag_name(t))))
+            }
+        }
+    }
+
     /// A decimal or integer string element (backslash-separated values), if present.
     pub(super) fn numbers(&self, t: Tag, name: &str) -> Result<Option<Vec<f64>>, DicomError> {
         let Some(s) = self.text(t) else {

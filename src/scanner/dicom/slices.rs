@@ -52,31 +52,18 @@ pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
             ))
         }
     };
-    let in_stack_position = match ds.bytes(IN_STACK_POSITION_NUMBER) {
-        Some(b) if b.len() == 4 => {
-            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).filter(|&p| p >= 1)
-        }
-        Some(_) => {
-            return Err(ds.invalid("InStackPositionNumber (0020,9057) is not one 4-byte number"))
-        }
-        None => None,
-    };
+    let in_stack_position = ds
+        .ul(IN_STACK_POSITION_NUMBER, "InStackPositionNumber")?
+        .map(|p| p as usize)
+        .filter(|&p| p >= 1);
     let pixels = stored_pixels(ds)?;
-    let plane = PlaneGeometry::read(ds)?;
-    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, transposed(&pixels))?;
-    Ok(DicomSlice {
-        path: ds.path.clone(),
-        series_number: series_number(ds)?,
-        series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
-        instance_number: instance_number(ds)?,
+    slice_from_parts(
+        ds,
+        pixels,
+        instance_number(ds)?,
         slices_per_volume,
         in_stack_position,
-        plane,
-        slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
-        tr_secs: tr_secs(ds)?,
-        dtype,
-        voxel_bytes,
-    })
+    )
 }
 
 /// One frame of an enhanced multi-frame file as a slice of volume `volume_index`: `flat` is the frame's view
@@ -87,18 +74,30 @@ pub(super) fn frame_slice(
     volume_index: usize,
     in_stack_position: Option<usize>,
 ) -> Result<DicomSlice, DicomError> {
-    let plane = PlaneGeometry::read(flat)?;
-    let (dtype, voxel_bytes) = rescaled(flat, pixels.dtype, transposed(&pixels))?;
+    // numbered as a volume of one slice per instance, so that `volume_index()` is this volume
+    slice_from_parts(flat, pixels, volume_index + 1, 1, in_stack_position)
+}
+
+/// A slice from the values of `ds` (a single-slice file, or an enhanced frame's view) and its stored pixels.
+fn slice_from_parts(
+    ds: &DataSet,
+    pixels: StoredPixels,
+    instance_number: usize,
+    slices_per_volume: usize,
+    in_stack_position: Option<usize>,
+) -> Result<DicomSlice, DicomError> {
+    let plane = PlaneGeometry::read(ds)?;
+    let (dtype, voxel_bytes) = rescaled(ds, pixels.dtype, transposed(&pixels))?;
     Ok(DicomSlice {
-        path: flat.path.clone(),
-        series_number: series_number(flat)?,
-        series_description: flat.text(SERIES_DESCRIPTION).unwrap_or_default(),
-        instance_number: volume_index + 1,
-        slices_per_volume: 1,
+        path: ds.path.clone(),
+        series_number: series_number(ds)?,
+        series_description: ds.text(SERIES_DESCRIPTION).unwrap_or_default(),
+        instance_number,
+        slices_per_volume,
         in_stack_position,
         plane,
-        slice_spacing_mm: slice_spacing_mm(flat).unwrap_or(0.0),
-        tr_secs: tr_secs(flat)?,
+        slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
+        tr_secs: tr_secs(ds)?,
         dtype,
         voxel_bytes,
     })
