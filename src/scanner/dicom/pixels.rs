@@ -20,8 +20,8 @@ pub(super) fn stored_pixels(ds: &DataSet) -> Result<StoredPixels, DicomError> {
         .filter(|&n| n > 1.0)
     {
         return Err(ds.invalid(format!(
-            "{frames} frames, but not an Enhanced MR Image (SOP class {}): not read",
-            ENHANCED_MR_IMAGE_STORAGE
+            "a multi-frame (enhanced) image of {frames} frames: not read (of multi-frame files, Enhanced MR \
+             Images, SOP class {ENHANCED_MR_IMAGE_STORAGE}, are read)"
         )));
     }
     stored_frame(ds, 0, 1)

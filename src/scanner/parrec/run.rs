@@ -200,13 +200,26 @@ impl ParRecRun {
             path: rec_path.clone(),
             source,
         })?;
-        let image_bytes = nx * ny * bytes_per_pixel;
+        // checked: a header's recon resolution and REC indices may claim sizes beyond any memory
+        let too_large = || {
+            invalid(format!(
+                "recon resolution {nx} x {ny} and the REC indices claim more bytes than can be addressed"
+            ))
+        };
+        let image_bytes = nx
+            .checked_mul(ny)
+            .and_then(|n| n.checked_mul(bytes_per_pixel))
+            .ok_or_else(too_large)?;
         let needed = by_dynamic
             .values()
             .flat_map(|s| s.values())
-            .map(|l| (l.rec_index + 1) * image_bytes)
-            .max()
-            .unwrap_or(0);
+            .map(|l| {
+                l.rec_index
+                    .checked_add(1)
+                    .and_then(|n| n.checked_mul(image_bytes))
+            })
+            .try_fold(0usize, |most, n| n.map(|n| most.max(n)))
+            .ok_or_else(too_large)?;
         if rec.len() < needed {
             return Err(ParRecError::RecTooShort {
                 path: rec_path,

@@ -216,3 +216,29 @@ fn transverse_without_angulation_maps_x_to_left_and_y_to_posterior() {
         assert!(mm.abs() < 1e-12, "axis {r}: {mm}");
     }
 }
+
+#[test]
+fn a_rec_index_beyond_addressable_memory_is_an_error_not_a_panic() {
+    // found by the fuzz target: index 2^64 - 1 wrapped the size check to 0, and slicing the REC panicked
+    let dir = scratch("huge-index");
+    let par_path = write_pair(&dir, "run", 1, 3, 0);
+    let par = std::fs::read_to_string(&par_path).unwrap();
+    let first_image = par
+        .lines()
+        .position(|l| l.starts_with("1 1 1 1 0 0 "))
+        .unwrap();
+    let rewritten: String = par
+        .lines()
+        .enumerate()
+        .map(|(n, l)| {
+            if n == first_image {
+                format!("1 1 1 1 0 {} {}\n", u64::MAX, &l["1 1 1 1 0 0 ".len()..])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&par_path, rewritten).unwrap();
+    let err = ParRecRun::read(&par_path).unwrap_err().to_string();
+    assert!(err.contains("more bytes than can be addressed"), "{err}");
+}
