@@ -42,6 +42,9 @@ pub struct ExportedVolume {
     pub voxel_bytes: Vec<u8>,
     /// Where the geometry came from, for the log.
     pub geometry: String,
+    /// BIDS `SliceTiming`: when each slice along axis 2 was acquired, seconds after the volume's first slice;
+    /// `None` when the file does not say (GE, Philips, NIfTI).
+    pub slice_timing_secs: Option<Vec<f64>>,
 }
 
 /// Numeric element types, named as NumPy names them.

@@ -69,7 +69,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             ];
             for (dtype, size) in [(Dtype::Int16, 2), (Dtype::Uint8, 1), (Dtype::Float32, 4)] {
                 let affine = hyper_rt::volume::IDENTITY_AFFINE;
-                let header = header_json(3, dtype, [3, 2, 2], &affine, 2.0);
+                let header = header_json(3, dtype, [3, 2, 2], &affine, 2.0, Some(&[0.0, 1.0]));
                 out.push(targets::wire_input(
                     header.as_bytes(),
                     &vec![7u8; 12 * size],

@@ -55,6 +55,7 @@ fn volumes_flow_downstream_in_arrival_order_without_loss() {
             dims: [2, 3, 4],
             mm_from_voxel: IDENTITY_AFFINE,
             tr_secs: 2.0,
+            slice_timing_secs: None,
             c_order_le: x_fastest_to_c_order(&volume(t), [2, 3, 4], 4),
         });
         stream(

@@ -45,6 +45,7 @@ pub fn run(args: Args, config: Config) -> anyhow::Result<()> {
         dims,
         mm_from_voxel: hyper_rt::volume::IDENTITY_AFFINE,
         tr_secs: 1.0,
+        slice_timing_secs: None,
         c_order_le: payloads[t % payloads.len()].clone(),
     });
     let report = sender::stream(

@@ -209,6 +209,7 @@ pub fn finalise_dir(
         dims: None,
         dtype: None,
         tr_secs: None,
+        slice_timing_secs: None,
         peers: None,
     };
     for m in &messages {
@@ -263,6 +264,12 @@ pub fn finalise_dir(
         summary.dims = Some(dims);
         summary.dtype = Some(dtype);
         summary.tr_secs = Some(first.header.tr_secs);
+        summary.slice_timing_secs = first.header.slice_timing_secs.clone();
+        write_bids_sidecar(
+            dir,
+            first.header.tr_secs,
+            summary.slice_timing_secs.as_deref(),
+        )?;
     }
     if let Some(spool) = spool.as_mut() {
         summary.strays_folder = write_strays(dir, spool, &strays)?;
@@ -321,6 +328,26 @@ fn lock_spool(dir: &Path) -> Result<Option<File>, RecordError> {
         Err(e) => Err(io_error(dir, "locking spool.bin")(e)),
     }
 }
+
+/// Writes `volumes.json`, the BIDS sidecar of the recording: `RepetitionTime`, and `SliceTiming` when known.
+fn write_bids_sidecar(
+    dir: &Path,
+    tr_secs: f64,
+    slice_timing_secs: Option<&[f64]>,
+) -> Result<(), RecordError> {
+    let mut sidecar = serde_json::json!({ "RepetitionTime": tr_secs });
+    if let (Some(times), Some(obj)) = (slice_timing_secs, sidecar.as_object_mut()) {
+        obj.insert("SliceTiming".into(), serde_json::json!(times));
+    }
+    let text = serde_json::to_vec_pretty(&sidecar).map_err(|e| RecordError::Invalid {
+        dir: dir.to_path_buf(),
+        reason: format!("volumes.json: {e}"),
+    })?;
+    std::fs::write(dir.join(BIDS_SIDECAR), text).map_err(io_error(dir, "writing volumes.json"))
+}
+
+/// The BIDS sidecar beside `volumes.nii[.gz]`.
+pub const BIDS_SIDECAR: &str = "volumes.json";
 
 /// Writes `summary.json` atomically (a temporary file renamed over it).
 pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), RecordError> {
@@ -391,6 +418,7 @@ mod tests {
             dims: [2, 2, 1],
             mm_from_voxel: crate::volume::IDENTITY_AFFINE,
             tr_secs: 2.0,
+            slice_timing_secs: Some(vec![0.5]),
         };
         rec.append_volume(&header(0), &[1, 0, 2, 0, 3, 0, 4, 0], 1.0)
             .unwrap();
@@ -408,6 +436,14 @@ mod tests {
         assert_eq!(
             (s.received, s.missing_indices.clone(), s.volumes_in_file),
             (2, vec![1], 3)
+        );
+        // the slice timing travels from the header through the spool to the summary and the BIDS sidecar
+        assert_eq!(s.slice_timing_secs, Some(vec![0.5]));
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(BIDS_SIDECAR)).unwrap()).unwrap();
+        assert_eq!(
+            sidecar,
+            serde_json::json!({"RepetitionTime": 2.0, "SliceTiming": [0.5]})
         );
         let img = crate::nifti::NiftiImage::read(&dir.join("volumes.nii")).unwrap();
         // C order [2,2,1] -> x fastest: (0,0),(1,0),(0,1),(1,1) = c offsets 0,2,1,3
@@ -435,6 +471,7 @@ mod tests {
             dims,
             mm_from_voxel: crate::volume::IDENTITY_AFFINE,
             tr_secs: 2.0,
+            slice_timing_secs: None,
         }
     }
 

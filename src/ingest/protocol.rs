@@ -23,6 +23,7 @@ pub enum Rejection {
     UnknownDtype,
     BadAffine,
     BadTr,
+    BadSliceTiming,
     BadIndex,
     IndexBeyondExpected,
     BufferLength,
@@ -67,6 +68,9 @@ pub struct VolumeHeader {
     pub dims: [usize; 3],
     pub mm_from_voxel: Affine,
     pub tr_secs: f64,
+    /// The optional `sliceTiming` key (an extension; Pyneal's receiver ignores it): BIDS `SliceTiming`, one time
+    /// in seconds per slice along axis 2.
+    pub slice_timing_secs: Option<Vec<f64>>,
 }
 
 impl VolumeHeader {
@@ -230,6 +234,10 @@ pub fn parse_header(frame: &[u8], limits: Limits) -> Result<VolumeHeader, Protoc
     let mm_from_voxel = parse_affine(affine_value)?;
     let tr_value = get("TR")?;
     let tr_secs = parse_tr(tr_value)?;
+    let slice_timing_secs = match obj.get("sliceTiming") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(parse_slice_timing(value, dims[2], tr_secs)?),
+    };
 
     let header = VolumeHeader {
         index,
@@ -238,6 +246,7 @@ pub fn parse_header(frame: &[u8], limits: Limits) -> Result<VolumeHeader, Protoc
         dims,
         mm_from_voxel,
         tr_secs,
+        slice_timing_secs,
     };
     if header.expected_bytes() > limits.max_volume_bytes {
         return Err(ProtocolError::new(
@@ -325,6 +334,39 @@ fn parse_tr(value: &Value) -> Result<f64, ProtocolError> {
     Ok(tr_secs)
 }
 
+/// `sliceTiming`: a list of one number per slice, each from 0 to the TR (seconds).
+fn parse_slice_timing(
+    value: &Value,
+    n_slices: usize,
+    tr_secs: f64,
+) -> Result<Vec<f64>, ProtocolError> {
+    let list = value.as_array().ok_or_else(|| {
+        ProtocolError::new(
+            Rejection::WrongType,
+            "sliceTiming must be a list of numbers (seconds)",
+        )
+    })?;
+    if list.len() != n_slices {
+        return Err(ProtocolError::new(
+            Rejection::BadSliceTiming,
+            format!(
+                "sliceTiming holds {} times for {n_slices} slices",
+                list.len()
+            ),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(k, v)| match v.as_f64() {
+            Some(t) if (0.0..=tr_secs).contains(&t) => Ok(t),
+            _ => Err(ProtocolError::new(
+                Rejection::BadSliceTiming,
+                format!("sliceTiming[{k}] = {v} is not a time from 0 to the TR ({tr_secs} s)"),
+            )),
+        })
+        .collect()
+}
+
 /// Checks the data frame's length against the header.
 pub fn check_buffer(header: &VolumeHeader, data: &[u8]) -> Result<(), ProtocolError> {
     if data.len() as u64 != header.expected_bytes() {
@@ -361,18 +403,22 @@ pub fn header_json(
     dims: [usize; 3],
     mm_from_voxel: &Affine,
     tr_secs: f64,
+    slice_timing_secs: Option<&[f64]>,
 ) -> String {
     let affine =
         serde_json::to_string(&mm_from_voxel.iter().map(|r| r.to_vec()).collect::<Vec<_>>())
             .unwrap_or_else(|_| "[]".into());
-    serde_json::json!({
+    let mut header = serde_json::json!({
         "volIdx": index,
         "dtype": dtype.numpy_name(),
         "shape": dims,
         "affine": affine,
         "TR": format!("{tr_secs:?}"),
-    })
-    .to_string()
+    });
+    if let (Some(times), Some(obj)) = (slice_timing_secs, header.as_object_mut()) {
+        obj.insert("sliceTiming".into(), serde_json::json!(times));
+    }
+    header.to_string()
 }
 
 #[cfg(test)]
@@ -406,12 +452,35 @@ mod tests {
             [0.0, 0.0, 2.5, 0.0],
             [0.0, 0.0, 0.0, 1.0],
         ];
-        let text = header_json(7, Dtype::Int16, [4, 5, 6], &a, 1.5);
+        let text = header_json(7, Dtype::Int16, [4, 5, 6], &a, 1.5, None);
         let h = parse_header(text.as_bytes(), LIMITS).unwrap();
         assert_eq!(
             (h.index, h.dtype, h.dims, h.mm_from_voxel, h.tr_secs),
             (7, Dtype::Int16, [4, 5, 6], a, 1.5)
         );
+        assert_eq!(h.slice_timing_secs, None);
+        let times = [0.0, 0.75, 0.25, 1.0, 0.5, 1.25];
+        let text = header_json(7, Dtype::Int16, [4, 5, 6], &a, 1.5, Some(&times));
+        let h = parse_header(text.as_bytes(), LIMITS).unwrap();
+        assert_eq!(h.slice_timing_secs.as_deref(), Some(&times[..]));
+    }
+
+    #[test]
+    fn bad_slice_timing_is_rejected() {
+        let with = |timing: &str| {
+            format!(
+                r#"{{"volIdx": 0, "dtype": "int16", "shape": [2, 2, 3], "affine": "[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]", "TR": "2.0", "sliceTiming": {timing}}}"#
+            )
+        };
+        assert_eq!(kind_of(&with("[0, 1]")), Rejection::BadSliceTiming);
+        assert_eq!(kind_of(&with("[0, 1, 2.5]")), Rejection::BadSliceTiming);
+        assert_eq!(kind_of(&with("[0, -1, 1]")), Rejection::BadSliceTiming);
+        assert_eq!(kind_of(&with("[0, \"1\", 1]")), Rejection::BadSliceTiming);
+        assert_eq!(kind_of(&with("\"0 1 2\"")), Rejection::WrongType);
+        let ok = parse_header(with("[0, 1, 0.5]").as_bytes(), LIMITS).unwrap();
+        assert_eq!(ok.slice_timing_secs, Some(vec![0.0, 1.0, 0.5]));
+        let null = parse_header(with("null").as_bytes(), LIMITS).unwrap();
+        assert_eq!(null.slice_timing_secs, None);
     }
 
     fn kind_of(header: &str) -> Rejection {

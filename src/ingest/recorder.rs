@@ -6,8 +6,8 @@
 //!   raw little-endian C-order buffer and an end marker), so after `kill -9` every acknowledged volume is on disk;
 //! - `messages.jsonl`: one line per message (arrival time, bytes, outcome, reply latency).
 //!
-//! Finalising ([`super::finalise`]) reads those files back, writes `volumes.nii[.gz]` and `summary.json`, then
-//! removes the spool. The same function finalises a normal run and recovers a crashed one, so both give the
+//! Finalising ([`super::finalise`]) reads those files back, writes `volumes.nii[.gz]`, its BIDS sidecar
+//! `volumes.json` (TR, slice timing) and `summary.json`, then removes the spool. The same function finalises a normal run and recovers a crashed one, so both give the
 //! same result.
 
 use std::collections::BTreeMap;
@@ -96,6 +96,9 @@ pub struct SpoolHeader {
     pub mm_from_voxel: Affine,
     pub tr_secs: f64,
     pub arrived_unix_secs: f64,
+    /// BIDS `SliceTiming` when the sender gave it (absent in older spools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_timing_secs: Option<Vec<f64>>,
 }
 
 /// Latency summary in milliseconds.
@@ -153,6 +156,10 @@ pub struct Summary {
     pub dims: Option<[usize; 3]>,
     pub dtype: Option<Dtype>,
     pub tr_secs: Option<f64>,
+    /// BIDS `SliceTiming` of the run (its first volume's), when the sender gave it; also in the BIDS sidecar
+    /// `volumes.json` beside the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_timing_secs: Option<Vec<f64>>,
     /// What the receiver saw of its peers; absent after a crash recovery (those counts lived in its memory).
     #[serde(default)]
     pub peers: Option<PeerCounts>,
@@ -276,6 +283,7 @@ impl Recorder {
             mm_from_voxel: header.mm_from_voxel,
             tr_secs: header.tr_secs,
             arrived_unix_secs,
+            slice_timing_secs: header.slice_timing_secs.clone(),
         };
         let json = serde_json::to_vec(&record).map_err(|e| RecordError::Invalid {
             dir: self.dir.clone(),

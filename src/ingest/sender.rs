@@ -48,6 +48,8 @@ pub struct WireVolume {
     pub dims: [usize; 3],
     pub mm_from_voxel: Affine,
     pub tr_secs: f64,
+    /// BIDS `SliceTiming` (seconds), sent as the header's `sliceTiming` when known.
+    pub slice_timing_secs: Option<Vec<f64>>,
     /// Little-endian, C order (z fastest).
     pub c_order_le: Vec<u8>,
 }
@@ -131,7 +133,14 @@ impl ScannerSender {
 
     /// Sends one volume and returns the receiver's reply.
     pub fn send_volume(&self, v: &WireVolume) -> Result<String, SendError> {
-        let header = protocol::header_json(v.index, v.dtype, v.dims, &v.mm_from_voxel, v.tr_secs);
+        let header = protocol::header_json(
+            v.index,
+            v.dtype,
+            v.dims,
+            &v.mm_from_voxel,
+            v.tr_secs,
+            v.slice_timing_secs.as_deref(),
+        );
         self.socket
             .send(header.as_bytes(), zmq::SNDMORE)
             .map_err(zmq_err("sending a header"))?;
@@ -164,6 +173,7 @@ impl WireVolume {
             dims,
             mm_from_voxel,
             tr_secs,
+            slice_timing_secs: None,
             c_order_le,
         }
     }
@@ -171,14 +181,16 @@ impl WireVolume {
 
 /// A volume read from a scanner's export, in its wire form, sent with `tr_secs`.
 pub fn exported_wire_volume(volume: &ExportedVolume, tr_secs: f64) -> WireVolume {
-    WireVolume::from_x_fastest(
+    let mut wire = WireVolume::from_x_fastest(
         volume.index,
         volume.dtype,
         volume.dims,
         volume.mm_from_voxel,
         tr_secs,
         &volume.voxel_bytes,
-    )
+    );
+    wire.slice_timing_secs = volume.slice_timing_secs.clone();
+    wire
 }
 
 /// The values a NIfTI volume is sent with: native type when unscaled; with scaling, float64 computed as

@@ -62,6 +62,7 @@ impl ExportedVolume {
                     dtype: Dtype::Float64,
                     voxel_bytes: v.values.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     geometry: geometry.clone(),
+                    slice_timing_secs: None,
                 })
             })
             .collect()

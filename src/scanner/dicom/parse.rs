@@ -22,6 +22,7 @@ pub(super) const SERIES_DESCRIPTION: Tag = tag(0x0008, 0x103E);
 pub(super) const TEMPORAL_POSITION_INDEX: Tag = tag(0x0020, 0x9128);
 pub(super) const SHARED_FUNCTIONAL_GROUPS: Tag = tag(0x5200, 0x9229);
 pub(super) const PER_FRAME_FUNCTIONAL_GROUPS: Tag = tag(0x5200, 0x9230);
+pub(super) const FRAME_ACQUISITION_DATE_TIME: Tag = tag(0x0018, 0x9074);
 pub(super) const SLICE_THICKNESS: Tag = tag(0x0018, 0x0050);
 pub(super) const REPETITION_TIME: Tag = tag(0x0018, 0x0080);
 pub(super) const SPACING_BETWEEN_SLICES: Tag = tag(0x0018, 0x0088);

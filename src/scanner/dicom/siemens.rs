@@ -141,7 +141,16 @@ pub fn mosaic_from_data_set(ds: &DataSet) -> Result<ExportedVolume, DicomError> 
         dtype,
         voxel_bytes,
         geometry: geometry.to_string(),
+        slice_timing_secs: mosaic_slice_times_secs(csa.as_ref(), n_slices),
     })
+}
+
+/// The CSA header's `MosaicRefAcqTimes` (milliseconds from the volume's start, one per slice) in seconds, when it
+/// has one value per slice.
+fn mosaic_slice_times_secs(csa: Option<&CsaHeader>, n_slices: usize) -> Option<Vec<f64>> {
+    let times_ms = csa?.numbers("MosaicRefAcqTimes");
+    (times_ms.len() == n_slices && times_ms.iter().all(|t| t.is_finite() && *t >= 0.0))
+        .then(|| times_ms.iter().map(|t| t / 1000.0).collect())
 }
 
 /// Whether a parsed file is a Siemens mosaic (it says how many slices its image holds).

@@ -24,6 +24,9 @@ pub struct DicomSlice {
     /// `SpacingBetweenSlices`, else `SliceThickness`, else 0: the slice axis of a volume of one slice.
     slice_spacing_mm: f64,
     pub tr_secs: Option<f64>,
+    /// When the slice was acquired, seconds since midnight (an enhanced frame's `FrameAcquisitionDateTime`); the
+    /// volume's slice timing comes from these.
+    pub acquired_secs: Option<f64>,
     pub dtype: Dtype,
     /// Rows x columns values of `dtype`, little endian, row index fastest (voxel axis 0 runs down the rows).
     pub voxel_bytes: Vec<u8>,
@@ -75,7 +78,40 @@ pub(super) fn frame_slice(
     in_stack_position: Option<usize>,
 ) -> Result<DicomSlice, DicomError> {
     // numbered as a volume of one slice per instance, so that `volume_index()` is this volume
-    slice_from_parts(flat, pixels, volume_index + 1, 1, in_stack_position)
+    let mut slice = slice_from_parts(flat, pixels, volume_index + 1, 1, in_stack_position)?;
+    slice.acquired_secs = match flat.text(FRAME_ACQUISITION_DATE_TIME) {
+        Some(text) => Some(seconds_of_day(&text).ok_or_else(|| {
+            flat.invalid(format!(
+                "FrameAcquisitionDateTime (0018,9074) {:?} is not a DICOM date-time",
+                text.escape_debug().to_string()
+            ))
+        })?),
+        None => None,
+    };
+    Ok(slice)
+}
+
+/// Seconds since midnight of a DICOM date-time (`YYYYMMDDHHMMSS.FFFFFF`, an optional UTC offset ignored); the
+/// date is dropped, so a volume acquired across midnight would get a wrong slice order (none is that long).
+fn seconds_of_day(date_time: &str) -> Option<f64> {
+    let text = date_time.trim().split(['+', '-']).next()?;
+    let time = text.get(8..)?;
+    let digits = |range: std::ops::Range<usize>| -> Option<f64> {
+        let part = time.get(range)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let hours = digits(0..2)?;
+    let minutes = digits(2..4).unwrap_or(0.0);
+    let seconds = digits(4..6).unwrap_or(0.0);
+    let fraction = match time.get(6..) {
+        Some(f) if f.starts_with('.') && f.len() > 1 => format!("0{f}").parse::<f64>().ok()?,
+        Some("") | None => 0.0,
+        Some(_) => return None,
+    };
+    (hours < 24.0 && minutes < 60.0 && seconds < 61.0)
+        .then_some(hours * 3600.0 + minutes * 60.0 + seconds + fraction)
 }
 
 /// A slice from the values of `ds` (a single-slice file, or an enhanced frame's view) and its stored pixels.
@@ -98,6 +134,7 @@ fn slice_from_parts(
         plane,
         slice_spacing_mm: slice_spacing_mm(ds).unwrap_or(0.0),
         tr_secs: tr_secs(ds)?,
+        acquired_secs: None,
         dtype,
         voxel_bytes,
     })
@@ -162,6 +199,19 @@ pub fn stack_slices(mut slices: Vec<DicomSlice>) -> Result<ExportedVolume, Dicom
     };
     let mm_from_voxel = first.plane.ras_affine(first.plane.position, slice_step);
     let [rows, columns] = first.shape();
+    // BIDS SliceTiming: each slice's acquisition time after the volume's earliest, when every slice has one
+    let slice_timing_secs = slices
+        .iter()
+        .map(|s| s.acquired_secs)
+        .collect::<Option<Vec<f64>>>()
+        .map(|times| {
+            let start = times.iter().copied().fold(f64::INFINITY, f64::min);
+            // to the 0.1 ms the DICOM times carry, without the subtraction's rounding noise
+            times
+                .iter()
+                .map(|t| ((t - start) * 1e4).round() / 1e4)
+                .collect()
+        });
     let mut voxel_bytes = Vec::with_capacity(first.voxel_bytes.len() * n);
     for s in &slices {
         voxel_bytes.extend_from_slice(&s.voxel_bytes);
@@ -179,6 +229,7 @@ pub fn stack_slices(mut slices: Vec<DicomSlice>) -> Result<ExportedVolume, Dicom
         geometry: format!(
             "{n} single-slice files, slice axis from the first to the last ImagePositionPatient"
         ),
+        slice_timing_secs,
     })
 }
 
