@@ -15,6 +15,7 @@ pub struct Config {
     pub receiver: ReceiverConfig,
     pub session: SessionConfig,
     pub sender: SenderConfig,
+    pub dicom: DicomConfig,
     pub simulate: SimulateConfig,
     pub live: LiveConfig,
 }
@@ -163,6 +164,53 @@ impl Default for SenderConfig {
             reply_timeout_secs: 60.0,
         }
     }
+}
+
+/// The DICOM network receiver (`send --dicom-listen`, `live --dicom-listen`); see `config/default.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// Where `live` listens for images (`PORT` on loopback, or `HOST:PORT`); none: it does not.
+    pub listen: Option<String>,
+    /// This node's AE title, which the scanner's destination must call.
+    pub ae_title: String,
+    /// Calling AE titles accepted; empty = any.
+    pub allow_ae: Vec<String>,
+    /// Keep each received image as `<SOPInstanceUID>.dcm` in this folder.
+    pub store: Option<PathBuf>,
+    /// The series to take; none: the first an image arrives for.
+    pub series: Option<i64>,
+    /// Seconds an association may stay silent before it is aborted.
+    pub idle_timeout_secs: f64,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            listen: None,
+            ae_title: "HYPER-RT".into(),
+            allow_ae: Vec::new(),
+            store: None,
+            series: None,
+            idle_timeout_secs: 300.0,
+        }
+    }
+}
+
+/// Whether `title` is a valid AE title: 1 to 16 characters of printable ASCII, no backslash, not all spaces.
+pub fn check_ae_title(title: &str) -> Result<(), String> {
+    if title.trim().is_empty() || title.len() > 16 {
+        return Err(format!("AE title {title:?} must be 1 to 16 characters"));
+    }
+    if !title
+        .bytes()
+        .all(|b| (0x20..0x7F).contains(&b) && b != b'\\')
+    {
+        return Err(format!(
+            "AE title {title:?} may hold only printable ASCII characters other than backslash"
+        ));
+    }
+    Ok(())
 }
 
 /// The synthetic subject (`hyper-rt simulate`); see `config/default.toml` for each key.
@@ -447,6 +495,17 @@ impl Config {
                 "sender.handshake",
                 "must be a non-empty string that is not JSON",
             ));
+        }
+        check_ae_title(&self.dicom.ae_title).map_err(|p| invalid("dicom.ae_title", &p))?;
+        for title in &self.dicom.allow_ae {
+            check_ae_title(title).map_err(|p| invalid("dicom.allow_ae", &p))?;
+        }
+        if let Some(listen) = &self.dicom.listen {
+            crate::scanner::dicom_net::listen_address(listen)
+                .map_err(|p| invalid("dicom.listen", &p))?;
+        }
+        if !(self.dicom.idle_timeout_secs.is_finite() && self.dicom.idle_timeout_secs >= 1.0) {
+            return Err(invalid("dicom.idle_timeout_secs", "must be at least 1"));
         }
         self.simulate
             .validate()

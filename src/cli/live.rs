@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use hyper_rt::config::{overlay, Config, DisplayMode, LiveMode};
 use hyper_rt::display::View;
 use hyper_rt::generate::{DeviceChoice, Precision};
+use hyper_rt::ingest::dicom_forward::{forward_dicom, DicomNode, ListenOptions, ListenReport};
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions, FollowReport};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, WireVolume};
 use hyper_rt::live::{self, LiveInputs, LiveStats};
@@ -85,6 +86,8 @@ pub struct Args {
     export_series: Option<i64>,
     #[command(flatten)]
     guard: super::IntakeGuardArgs,
+    #[command(flatten)]
+    dicom: super::dicom_listen::DicomListenArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -228,6 +231,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     overlay(&mut config.live.export_folder, &args.export_folder);
     overlay(&mut config.live.export_series, &args.export_series);
     args.guard.apply(&mut config);
+    args.dicom.apply(&mut config);
     config.validate(Path::new("<command line>"))?;
     if let Some(folder) = config.live.export_folder.as_ref().filter(|f| !f.is_dir()) {
         bail!(
@@ -251,11 +255,38 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         .export_folder
         .clone()
         .map(|folder| follow_in_background(&config, folder, receiver.endpoint(), stop.clone()));
+    let dicom_node = match config.dicom.listen {
+        Some(_) => {
+            let options = super::dicom_listen::listen_options(
+                &config,
+                config.live.export_series,
+                config.receiver.expected_volumes,
+                0.0,
+                None,
+            )?;
+            let node = DicomNode::start(&options.scp)?;
+            println!(
+                "DICOM storage node {:?} listening on {}",
+                options.scp.ae_title,
+                node.local_addr()
+            );
+            Some(listen_in_background(
+                node,
+                options,
+                receiver.endpoint(),
+                stop.clone(),
+            ))
+        }
+        None => None,
+    };
     let outcome = live::run(receiver, inputs, stop.clone());
-    if let Some(follower) = follower {
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if follower.join().is_err() {
-            tracing::error!("the export folder follower panicked");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for (thread, what) in [
+        (follower, "the export folder follower"),
+        (dicom_node, "the DICOM network receiver"),
+    ] {
+        if thread.is_some_and(|t| t.join().is_err()) {
+            tracing::error!("{what} panicked");
         }
     }
     let (stats, dir) = outcome?;
@@ -269,10 +300,7 @@ fn follow_in_background(
     receiver_endpoint: &str,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
-    // The receiver may be bound to every interface; the follower reaches it on this machine.
-    let endpoint = receiver_endpoint
-        .replace("://0.0.0.0:", "://127.0.0.1:")
-        .replace("://*:", "://127.0.0.1:");
+    let endpoint = local_endpoint(receiver_endpoint);
     let options = FollowOptions {
         series: config.live.export_series,
         max_volumes: config.receiver.expected_volumes,
@@ -309,6 +337,48 @@ fn follow_in_background(
             report.stream.sent,
             report.files_skipped
         );
+    })
+}
+
+/// The receiver may be bound to every interface; a sender inside this process reaches it on this machine.
+fn local_endpoint(receiver_endpoint: &str) -> String {
+    receiver_endpoint
+        .replace("://0.0.0.0:", "://127.0.0.1:")
+        .replace("://*:", "://127.0.0.1:")
+}
+
+/// Receives images over the DICOM network on a background thread, sending each volume to this session's own
+/// receiver.
+fn listen_in_background(
+    node: DicomNode,
+    options: ListenOptions,
+    receiver_endpoint: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let endpoint = local_endpoint(receiver_endpoint);
+    std::thread::spawn(move || {
+        let listen = || -> anyhow::Result<ListenReport> {
+            let sender = ScannerSender::connect(
+                &endpoint,
+                "hello from hyper-rt live (DICOM network)",
+                30.0,
+            )?;
+            Ok(forward_dicom(node, &options, &sender, &stop, |_, _| {})?)
+        };
+        match listen() {
+            Ok(report) => {
+                let latency = report
+                    .latency_summary()
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_default();
+                tracing::info!("{}{latency}", super::dicom_listen::counts_line(&report));
+            }
+            // Said at once: the session goes on (a scanner-side sender may still connect) but gets nothing from here.
+            Err(e) => tracing::error!(
+                "the DICOM network receiver stopped: {}",
+                hyper_rt::error_chain(&e)
+            ),
+        }
     })
 }
 

@@ -5,6 +5,7 @@ mod bench_intake;
 mod bench_preprocess;
 mod bench_train;
 mod demo;
+mod dicom_listen;
 mod eval;
 mod generate;
 mod gpu_info;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::{overlay, Config};
+use hyper_rt::ingest::dicom_forward::{forward_dicom, DicomNode};
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
@@ -18,8 +19,13 @@ pub struct Args {
     /// folder holding a series of Siemens mosaic DICOM files (one per volume, volume number = InstanceNumber),
     /// of DICOM slices (one slice per file, as GE writes them; volume number = (InstanceNumber - 1) /
     /// ImagesInAcquisition + 1) or of Philips PAR/REC pairs (one per volume, volume number = "Acquisition
-    /// nr"), one such file, or a PAR file holding a whole run (volume number = dynamic).
-    run: PathBuf,
+    /// nr"), one such file, or a PAR file holding a whole run (volume number = dynamic). Not given with
+    /// --dicom-listen.
+    #[arg(
+        required_unless_present = "dicom_listen",
+        conflicts_with = "dicom_listen"
+    )]
+    run: Option<PathBuf>,
     /// Receiver endpoint [config: sender.connect]
     #[arg(long)]
     connect: Option<String>,
@@ -68,6 +74,8 @@ pub struct Args {
     /// written (raise it for a slow network share)
     #[arg(long, default_value_t = 20)]
     poll_ms: u64,
+    #[command(flatten)]
+    dicom: super::dicom_listen::DicomListenArgs,
 }
 
 pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
@@ -77,6 +85,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         &mut config.sender.reply_timeout_secs,
         &args.reply_timeout_secs,
     );
+    args.dicom.apply(&mut config);
     config.validate(Path::new("<command line>"))?;
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number, got {}", args.speed);
@@ -90,20 +99,24 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         Some(tr) => bail!("--tr-secs must be positive, got {tr}"),
         None => None,
     };
-    if hyper_rt::scanner::parrec::is_rec_path(&args.run) {
+    let Some(run) = args.run.clone() else {
+        return send_dicom_received(&args, &config, tr_override);
+    };
+    let run = run.as_path();
+    if hyper_rt::scanner::parrec::is_rec_path(run) {
         bail!(
             "{} is a Philips REC file: give its PAR header (or the folder)",
-            args.run.display()
+            run.display()
         );
     }
-    if is_scanner_export(&args.run).with_context(|| format!("reading {}", args.run.display()))? {
+    if is_scanner_export(run).with_context(|| format!("reading {}", run.display()))? {
         if args.list {
-            return list_series(&args.run);
+            return list_series(run);
         }
         if args.watch {
-            return send_watched_folder(&args, &config, tr_override);
+            return send_watched_folder(run, &args, &config, tr_override);
         }
-        return send_export_series(&args, &config, tr_override);
+        return send_export_series(run, &args, &config, tr_override);
     }
     for (given, flag) in [
         (args.watch, "--watch"),
@@ -114,11 +127,11 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
         if given {
             bail!(
                 "{flag} is for a scanner's export (DICOM, Philips PAR/REC); {} is neither",
-                args.run.display()
+                run.display()
             );
         }
     }
-    send_nifti(&args, &config, tr_override)
+    send_nifti(run, &args, &config, tr_override)
 }
 
 fn progress_bar(quiet: bool, len: Option<u64>) -> indicatif::ProgressBar {
@@ -197,12 +210,17 @@ fn print_result(
     Ok(())
 }
 
-fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow::Result<()> {
-    let img = NiftiImage::read(&args.run)?;
+fn send_nifti(
+    run: &Path,
+    args: &Args,
+    config: &Config,
+    tr_override: Option<f64>,
+) -> anyhow::Result<()> {
+    let img = NiftiImage::read(run)?;
     if img.tr_unit_was_suspicious {
         tracing::warn!(
             "{}: pixdim[4] is {} s by its units: taken as milliseconds ({} s)",
-            args.run.display(),
+            run.display(),
             img.tr_secs.unwrap_or(0.0) * 1000.0,
             img.tr_secs.unwrap_or(0.0)
         );
@@ -212,7 +230,7 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
         None => img.tr_secs.with_context(|| {
             format!(
                 "{} has no TR (pixdim[4] = 0): give --tr-secs",
-                args.run.display()
+                run.display()
             )
         })?,
     };
@@ -220,13 +238,13 @@ fn send_nifti(args: &Args, config: &Config, tr_override: Option<f64>) -> anyhow:
         bail!(
             "--start-at {} but {} holds only {} volumes",
             args.start_at,
-            args.run.display(),
+            run.display(),
             img.volumes
         );
     }
     tracing::info!(
         "{}: {} volumes of {:?} {}{}, TR {tr_secs} s",
-        args.run.display(),
+        run.display(),
         img.volumes,
         img.dims,
         img.dtype.numpy_name(),
@@ -307,11 +325,12 @@ fn list_series(run: &Path) -> anyhow::Result<()> {
 
 /// A finished series: every volume of the chosen series in index order, at TR pace.
 fn send_export_series(
+    run: &Path,
     args: &Args,
     config: &Config,
     tr_override: Option<f64>,
 ) -> anyhow::Result<()> {
-    let run = SeriesRun::open(&args.run, args.series, args.start_at)?;
+    let run = SeriesRun::open(run, args.series, args.start_at)?;
     for warning in run.folder_warnings() {
         tracing::warn!("{warning}");
     }
@@ -338,12 +357,13 @@ fn send_export_series(
 
 /// A series still being written: each volume goes out as soon as its file is complete.
 fn send_watched_folder(
+    run: &Path,
     args: &Args,
     config: &Config,
     tr_override: Option<f64>,
 ) -> anyhow::Result<()> {
-    if !args.run.is_dir() {
-        bail!("--watch follows a folder; {} is a file", args.run.display());
+    if !run.is_dir() {
+        bail!("--watch follows a folder; {} is a file", run.display());
     }
     let options = FollowOptions {
         series: args.series,
@@ -360,7 +380,7 @@ fn send_watched_folder(
         config.sender.reply_timeout_secs,
     )?;
     let never = std::sync::atomic::AtomicBool::new(false); // Ctrl-C ends the process
-    let report = follow_folder(&args.run, &options, &sender, &never, |_, reply| {
+    let report = follow_folder(run, &options, &sender, &never, |_, reply| {
         bar.inc(1);
         bar.set_message(reply.to_string());
     })?;
@@ -369,4 +389,43 @@ fn send_watched_folder(
         println!("{latency} (polling every {} ms)", args.poll_ms);
     }
     print_result(config, &report.stream, report.files_skipped)
+}
+
+/// Images pushed by the scanner console over the DICOM network: each volume goes out as soon as its last image is
+/// in, until the receiver says STOP, after --volumes, after --idle-secs, or Ctrl-C.
+fn send_dicom_received(
+    args: &Args,
+    config: &Config,
+    tr_override: Option<f64>,
+) -> anyhow::Result<()> {
+    let options = super::dicom_listen::listen_options(
+        config,
+        args.series,
+        args.volumes,
+        args.idle_secs,
+        tr_override,
+    )?;
+    let sender = ScannerSender::connect(
+        &config.sender.connect,
+        &config.sender.handshake,
+        config.sender.reply_timeout_secs,
+    )?;
+    let node = DicomNode::start(&options.scp)?;
+    println!(
+        "DICOM storage node {:?} listening on {}",
+        options.scp.ae_title,
+        node.local_addr()
+    );
+    let stop = super::interrupt_flag();
+    let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
+    let report = forward_dicom(node, &options, &sender, &stop, |_, reply| {
+        bar.inc(1);
+        bar.set_message(reply.to_string());
+    })?;
+    bar.finish();
+    println!("{}", super::dicom_listen::counts_line(&report));
+    if let Some(latency) = report.latency_summary() {
+        println!("{latency}");
+    }
+    print_result(config, &report.stream, report.failed)
 }

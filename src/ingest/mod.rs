@@ -3,10 +3,12 @@
 //! crash-safely as it arrives ([`recorder`], on the memory-mapped [`spool`]); reading a spool back
 //! ([`spool_scan`]) to finalise a session ([`finalise`]) or to resume it after a restart ([`resume`]); and the
 //! scanner-side sender ([`sender`]) that plays NIfTI runs, scanner exports and simulated runs over it, or follows
-//! an export folder as the scanner writes into it ([`follow`]). The wire protocol is specified in
+//! an export folder as the scanner writes into it ([`follow`]) or receives its images over the DICOM network
+//! ([`dicom_forward`]). The wire protocol is specified in
 //! `docs/protocols.md`, what the intake promises in `docs/reliability.md`.
 
 pub mod access;
+pub mod dicom_forward;
 pub mod finalise;
 pub mod follow;
 pub mod geometry;

@@ -121,7 +121,13 @@ pub fn read_export_file(path: &Path) -> Result<ExportFile, ExportError> {
             path: path.to_path_buf(),
         });
     }
-    let ds = crate::scanner::dicom::DataSet::parse(path, &bytes)?;
+    read_dicom_bytes(path, &bytes)
+}
+
+/// Reads a DICOM Part-10 file already in memory (`path` names it in errors): an enhanced file's volumes, a
+/// mosaic's volume, or a single slice.
+pub fn read_dicom_bytes(path: &Path, bytes: &[u8]) -> Result<ExportFile, ExportError> {
+    let ds = crate::scanner::dicom::DataSet::parse(path, bytes)?;
     if is_enhanced_mr(&ds) {
         return Ok(ExportFile {
             volumes: enhanced_volumes(&ds)?,

@@ -26,7 +26,9 @@
 //! (GE's `s1923`, ...; the Philips real-time export's `0000`, ...) can be followed as well as a flat export folder
 //! (Siemens).
 
+pub mod assemble;
 pub mod dicom;
+pub mod dicom_net;
 pub mod export;
 pub mod listing;
 pub mod parrec;

@@ -2,11 +2,11 @@
 //! file is complete when it reads as a volume, or is given up on after it has not changed for a while), reads
 //! them as volumes, and counts what it left out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::scanner::dicom::{stack_slices, DicomSlice};
+use crate::scanner::assemble::{Placed, VolumeAssembler};
 use crate::scanner::export::read_export_file;
 use crate::scanner::listing::{folder_files, FolderListing};
 use crate::scanner::parrec::{is_par_path, rec_path_for};
@@ -70,13 +70,11 @@ pub struct WatchFindings {
 /// Follows a folder the scanner writes one file (Siemens) or file pair (Philips) per volume into.
 pub struct FolderWatcher {
     dir: PathBuf,
-    series: Option<i64>,
     pending: HashMap<PathBuf, Pending>,
     done: HashSet<PathBuf>,
-    sent_indices: HashSet<usize>,
     notes_said: bool,
-    /// Single-slice files read so far, by volume index, with their files' modification times.
-    partial_volumes: BTreeMap<usize, Vec<(DicomSlice, Option<SystemTime>)>>,
+    /// The series' volumes out of its files, stamped with the files' modification times.
+    assembler: VolumeAssembler<Option<SystemTime>>,
     /// The folder the followed series is written into, once known: only it is looked at from then on.
     focus: Option<PathBuf>,
     /// The last listing of each folder looked at, reused while the folder is unchanged.
@@ -94,12 +92,10 @@ impl FolderWatcher {
         };
         Ok(FolderWatcher {
             dir: dir.to_path_buf(),
-            series,
             pending: HashMap::new(),
             done,
-            sent_indices: HashSet::new(),
             notes_said: false,
-            partial_volumes: BTreeMap::new(),
+            assembler: VolumeAssembler::new(series),
             focus: None,
             listings: HashMap::new(),
         })
@@ -107,19 +103,14 @@ impl FolderWatcher {
 
     /// The series followed, once known.
     pub fn series(&self) -> Option<i64> {
-        self.series
+        self.assembler.series()
     }
 
     /// Files seen but neither sent nor given up on yet: still being written, not yet settled, or slices of
     /// a volume whose other slices have not come.
     pub fn unfinished(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
-        paths.extend(
-            self.partial_volumes
-                .values()
-                .flatten()
-                .map(|(s, _)| s.path.clone()),
-        );
+        paths.extend(self.assembler.held_paths());
         paths.sort();
         paths
     }
@@ -180,27 +171,26 @@ impl FolderWatcher {
                 self.notes_said = true;
             }
             let written_at = signature.iter().filter_map(|(_, modified)| *modified).max();
-            for v in file.volumes {
-                let series = *self.series.get_or_insert(v.series_number);
-                if v.series_number != series {
-                    continue; // another series written into the same folder
-                }
-                self.focus_on(&path);
-                if !self.sent_indices.insert(v.index) {
-                    findings.skipped.push(format!(
-                        "{}: volume {} of series {series} was already sent from another file",
-                        path.display(),
-                        v.index
-                    ));
-                    continue;
-                }
-                findings.volumes.push(WatchedVolume {
-                    volume: v,
-                    written_at,
-                });
-            }
+            let mut placed: Vec<_> = file
+                .volumes
+                .into_iter()
+                .map(|v| self.assembler.add_volume(v, written_at))
+                .collect();
             if let Some(slice) = file.slice {
-                self.add_slice(slice, written_at, &mut findings);
+                placed.push(self.assembler.add_slice(slice, written_at));
+            }
+            for outcome in placed {
+                match outcome {
+                    Placed::OtherSeries(_) => continue, // another series written into the same folder
+                    Placed::Complete(volume, written_at) => findings.volumes.push(WatchedVolume {
+                        volume: *volume,
+                        written_at,
+                    }),
+                    Placed::Held => {}
+                    Placed::Refused(message) => findings.skipped.push(message),
+                }
+                // from the first piece of the followed series on, only its folder is looked at
+                self.focus_on(&path);
             }
         }
         findings.volumes.sort_by_key(|v| v.volume.index);
@@ -253,55 +243,6 @@ impl FolderWatcher {
     fn focus_on(&mut self, path: &Path) {
         if self.focus.is_none() {
             self.focus = path.parent().map(Path::to_path_buf);
-        }
-    }
-
-    /// Keeps a slice of the followed series until its volume is complete, then stacks the volume.
-    fn add_slice(
-        &mut self,
-        slice: DicomSlice,
-        written_at: Option<SystemTime>,
-        findings: &mut WatchFindings,
-    ) {
-        let series = *self.series.get_or_insert(slice.series_number);
-        if slice.series_number != series {
-            return; // another series written into the same folder
-        }
-        let index = slice.volume_index();
-        let path = slice.path.clone();
-        self.focus_on(&path);
-        if self.sent_indices.contains(&index) {
-            findings.skipped.push(format!(
-                "{}: a slice of volume {index} of series {series}, which was already sent",
-                path.display()
-            ));
-            return;
-        }
-        let wanted = slice.slices_per_volume;
-        let slices = self.partial_volumes.entry(index).or_default();
-        if slices
-            .iter()
-            .any(|(s, _)| s.instance_number == slice.instance_number)
-        {
-            findings.skipped.push(format!(
-                "{}: image {} of series {series} came already in another file",
-                path.display(),
-                slice.instance_number
-            ));
-            return;
-        }
-        slices.push((slice, written_at));
-        if slices.len() < wanted {
-            return;
-        }
-        let slices = self.partial_volumes.remove(&index).unwrap_or_default();
-        let written_at = slices.iter().filter_map(|(_, t)| *t).max();
-        self.sent_indices.insert(index);
-        match stack_slices(slices.into_iter().map(|(s, _)| s).collect()) {
-            Ok(volume) => findings.volumes.push(WatchedVolume { volume, written_at }),
-            Err(e) => findings
-                .skipped
-                .push(format!("volume {index} of series {series}: {e}")),
         }
     }
 }
