@@ -123,7 +123,6 @@ pub fn forward_dicom(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
         let Received {
-            named,
             file,
             received_at,
             reply,
@@ -141,8 +140,8 @@ pub fn forward_dicom(
             placed.push(assembler.add_slice(slice, received_at));
         }
         let mut outcome = StoreOutcome::Stored;
+        // the association logs each failure with the instance and the peer
         let mut failed = |comment: String| {
-            tracing::warn!("{}: {comment}", named.display());
             if outcome == StoreOutcome::Stored {
                 outcome = StoreOutcome::Failed {
                     status: status::PROCESSING_FAILURE,

@@ -171,6 +171,8 @@ pub(super) fn serve(
     for ts in READABLE_TRANSFER_SYNTAXES {
         negotiation = negotiation.with_transfer_syntax(ts);
     }
+    // each response is one small write: without this, Nagle's algorithm holds it for the peer's delayed ACK (40 ms)
+    let _ = socket.set_nodelay(true);
     let mut association = match negotiation.establish(socket) {
         Ok(a) => a,
         Err(e) => {
@@ -415,7 +417,6 @@ fn store(
     };
     let (reply, outcome) = crossbeam_channel::bounded(1);
     let received = Received {
-        named,
         file: export,
         received_at: Instant::now(),
         reply,

@@ -63,8 +63,7 @@ pub enum StoreOutcome {
 /// A received instance, read, waiting for its consumer's outcome.
 #[derive(Debug)]
 pub struct Received {
-    /// What the instance is called in messages: the kept file, else `dicom://AE@address/SOPInstanceUID`.
-    pub named: PathBuf,
+    /// What the readers made of it (errors in it name the kept file, else `dicom://AE@address/SOPInstanceUID`).
     pub file: ExportFile,
     pub received_at: Instant,
     /// Where the outcome goes (the association waits on it).
