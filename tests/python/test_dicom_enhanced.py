@@ -121,6 +121,18 @@ def broken_copies(folder, tmp_path):
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
     ds.save_as(str(tmp_path / "short_pixels.dcm"), enforce_file_format=True)
     cases["short_pixels.dcm"] = "33 frame(s) of 64 x 64"
+    ds = pydicom.dcmread(str(files[0]))
+    ds.PerFrameFunctionalGroupsSequence[5].PixelMeasuresSequence[0].PixelSpacing = [3.0, 3.0]
+    ds.save_as(str(tmp_path / "unequal.dcm"), enforce_file_format=True)
+    cases["unequal.dcm"] = "the frame at InStackPositionNumber 6 has another ImageOrientationPatient or PixelSpacing"
+    ds = pydicom.dcmread(str(files[0]))  # a Siemens Phoenix report: another SOP class, no image
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.3.12.2.1107.5.9.1"
+    del ds.PixelData
+    ds.save_as(str(tmp_path / "phoenix.dcm"), enforce_file_format=True)
+    cases["phoenix.dcm"] = "holds no image (no PixelData; SOP class 1.3.12.2.1107.5.9.1)"
+    if shutil.which("dcmconv"):  # dcmtk, installed by scripts/test.sh
+        subprocess.run(["dcmconv", "+tb", str(files[0]), str(tmp_path / "big.dcm")], check=True, timeout=60)
+        cases["big.dcm"] = "big-endian transfer syntax (1.2.840.10008.1.2.2) is not supported"
     return cases
 
 
@@ -139,9 +151,10 @@ def test_damaged_xa_files_get_a_clear_error_and_the_rest_of_the_run_goes_on(rece
     shutil.copytree(folder, run)
     first = sorted(run.glob("*.dcm"))[0]
     first.write_bytes(first.read_bytes()[:100_000])
+    shutil.copy(damaged / "phoenix.dcm", run / "phoenix.dcm")  # a report of the same series beside the images
     r = receiver(expected=20, idle=2.0)
     out = send(run, "--connect", r.endpoint, "--fast")
-    assert first.name in out.stderr, out.stderr
+    assert first.name in out.stderr and "phoenix.dcm" in out.stderr, out.stderr
     s = r.wait()
     assert s["received"] == 19 and s["missing_indices"] == [0]
 

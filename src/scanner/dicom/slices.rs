@@ -46,6 +46,15 @@ impl DicomSlice {
 
 /// Reads one slice of a series stored one slice per file.
 pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
+    if ds.bytes(PIXEL_DATA).is_none() {
+        let sop_class = [SOP_CLASS_UID, MEDIA_STORAGE_SOP_CLASS_UID]
+            .iter()
+            .find_map(|&t| ds.text(t))
+            .unwrap_or_else(|| "not given".into());
+        return Err(ds.invalid(format!(
+            "holds no image (no PixelData; SOP class {sop_class}): a report or other non-image object, not an fMRI volume"
+        )));
+    }
     let slices_per_volume = match ds.number(IMAGES_IN_ACQUISITION, "ImagesInAcquisition")? {
         Some(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
         Some(n) => return Err(ds.invalid(format!("ImagesInAcquisition {n} is not a slice count"))),
@@ -165,10 +174,19 @@ pub fn stack_slices(mut slices: Vec<DicomSlice>) -> Result<ExportedVolume, Dicom
     };
     let mismatch = |s: &DicomSlice, what: &str| DicomError::Invalid {
         path: s.path.clone(),
-        reason: format!(
-            "its {what} differs from {}'s, in the same volume",
-            first.path.display()
-        ),
+        reason: if s.path == first.path {
+            // frames of one enhanced file
+            format!(
+                "the frame at InStackPositionNumber {} has another {what} than the first frame's: frames of one \
+                 volume must share their matrix and plane",
+                s.in_stack_position.map_or("?".to_string(), |p| p.to_string())
+            )
+        } else {
+            format!(
+                "its {what} differs from {}'s, in the same volume",
+                first.path.display()
+            )
+        },
     };
     for s in &slices[1..] {
         if s.shape() != first.shape() || s.dtype != first.dtype {
