@@ -29,6 +29,21 @@ impl Percentiles {
     }
 }
 
+/// "`what`: p50 .. ms, p95 .. ms, max .. ms over N volumes" for latency samples in milliseconds; `None` when there
+/// are none.
+pub fn latency_line(what: &str, samples_ms: &[f64]) -> Option<String> {
+    (!samples_ms.is_empty()).then(|| {
+        let p = Percentiles::new(samples_ms);
+        format!(
+            "{what}: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms over {} volumes",
+            p.at(50.0),
+            p.at(95.0),
+            p.at(100.0),
+            samples_ms.len()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use hyper_rt::config::{overlay, Config};
-use hyper_rt::ingest::dicom_forward::{ListenOptions, ListenReport};
+use hyper_rt::ingest::dicom_forward::{DicomNode, ListenOptions, ListenReport};
 use hyper_rt::scanner::dicom_net::{listen_address, ScpOptions};
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +67,17 @@ pub fn listen_options(
         idle_secs,
         tr_override_secs,
     })
+}
+
+/// Starts the storage node and says where it listens.
+pub fn start_node(options: &ListenOptions) -> anyhow::Result<DicomNode> {
+    let node = DicomNode::start(&options.scp)?;
+    println!(
+        "DICOM storage node {:?} listening on {}",
+        options.scp.ae_title,
+        node.local_addr()
+    );
+    Ok(node)
 }
 
 /// What the storage node did, in one line: associations, images stored, each kind of refusal.

@@ -264,12 +264,7 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
                 0.0,
                 None,
             )?;
-            let node = DicomNode::start(&options.scp)?;
-            println!(
-                "DICOM storage node {:?} listening on {}",
-                options.scp.ae_title,
-                node.local_addr()
-            );
+            let node = super::dicom_listen::start_node(&options)?;
             Some(listen_in_background(
                 node,
                 options,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hyper_rt::config::{overlay, Config};
-use hyper_rt::ingest::dicom_forward::{forward_dicom, DicomNode};
+use hyper_rt::ingest::dicom_forward::forward_dicom;
 use hyper_rt::ingest::follow::{follow_folder, FollowOptions};
 use hyper_rt::ingest::sender::{self, Pacing, ScannerSender, StreamReport, WireVolume};
 use hyper_rt::nifti::NiftiImage;
@@ -410,12 +410,7 @@ fn send_dicom_received(
         &config.sender.handshake,
         config.sender.reply_timeout_secs,
     )?;
-    let node = DicomNode::start(&options.scp)?;
-    println!(
-        "DICOM storage node {:?} listening on {}",
-        options.scp.ae_title,
-        node.local_addr()
-    );
+    let node = super::dicom_listen::start_node(&options)?;
     let stop = super::interrupt_flag();
     let bar = progress_bar(args.quiet, args.volumes.map(|n| n as u64));
     let report = forward_dicom(node, &options, &sender, &stop, |_, reply| {

@@ -18,7 +18,7 @@ use crate::scanner::dicom_net::dimse::status;
 use crate::scanner::dicom_net::{
     Received, ScpCounts, ScpError, ScpOptions, StoreOutcome, StoreScp,
 };
-use crate::stats::Percentiles;
+use crate::stats::latency_line;
 
 /// How often the stop flag and the idle limit are checked while no image comes.
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -55,17 +55,10 @@ pub struct ListenReport {
 impl ListenReport {
     /// "image received -> volume acknowledged: p50 .. ms, p95 .. ms, max .. ms over N volumes", if any was sent.
     pub fn latency_summary(&self) -> Option<String> {
-        let samples = &self.received_to_acknowledged_ms;
-        (!samples.is_empty()).then(|| {
-            let p = Percentiles::new(samples);
-            format!(
-                "image received -> volume acknowledged: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms over {} volumes",
-                p.at(50.0),
-                p.at(95.0),
-                p.at(100.0),
-                samples.len()
-            )
-        })
+        latency_line(
+            "image received -> volume acknowledged",
+            &self.received_to_acknowledged_ms,
+        )
     }
 }
 

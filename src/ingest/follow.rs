@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::ingest::sender::{self, Pacing, ScannerSender, SendError, StreamReport};
 use crate::scanner::watch::{FolderWatcher, WatchedVolume};
-use crate::stats::Percentiles;
+use crate::stats::latency_line;
 
 /// How to follow a folder (see [`follow_folder`]).
 #[derive(Debug, Clone)]
@@ -54,17 +54,10 @@ pub struct FollowReport {
 impl FollowReport {
     /// "file written -> volume acknowledged: p50 .. ms, p95 .. ms, max .. ms over N volumes", if any was sent.
     pub fn latency_summary(&self) -> Option<String> {
-        let samples = &self.written_to_acknowledged_ms;
-        (!samples.is_empty()).then(|| {
-            let p = Percentiles::new(samples);
-            format!(
-                "file written -> volume acknowledged: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms over {} volumes",
-                p.at(50.0),
-                p.at(95.0),
-                p.at(100.0),
-                samples.len()
-            )
-        })
+        latency_line(
+            "file written -> volume acknowledged",
+            &self.written_to_acknowledged_ms,
+        )
     }
 }
 
