@@ -170,15 +170,16 @@ fn stream_and_report(
         bar.set_message(reply.to_string());
     })?;
     bar.finish();
-    print_result(config, &report, skipped())
+    print_result(config, &report, (skipped(), "files skipped"))
 }
 
-/// The one-line result: volumes sent, whether the receiver ended the run, rejections and files skipped. A run
+/// The one-line result: volumes sent, whether the receiver ended the run, rejections, and what was left out (files
+/// skipped, images refused) with what to call it. A run
 /// in which the receiver rejected volumes is a failure (exit status 1), so that a script notices.
 fn print_result(
     config: &Config,
     report: &StreamReport,
-    files_skipped: usize,
+    (left_out, what_left_out): (usize, &str),
 ) -> anyhow::Result<()> {
     println!(
         "sent {} volumes to {}{}{}{}",
@@ -194,8 +195,8 @@ fn print_result(
         } else {
             String::new()
         },
-        if files_skipped > 0 {
-            format!("; {files_skipped} files skipped (see the warnings)")
+        if left_out > 0 {
+            format!("; {left_out} {what_left_out} (see the warnings)")
         } else {
             String::new()
         }
@@ -388,7 +389,11 @@ fn send_watched_folder(
     if let Some(latency) = report.latency_summary() {
         println!("{latency} (polling every {} ms)", args.poll_ms);
     }
-    print_result(config, &report.stream, report.files_skipped)
+    print_result(
+        config,
+        &report.stream,
+        (report.files_skipped, "files skipped"),
+    )
 }
 
 /// Images pushed by the scanner console over the DICOM network: each volume goes out as soon as its last image is
@@ -422,5 +427,9 @@ fn send_dicom_received(
     if let Some(latency) = report.latency_summary() {
         println!("{latency}");
     }
-    print_result(config, &report.stream, report.failed)
+    print_result(
+        config,
+        &report.stream,
+        (report.failed, "images answered with a failure status"),
+    )
 }

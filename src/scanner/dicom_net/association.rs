@@ -67,6 +67,18 @@ impl AccessControl for AeAccess {
     }
 }
 
+/// The other end of an association, as the log names it: `"CONSOLE" at 192.168.2.10:40112`.
+struct Peer {
+    calling_ae: String,
+    address: SocketAddr,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} at {}", self.calling_ae, self.address)
+    }
+}
+
 /// Rejects an association because too many are open: reads the request, answers A-ASSOCIATE-RJ (transient,
 /// service provider, local limit exceeded), closes.
 pub(super) fn reject_busy(mut socket: TcpStream) {
@@ -171,7 +183,7 @@ pub(super) fn serve(
     for ts in READABLE_TRANSFER_SYNTAXES {
         negotiation = negotiation.with_transfer_syntax(ts);
     }
-    // each response is one small write: without this, Nagle's algorithm holds it for the peer's delayed ACK (40 ms)
+    // each response is one small write, sent at once rather than held back by Nagle's algorithm
     let _ = socket.set_nodelay(true);
     let mut association = match negotiation.establish(socket) {
         Ok(a) => a,
@@ -182,8 +194,10 @@ pub(super) fn serve(
         }
     };
     bump(&counters.associations);
-    let calling_ae = association.peer_ae_title().trim().to_string();
-    let who = format!("{calling_ae:?} at {peer}");
+    let who = Peer {
+        calling_ae: association.peer_ae_title().trim().to_string(),
+        address: peer,
+    };
     tracing::info!("DICOM association from {who}");
     let contexts = association.presentation_contexts().to_vec();
     for pc in contexts
@@ -223,15 +237,8 @@ pub(super) fn serve(
                             return;
                         }
                     };
-                    let (context, response) = answer(
-                        message,
-                        &contexts,
-                        &who,
-                        &calling_ae,
-                        options,
-                        counters,
-                        deliveries,
-                    );
+                    let (context, response) =
+                        answer(message, &contexts, &who, options, counters, deliveries);
                     let sent = response.map_err(|e| e.to_string()).and_then(|bytes| {
                         association
                             .send(&Pdu::PData {
@@ -276,8 +283,7 @@ pub(super) fn serve(
 fn answer(
     message: Message,
     contexts: &[dicom_ul::pdu::PresentationContextNegotiated],
-    who: &str,
-    calling_ae: &str,
+    who: &Peer,
     options: &ScpOptions,
     counters: &ScpCounters,
     deliveries: &Sender<Received>,
@@ -332,7 +338,7 @@ fn answer(
                 sop_class_uid: command.sop_class_uid.clone(),
                 sop_instance_uid: command.sop_instance_uid.clone(),
                 transfer_syntax_uid: transfer_syntax.unwrap_or_default(),
-                calling_ae: calling_ae.to_string(),
+                calling_ae: who.calling_ae.clone(),
             };
             let (code, comment) =
                 store(&origin, data, too_large, who, options, counters, deliveries);
@@ -346,7 +352,7 @@ fn store(
     origin: &InstanceOrigin,
     data: Vec<u8>,
     too_large: Option<usize>,
-    who: &str,
+    who: &Peer,
     options: &ScpOptions,
     counters: &ScpCounters,
     deliveries: &Sender<Received>,
@@ -401,8 +407,7 @@ fn store(
         },
         None => PathBuf::from(format!(
             "dicom://{}@{}/{instance}",
-            origin.calling_ae,
-            who.rsplit(' ').next().unwrap_or("")
+            origin.calling_ae, who.address
         )),
     };
     let export = match read_dicom_bytes(&named, &file) {

@@ -40,7 +40,7 @@ const ERROR_COMMENT_CHARS: usize = 64;
 pub struct Command {
     pub field: u16,
     pub message_id: u16,
-    /// `AffectedSOPClassUID` (C-STORE, C-ECHO), `RequestedSOPClassUID`-less commands leave it empty.
+    /// `AffectedSOPClassUID` (C-STORE, C-ECHO); empty when the command has none.
     pub sop_class_uid: String,
     /// `AffectedSOPInstanceUID` (C-STORE).
     pub sop_instance_uid: String,

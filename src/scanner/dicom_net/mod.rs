@@ -207,10 +207,6 @@ impl StoreScp {
         self.local_addr
     }
 
-    pub fn counts(&self) -> ScpCounts {
-        self.counters.snapshot()
-    }
-
     /// Stops taking associations, gives those open up to `grace` to finish (so the last C-STORE response goes
     /// out before the process ends), and returns the counts.
     pub fn finish(mut self, grace: std::time::Duration) -> ScpCounts {
