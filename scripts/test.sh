@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh machine, then runs every test.
 #   - system packages (apt) where missing (Xvfb and X11 tools for the window, g++ for the kernel emulation,
-#     dcm2niix as the DICOM reference, dcmtk as a real DICOM network client),
+#     dcm2niix as the DICOM reference, dcmtk as a real DICOM network client, Chromium and its WebDriver for the
+#     browser console),
 #   - a Python venv (.venv) with the independent references (scripts/requirements-test.txt),
 #   - the real data: ../shared/data in the workplace, else fetched once from the public sources into .cache/,
 #   - the code's form: cargo fmt --check and cargo clippy -D warnings,
@@ -21,6 +22,8 @@ dpkg -s libxcursor1 >/dev/null 2>&1 || need_apt+=(libxcursor1)
 dpkg -s libx11-6 >/dev/null 2>&1 || need_apt+=(libx11-6)
 command -v dcm2niix >/dev/null || need_apt+=(dcm2niix)
 command -v storescu >/dev/null || need_apt+=(dcmtk)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing system packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -50,6 +50,25 @@ pub struct LiveConfig {
     pub export_folder: Option<PathBuf>,
     /// The series to follow there; none: the first to gain a file after the start.
     pub export_series: Option<i64>,
+    /// The browser console's address (`ADDR:PORT`, port 0: any free one), or "off".
+    pub web: String,
+    /// The token the console asks for when bound to a non-loopback address; none: a random one each session.
+    pub web_token: Option<String>,
+}
+
+impl LiveConfig {
+    /// The browser console's address; `None` when it is off.
+    pub fn web_address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.web.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.web.parse().map(Some).map_err(|_| {
+            format!(
+                "{:?} is neither ADDR:PORT (such as 127.0.0.1:8090 or 0.0.0.0:8090) nor \"off\"",
+                self.web
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -92,6 +111,8 @@ impl Default for LiveConfig {
             boundaries: None,
             export_folder: None,
             export_series: None,
+            web: "127.0.0.1:8090".into(),
+            web_token: None,
         }
     }
 }
@@ -515,6 +536,13 @@ impl Config {
         }
         if !(self.live.feedback_scale.is_finite() && self.live.feedback_scale > 0.0) {
             return Err(invalid("live.feedback_scale", "must be a positive number"));
+        }
+        self.live
+            .web_address()
+            .map_err(|p| invalid("live.web", &p))?;
+        if let Some(token) = &self.live.web_token {
+            crate::web::access::check_token(token)
+                .map_err(|e| invalid("live.web_token", &e.to_string()))?;
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ pub mod simulate;
 pub mod spatial;
 pub mod stats;
 pub mod volume;
+pub mod web;
 
 /// An error and its causes joined by ": ", each said once: the project's errors already end with their cause's
 /// text ("decoder.safetensors: No such file or directory"), which the chain would otherwise repeat.

@@ -33,6 +33,8 @@ pub struct Args {
     /// Results server port of the live pipeline (0 = any free one) [live.results_port]
     #[arg(long)]
     results_port: Option<u16>,
+    #[command(flatten)]
+    web: super::live::WebFlags,
 }
 
 /// Responsive voxels of the demo's subject, and voxels its decoder selects.
@@ -72,6 +74,8 @@ pub fn run(args: Args, mut config: Config) -> anyhow::Result<()> {
     if let Some(port) = args.results_port {
         config.live.results_port = port;
     }
+    args.web.apply(&mut config);
+    config.validate(std::path::Path::new("<command line>"))?;
     let data_dir = args.data.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("hyper-rt-demo-{}", std::process::id()))
     });

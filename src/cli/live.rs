@@ -63,6 +63,33 @@ pub struct LiveFlags {
     /// Folder of session folders [session.root]
     #[arg(long)]
     session_root: Option<PathBuf>,
+    #[command(flatten)]
+    web: WebFlags,
+}
+
+/// The browser console's flags, shared by `live`, `replay` and `demo`.
+#[derive(clap::Args, Debug)]
+pub struct WebFlags {
+    /// Serve the browser console here: ADDR:PORT, or off. It prints its URL at the start: the operator console at
+    /// /, the participant's screen at /participant (the reconstruction alone, for the stimulus computer's browser
+    /// in kiosk mode), the feedback bar at /feedback, and /api/summary and /api/trials as JSON. On 127.0.0.1 only
+    /// this computer can open it; on another address (0.0.0.0: every interface) each request needs the token the
+    /// printed URL carries [live.web; default 127.0.0.1:8090]
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    web: Option<String>,
+    /// The token a non-loopback console asks for, at least 16 characters of A-Z a-z 0-9 - _ (not given: a new
+    /// random one each session) [live.web_token]
+    #[arg(long, value_name = "TOKEN")]
+    web_token: Option<String>,
+}
+
+impl WebFlags {
+    pub fn apply(&self, config: &mut Config) {
+        overlay(&mut config.live.web, &self.web);
+        if self.web_token.is_some() {
+            config.live.web_token = self.web_token.clone();
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,6 +152,7 @@ fn apply(flags: &LiveFlags, config: &mut Config) {
     overlay(&mut l.results_port, &flags.results_port);
     overlay(&mut l.publish, &flags.publish);
     overlay(&mut config.session.root, &flags.session_root);
+    flags.web.apply(config);
 }
 
 /// A run to stream: how many volumes, the TR, and the volumes themselves.

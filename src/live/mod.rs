@@ -5,8 +5,10 @@
 //! is closed: each stage sees its input channel close, finishes, and the session is finalised. A stage that fails
 //! takes only the stages after it down: the intake keeps receiving and recording, decoding goes on without the
 //! generator (which first tolerates a few failed frames), and the failures are in the summary. A generator whose
-//! GPU fails moves to the CPU and goes on drawing.
+//! GPU fails moves to the CPU and goes on drawing. The browser console ([`crate::web`]) is handed frames and trials
+//! the same way, never holding a stage up.
 
+mod console;
 mod display_loop;
 pub mod inputs;
 mod messages;
@@ -31,6 +33,7 @@ use crate::display::{Frame, Sink};
 use crate::feedback::{Publisher, ResultsServer, ResultsStore};
 use crate::ingest::receiver::Receiver;
 use crate::volume::Volume;
+use console::LiveConsole;
 use display_loop::{display_loop, headless_sink};
 use messages::{Analysed, Decoded};
 use onsets::OnsetSubscriber;
@@ -69,6 +72,12 @@ pub fn run(
         "results server {}:{}  publish {}",
         config.results_host, server.port, publisher.endpoint
     );
+
+    if let Ok(mut s) = stats.lock() {
+        s.generator = generator.describe();
+    }
+    let console = LiveConsole::start(&config, &stats, &session_dir, bundle.tr_secs);
+    let web = console.as_ref().map(LiveConsole::feed);
 
     let (vol_tx, vol_rx) = bounded::<Volume>(8);
     let (ana_tx, ana_rx) = bounded::<Analysed>(8);
@@ -118,6 +127,7 @@ pub fn run(
         latent_size: bundle.latent_size(),
         tr_secs: bundle.tr_secs,
         frames_dir,
+        web: web.clone(),
         stats: stats.clone(),
     };
     let decode = DecodeStage {
@@ -128,6 +138,7 @@ pub fn run(
         session_dir: session_dir.clone(),
         publisher,
         store,
+        web,
         stats: stats.clone(),
     }
     .spawn(ana_rx, dec_tx)?;
@@ -182,9 +193,13 @@ pub fn run(
     let mut s = stats.lock().map(|s| s.clone()).unwrap_or_default();
     s.end_reason = reason.to_string();
     s.stage_failures = failures;
-    std::fs::write(
+    let written = std::fs::write(
         session_dir.join("live_summary.json"),
         serde_json::to_string_pretty(&s).unwrap_or_default(),
-    )?;
+    );
+    if let Some(console) = console {
+        console.finish(&s);
+    }
+    written?;
     Ok((s, session_dir))
 }

@@ -1,7 +1,7 @@
 //! The decode stage: each pattern decoded into a latent by the ridge decoder, scored along the attribute directions
 //! (the neurofeedback value among them), and sent on to the generator; every result is written to the session's
-//! `results.jsonl` and `decoded_latents.npy`, served to the stimulus computer and published. It never drops a
-//! pattern: when the generator has stopped, decoding, recording and serving go on.
+//! `results.jsonl` and `decoded_latents.npy`, served to the stimulus computer, published, and listed in the browser
+//! console (without its latent). It never drops a pattern: when the generator has stopped, decoding, recording and serving go on.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use crate::decode::attributes::Boundary;
 use crate::decode::bundle::DecoderBundle;
 use crate::decode::metrics::attribute_score;
 use crate::feedback::{Publisher, ResultsStore};
+use crate::web::WebFeed;
 
 /// What the decode stage works with.
 pub(super) struct DecodeStage {
@@ -26,6 +27,7 @@ pub(super) struct DecodeStage {
     pub session_dir: PathBuf,
     pub publisher: Publisher,
     pub store: ResultsStore,
+    pub web: Option<WebFeed>,
     pub stats: Arc<Mutex<LiveStats>>,
 }
 
@@ -44,6 +46,7 @@ impl DecodeStage {
             session_dir: dec_dir,
             publisher,
             store,
+            web,
             stats: dec_stats,
         } = self;
         std::thread::Builder::new()
@@ -81,11 +84,21 @@ impl DecodeStage {
                 });
                 writeln!(results, "{trial_json}")?;
                 publisher.publish("trial", trial_json.clone());
+                if let Some(web) = &web {
+                    let mut listed = trial_json.clone();
+                    if let Some(fields) = listed.as_object_mut() {
+                        fields.remove("latent");
+                    }
+                    web.add_trial(listed);
+                }
                 volume_result["decoded"] = serde_json::json!({"trial": trial.as_ref().map(|t| t.index), "attributes": trial_json["attributes"], "feedback": feedback});
                 latents.extend_from_slice(&latent);
                 if let Ok(mut s) = dec_stats.lock() {
                     s.patterns_decoded += 1;
                     s.decode_ms.push(decode_ms);
+                    if feedback.is_some() {
+                        s.last_feedback = feedback;
+                    }
                 }
                 let msg = Decoded { volume_index: a.index, arrived_at: a.arrived_at, trial, latent, attributes, feedback, fd_history: fd_history.clone() };
                 if generator_running && dec_tx.send(msg).is_err() {

@@ -1,6 +1,6 @@
 //! The generate stage: the newest decoded latent drawn as an image (the latents it fell behind on are counted, not
 //! drawn), beside the true stimulus when it is known (from the [`StimulusCache`]), saved to the session's `frames/`
-//! and sent to the display with its overlay. A GPU that fails moves the generator to the CPU; three failed frames
+//! and sent to the display with its overlay (and offered to the browser console). A GPU that fails moves the generator to the CPU; three failed frames
 //! in a row (a full disk) stop this stage alone.
 
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use super::stimulus_cache::{StimulusCache, StimulusImage};
 use crate::display::{Frame, Overlay};
 use crate::generate::cpu::CpuAlgorithm;
 use crate::generate::{rgb8_from_0rgb, Backend, GenerateError};
+use crate::web::WebFeed;
 
 /// What the generate stage works with.
 pub(super) struct GenerateStage {
@@ -25,6 +26,7 @@ pub(super) struct GenerateStage {
     pub latent_size: usize,
     pub tr_secs: f64,
     pub frames_dir: PathBuf,
+    pub web: Option<WebFeed>,
     pub stats: Arc<Mutex<LiveStats>>,
 }
 
@@ -41,6 +43,7 @@ impl GenerateStage {
             latent_size,
             tr_secs,
             frames_dir,
+            web,
             stats: gen_stats,
         } = self;
         let label = generator.model().label.clone();
@@ -147,6 +150,9 @@ impl GenerateStage {
                             None => {}
                         }
                         s.generate_ms.push(generate_ms);
+                    }
+                    if let Some(web) = &web {
+                        web.offer_frame(&frame);
                     }
                     if frame_tx.send((frame, d.arrived_at)).is_err() {
                         break;

@@ -110,6 +110,7 @@ impl PreprocessStage {
                     }
                     if let Ok(mut s) = pre_stats.lock() {
                         s.volumes_processed += 1;
+                        s.note_volume(p.index, p.fd_mm);
                         s.preprocess_ms.push(started.elapsed().as_secs_f64() * 1e3);
                     }
                     let msg = Analysed {
