@@ -24,7 +24,7 @@ LAYERS = [
     {"preprocess"},
     {"decode"},
     {"generate"},
-    {"display", "feedback"},
+    {"display", "feedback", "web"},
     {"evaluate"},
     {"config"},
     {"simulate"},

@@ -126,8 +126,9 @@ async fn guard(State(console): State<Console>, request: Request, next: Next) -> 
     response
 }
 
-/// `/events`: server-sent events `summary` (the session's state) and `frame` (one drawn frame), with a comment
-/// every 15 s so that a browser that went away is noticed.
+/// `/events`: server-sent events `summary` (the session's state), `recent` (the frames drawn before the browser
+/// connected, oldest first) and `frame` (each frame as it is drawn), with a comment every 15 s so that a browser
+/// that went away is noticed.
 async fn events(
     State(console): State<Console>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -175,9 +176,10 @@ impl Subscription {
         Event::default().event("summary").data(&*json)
     }
 
-    fn frame_event(&mut self, frame: &EncodedFrame) -> Event {
+    /// A frame: `frame` as it is drawn, `recent` for those drawn before this browser connected.
+    fn frame_event(&mut self, frame: &EncodedFrame, kind: &'static str) -> Event {
         self.last_seq = frame.seq;
-        Event::default().event("frame").data(&*frame.json)
+        Event::default().event(kind).data(&*frame.json)
     }
 
     /// The next event for this browser; `None` once the session has ended and its last summary was sent.
@@ -191,7 +193,7 @@ impl Subscription {
         }
         while let Some(frame) = self.history.pop_front() {
             if frame.seq > self.last_seq {
-                return Some(self.frame_event(&frame));
+                return Some(self.frame_event(&frame, "recent"));
             }
         }
         /// What woke the stream.
@@ -218,7 +220,7 @@ impl Subscription {
                 Woken::Frame => {
                     let newest = self.frames.borrow_and_update().clone();
                     if let Some(frame) = newest.filter(|f| f.seq > self.last_seq) {
-                        return Some(self.frame_event(&frame));
+                        return Some(self.frame_event(&frame, "frame"));
                     }
                 }
                 Woken::Summary => return Some(self.summary_event()),

@@ -1,6 +1,6 @@
 "use strict";
-// The event stream every page listens to: `summary` (the session's state) and `frame` (a drawn frame, its images as
-// PNG data URLs). The browser reconnects by itself when the connection drops; once the session has ended the
+// The event stream every page listens to: `summary` (the session's state), `frame` (a frame as it is drawn, its
+// images as PNG data URLs) and `recent` (frames drawn before this page connected, oldest first). The browser reconnects by itself when the connection drops; once the session has ended the
 // stream is closed. `window.hyperRt` keeps what this page received, for the operator and for tests.
 window.hyperRt = {
   framesReceived: 0,
@@ -33,10 +33,16 @@ function connectEvents(handlers) {
     state.lastFrame = { seq: frame.seq, volume: frame.volume, trial: frame.trial };
     call("frame", frame);
   });
+  source.addEventListener("recent", (event) => {
+    const frame = JSON.parse(event.data);
+    frame.recent = true;
+    call("frame", frame);
+  });
   return source;
 }
 
-// Shows `src` in `img`; once decoded, records how long after it was drawn it became visible here.
+// Shows `src` in `img`; once decoded, records how long after it was drawn it became visible here (not for a frame
+// drawn before the page connected).
 function showFrameImage(img, src, frame) {
   img.hidden = false;
   img.dataset.volume = frame.volume;
@@ -44,6 +50,7 @@ function showFrameImage(img, src, frame) {
   img.dataset.seq = frame.seq;
   img.src = src;
   img.decode().then(() => {
+    if (frame.recent) return;
     const latencies = window.hyperRt.latenciesMs;
     latencies.push(Date.now() - frame.drawn_unix_ms);
     if (latencies.length > 1000) latencies.shift();
