@@ -1,7 +1,8 @@
 //! The decode stage: each pattern decoded into a latent by the ridge decoder, scored along the attribute directions
 //! (the neurofeedback value among them), and sent on to the generator; every result is written to the session's
 //! `results.jsonl` and `decoded_latents.npy`, served to the stimulus computer, published, and listed in the browser
-//! console (without its latent). It never drops a pattern: when the generator has stopped, decoding, recording and serving go on.
+//! console (without its latent). It never drops a pattern: when the generator has stopped, decoding, recording and
+//! serving go on.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

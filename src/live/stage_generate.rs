@@ -1,7 +1,7 @@
 //! The generate stage: the newest decoded latent drawn as an image (the latents it fell behind on are counted, not
 //! drawn), beside the true stimulus when it is known (from the [`StimulusCache`]), saved to the session's `frames/`
-//! and sent to the display with its overlay (and offered to the browser console). A GPU that fails moves the generator to the CPU; three failed frames
-//! in a row (a full disk) stop this stage alone.
+//! and sent to the display with its overlay (and offered to the browser console). A GPU that fails moves the
+//! generator to the CPU; three failed frames in a row (a full disk) stop this stage alone.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -147,3 +147,38 @@ impl LiveStats {
 
 /// The generator stops (decoding and recording go on) after this many frames in a row failed.
 pub const GENERATOR_FAILURES_IN_A_ROW: usize = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(ended: bool) -> SessionView<'static> {
+        SessionView {
+            session: "s",
+            started: Instant::now(),
+            tr_secs: 2.0,
+            feedback_attribute: "smile",
+            ended,
+        }
+    }
+
+    #[test]
+    fn the_console_summary_says_the_state_and_keeps_the_motion_trace_bounded() {
+        let mut stats = LiveStats::default();
+        assert_eq!(stats.state(&view(false)), "waiting for the scanner");
+        for v in 0..FD_SHOWN_VOLUMES + 50 {
+            stats.note_volume(v, v as f64 * 1e-3);
+        }
+        assert_eq!(stats.state(&view(false)), "receiving");
+        assert_eq!(stats.state(&view(true)), "ended");
+        stats.last_volume_at = Instant::now().checked_sub(Duration::from_secs(7));
+        assert_eq!(stats.state(&view(false)), "waiting for the scanner");
+        let summary = stats.web_summary(&view(false));
+        assert_eq!(summary["fd_mm"].as_array().unwrap().len(), FD_SHOWN_VOLUMES);
+        assert_eq!(summary["fd_first_volume"], 50);
+        assert_eq!(summary["run_secs"], (FD_SHOWN_VOLUMES + 49) as f64 * 2.0);
+        // no samples yet: no percentile is made up
+        assert_eq!(summary["latency_ms"][2]["stage"], "generate");
+        assert!(summary["latency_ms"][2]["p95"].is_null());
+    }
+}

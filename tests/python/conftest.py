@@ -133,3 +133,19 @@ def finish_watch(proc, log):
     err = log.read_text()
     assert proc.returncode == 0, err
     return out, err
+
+
+def small_subject(tmp):
+    """A small simulated subject (32 x 32 x 20, 600 responsive voxels, 2 training runs of 100 faces, a 68-volume
+    test run of 6 faces x 3) and its trained decoder: the paths of the data, the decoder, the stimulus latents and
+    the test run with its events."""
+    cfg = tmp / "sim.toml"
+    cfg.write_text("[simulate]\ndims = [32, 32, 20]\nvoxel_mm = 4.0\ntrain_runs = 2\ntrain_trials_per_run = 100\n"
+                   "test_runs = 1\ntest_faces = 6\ntest_repeats = 3\nresponsive_voxels = 600\nclusters = 6\nsnr = 8.0\n")
+    data = tmp / "data"
+    run_ok("--config", str(cfg), "simulate", "--out", str(data))
+    dec = tmp / "decoder.safetensors"
+    run_ok("train", "--data", str(data), "--out", str(dec), "--voxels", "600")
+    func = data / "sub-01" / "func"
+    return {"tmp": tmp, "data": data, "decoder": dec, "stimuli": data / "stimuli" / "latents.npy",
+            "run": func / "sub-01_task-faces_run-3_bold.nii.gz", "events": func / "sub-01_task-faces_run-3_events.tsv"}

@@ -22,23 +22,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import binary, free_port, run_ok, wait_for
+from conftest import binary, free_port, small_subject, wait_for
 from sse_client import read_events, request_head
 
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("web")
-    cfg = tmp / "sim.toml"
-    cfg.write_text("[simulate]\ndims = [32, 32, 20]\nvoxel_mm = 4.0\ntrain_runs = 2\ntrain_trials_per_run = 100\n"
-                   "test_runs = 1\ntest_faces = 6\ntest_repeats = 3\nresponsive_voxels = 600\nclusters = 6\nsnr = 8.0\n")
-    data = tmp / "data"
-    run_ok("--config", str(cfg), "simulate", "--out", str(data))
-    dec = tmp / "decoder.safetensors"
-    run_ok("train", "--data", str(data), "--out", str(dec), "--voxels", "600")
-    func = data / "sub-01" / "func"
-    return {"tmp": tmp, "decoder": dec, "stimuli": data / "stimuli" / "latents.npy",
-            "run": func / "sub-01_task-faces_run-3_bold.nii.gz", "events": func / "sub-01_task-faces_run-3_events.tsv"}
+    return small_subject(tmp_path_factory.mktemp("web"))
 
 
 class Replay:
