@@ -92,7 +92,32 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "dicom" => {
             let mut files = files_in(&data.join("pyneal/siemens"), ".dcm", 1);
             files.extend(files_in(&data.join("siemens-xa30"), ".dcm", 1));
-            files.iter().map(|p| read(p)).collect()
+            let mut seeds: Vec<Vec<u8>> = files.iter().map(|p| read(p)).collect();
+            // compressed copies made by dcmtk (installed by scripts/test.sh): JPEG lossless, RLE, deflate
+            let tools: [(&str, &[&str]); 3] = [
+                ("dcmcjpeg", &["+e1"]),
+                ("dcmcrle", &[]),
+                ("dcmconv", &["+td"]),
+            ];
+            for source in &files {
+                for (tool, options) in tools {
+                    let out = std::env::temp_dir().join(format!(
+                        "hyper-rt-fuzz-seed-{tool}-{}.dcm",
+                        std::process::id()
+                    ));
+                    let made = std::process::Command::new(tool)
+                        .args(options)
+                        .arg(source)
+                        .arg(&out)
+                        .output()
+                        .is_ok_and(|o| o.status.success());
+                    if made {
+                        seeds.push(read(&out));
+                        let _ = std::fs::remove_file(&out);
+                    }
+                }
+            }
+            seeds
         }
         "parrec" => {
             // nibabel's real Philips files (in the Python venv that scripts/test.sh makes)

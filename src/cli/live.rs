@@ -477,9 +477,16 @@ pub fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<()> {
         args.speed,
         false,
     );
-    let (stats, dir) = live::run(receiver, inputs, super::interrupt_flag())?;
-    sender_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
+    let stop = super::interrupt_flag();
+    let (stats, dir) = live::run(receiver, inputs, stop.clone())?;
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        // Ctrl-C: the session is finalised; the sender may be waiting for a reply that will not come, and ends
+        // with the process
+        println!("replay interrupted: the volumes so far are in the session");
+    } else {
+        sender_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the replay sender panicked"))??;
+    }
     report(&stats, &dir)
 }

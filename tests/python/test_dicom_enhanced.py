@@ -8,6 +8,7 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.encaps import encapsulate, generate_frames
 import pytest
 
 from conftest import binary, data_dir
@@ -133,6 +134,15 @@ def broken_copies(folder, tmp_path):
     if shutil.which("dcmconv"):  # dcmtk, installed by scripts/test.sh
         subprocess.run(["dcmconv", "+tb", str(files[0]), str(tmp_path / "big.dcm")], check=True, timeout=60)
         cases["big.dcm"] = "big-endian transfer syntax (1.2.840.10008.1.2.2) is not supported"
+    if shutil.which("dcmcjpeg"):  # a JPEG lossless file whose first frame's code stream is garbage
+        subprocess.run(["dcmcjpeg", "+e1", str(files[0]), str(tmp_path / "jpeg.dcm")], check=True, timeout=60)
+        ds = pydicom.dcmread(str(tmp_path / "jpeg.dcm"))
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+        frames[0] = b"\xff\xd8" + bytes(range(256)) * 4
+        ds.PixelData = encapsulate(frames)
+        ds.save_as(str(tmp_path / "jpeg_garbage.dcm"), enforce_file_format=True)
+        (tmp_path / "jpeg.dcm").unlink()
+        cases["jpeg_garbage.dcm"] = "pixel data: frame 0 could not be decoded"
     return cases
 
 
@@ -176,3 +186,53 @@ def test_watch_sends_each_xa_volume_as_its_file_is_written(receiver, tmp_path):
     assert "sent 20 volumes" in out, out + err
     s = r.wait()
     assert (s["received"], s["missing"]) == (20, 0)
+
+
+COMPRESSIONS = {
+    # dcmtk's own encoders make the compressed copies; pydicom reads back the transfer syntax each wrote
+    "jpeg-lossless": (["dcmcjpeg", "+e1"], "1.2.840.10008.1.2.4.70"),
+    "rle": (["dcmcrle"], "1.2.840.10008.1.2.5"),
+    "deflate": (["dcmconv", "+td"], "1.2.840.10008.1.2.1.99"),
+}
+
+
+def compressed_copy(folder, out, how):
+    command, syntax = COMPRESSIONS[how]
+    out.mkdir()
+    for f in sorted(folder.glob("*.dcm")):
+        r = subprocess.run([*command, str(f), str(out / f.name)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert pydicom.dcmread(str(out / f.name), stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    return out
+
+
+@pytest.mark.parametrize("how", sorted(COMPRESSIONS))
+def test_compressed_exports_are_decoded_to_the_same_voxels(receiver, tmp_path, how):
+    """The XA30 run and the Siemens mosaics, compressed by dcmtk (JPEG lossless, RLE, deflate), record voxels equal
+    to the uncompressed files' as dcm2niix converts them; a syntax without a decoder here is refused by name."""
+    for folder, n in ((xa_folder(), 20), (data_dir() / "pyneal" / "siemens", 3)):
+        packed = compressed_copy(folder, tmp_path / f"{folder.name}-{how}", how)
+        r = receiver(expected=n)
+        out = send(packed, "--connect", r.endpoint, "--fast", "--quiet")
+        assert out.returncode == 0, out.stderr
+        s = r.wait()
+        assert (s["received"], s["rejected"]) == (n, 0)
+        ours = nib.load(str(r.session_dir / s["volumes_file"]))
+        theirs, _ = dcm2niix(folder, tmp_path / f"dcm2niix-{folder.name}-{how}")
+        same_voxels_in_space(ours, theirs)
+
+
+def test_a_syntax_without_a_decoder_is_refused_by_name(tmp_path):
+    folder = tmp_path / "j2k"
+    folder.mkdir()
+    for f in sorted((data_dir() / "pyneal" / "siemens").glob("*.dcm")):
+        ds = pydicom.dcmread(str(f))
+        # JPEG 2000 lossless in name (the fragment is not a real code stream: the syntax alone must be refused)
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+        ds.PixelData = encapsulate([ds.PixelData])
+        ds.save_as(str(folder / f.name), enforce_file_format=True)
+    out = send(folder, "--connect", "tcp://127.0.0.1:9")
+    assert out.returncode != 0 and "holds no readable volume" in out.stderr, out.stderr
+    for f in folder.iterdir():
+        assert f"{f}: transfer syntax 1.2.840.10008.1.2.4.90 (JPEG 2000 Image Compression (Lossless Only)) cannot " \
+               "be decoded here" in out.stderr, out.stderr

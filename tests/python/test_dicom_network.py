@@ -12,6 +12,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.encaps import encapsulate
 import pytest
 
 from conftest import binary, data_dir, free_port
@@ -85,13 +86,13 @@ def by_folder(receiver, folder, expected, *extra):
     return nib.load(str(r.session_dir / s["volumes_file"])), s
 
 
-def by_network(receiver, node, files, expected, *extra, shuffle=False):
+def by_network(receiver, node, files, expected, *extra, shuffle=False, storescu_options=()):
     r = receiver(expected=expected)
     n = node(r.endpoint, *extra)
     files = list(files)
     if shuffle:
         random.Random(5).shuffle(files)
-    sent = storescu(n.port, files)
+    sent = storescu(n.port, files, *storescu_options)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     rc, out, log = n.finish()
     assert rc == 0, out + log
@@ -172,6 +173,27 @@ def pixels_too_short(source, out):
     return out
 
 
+def test_jpeg_lossless_images_over_the_network_are_decoded_to_the_same_recording(receiver, node, tmp_path):
+    files = xa_files()
+    folder_img, _ = by_folder(receiver, files[0].parent, 20)
+    packed = tmp_path / "jpeg"
+    packed.mkdir()
+    for f in files:  # dcmtk's JPEG lossless encoder, then storescu proposing JPEG lossless only
+        subprocess.run(["dcmcjpeg", "+e1", str(f), str(packed / f.name)], check=True, capture_output=True, timeout=60)
+    net_img, s, out, _ = by_network(receiver, node, sorted(packed.glob("*.dcm")), 20,
+                                    storescu_options=("--propose-lossless", "--required"))
+    assert "20 images stored" in out and s["received"] == 20
+    assert_same_recording(net_img, folder_img)
+
+
+def jpeg2000_in_name(source, out):
+    ds = pydicom.dcmread(str(source))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # the fragment is not a real code stream
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds.save_as(str(out), enforce_file_format=True)
+    return out
+
+
 def test_refusals_get_their_dicom_status_and_the_run_goes_on(receiver, node, tmp_path):
     files = xa_files()
     r = receiver(expected=20)
@@ -187,10 +209,9 @@ def test_refusals_get_their_dicom_status_and_the_run_goes_on(receiver, node, tmp
     # a data set whose pixel data do not fill its image: 0xC000, the reason in the comment
     bad = storescu(n.port, [pixels_too_short(files[1], tmp_path / "short.dcm")])
     assert "Error: CannotUnderstand" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
-    # a compressed transfer syntax (JPEG lossless, proposed in a context of its own): refused at negotiation
-    jpeg = tmp_path / "jpeg.dcm"
-    subprocess.run(["dcmcjpeg", str(files[2]), str(jpeg)], check=True, capture_output=True, timeout=60)
-    compressed = storescu(n.port, [jpeg], "-d", "--propose-lossless", "--required")
+    # a transfer syntax without a decoder here (JPEG 2000, proposed alone): refused at negotiation
+    compressed = storescu(n.port, [jpeg2000_in_name(files[2], tmp_path / "j2k.dcm")], "-d",
+                          "--propose-j2k-lossless", "--required")
     assert "(Transfer Syntaxes Not Supported)" in compressed.stdout + compressed.stderr
     # the whole run still arrives
     sent = storescu(n.port, files)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -222,8 +223,12 @@ def test_a_console_bound_beyond_loopback_asks_for_its_token(subject):
         assert {"trial", "stim_id", "attributes", "feedback", "volIdx"} <= set(trial) and "latent" not in trial
         summary = json.loads(http(f"{base}/api/summary?token={token}")[2])
         assert summary["web"]["requests_refused"] == 7, summary["web"]
-        code, out, err = replay.finish()
-        assert code == 0, err
+        # Ctrl-C mid-replay: the session finalised at once, exit 0
+        interrupted_at = time.time()
+        replay.proc.send_signal(signal.SIGINT)
+        code, out, err = replay.finish(timeout=20)
+        assert code == 0 and time.time() - interrupted_at < 10, err
+        assert "end              interrupted" in out and "replay interrupted" in out, out
     finally:
         replay.proc.kill()
     # a token too short to guard anything is refused before the session starts

@@ -1,10 +1,12 @@
 //! The DICOM Part-10 byte parser: the preamble and file meta group, then the data set in implicit or explicit VR
-//! little endian, every element kept by tag and every sequence (defined or undefined length) as its items, each a
-//! data set (at most 16 levels deep). Damage is an error naming the file, the element and the byte offset.
+//! little endian (inflated first when deflated), every element kept by tag and every sequence (defined or undefined
+//! length) as its items, each a data set (at most 16 levels deep); compressed pixel data is kept as its fragments
+//! for [`super::compressed`] to decode. Damage is an error naming the file, the element and the byte offset.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::compressed::{self, Encoding, Fragments};
 use super::error::DicomError;
 
 /// A DICOM tag as `(group << 16) | element`.
@@ -33,6 +35,7 @@ pub(super) const IN_STACK_POSITION_NUMBER: Tag = tag(0x0020, 0x9057);
 pub(super) const IMAGE_POSITION_PATIENT: Tag = tag(0x0020, 0x0032);
 pub(super) const IMAGE_ORIENTATION_PATIENT: Tag = tag(0x0020, 0x0037);
 pub(super) const SAMPLES_PER_PIXEL: Tag = tag(0x0028, 0x0002);
+pub(super) const PHOTOMETRIC_INTERPRETATION: Tag = tag(0x0028, 0x0004);
 pub(super) const NUMBER_OF_FRAMES: Tag = tag(0x0028, 0x0008);
 pub(super) const ROWS: Tag = tag(0x0028, 0x0010);
 pub(super) const COLUMNS: Tag = tag(0x0028, 0x0011);
@@ -63,6 +66,8 @@ pub struct DataSet {
     pub(super) path: PathBuf,
     elements: HashMap<Tag, Vec<u8>>,
     sequences: HashMap<Tag, Vec<DataSet>>,
+    /// The pixel data, when it is compressed.
+    pub(super) compressed: Option<Fragments>,
 }
 
 /// Sequences nested deeper than this are refused: real files nest a few levels, and each level of a hostile
@@ -73,6 +78,8 @@ pub(super) const MAX_SEQUENCE_DEPTH: usize = 16;
 pub(super) enum Element<'a> {
     Value(&'a [u8]),
     Sequence(Vec<DataSet>),
+    /// Encapsulated pixel data: the basic offset table, then the fragments.
+    Fragments(Vec<&'a [u8]>),
 }
 
 /// Whether a file's bytes begin like DICOM Part 10 (the "DICM" marker after the preamble).
@@ -103,6 +110,7 @@ impl DataSet {
             bytes,
             offset: 132,
             explicit_vr: true,
+            encapsulated: false,
             depth: 0,
         };
         let mut data_set = DataSet::empty(path);
@@ -112,28 +120,47 @@ impl DataSet {
             data_set.insert(t, element);
         }
         let syntax = data_set.text(TRANSFER_SYNTAX_UID).unwrap_or_default();
-        reader.explicit_vr = match syntax.as_str() {
-            "1.2.840.10008.1.2" => false,
-            "1.2.840.10008.1.2.1" => true,
-            "" => {
-                return Err(DicomError::Invalid { path: path.to_path_buf(), reason: "no transfer syntax (0002,0010) in the file meta group".into() })
-            }
-            "1.2.840.10008.1.2.2" => {
-                return Err(DicomError::Unsupported { path: path.to_path_buf(), reason: "big-endian transfer syntax (1.2.840.10008.1.2.2) is not supported".into() })
-            }
-            other => {
-                return Err(DicomError::Unsupported {
+        let encoding = compressed::encoding(&syntax).map_err(|reason| {
+            if syntax.is_empty() {
+                DicomError::Invalid {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "transfer syntax {other} (compressed or deflated) is not supported: export the series uncompressed \
-                         (implicit or explicit VR little endian)"
-                    ),
-                })
+                    reason,
+                }
+            } else {
+                DicomError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason,
+                }
             }
-        };
+        })?;
+        reader.explicit_vr = encoding != Encoding::Implicit;
+        reader.encapsulated = matches!(encoding, Encoding::Compressed { .. });
+        if encoding == Encoding::Deflated {
+            let inflated = compressed::inflate(&bytes[reader.offset..])
+                .map_err(|reason| data_set.invalid(reason))?;
+            let mut inner = Reader {
+                path,
+                bytes: &inflated,
+                offset: 0,
+                explicit_vr: true,
+                encapsulated: false,
+                depth: 0,
+            };
+            while inner.offset < inflated.len() {
+                let (t, element) = inner.element()?;
+                data_set.insert(t, element);
+            }
+            return Ok(data_set);
+        }
         while reader.offset < bytes.len() {
             let (t, element) = reader.element()?;
             data_set.insert(t, element);
+        }
+        if let (Encoding::Compressed { uid, name }, Some(fragments)) =
+            (encoding, data_set.compressed.as_mut())
+        {
+            fragments.uid = uid;
+            fragments.name = name;
         }
         Ok(data_set)
     }
@@ -143,6 +170,7 @@ impl DataSet {
             path: path.to_path_buf(),
             elements: HashMap::new(),
             sequences: HashMap::new(),
+            compressed: None,
         }
     }
 
@@ -153,6 +181,22 @@ impl DataSet {
             }
             Element::Sequence(items) => {
                 self.sequences.insert(t, items);
+            }
+            Element::Fragments(mut fragments) => {
+                let table = if fragments.is_empty() {
+                    Vec::new()
+                } else {
+                    fragments
+                        .remove(0)
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect()
+                };
+                self.compressed = Some(Fragments {
+                    offset_table: table,
+                    fragments: fragments.into_iter().map(<[u8]>::to_vec).collect(),
+                    ..Fragments::default()
+                });
             }
         }
     }
@@ -195,6 +239,11 @@ impl DataSet {
             path: self.path.clone(),
             reason: reason.into(),
         }
+    }
+
+    /// Whether the file holds pixel data, native or compressed.
+    pub fn has_pixel_data(&self) -> bool {
+        self.compressed.is_some() || self.elements.contains_key(&PIXEL_DATA)
     }
 
     /// The raw value bytes of an element, if present.
@@ -297,6 +346,8 @@ pub(super) struct Reader<'a> {
     pub(super) bytes: &'a [u8],
     pub(super) offset: usize,
     pub(super) explicit_vr: bool,
+    /// Whether the pixel data may be encapsulated (a compressed transfer syntax).
+    pub(super) encapsulated: bool,
     /// Sequences entered and not yet left.
     pub(super) depth: usize,
 }
@@ -378,6 +429,9 @@ impl<'a> Reader<'a> {
         } else {
             (None, self.u32("a value length")?)
         };
+        if length == UNDEFINED_LENGTH && t == PIXEL_DATA && self.encapsulated && self.depth == 0 {
+            return Ok((t, Element::Fragments(self.fragments()?)));
+        }
         let is_sequence = vr == Some(*b"SQ")
             || (length == UNDEFINED_LENGTH && vr != Some(*b"OB") && vr != Some(*b"OW"));
         if is_sequence {
@@ -492,6 +546,33 @@ impl<'a> Reader<'a> {
                         format!(
                             "expected an item in sequence {}, found {}",
                             tag_name(seq),
+                            tag_name(other)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The items of encapsulated pixel data up to its delimiter: the basic offset table, then the fragments.
+    fn fragments(&mut self) -> Result<Vec<&'a [u8]>, DicomError> {
+        let mut items = Vec::new();
+        loop {
+            let at = self.offset;
+            let t = self.tag().map_err(|_| {
+                self.malformed(at, "the compressed pixel data has no end delimiter")
+            })?;
+            let length = self.u32("a fragment length")?;
+            match t {
+                SEQUENCE_END => return Ok(items),
+                ITEM if length != UNDEFINED_LENGTH => {
+                    items.push(self.take(length as usize, "a pixel data fragment")?);
+                }
+                other => {
+                    return Err(self.malformed(
+                        at,
+                        format!(
+                            "expected a fragment of the compressed pixel data, found {} of length {length}",
                             tag_name(other)
                         ),
                     ))

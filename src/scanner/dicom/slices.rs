@@ -46,7 +46,7 @@ impl DicomSlice {
 
 /// Reads one slice of a series stored one slice per file.
 pub fn slice_from_data_set(ds: &DataSet) -> Result<DicomSlice, DicomError> {
-    if ds.bytes(PIXEL_DATA).is_none() {
+    if !ds.has_pixel_data() {
         let sop_class = [SOP_CLASS_UID, MEDIA_STORAGE_SOP_CLASS_UID]
             .iter()
             .find_map(|&t| ds.text(t))

@@ -17,9 +17,10 @@ use dicom_ul::pdu::{
 use dicom_ul::ServerAssociationOptions;
 
 use super::dimse::{self, status, Command};
+use super::instance::READABLE_SOP_CLASSES;
 use super::instance::{keep, part10_file, readable_sop_class, InstanceOrigin};
-use super::instance::{READABLE_SOP_CLASSES, READABLE_TRANSFER_SYNTAXES};
 use super::{bump, Received, ScpCounters, ScpOptions, StoreOutcome, MAX_DATA_SET_BYTES};
+use crate::scanner::dicom::compressed::readable_transfer_syntaxes;
 use crate::scanner::export::read_dicom_bytes;
 
 /// The largest PDU this node takes (the peer cuts its data sets into PDUs of at most this).
@@ -180,7 +181,8 @@ pub(super) fn serve(
         .promiscuous(true)
         .max_pdu_length(MAX_PDU_BYTES)
         .read_timeout(ASSOCIATE_TIMEOUT);
-    for ts in READABLE_TRANSFER_SYNTAXES {
+    // the transfer syntaxes the DICOM readers here decode
+    for ts in readable_transfer_syntaxes() {
         negotiation = negotiation.with_transfer_syntax(ts);
     }
     // each response is one small write, sent at once rather than held back by Nagle's algorithm

@@ -6,12 +6,6 @@ use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::uids;
 
-/// The transfer syntaxes accepted at association: those the DICOM readers here decode.
-pub const READABLE_TRANSFER_SYNTAXES: [&str; 2] = [
-    uids::EXPLICIT_VR_LITTLE_ENDIAN,
-    uids::IMPLICIT_VR_LITTLE_ENDIAN,
-];
-
 /// The SOP classes stored here, with their names: fMRI volumes come as one of these.
 pub const READABLE_SOP_CLASSES: [(&str, &str); 2] = [
     (uids::MR_IMAGE_STORAGE, "MR Image Storage"),
