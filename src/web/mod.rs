@@ -100,6 +100,8 @@ impl WebConsole {
         let bound = listener.local_addr().map_err(WebError::Start)?;
         let url = format!("http://{}/{}", url_host(&bound), access.url_query());
         let hub = Hub::new();
+        // a browser that connects at once gets the session's summary, never an empty one
+        hub.publish_summary(&with_console_counters(summary(), &hub));
         let encoder = encode::spawn(hub.clone()).map_err(WebError::Start)?;
         let console = server::Console {
             hub: hub.clone(),

@@ -121,7 +121,7 @@ def test_console_and_participant_screen_in_chromium_beside_hostile_clients(subje
     # a reading client that takes every event until the stream ends
     got = []
     reader = threading.Thread(target=lambda: got.extend(
-        read_events(port, lambda e, p: e == "summary" and p["state"] == "ended", timeout=120)), daemon=True)
+        read_events(port, lambda e, p: e == "summary" and p.get("state") == "ended", timeout=120)), daemon=True)
     reader.start()
     # hostile and stalled clients: garbage, a connection that sends nothing, an event stream never read
     garbage = socket.create_connection(("127.0.0.1", port))
@@ -176,7 +176,9 @@ def test_console_and_participant_screen_in_chromium_beside_hostile_clients(subje
     frames = [p for e, p, _ in got if e == "frame"]
     drawn = sorted(int(f.name[9:14]) for f in (replay.session() / "frames").glob("recon_vol*.png"))
     assert sorted(f["volume"] for f in frames) == drawn, "the reading client missed frames"
-    final = [p for e, p, _ in got if e == "summary"][-1]
+    summaries = [p for e, p, _ in got if e == "summary"]
+    assert all("state" in p and "web" in p for p in summaries), "a summary without the session's state"
+    final = summaries[-1]
     assert final["state"] == "ended" and final["end_reason"] == "complete"
     assert final["frames_drawn"] == len(drawn) and final["patterns_decoded"] == 18
     assert final["web"]["connections_dropped_stalled"] >= 1, final["web"]  # the silent one
