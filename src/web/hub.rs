@@ -150,8 +150,12 @@ impl Hub {
         self.frames.subscribe()
     }
 
-    /// Publishes the summary, unless it is the one the browsers already have.
-    pub fn publish_summary(&self, summary: &serde_json::Value) {
+    /// Publishes the summary with the console's own counters under `web`, unless it is the one the browsers
+    /// already have.
+    pub fn publish_summary(&self, mut summary: serde_json::Value) {
+        if let Some(fields) = summary.as_object_mut() {
+            fields.insert("web".into(), self.counters.json());
+        }
         let json: Arc<str> = Arc::from(summary.to_string());
         self.summary.send_if_modified(|current| {
             if **current == *json {
@@ -205,10 +209,6 @@ impl Hub {
     pub fn end(&self) {
         self.close_frames();
         self.ended.send_replace(true);
-    }
-
-    pub fn has_ended(&self) -> bool {
-        *self.ended.borrow()
     }
 
     pub fn subscribe_ended(&self) -> watch::Receiver<bool> {
@@ -275,10 +275,10 @@ mod tests {
         let hub = Hub::new();
         let mut rx = hub.subscribe_summary();
         rx.borrow_and_update();
-        hub.publish_summary(&serde_json::json!({"volumes": 1}));
+        hub.publish_summary(serde_json::json!({"volumes": 1}));
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        hub.publish_summary(&serde_json::json!({"volumes": 1}));
+        hub.publish_summary(serde_json::json!({"volumes": 1}));
         assert!(!rx.has_changed().unwrap());
     }
 }

@@ -101,7 +101,7 @@ impl WebConsole {
         let url = format!("http://{}/{}", url_host(&bound), access.url_query());
         let hub = Hub::new();
         // a browser that connects at once gets the session's summary, never an empty one
-        hub.publish_summary(&with_console_counters(summary(), &hub));
+        hub.publish_summary(summary());
         let encoder = encode::spawn(hub.clone()).map_err(WebError::Start)?;
         let console = server::Console {
             hub: hub.clone(),
@@ -136,8 +136,7 @@ impl WebConsole {
         if let Some(encoder) = self.encoder.take() {
             let _ = encoder.join();
         }
-        self.hub
-            .publish_summary(&with_console_counters(final_summary, &self.hub));
+        self.hub.publish_summary(final_summary);
         self.hub.end();
         if let Some(server) = self.server.take() {
             let _ = server.join();
@@ -178,18 +177,10 @@ async fn serve(
     loop {
         tokio::select! {
             _ = ended.wait_for(|e| *e) => break,
-            _ = tick.tick() => hub.publish_summary(&with_console_counters(summary(), &hub)),
+            _ = tick.tick() => hub.publish_summary(summary()),
         }
     }
     let _ = tokio::time::timeout(CLOSING_GRACE, served).await;
-}
-
-/// The summary with the console's own counters under `web`.
-fn with_console_counters(mut summary: serde_json::Value, hub: &Hub) -> serde_json::Value {
-    if let Some(object) = summary.as_object_mut() {
-        object.insert("web".into(), hub.counters.json());
-    }
-    summary
 }
 
 /// The host to print in the URL: the machine's name when bound to every interface.

@@ -1,7 +1,8 @@
 //! Transfer syntaxes beyond plain little endian: which ones a file may use, and the decoding of compressed pixel
 //! data. The data set itself is read by [`super::parse`]; a deflated one is inflated first (bounded). Compressed
 //! (encapsulated) pixel data is decoded by dicom-rs's pure-Rust decoders (JPEG baseline, extended and lossless
-//! with `jpeg-decoder`; RLE Lossless), one frame at a time, after checking that the frame the file claims is of
+//! with `jpeg-decoder`; RLE Lossless), all frames of a file at once (the first time its pixels are asked for), after
+//! checking that the frame the file claims is of
 //! a plausible size and that a JPEG's own header agrees with the file's Rows and Columns, so that no header can
 //! make the reader allocate what it merely claims. Every other syntax is refused by name.
 
@@ -24,6 +25,9 @@ pub const MAX_INFLATED_BYTES: u64 = 1 << 30;
 
 /// The largest decoded frame accepted (8192 x 4096 pixels of 16 bits): a mosaic of 1024 x 1024 is 2 MiB.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The most a file's compressed pixel data may decode to, all frames together.
+pub const MAX_DECODED_BYTES: usize = 1 << 30;
 
 /// How a file's data set and pixel data are encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,11 +173,11 @@ pub(super) struct FrameShape {
     pub frames: usize,
 }
 
-/// Decodes frame `frame` of `data` into little-endian native pixels of `shape`; an error says why not.
-pub(super) fn decode_frame(
+/// Decodes every frame of `data` into little-endian native pixels of `shape`, one frame after another (as native
+/// pixel data lies in a file); an error says why not.
+pub(super) fn decode_frames(
     data: &Fragments,
     shape: &FrameShape,
-    frame: usize,
     photometric: Option<String>,
 ) -> Result<Vec<u8>, String> {
     let fail = |what: String| format!("{} pixel data: {what}", data.name);
@@ -187,18 +191,15 @@ pub(super) fn decode_frame(
             MAX_FRAME_BYTES >> 20
         )));
     }
+    if frame_bytes.saturating_mul(shape.frames) > MAX_DECODED_BYTES {
+        return Err(fail(format!(
+            "{} frames of {frame_bytes} bytes are over the {} MiB a file may decode to",
+            shape.frames,
+            MAX_DECODED_BYTES >> 20
+        )));
+    }
     if data.fragments.is_empty() {
         return Err(fail("no fragments".into()));
-    }
-    if data.uid == RLE_LOSSLESS {
-        let segments = shape.bits_allocated as usize / 8;
-        let frame_fragment = data
-            .fragments
-            .get(frame)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        rle_segments_fit(frame_fragment, segments, shape.rows * shape.columns)
-            .map_err(|why| fail(format!("frame {frame}: {why}")))?;
     }
     if data.name.contains("JPEG") {
         for fragment in &data.fragments {
@@ -226,22 +227,38 @@ pub(super) fn decode_frame(
         photometric,
     };
     let mut pixels = Vec::with_capacity(frame_bytes);
-    // a decoder that panics on hostile data is an error for this file, not the end of the session
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        reader.decode_frame(&source, frame as u32, &mut pixels)
-    }));
-    match decoded {
-        Ok(Ok(())) if pixels.len() == frame_bytes => Ok(pixels),
-        Ok(Ok(())) => Err(fail(format!(
-            "frame {frame} decoded to {} bytes, {} x {} x {} bits need {frame_bytes}",
-            pixels.len(),
-            shape.rows,
-            shape.columns,
-            shape.bits_allocated
-        ))),
-        Ok(Err(e)) => Err(fail(format!("frame {frame} could not be decoded: {e}"))),
-        Err(_) => Err(fail(format!("the decoder failed on frame {frame}"))),
+    for frame in 0..shape.frames {
+        if data.uid == RLE_LOSSLESS {
+            let segments = shape.bits_allocated as usize / 8;
+            let frame_fragment = data
+                .fragments
+                .get(frame)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            rle_segments_fit(frame_fragment, segments, shape.rows * shape.columns)
+                .map_err(|why| fail(format!("frame {frame}: {why}")))?;
+        }
+        let before = pixels.len();
+        // a decoder that panics on hostile data is an error for this file, not the end of the session
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reader.decode_frame(&source, frame as u32, &mut pixels)
+        }));
+        match decoded {
+            Ok(Ok(())) if pixels.len() - before == frame_bytes => {}
+            Ok(Ok(())) => {
+                return Err(fail(format!(
+                    "frame {frame} decoded to {} bytes, {} x {} x {} bits need {frame_bytes}",
+                    pixels.len() - before,
+                    shape.rows,
+                    shape.columns,
+                    shape.bits_allocated
+                )))
+            }
+            Ok(Err(e)) => return Err(fail(format!("frame {frame} could not be decoded: {e}"))),
+            Err(_) => return Err(fail(format!("the decoder failed on frame {frame}"))),
+        }
     }
+    Ok(pixels)
 }
 
 /// RLE Lossless.

@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use super::compressed::{self, Encoding, Fragments};
+use super::compressed::{self, Encoding, Fragments, FrameShape};
 use super::error::DicomError;
 
 /// A DICOM tag as `(group << 16) | element`.
@@ -66,8 +67,9 @@ pub struct DataSet {
     pub(super) path: PathBuf,
     elements: HashMap<Tag, Vec<u8>>,
     sequences: HashMap<Tag, Vec<DataSet>>,
-    /// The pixel data, when it is compressed.
+    /// The pixel data, when it is compressed, and its frames decoded (on first use).
     pub(super) compressed: Option<Fragments>,
+    decoded: OnceLock<Result<Vec<u8>, String>>,
 }
 
 /// Sequences nested deeper than this are refused: real files nest a few levels, and each level of a hostile
@@ -133,26 +135,21 @@ impl DataSet {
                 }
             }
         })?;
+        // a deflated data set is read from its inflated bytes, its offsets counted there
+        let inflated = match encoding {
+            Encoding::Deflated => Some(
+                compressed::inflate(&bytes[reader.offset..])
+                    .map_err(|reason| data_set.invalid(reason))?,
+            ),
+            _ => None,
+        };
+        if let Some(inflated) = &inflated {
+            reader.bytes = inflated;
+            reader.offset = 0;
+        }
         reader.explicit_vr = encoding != Encoding::Implicit;
         reader.encapsulated = matches!(encoding, Encoding::Compressed { .. });
-        if encoding == Encoding::Deflated {
-            let inflated = compressed::inflate(&bytes[reader.offset..])
-                .map_err(|reason| data_set.invalid(reason))?;
-            let mut inner = Reader {
-                path,
-                bytes: &inflated,
-                offset: 0,
-                explicit_vr: true,
-                encapsulated: false,
-                depth: 0,
-            };
-            while inner.offset < inflated.len() {
-                let (t, element) = inner.element()?;
-                data_set.insert(t, element);
-            }
-            return Ok(data_set);
-        }
-        while reader.offset < bytes.len() {
+        while reader.offset < reader.bytes.len() {
             let (t, element) = reader.element()?;
             data_set.insert(t, element);
         }
@@ -171,6 +168,7 @@ impl DataSet {
             elements: HashMap::new(),
             sequences: HashMap::new(),
             compressed: None,
+            decoded: OnceLock::new(),
         }
     }
 
@@ -244,6 +242,21 @@ impl DataSet {
     /// Whether the file holds pixel data, native or compressed.
     pub fn has_pixel_data(&self) -> bool {
         self.compressed.is_some() || self.elements.contains_key(&PIXEL_DATA)
+    }
+
+    /// Every frame's pixels as they lie in an uncompressed file: the PixelData element's bytes, or compressed pixel
+    /// data decoded to `shape` (once, the first time they are asked for); `None` when the file has no pixel data.
+    pub(super) fn pixel_data(&self, shape: &FrameShape) -> Result<Option<&[u8]>, DicomError> {
+        let Some(data) = &self.compressed else {
+            return Ok(self.bytes(PIXEL_DATA));
+        };
+        self.decoded
+            .get_or_init(|| {
+                compressed::decode_frames(data, shape, self.text(PHOTOMETRIC_INTERPRETATION))
+            })
+            .as_deref()
+            .map(Some)
+            .map_err(|why| self.invalid(why.clone()))
     }
 
     /// The raw value bytes of an element, if present.

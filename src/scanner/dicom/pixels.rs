@@ -1,7 +1,7 @@
 //! What every DICOM reader here needs besides the geometry: the stored pixels (8 to 32 bits, sign-extended where
 //! fewer bits are stored), their rescaling to float64, the series and instance numbers and the TR.
 
-use super::compressed::{decode_frame, FrameShape};
+use super::compressed::FrameShape;
 use super::error::DicomError;
 use super::parse::*;
 use crate::volume::Dtype;
@@ -69,33 +69,25 @@ pub(super) fn stored_frame(
             )))
         }
     };
-    let mut bytes = match &ds.compressed {
-        Some(data) => {
-            let shape = FrameShape {
-                rows,
-                columns,
-                bits_allocated: bits,
-                bits_stored,
-                frames: n_frames,
-            };
-            decode_frame(data, &shape, frame, ds.text(PHOTOMETRIC_INTERPRETATION))
-                .map_err(|why| ds.invalid(why))?
-        }
-        None => {
-            let pixels = ds
-                .bytes(PIXEL_DATA)
-                .ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
-            let frame_bytes = rows * columns * dtype.itemsize();
-            let needed = frame_bytes * n_frames;
-            if pixels.len() < needed {
-                return Err(ds.invalid(format!(
-                    "PixelData holds {} bytes, {n_frames} frame(s) of {rows} x {columns} x {bits} bits need {needed}",
-                    pixels.len()
-                )));
-            }
-            pixels[frame * frame_bytes..(frame + 1) * frame_bytes].to_vec()
-        }
+    let shape = FrameShape {
+        rows,
+        columns,
+        bits_allocated: bits,
+        bits_stored,
+        frames: n_frames,
     };
+    let pixels = ds
+        .pixel_data(&shape)?
+        .ok_or_else(|| ds.invalid("PixelData (7FE0,0010) is missing"))?;
+    let frame_bytes = rows * columns * dtype.itemsize();
+    let needed = frame_bytes * n_frames;
+    if pixels.len() < needed {
+        return Err(ds.invalid(format!(
+            "PixelData holds {} bytes, {n_frames} frame(s) of {rows} x {columns} x {bits} bits need {needed}",
+            pixels.len()
+        )));
+    }
+    let mut bytes = pixels[frame * frame_bytes..(frame + 1) * frame_bytes].to_vec();
     if signed && bits_stored < bits {
         sign_extend(&mut bytes, dtype, bits_stored);
     }
