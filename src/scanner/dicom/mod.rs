@@ -4,8 +4,8 @@
 //!
 //! Siemens scanners export each fMRI volume as one DICOM file whose image is a *mosaic*: the slices laid out
 //! as tiles of one large 2-D image. This module reads such a file (DICOM Part 10, implicit or explicit VR little
-//! endian, deflated, or with JPEG or RLE compressed pixels), cuts the mosaic into slices and computes the voxel -> millimetre affine the
-//! way the Siemens geometry defines it (and nibabel's `MosaicWrapper` reads it):
+//! endian, deflated, or with JPEG or RLE compressed pixels), cuts the mosaic into slices and computes the voxel ->
+//! millimetre affine the way the Siemens geometry defines it (and nibabel's `MosaicWrapper` reads it):
 //!
 //! - voxel axis 0 walks down the rows of a tile (DICOM column direction cosine, `PixelSpacing[0]` mm),
 //!   axis 1 along the columns (row direction cosine, `PixelSpacing[1]` mm), axis 2 across the slices along
@@ -26,9 +26,10 @@
 //! Siemens XA scanners export Enhanced MR Images instead: one multi-frame file per volume, each frame a slice
 //! with its geometry in functional groups; [`enhanced`] reads them into the same volumes.
 //!
-//! The files: [`parse`] (the Part-10 byte parser), [`compressed`] (transfer syntaxes, compressed pixels), [`siemens`] (the CSA header and mosaics), [`slices`] (one slice
-//! per file, and stacking slices into a volume), [`enhanced`] (multi-frame Enhanced MR Images), [`pixels`] (the
-//! pixel data and the header values every reader needs).
+//! The files: [`parse`] (the Part-10 byte parser), [`compressed`] (transfer syntaxes, compressed pixels),
+//! [`siemens`] (the CSA header and mosaics), [`slices`] (one slice per file, and stacking slices into a volume),
+//! [`enhanced`] (multi-frame Enhanced MR Images), [`pixels`] (the pixel data and the header values every reader
+//! needs).
 
 pub mod compressed;
 pub mod enhanced;
